@@ -1,0 +1,254 @@
+//! The command line: `kodev build | dev | plan`. Parses flags, calls the library, maps errors to exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::config::{self, LoadOptions, Plan, PublishTarget};
+use crate::error::{KodevError, Result};
+use crate::event::EventSink;
+use crate::headless::{self, OutputFormat};
+use crate::pipeline::{gobuild, Builder};
+
+#[derive(Debug, Parser)]
+#[command(name = "kodev", version, about = "Build Go main packages into OCI images the way ko does, push them, and rebuild on change.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build every artifact once and push it (for CI).
+    Build(BuildArgs),
+    /// Build, then watch the sources and rebuild what each change touches.
+    Dev(crate::dev::DevArgs),
+    /// Show what would be built, building nothing.
+    Plan(PlanArgs),
+}
+
+/// Flags shared by `build` and `dev`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Path to skaffold.yaml.
+    #[arg(short = 'f', long = "filename", visible_alias = "file", default_value = "skaffold.yaml")]
+    pub file: PathBuf,
+    /// Default repository prepended to image names (else SKAFFOLD_DEFAULT_REPO, else KO_DOCKER_REPO).
+    #[arg(short = 'd', long = "default-repo")]
+    pub default_repo: Option<String>,
+    /// Push to the registry (`--push=false` writes an OCI layout instead).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub push: Option<bool>,
+    /// Target platforms, os/arch[/variant], comma-separated or repeated; `all` for every platform of the base.
+    #[arg(long = "platform")]
+    pub platforms: Vec<String>,
+    /// Tag to use instead of the tag policy's.
+    #[arg(short = 't', long)]
+    pub tag: Option<String>,
+    /// Write images into this OCI image layout directory instead of pushing.
+    #[arg(long = "oci-layout")]
+    pub oci_layout: Option<PathBuf>,
+    /// Registries to reach over plain HTTP (loopback ones always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// Build with optimizations disabled (-gcflags=all=-N -l) for debuggers.
+    #[arg(long)]
+    pub debug: bool,
+    /// Only build these images (as written in skaffold.yaml).
+    #[arg(short = 'b', long = "build-image")]
+    pub build_images: Vec<String>,
+    /// Keep the image path under the default repo instead of flattening it.
+    #[arg(long = "multi-level-repo")]
+    pub multi_level_repo: bool,
+}
+
+impl CommonArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            file: self.file.clone(),
+            default_repo: self.default_repo.clone(),
+            multi_level_repo: self.multi_level_repo,
+            push: self.push,
+            platforms: self.platforms.clone(),
+            tag: self.tag.clone(),
+            oci_layout: self.oci_layout.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+            build_images: self.build_images.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Write the built references as Skaffold's build JSON.
+    #[arg(long = "file-output")]
+    pub file_output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[arg(short = 'f', long = "filename", visible_alias = "file", default_value = "skaffold.yaml")]
+    pub file: PathBuf,
+    #[arg(short = 'p', long = "profile")]
+    pub profiles: Vec<String>,
+    #[arg(short = 'd', long = "default-repo")]
+    pub default_repo: Option<String>,
+    #[arg(long = "platform")]
+    pub platforms: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kodev: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Build(args) => run_build(args).await,
+            Command::Dev(args) => crate::dev::run(args).await,
+            Command::Plan(args) => run_plan(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kodev: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Print events as text lines on stderr until the channel closes.
+pub fn spawn_stderr_renderer(mut rx: mpsc::UnboundedReceiver<crate::event::Event>, format: OutputFormat) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let line = headless::render(format, &event);
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{line}");
+        }
+    })
+}
+
+pub fn describe_target(plan: &Plan) -> String {
+    match &plan.target {
+        PublishTarget::Registry => "registry".to_string(),
+        PublishTarget::OciLayout(dir) => format!("OCI layout {}", dir.display()),
+    }
+}
+
+async fn run_build(args: BuildArgs) -> Result<i32> {
+    let plan = config::load(&args.common.load_options())?;
+    let builder = Arc::new(Builder::new(&plan));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let renderer = spawn_stderr_renderer(rx, OutputFormat::Text);
+    let sink = EventSink::new(tx, "");
+    let limit = if plan.concurrency == 0 { plan.artifacts.len().max(1) } else { plan.concurrency };
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut tasks = Vec::new();
+    for artifact in plan.artifacts.clone() {
+        let builder = builder.clone();
+        let events = sink.for_artifact(&artifact.image);
+        let semaphore = semaphore.clone();
+        let debug = args.common.debug;
+        tasks.push(tokio::spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let result = builder.build_artifact(&artifact, debug, &events).await;
+            if let Err(e) = &result {
+                events.send(crate::event::EventKind::BuildFailed { error: e.to_string() });
+            }
+            (artifact, result)
+        }));
+    }
+    drop(sink);
+    let mut builds = Vec::new();
+    let mut failed = 0;
+    for task in tasks {
+        let (artifact, result) = task.await.map_err(|e| KodevError::build(format!("a build task failed: {e}")))?;
+        match result {
+            Ok(outcome) => builds.push((artifact, outcome)),
+            Err(_) => failed += 1,
+        }
+    }
+    let _ = renderer.await;
+    for (_, outcome) in &builds {
+        println!("{}", outcome.push.reference);
+    }
+    if let Some(path) = &args.file_output {
+        let doc = json!({
+            "builds": builds.iter().map(|(a, o)| json!({"imageName": a.image, "tag": o.push.reference})).collect::<Vec<_>>()
+        });
+        let bytes = serde_json::to_vec_pretty(&doc).expect("JSON values serialize");
+        crate::pipeline::base::write_atomically(path, &bytes)
+            .map_err(|e| KodevError::publish(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if failed > 0 {
+        eprintln!("kodev: {failed} of {} artifacts failed", plan.artifacts.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn run_plan(args: PlanArgs) -> Result<i32> {
+    if !args.profiles.is_empty() {
+        return Err(KodevError::Usage("profiles (-p) are not supported yet".to_string()));
+    }
+    let options = LoadOptions {
+        file: args.file.clone(),
+        default_repo: args.default_repo.clone(),
+        platforms: args.platforms.clone(),
+        ..Default::default()
+    };
+    let plan = config::load(&options)?;
+    if args.json {
+        let artifacts: Vec<_> = plan
+            .artifacts
+            .iter()
+            .map(|a| {
+                let output = PathBuf::from(format!("<out>/{}", a.binary_name()));
+                json!({
+                    "image": a.image,
+                    "imageName": a.image_name,
+                    "tag": a.tag,
+                    "importPath": a.import_path,
+                    "context": a.context,
+                    "workDir": a.work_dir,
+                    "platforms": a.platforms.describe(),
+                    "baseImage": a.base.to_string(),
+                    "dependencies": a.dependencies.as_ref().map(|d| json!(d)).unwrap_or_else(|| json!({"goDependencyGraph": true})),
+                    "goBuild": {
+                        "env": a.env,
+                        "args": gobuild::build_args(a, false, &output),
+                    },
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"artifacts": artifacts})).expect("JSON values serialize"));
+    } else {
+        println!("target: {}", describe_target(&plan));
+        println!("{:<28} {:<48} {:<22} {:<20} BASE", "IMAGE", "NAME:TAG", "IMPORT PATH", "PLATFORMS");
+        for a in &plan.artifacts {
+            println!(
+                "{:<28} {:<48} {:<22} {:<20} {}",
+                a.image,
+                a.reference(),
+                a.import_path,
+                a.platforms.describe().join(","),
+                a.base
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,537 @@
+//! Configuration: skaffold.yaml + .ko.yaml + flags + environment → a `Plan`.
+//! Knows nothing of building; `go list` is only asked where packages are.
+
+pub mod koyaml;
+pub mod naming;
+pub mod skaffold;
+pub mod tag;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::error::{KodevError, Result};
+use crate::platform::{Platform, PlatformRequest};
+use skaffold::{ArtifactConfig, KoDependencies};
+
+/// The base image an artifact is built on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BaseImageRef {
+    /// kodev's embedded static base (no network needed).
+    Builtin,
+    /// A reference to pull from a registry.
+    Remote(String),
+}
+
+impl std::fmt::Display for BaseImageRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BaseImageRef::Builtin => write!(f, "kodev/static (built in)"),
+            BaseImageRef::Remote(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// Where images go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PublishTarget {
+    Registry,
+    OciLayout(PathBuf),
+}
+
+/// One image to build: pure data, everything resolved.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    /// The image as written in skaffold.yaml.
+    pub image: String,
+    /// The final repository name, without tag.
+    pub image_name: String,
+    pub tag: String,
+    pub import_path: String,
+    pub context: PathBuf,
+    pub work_dir: PathBuf,
+    /// Directory of the main package; `kodata/` lives here.
+    pub package_dir: PathBuf,
+    pub platforms: PlatformRequest,
+    pub base: BaseImageRef,
+    /// `KEY=value` for the build only.
+    pub env: Vec<String>,
+    pub flags: Vec<String>,
+    pub ldflags: Vec<String>,
+    pub gcflags: Vec<String>,
+    pub asmflags: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub dependencies: Option<KoDependencies>,
+    pub source_date_epoch: Option<u64>,
+}
+
+impl Artifact {
+    pub fn binary_name(&self) -> &str {
+        naming::binary_name(&self.import_path)
+    }
+
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.image_name, self.tag)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub config_path: PathBuf,
+    /// Directory of skaffold.yaml; relative paths start here.
+    pub root: PathBuf,
+    pub artifacts: Vec<Artifact>,
+    pub target: PublishTarget,
+    pub insecure_registries: Vec<String>,
+    /// Artifacts built at once (0 = unlimited).
+    pub concurrency: usize,
+}
+
+/// What the command line and environment say, before reading any file.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    pub file: PathBuf,
+    pub default_repo: Option<String>,
+    pub multi_level_repo: bool,
+    pub push: Option<bool>,
+    pub platforms: Vec<String>,
+    pub tag: Option<String>,
+    pub oci_layout: Option<PathBuf>,
+    pub insecure_registries: Vec<String>,
+    pub build_images: Vec<String>,
+}
+
+impl LoadOptions {
+    /// Default repo from the flag, else `SKAFFOLD_DEFAULT_REPO`, else `KO_DOCKER_REPO`.
+    pub fn effective_default_repo(&self) -> Option<String> {
+        self.default_repo
+            .clone()
+            .or_else(|| std::env::var("SKAFFOLD_DEFAULT_REPO").ok())
+            .or_else(|| std::env::var("KO_DOCKER_REPO").ok())
+            .filter(|r| !r.trim().is_empty())
+    }
+}
+
+/// The default when nothing says otherwise, as ko does.
+pub fn default_platform() -> Platform {
+    Platform::new("linux", "amd64", None)
+}
+
+fn config_err(file: &Path, line: Option<usize>, field: &str, message: impl Into<String>) -> KodevError {
+    KodevError::Config {
+        file: file.to_path_buf(),
+        line,
+        column: None,
+        field: Some(field.to_string()),
+        message: message.into(),
+    }
+}
+
+/// Read skaffold.yaml (and .ko.yaml) and resolve every artifact.
+pub fn load(options: &LoadOptions) -> Result<Plan> {
+    let file = &options.file;
+    let text = std::fs::read_to_string(file).map_err(|e| KodevError::Config {
+        file: file.clone(),
+        line: None,
+        column: None,
+        field: None,
+        message: format!("cannot read the config: {e} (pass -f FILE, or run `kodev init` to create one)"),
+    })?;
+    let configs = skaffold::parse_documents(file, &text)?;
+    if configs.is_empty() {
+        return Err(config_err(file, None, "", "the file holds no config: add `apiVersion`, `kind: Config` and `build.artifacts`"));
+    }
+    let root = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let root = root.canonicalize().unwrap_or(root);
+
+    let default_repo = options.effective_default_repo();
+    let multi_level = options.multi_level_repo
+        || std::env::var("SKAFFOLD_MULTI_LEVEL_REPO").map(|v| v == "true").unwrap_or(false);
+    let cli_platforms = PlatformRequest::parse_list(&options.platforms).map_err(|e| KodevError::Usage(format!("--platform: {e}")))?;
+
+    let mut artifacts = Vec::new();
+    let mut insecure = options.insecure_registries.clone();
+    let mut push_from_config = None;
+    let mut concurrency = 1;
+    let mut artifact_index = 0usize;
+    for config in &configs {
+        let uses_ko = config.build.as_ref().is_some_and(|b| b.artifacts.iter().any(|a| a.ko.is_some()));
+        if let Err(message) = skaffold::check_api_version(&config.api_version, uses_ko) {
+            return Err(config_err(file, skaffold::find_key_line(&text, "apiVersion", 0), "apiVersion", message));
+        }
+        if config.kind != "Config" {
+            return Err(config_err(file, skaffold::find_key_line(&text, "kind", 0), "kind", format!("kind must be Config, not {:?}", config.kind)));
+        }
+        let Some(build) = &config.build else { continue };
+        insecure.extend(build.insecure_registries.iter().cloned());
+        if let Some(local) = &build.local {
+            push_from_config = push_from_config.or(local.push);
+            if let Some(c) = local.concurrency {
+                concurrency = c;
+            }
+        }
+        let build_platforms = match &build.platforms {
+            Some(list) => Some(
+                PlatformRequest::parse_list(list)
+                    .map_err(|e| config_err(file, skaffold::find_key_line(&text, "platforms", 0), "build.platforms", e.to_string()))?,
+            ),
+            None => None,
+        };
+        for (i, raw) in build.artifacts.iter().enumerate() {
+            let field = format!("build.artifacts[{i}]");
+            let line = skaffold::find_key_line(&text, "image", artifact_index);
+            artifact_index += 1;
+            if !options.build_images.is_empty() && !options.build_images.iter().any(|b| b == &raw.image) {
+                continue;
+            }
+            let artifact = resolve_artifact(ArtifactInput {
+                file,
+                root: &root,
+                raw,
+                field: &field,
+                line,
+                default_repo: default_repo.as_deref(),
+                multi_level,
+                build_platforms: build_platforms.as_ref(),
+                cli_platforms: &cli_platforms,
+                tag_override: options.tag.as_deref(),
+                tag_policy: build.tag_policy.as_ref(),
+            })?;
+            artifacts.push(artifact);
+        }
+    }
+    if artifacts.is_empty() {
+        let message = if options.build_images.is_empty() {
+            "no ko artifacts to build: add one under build.artifacts".to_string()
+        } else {
+            format!("no artifact matches --build-image {}", options.build_images.join(", "))
+        };
+        return Err(config_err(file, None, "build.artifacts", message));
+    }
+
+    let target = match (&options.oci_layout, options.push.or(push_from_config)) {
+        (Some(dir), _) => PublishTarget::OciLayout(absolutize(dir)),
+        (None, Some(false)) => PublishTarget::OciLayout(root.join(".kodev/oci")),
+        (None, explicit) => {
+            let pushable = artifacts.iter().all(|a| naming::has_registry_host(&a.image_name));
+            if pushable {
+                PublishTarget::Registry
+            } else if explicit == Some(true) {
+                let a = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name)).expect("one is not pushable");
+                return Err(KodevError::Usage(format!(
+                    "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
+                    a.image
+                )));
+            } else {
+                PublishTarget::OciLayout(root.join(".kodev/oci"))
+            }
+        }
+    };
+    Ok(Plan { config_path: file.clone(), root, artifacts, target, insecure_registries: insecure, concurrency })
+}
+
+fn absolutize(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+struct ArtifactInput<'a> {
+    file: &'a Path,
+    root: &'a Path,
+    raw: &'a ArtifactConfig,
+    field: &'a str,
+    line: Option<usize>,
+    default_repo: Option<&'a str>,
+    multi_level: bool,
+    build_platforms: Option<&'a PlatformRequest>,
+    cli_platforms: &'a PlatformRequest,
+    tag_override: Option<&'a str>,
+    tag_policy: Option<&'a serde_yaml_ng::Value>,
+}
+
+fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
+    let ArtifactInput { file, root, raw, field, line, .. } = input;
+    let err = |sub: &str, message: String| config_err(file, line, &format!("{field}{sub}"), message);
+    for (name, present) in [
+        ("docker", raw.docker.is_some()),
+        ("bazel", raw.bazel.is_some()),
+        ("jib", raw.jib.is_some()),
+        ("kaniko", raw.kaniko.is_some()),
+        ("buildpacks", raw.buildpacks.is_some()),
+        ("custom", raw.custom.is_some()),
+    ] {
+        if present && raw.ko.is_some() {
+            return Err(err(".ko", format!("an artifact has one builder, but this one has both ko and {name}: remove one")));
+        }
+        if present {
+            return Err(err(&format!(".{name}"), format!("kodev builds only ko artifacts; {name} is not supported here")));
+        }
+    }
+    let ko = raw.ko.clone().unwrap_or_default();
+    if raw.image.trim().is_empty() {
+        return Err(err(".image", "image must not be empty".to_string()));
+    }
+    let context = root.join(raw.context.as_deref().unwrap_or("."));
+    let context = context
+        .canonicalize()
+        .map_err(|e| err(".context", format!("context {} does not exist: {e}", context.display())))?;
+    let work_dir = context.join(ko.dir.as_deref().unwrap_or("."));
+    let work_dir = work_dir
+        .canonicalize()
+        .map_err(|e| err(".ko.dir", format!("dir {} does not exist: {e}", work_dir.display())))?;
+    if !work_dir.starts_with(&context) {
+        return Err(err(".ko.dir", format!("dir {} is outside the context {}", work_dir.display(), context.display())));
+    }
+
+    // Naming: sanitize, then the default repo.
+    let sanitized = naming::sanitize(&raw.image);
+    let (bare_name, written_tag) = naming::split_tag_or_digest(&sanitized);
+    let image_name = naming::substitute_default_repo(bare_name, input.default_repo, input.multi_level);
+    naming::validate_repository(&image_name).map_err(|m| err(".image", m))?;
+
+    // The .ko.yaml next to where go runs.
+    let ko_yaml = match koyaml::locate(&work_dir) {
+        Some(path) => Some((koyaml::load(&path)?, path)),
+        None => None,
+    };
+
+    // Package resolution.
+    let (import_path, package_dir) = if let Some(path) = raw.image.strip_prefix("ko://") {
+        let (path, _) = naming::split_tag_or_digest(path);
+        let pkg = go_list_packages(&work_dir, path).map_err(|m| err(".image", m))?;
+        let dir = pkg.into_iter().next().map(|p| p.dir).ok_or_else(|| err(".image", format!("go list found no package {path}")))?;
+        (path.to_string(), dir)
+    } else {
+        let main = ko.main.clone().or(ko.target.clone()).unwrap_or_else(|| ".".to_string());
+        let main_rel = context.join(&main);
+        let main_arg = if main.starts_with("./") || main == "." || main.starts_with("../") {
+            relative_package_arg(&work_dir, &main_rel, &main)
+        } else {
+            main.clone()
+        };
+        let packages = go_list_packages(&work_dir, &main_arg).map_err(|m| err(".ko.main", m))?;
+        let mains: Vec<_> = packages.into_iter().filter(|p| p.name == "main").collect();
+        match mains.as_slice() {
+            [one] => (one.import_path.clone(), one.dir.clone()),
+            [] => return Err(err(".ko.main", format!("{main:?} has no main package: point main at a package with `package main` and func main"))),
+            many => {
+                let names: Vec<_> = many.iter().map(|p| p.import_path.as_str()).collect();
+                return Err(err(
+                    ".ko.main",
+                    format!("{main:?} matches {} main packages ({}): name exactly one", many.len(), names.join(", ")),
+                ));
+            }
+        }
+    };
+
+    // Platforms: build.platforms ∩ artifact platforms ∩ --platform; else .ko.yaml defaults; else linux/amd64.
+    let artifact_platforms = raw.platforms.clone().or(ko.platforms.clone());
+    let artifact_request = match &artifact_platforms {
+        Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| err(".platforms", e.to_string()))?),
+        None => None,
+    };
+    let ko_yaml_platforms = match &ko_yaml {
+        Some((k, path)) if !k.default_platforms.is_empty() => Some(
+            PlatformRequest::parse_list(&k.default_platforms)
+                .map_err(|e| config_err(path, None, "defaultPlatforms", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let cli = match input.cli_platforms {
+        PlatformRequest::List(l) if l.is_empty() => None,
+        other => Some(other),
+    };
+    let candidates: Vec<&PlatformRequest> =
+        [input.build_platforms, artifact_request.as_ref(), cli].into_iter().flatten().collect();
+    let platforms = if candidates.is_empty() {
+        ko_yaml_platforms.unwrap_or_else(|| PlatformRequest::List(vec![default_platform()]))
+    } else {
+        intersect(&candidates).ok_or_else(|| {
+            err(".platforms", format!(
+                "the requested platforms do not overlap ({}): build.platforms, the artifact's platforms and --platform must share at least one",
+                candidates.iter().map(|c| c.describe().join(",")).collect::<Vec<_>>().join(" vs ")
+            ))
+        })?
+    };
+
+    // Base image: baseImageOverrides > fromImage > defaultBaseImage > built in.
+    let base = ko_yaml
+        .as_ref()
+        .and_then(|(k, _)| k.base_image_overrides.get(&import_path).cloned())
+        .or(ko.from_image.clone())
+        .or_else(|| ko_yaml.as_ref().and_then(|(k, _)| k.default_base_image.clone()))
+        .map(BaseImageRef::Remote)
+        .unwrap_or(BaseImageRef::Builtin);
+
+    // .ko.yaml build settings for this main (per-build replaces defaults), below skaffold's own.
+    let (ko_env, ko_flags, ko_ldflags) = match &ko_yaml {
+        Some((k, _)) => {
+            let build = k.builds.iter().find(|b| {
+                b.main.as_deref().map(|m| {
+                    let m = m.trim_start_matches("./");
+                    import_path.ends_with(m) || m == "." && package_dir == work_dir
+                }) == Some(true)
+            });
+            (
+                build.and_then(|b| b.env.clone()).unwrap_or_else(|| k.default_env.clone()),
+                build.and_then(|b| b.flags.clone()).unwrap_or_else(|| k.default_flags.clone()),
+                build.and_then(|b| b.ldflags.clone()).unwrap_or_else(|| k.default_ldflags.clone()),
+            )
+        }
+        None => Default::default(),
+    };
+
+    let tag = match written_tag.strip_prefix(':') {
+        _ if input.tag_override.is_some() => input.tag_override.unwrap_or_default().to_string(),
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => tag::resolve(input.tag_policy, &context),
+    };
+    naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
+
+    // Templates over the environment plus IMAGE_REPO / IMAGE_NAME / IMAGE_TAG.
+    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
+    vars.insert("IMAGE_REPO".into(), repo_part.to_string());
+    vars.insert("IMAGE_NAME".into(), name_part.to_string());
+    vars.insert("IMAGE_TAG".into(), tag.clone());
+    let expand_all = |items: &[String], sub: &str| -> Result<Vec<String>> {
+        items.iter().map(|s| template::expand(s, &vars).map_err(|m| err(sub, m))).collect()
+    };
+    let pick = |skaffold: &[String], ko_yaml: Vec<String>| if skaffold.is_empty() { ko_yaml } else { skaffold.to_vec() };
+    let env = expand_all(&pick(&ko.env, ko_env), ".ko.env")?;
+    for entry in &env {
+        if !entry.contains('=') {
+            return Err(err(".ko.env", format!("env entry {entry:?} must be KEY=value")));
+        }
+    }
+    let flags = expand_all(&pick(&ko.flags, ko_flags), ".ko.flags")?;
+    if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
+        return Err(err(".ko.flags", "-toolexec is refused: it would run arbitrary programs during the build".to_string()));
+    }
+    let ldflags = expand_all(&pick(&ko.ldflags, ko_ldflags), ".ko.ldflags")?;
+    let mut labels = BTreeMap::new();
+    for (k, v) in &ko.labels {
+        labels.insert(k.clone(), template::expand(v, &vars).map_err(|m| err(&format!(".ko.labels.{k}"), m))?);
+    }
+
+    Ok(Artifact {
+        image: raw.image.clone(),
+        image_name,
+        tag,
+        import_path,
+        context,
+        work_dir,
+        package_dir,
+        platforms,
+        base,
+        env,
+        flags,
+        ldflags,
+        gcflags: ko.gcflags.clone(),
+        asmflags: ko.asmflags.clone(),
+        labels,
+        dependencies: ko.dependencies.clone(),
+        source_date_epoch: ko.source_date_epoch,
+    })
+}
+
+/// A `main` relative to the context, rewritten relative to the work dir for `go list`.
+fn relative_package_arg(work_dir: &Path, main_abs: &Path, main: &str) -> String {
+    let recursive = main.ends_with("/...");
+    let target = if recursive {
+        PathBuf::from(main_abs.to_string_lossy().trim_end_matches("/..."))
+    } else {
+        main_abs.to_path_buf()
+    };
+    let target = target.canonicalize().unwrap_or(target);
+    let rel = match target.strip_prefix(work_dir) {
+        Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+        Ok(r) => format!("./{}", r.display()),
+        Err(_) => target.display().to_string(),
+    };
+    if recursive {
+        format!("{}/...", rel.trim_end_matches('/'))
+    } else {
+        rel
+    }
+}
+
+fn intersect(requests: &[&PlatformRequest]) -> Option<PlatformRequest> {
+    let mut result = PlatformRequest::All;
+    for request in requests {
+        result = match (result, request) {
+            (PlatformRequest::All, other) => (*other).clone(),
+            (mine, PlatformRequest::All) => mine,
+            (PlatformRequest::List(a), PlatformRequest::List(b)) => {
+                PlatformRequest::List(a.into_iter().filter(|p| b.contains(p)).collect())
+            }
+        };
+    }
+    match &result {
+        PlatformRequest::List(l) if l.is_empty() => None,
+        _ => Some(result),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GoPackage {
+    pub import_path: String,
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+/// The `go` binary: `KO_GO_PATH`, else `go` on PATH, else the standard install location.
+pub fn go_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KO_GO_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("go").is_file()))
+        .unwrap_or(false);
+    if !on_path && Path::new("/usr/local/go/bin/go").is_file() {
+        return PathBuf::from("/usr/local/go/bin/go");
+    }
+    PathBuf::from("go")
+}
+
+/// `go list` the packages matching `pattern` from `work_dir`.
+pub fn go_list_packages(work_dir: &Path, pattern: &str) -> std::result::Result<Vec<GoPackage>, String> {
+    let output = Command::new(go_binary())
+        .args(["list", "-f", "{{.ImportPath}}\t{{.Dir}}\t{{.Name}}", pattern])
+        .current_dir(work_dir)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .map_err(|e| format!("cannot run go ({}): {e}; install Go or set KO_GO_PATH", go_binary().display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "go list {pattern} in {} failed: {}",
+            work_dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, '\t');
+            Some(GoPackage {
+                import_path: parts.next()?.to_string(),
+                dir: PathBuf::from(parts.next()?),
+                name: parts.next()?.to_string(),
+            })
+        })
+        .collect())
+}

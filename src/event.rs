@@ -1,0 +1,65 @@
+//! The one event stream: the pipeline and the dev engine send, the headless renderers and
+//! the dashboard read. Serialized as JSON lines with `event`, `artifact` and `time`.
+
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::pipeline::layer::LayerKind;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    /// The image as written in skaffold.yaml (empty for loop-wide events).
+    pub artifact: String,
+    /// RFC 3339 with milliseconds.
+    pub time: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    Watching,
+    BuildStarted { platforms: Vec<String>, debug: bool },
+    BuildLog { platform: String, line: String },
+    /// `go build` finished for one platform (kodev's addition, for timing).
+    Compiled { platform: String, duration_ms: u64 },
+    Layer { platform: String, kind: LayerKind, digest: String, size: u64, uploaded: bool },
+    Pushed { tag: String, digest: String, debug: bool, bytes_uploaded: u64, duration_ms: u64 },
+    BuildFailed { error: String },
+    BuildCancelled,
+    DebugChanged { debug: bool },
+    ConfigReloaded,
+    Error { message: String },
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Sends events for one artifact; a closed receiver is not an error (nobody is listening).
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: Option<UnboundedSender<Event>>,
+    artifact: String,
+}
+
+impl EventSink {
+    pub fn new(tx: UnboundedSender<Event>, artifact: &str) -> Self {
+        EventSink { tx: Some(tx), artifact: artifact.to_string() }
+    }
+
+    pub fn discard() -> Self {
+        EventSink { tx: None, artifact: String::new() }
+    }
+
+    pub fn for_artifact(&self, artifact: &str) -> Self {
+        EventSink { tx: self.tx.clone(), artifact: artifact.to_string() }
+    }
+
+    pub fn send(&self, kind: EventKind) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Event { artifact: self.artifact.clone(), time: now_rfc3339(), kind });
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Running `go build` exactly as ko does (REFERENCE §4), streaming its output as events.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::config::{go_binary, Artifact};
+use crate::error::{KodevError, Result};
+use crate::event::{EventKind, EventSink};
+use crate::platform::Platform;
+
+/// The `go build` arguments for an artifact (without the platform, which goes in the env).
+pub fn build_args(artifact: &Artifact, debug: bool, output: &Path) -> Vec<String> {
+    let mut args = vec!["build".to_string()];
+    args.extend(artifact.flags.iter().cloned());
+    if debug {
+        // ko's disable-optimizations: no inlining or optimizing, and keep paths for debuggers.
+        let mut gcflags = "all=-N -l".to_string();
+        for extra in &artifact.gcflags {
+            gcflags.push(' ');
+            gcflags.push_str(extra);
+        }
+        args.push(format!("-gcflags={gcflags}"));
+    } else {
+        args.push("-trimpath".to_string());
+        if !artifact.gcflags.is_empty() {
+            args.push(format!("-gcflags={}", artifact.gcflags.join(" ")));
+        }
+    }
+    if !artifact.asmflags.is_empty() {
+        args.push(format!("-asmflags={}", artifact.asmflags.join(" ")));
+    }
+    if !artifact.ldflags.is_empty() {
+        args.push(format!("-ldflags={}", artifact.ldflags.join(" ")));
+    }
+    args.push("-o".to_string());
+    args.push(output.display().to_string());
+    args.push(artifact.import_path.clone());
+    args
+}
+
+/// The environment on top of the process's: platform defaults unless the user set them, then the artifact's env.
+pub fn build_env(artifact: &Artifact, platform: &Platform) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = platform
+        .go_env()
+        .into_iter()
+        .filter(|(k, _)| k != "CGO_ENABLED" || std::env::var_os("CGO_ENABLED").is_none())
+        .collect();
+    for entry in &artifact.env {
+        if let Some((k, v)) = entry.split_once('=') {
+            env.retain(|(existing, _)| existing != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+    }
+    env
+}
+
+/// Build one platform's binary into `out_dir`; the `go` process dies with the future.
+pub async fn go_build(artifact: &Artifact, platform: &Platform, debug: bool, out_dir: &Path, events: &EventSink) -> Result<PathBuf> {
+    let output = out_dir.join(artifact.binary_name());
+    let args = build_args(artifact, debug, &output);
+    let started = Instant::now();
+    let mut command = Command::new(go_binary());
+    command
+        .args(&args)
+        .current_dir(&artifact.work_dir)
+        .envs(build_env(artifact, platform))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display())))?;
+    let platform_name = platform.to_string();
+    let stderr = child.stderr.take();
+    let stdout = child.stdout.take();
+    let forward = |stream: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        let events = events.clone();
+        let platform_name = platform_name.clone();
+        async move {
+            let mut lines_seen = Vec::new();
+            if let Some(stream) = stream {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    events.send(EventKind::BuildLog { platform: platform_name.clone(), line: line.clone() });
+                    lines_seen.push(line);
+                }
+            }
+            lines_seen
+        }
+    };
+    let (err_lines, _out_lines, status) = tokio::join!(
+        forward(stderr.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        forward(stdout.map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>)),
+        child.wait()
+    );
+    let status = status.map_err(|e| KodevError::build(format!("go build: {e}")))?;
+    if !status.success() {
+        let shown = err_lines.join("\n");
+        return Err(KodevError::build(format!("go build of {} for {platform} failed:\n{shown}", artifact.import_path)));
+    }
+    events.send(EventKind::Compiled { platform: platform_name, duration_ms: started.elapsed().as_millis() as u64 });
+    Ok(output)
+}

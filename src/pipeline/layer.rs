@@ -1,0 +1,206 @@
+//! ko's two layers — kodata and the binary — built as deterministic gzip'd tarballs,
+//! hashed (uncompressed diff_id and compressed digest) in the same streaming pass.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use super::tarball::{EntryHeader, EntryKind, TarWriter};
+use crate::error::{KodevError, Result};
+
+/// Where ko puts kodata inside the image.
+pub const KODATA_ROOT: &str = "/var/run/ko";
+/// Where ko puts the binary inside the image.
+pub const APP_DIR: &str = "/ko-app";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerKind {
+    Base,
+    Kodata,
+    Binary,
+}
+
+impl std::fmt::Display for LayerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerKind::Base => "base",
+            LayerKind::Kodata => "kodata",
+            LayerKind::Binary => "binary",
+        })
+    }
+}
+
+/// A compressed layer held in memory, with both of its digests.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub kind: LayerKind,
+    /// `sha256:` of the gzip'd bytes (the blob digest).
+    pub digest: String,
+    /// `sha256:` of the uncompressed tar (the config's diff_id).
+    pub diff_id: String,
+    pub data: Bytes,
+}
+
+impl Layer {
+    pub fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+}
+
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Hashes the uncompressed stream and feeds it to gzip at ko's level (1, best speed).
+struct LayerSink {
+    diff_hasher: Sha256,
+    gzip: GzEncoder<Vec<u8>>,
+}
+
+impl Write for LayerSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.gzip.write(buf)?;
+        self.diff_hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.gzip.flush()
+    }
+}
+
+fn new_tar() -> TarWriter<LayerSink> {
+    TarWriter::new(LayerSink { diff_hasher: Sha256::new(), gzip: GzEncoder::new(Vec::new(), Compression::fast()) })
+}
+
+fn finish_layer(kind: LayerKind, tar: TarWriter<LayerSink>) -> io::Result<Layer> {
+    let sink = tar.finish()?;
+    let diff_id = format!("sha256:{}", hex::encode(sink.diff_hasher.finalize()));
+    let compressed = sink.gzip.finish()?;
+    Ok(Layer { kind, digest: sha256_digest(&compressed), diff_id, data: Bytes::from(compressed) })
+}
+
+/// The binary layer: `ko-app/` and `/ko-app/<name>`, mode 0555, mtime 0.
+pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
+    let build = || -> io::Result<Layer> {
+        let file = File::open(binary)?;
+        let size = file.metadata()?.len();
+        let mut tar = new_tar();
+        tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
+        let path = format!("{APP_DIR}/{name}");
+        tar.append_file(&EntryHeader::ko(&path, EntryKind::File, size, 0), io::BufReader::with_capacity(1 << 20, file))?;
+        finish_layer(LayerKind::Binary, tar)
+    };
+    build().map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
+}
+
+/// Inputs of the kodata layer.
+#[derive(Debug, Clone)]
+pub struct KodataSource {
+    /// `<main package dir>/kodata`; it may not exist.
+    pub dir: PathBuf,
+    /// Symlinks must resolve inside this directory.
+    pub allowed_root: PathBuf,
+    /// mtime of every entry (`KO_DATA_DATE_EPOCH`, else 0).
+    pub mtime: u64,
+}
+
+/// The kodata layer: `/var`, `/var/run`, `/var/run/ko`, then the kodata tree.
+pub fn kodata_layer(source: &KodataSource) -> Result<Layer> {
+    let mut tar = new_tar();
+    let io_err = |e: io::Error| KodevError::build(format!("cannot archive kodata {}: {e}", source.dir.display()));
+    for dir in ["/var", "/var/run", KODATA_ROOT] {
+        tar.append_header(&EntryHeader::ko(dir, EntryKind::Directory, 0, source.mtime)).map_err(io_err)?;
+    }
+    if source.dir.is_dir() {
+        let allowed = source.allowed_root.canonicalize().unwrap_or_else(|_| source.allowed_root.clone());
+        walk(&mut tar, &source.dir, KODATA_ROOT, source, &allowed, &mut Vec::new())?;
+    }
+    finish_layer(LayerKind::Kodata, tar).map_err(io_err)
+}
+
+fn walk(
+    tar: &mut TarWriter<LayerSink>,
+    host_dir: &Path,
+    image_dir: &str,
+    source: &KodataSource,
+    allowed_root: &Path,
+    visiting: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let io_err = |path: &Path, e: io::Error| KodevError::build(format!("cannot archive kodata {}: {e}", path.display()));
+    let canonical = host_dir.canonicalize().map_err(|e| io_err(host_dir, e))?;
+    if visiting.contains(&canonical) {
+        return Err(KodevError::build(format!("kodata symlink loop at {}", host_dir.display())));
+    }
+    visiting.push(canonical);
+    let mut entries: Vec<_> = std::fs::read_dir(host_dir)
+        .map_err(|e| io_err(host_dir, e))?
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| io_err(host_dir, e))?;
+    // Lexical order, as Go's filepath.Walk visits them.
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let host_path = entry.path();
+        let file_name = entry.file_name();
+        let image_path = format!("{image_dir}/{}", file_name.to_string_lossy());
+        let link_meta = std::fs::symlink_metadata(&host_path).map_err(|e| io_err(&host_path, e))?;
+        let target = if link_meta.file_type().is_symlink() {
+            let resolved = host_path.canonicalize().map_err(|e| io_err(&host_path, e))?;
+            if !resolved.starts_with(allowed_root) {
+                return Err(KodevError::build(format!(
+                    "kodata symlink {} resolves to {}, outside {}; refusing to copy it into the image (set KO_DATA_PATH_ALLOWED_ROOT to widen the allowed root)",
+                    host_path.display(),
+                    resolved.display(),
+                    allowed_root.display()
+                )));
+            }
+            resolved
+        } else {
+            host_path.clone()
+        };
+        let meta = std::fs::metadata(&target).map_err(|e| io_err(&target, e))?;
+        if meta.is_dir() {
+            tar.append_header(&EntryHeader::ko(&image_path, EntryKind::Directory, 0, source.mtime))
+                .map_err(|e| io_err(&host_path, e))?;
+            walk(tar, &target, &image_path, source, allowed_root, visiting)?;
+        } else if meta.is_file() {
+            let file = File::open(&target).map_err(|e| io_err(&target, e))?;
+            tar.append_file(&EntryHeader::ko(&image_path, EntryKind::File, meta.len(), source.mtime), file)
+                .map_err(|e| io_err(&target, e))?;
+        }
+        // Sockets, fifos and devices are skipped, as ko does.
+    }
+    visiting.pop();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kodata_is_reproducible_and_refuses_escapes() {
+        let root = tempfile::tempdir().unwrap();
+        let kodata = root.path().join("app/kodata");
+        std::fs::create_dir_all(kodata.join("sub")).unwrap();
+        std::fs::write(kodata.join("b.txt"), "b").unwrap();
+        std::fs::write(kodata.join("sub/a.txt"), "a").unwrap();
+        let source = KodataSource { dir: kodata.clone(), allowed_root: root.path().to_path_buf(), mtime: 0 };
+        let one = kodata_layer(&source).unwrap();
+        let two = kodata_layer(&source).unwrap();
+        assert_eq!(one.digest, two.digest);
+        assert_eq!(one.diff_id, two.diff_id);
+
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), kodata.join("leak")).unwrap();
+        let err = kodata_layer(&source).unwrap_err().to_string();
+        assert!(err.contains("leak") && err.contains("outside"), "{err}");
+    }
+}

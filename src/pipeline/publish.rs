@@ -1,0 +1,191 @@
+//! Putting a built image somewhere: a registry or an OCI image layout.
+//! A publisher never knows how the image was made; blobs first, manifests next, the tag last,
+//! so a failure never leaves a tag pointing at a partial image.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::base::{blob_bytes, write_atomically, Blob, BlobData};
+use super::image::BuiltImage;
+use super::registry::{parse_reference, Registries};
+use crate::error::{KodevError, Result};
+
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// What happened to each blob and the whole push.
+#[derive(Debug, Clone, Default)]
+pub struct PushOutcome {
+    /// `name:tag@sha256:…`
+    pub reference: String,
+    pub digest: String,
+    /// Digests that were uploaded (or written) rather than already present.
+    pub uploaded: HashSet<String>,
+    pub bytes_uploaded: u64,
+}
+
+#[derive(Clone)]
+pub enum Publisher {
+    Registry(Arc<Registries>),
+    OciLayout { dir: PathBuf, registries: Arc<Registries>, index_lock: Arc<Mutex<()>> },
+}
+
+/// Every distinct blob of an image (configs and layers), in push order.
+fn distinct_blobs(image: &BuiltImage) -> Vec<Blob> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for manifest in image.manifests() {
+        for (_, layer) in &manifest.layers {
+            if seen.insert(layer.digest.clone()) {
+                out.push(layer.clone());
+            }
+        }
+        if seen.insert(manifest.config.digest.clone()) {
+            out.push(manifest.config.clone());
+        }
+    }
+    out
+}
+
+const PARALLEL_UPLOADS: usize = 4;
+
+impl Publisher {
+    pub fn describe(&self) -> String {
+        match self {
+            Publisher::Registry(_) => "registry".to_string(),
+            Publisher::OciLayout { dir, .. } => format!("OCI layout {}", dir.display()),
+        }
+    }
+
+    pub async fn publish(&self, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+        match self {
+            Publisher::Registry(registries) => publish_to_registry(registries, image, name, tag).await,
+            Publisher::OciLayout { dir, registries, index_lock } => {
+                publish_to_layout(dir, registries, index_lock, image, name, tag).await
+            }
+        }
+    }
+}
+
+async fn publish_to_registry(registries: &Registries, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+    let target = parse_reference(name)?;
+    let blobs = distinct_blobs(image);
+    let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_UPLOADS));
+    let uploads = blobs.into_iter().map(|blob| {
+        let target = target.clone();
+        let slots = slots.clone();
+        async move {
+            let _slot = slots.acquire_owned().await.map_err(|e| KodevError::publish(e.to_string()))?;
+            if registries.blob_exists(&target, &blob.digest).await? {
+                return Ok::<_, KodevError>(None);
+            }
+            if let BlobData::Remote(source) = &blob.data {
+                let same_registry = source.resolve_registry() == target.resolve_registry();
+                if same_registry && registries.mount_blob(&target, source, &blob.digest).await? {
+                    return Ok(None);
+                }
+            }
+            let data = blob_bytes(registries, &blob).await?;
+            registries.upload_blob(&target, data, &blob.digest).await?;
+            Ok(Some((blob.digest.clone(), blob.size)))
+        }
+    });
+    let results: Vec<Option<(String, u64)>> = futures::future::try_join_all(uploads).await?;
+    let mut outcome = PushOutcome::default();
+    for (digest, size) in results.into_iter().flatten() {
+        outcome.bytes_uploaded += size;
+        outcome.uploaded.insert(digest);
+    }
+    for manifest in image.manifests() {
+        if let BuiltImage::Index { .. } = image {
+            let by_digest = target.clone_with_digest(manifest.digest.clone());
+            registries.put_manifest(&by_digest, manifest.bytes.clone(), &manifest.media_type).await?;
+        }
+    }
+    // Push the top level by digest, then the tag last.
+    let by_digest = target.clone_with_digest(image.digest().to_string());
+    registries.put_manifest(&by_digest, image.bytes().clone(), image.media_type()).await?;
+    let tagged = parse_reference(&format!("{name}:{tag}"))?;
+    registries.put_manifest(&tagged, image.bytes().clone(), image.media_type()).await?;
+    outcome.digest = image.digest().to_string();
+    outcome.reference = format!("{name}:{tag}@{}", image.digest());
+    Ok(outcome)
+}
+
+fn blob_path(dir: &Path, digest: &str) -> PathBuf {
+    dir.join("blobs").join(digest.replace(':', "/"))
+}
+
+async fn write_blob_if_missing(dir: &Path, digest: &str, data: &[u8]) -> Result<bool> {
+    let path = blob_path(dir, digest);
+    if path.is_file() {
+        return Ok(false);
+    }
+    let data = data.to_vec();
+    tokio::task::spawn_blocking(move || write_atomically(&path, &data))
+        .await
+        .map_err(|e| KodevError::publish(format!("writing a blob panicked: {e}")))?
+        .map_err(|e| KodevError::publish(format!("cannot write blob {digest} in {}: {e}", dir.display())))?;
+    Ok(true)
+}
+
+async fn publish_to_layout(
+    dir: &Path,
+    registries: &Registries,
+    index_lock: &Mutex<()>,
+    image: &BuiltImage,
+    name: &str,
+    tag: &str,
+) -> Result<PushOutcome> {
+    let io_err = |what: &str, e: std::io::Error| KodevError::publish(format!("cannot write {what} in OCI layout {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io_err("blobs", e))?;
+    let layout_file = dir.join("oci-layout");
+    if !layout_file.is_file() {
+        write_atomically(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| io_err("oci-layout", e))?;
+    }
+    let mut outcome = PushOutcome::default();
+    for blob in distinct_blobs(image) {
+        if blob_path(dir, &blob.digest).is_file() {
+            continue;
+        }
+        let data = blob_bytes(registries, &blob).await?;
+        if write_blob_if_missing(dir, &blob.digest, &data).await? {
+            outcome.bytes_uploaded += blob.size;
+            outcome.uploaded.insert(blob.digest.clone());
+        }
+    }
+    if let BuiltImage::Index { .. } = image {
+        for manifest in image.manifests() {
+            write_blob_if_missing(dir, &manifest.digest, &manifest.bytes).await?;
+        }
+    }
+    write_blob_if_missing(dir, image.digest(), image.bytes()).await?;
+
+    // index.json last: the reference appears only once everything it names is on disk.
+    let reference = format!("{name}:{tag}");
+    let _guard = index_lock.lock().await;
+    let index_path = dir.join("index.json");
+    let mut index: Value = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
+    let manifests = index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| KodevError::publish(format!("{} has no manifests list; remove it and rebuild", index_path.display())))?;
+    manifests.retain(|m| m.pointer(&format!("/annotations/{}", ANNOTATION_REF_NAME.replace('/', "~1"))).and_then(Value::as_str) != Some(&reference));
+    manifests.push(json!({
+        "mediaType": image.media_type(),
+        "digest": image.digest(),
+        "size": image.bytes().len(),
+        "annotations": {ANNOTATION_REF_NAME: reference},
+    }));
+    let bytes = serde_json::to_vec_pretty(&index).expect("JSON values serialize");
+    write_atomically(&index_path, &bytes).map_err(|e| io_err("index.json", e))?;
+    outcome.digest = image.digest().to_string();
+    outcome.reference = format!("{reference}@{}", image.digest());
+    Ok(outcome)
+}

@@ -1,0 +1,246 @@
+//! Talking to registries through oci-client: one client per registry host (plain HTTP for
+//! loopback and `--insecure-registry`), credentials from the Docker/podman config, and our
+//! own retry with backoff (oci-client has none).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use tokio::sync::Mutex;
+
+use crate::error::{KodevError, Result};
+
+pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+const ATTEMPTS: u32 = 5;
+
+pub struct Registries {
+    insecure: Vec<String>,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+/// Docker's rule: loopback registries speak plain HTTP.
+pub fn is_loopback_registry(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+    };
+    host == "localhost" || host.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+pub fn parse_reference(reference: &str) -> Result<Reference> {
+    reference
+        .parse::<Reference>()
+        .map_err(|e| KodevError::Usage(format!("invalid image reference {reference:?}: {e}")))
+}
+
+/// Render an error with its causes, so "connection refused" is not hidden behind "request failed".
+pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn is_retryable(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RequestError(e) => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        OciDistributionError::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn credentials_for(registry: &str) -> RegistryAuth {
+    let server = if registry == "docker.io" || registry == "index.docker.io" { "https://index.docker.io/v1/" } else { registry };
+    let found = docker_credential::get_credential(server).or_else(|_| docker_credential::get_podman_credential(server));
+    match found {
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => RegistryAuth::Basic(user, password),
+        Ok(docker_credential::DockerCredential::IdentityToken(token)) => RegistryAuth::Bearer(token),
+        Err(_) => RegistryAuth::Anonymous,
+    }
+}
+
+impl Registries {
+    pub fn new(insecure: Vec<String>) -> Self {
+        Registries { insecure, clients: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn scheme_for(&self, registry: &str) -> &'static str {
+        if is_loopback_registry(registry) || self.insecure.iter().any(|i| i == registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    async fn client(&self, reference: &Reference, op: RegistryOperation) -> Result<Client> {
+        let registry = reference.resolve_registry().to_string();
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&registry) {
+            return Ok(client.clone());
+        }
+        let protocol = if self.scheme_for(&registry) == "http" { ClientProtocol::Http } else { ClientProtocol::Https };
+        let config = ClientConfig {
+            protocol,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(120)),
+            ..Default::default()
+        };
+        let client = Client::new(config);
+        let auth = credentials_for(reference.registry());
+        // Negotiates a bearer token when the registry asks for one; anonymous registries answer 200.
+        let auth_result = retry(&format!("{}://{registry}/v2/", self.scheme_for(&registry)), || async {
+            client.auth(reference, &auth, op).await.map(|_| ())
+        })
+        .await;
+        if let Err(e) = auth_result {
+            return Err(KodevError::publish(format!("cannot reach registry {registry}: {e}")));
+        }
+        clients.insert(registry, client.clone());
+        Ok(client)
+    }
+
+    fn url(&self, reference: &Reference, what: &str) -> String {
+        let registry = reference.resolve_registry();
+        format!("{}://{registry}/v2/{}/{what}", self.scheme_for(registry), reference.repository())
+    }
+
+    /// The raw manifest (or index) bytes, their digest and media type.
+    pub async fn pull_manifest(&self, reference: &Reference) -> Result<(Bytes, String, String)> {
+        let client = self.client(reference, RegistryOperation::Pull).await?;
+        let what = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
+        let url = self.url(reference, &format!("manifests/{what}"));
+        let (bytes, digest) = retry(&url, || client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES))
+            .await
+            .map_err(|e| KodevError::build(format!("cannot fetch base image {}: {e}", reference.whole())))?;
+        let media_type = manifest_media_type(&bytes)
+            .ok_or_else(|| KodevError::build(format!("base image {} has a manifest kodev cannot read", reference.whole())))?;
+        Ok((bytes, digest, media_type))
+    }
+
+    pub async fn pull_blob(&self, reference: &Reference, digest: &str, size: u64) -> Result<Vec<u8>> {
+        let client = self.client(reference, RegistryOperation::Pull).await?;
+        let descriptor = OciDescriptor { digest: digest.to_string(), size: size as i64, ..Default::default() };
+        let url = self.url(reference, &format!("blobs/{digest}"));
+        retry(&url, || async {
+            let mut out = Vec::with_capacity(size as usize);
+            client.pull_blob(reference, &descriptor, &mut out).await?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| KodevError::build(format!("cannot fetch blob {digest} of {}: {e}", reference.whole())))
+    }
+
+    pub async fn blob_exists(&self, target: &Reference, digest: &str) -> Result<bool> {
+        let client = self.client(target, RegistryOperation::Push).await?;
+        let url = self.url(target, &format!("blobs/{digest}"));
+        retry(&url, || client.blob_exists(target, digest))
+            .await
+            .map_err(|e| KodevError::publish(format!("cannot check blob {digest} at {url}: {e}")))
+    }
+
+    /// Cross-repository mount; false when the registry started an upload instead (202).
+    pub async fn mount_blob(&self, target: &Reference, source: &Reference, digest: &str) -> Result<bool> {
+        let client = self.client(target, RegistryOperation::Push).await?;
+        Ok(client.mount_blob(target, source, digest).await.is_ok())
+    }
+
+    pub async fn upload_blob(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
+        let client = self.client(target, RegistryOperation::Push).await?;
+        let url = self.url(target, "blobs/uploads/");
+        retry(&url, || client.push_blob(target, data.clone(), digest))
+            .await
+            .map(|_| ())
+            .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))
+    }
+
+    pub async fn put_manifest(&self, target: &Reference, body: Bytes, media_type: &str) -> Result<()> {
+        let client = self.client(target, RegistryOperation::Push).await?;
+        let what = target.digest().or(target.tag()).unwrap_or("latest").to_string();
+        let url = self.url(target, &format!("manifests/{what}"));
+        let content_type: reqwest::header::HeaderValue = media_type
+            .parse()
+            .map_err(|_| KodevError::publish(format!("invalid media type {media_type}")))?;
+        retry(&url, || client.push_manifest_raw(target, body.clone(), content_type.clone()))
+            .await
+            .map(|_| ())
+            .map_err(|e| KodevError::publish(format!("cannot push manifest to {url}: {e}")))
+    }
+}
+
+/// The media type of a manifest, from its `mediaType` or, for OCI files without one, its shape.
+pub fn manifest_media_type(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if let Some(mt) = value.get("mediaType").and_then(|m| m.as_str()) {
+        return Some(mt.to_string());
+    }
+    if value.get("manifests").is_some() {
+        Some(MANIFEST_MEDIA_TYPES[0].to_string())
+    } else if value.get("config").is_some() {
+        Some(MANIFEST_MEDIA_TYPES[2].to_string())
+    } else {
+        None
+    }
+}
+
+/// Run `op` with exponential backoff on server errors and connection failures.
+async fn retry<T, F, Fut>(url: &str, mut op: F) -> std::result::Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < ATTEMPTS && is_retryable(&e) => {
+                tracing::debug!(url, attempt, error = %e, "retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => {
+                let described = describe_error(&e);
+                return Err(if described.contains(url) { described } else { format!("{url}: {described}") });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback_registry("127.0.0.1:5000"));
+        assert!(is_loopback_registry("localhost:5000"));
+        assert!(is_loopback_registry("localhost"));
+        assert!(is_loopback_registry("[::1]:5000"));
+        assert!(!is_loopback_registry("gcr.io"));
+        assert!(!is_loopback_registry("10.0.0.1:5000"));
+    }
+}

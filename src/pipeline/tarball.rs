@@ -1,0 +1,160 @@
+//! A minimal, fully deterministic tar writer (ustar, PAX for long names).
+//! Written by hand so every byte is under our control, as ko's layers are:
+//! names exactly as given (ko writes `/ko-app/x`), fixed modes, owners and times.
+
+use std::io::{self, Write};
+
+const BLOCK: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Directory,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntryHeader<'a> {
+    pub name: &'a str,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub size: u64,
+    pub mtime: u64,
+}
+
+impl<'a> EntryHeader<'a> {
+    /// ko's entries: mode 0555, owned by 0:0 with empty names.
+    pub fn ko(name: &'a str, kind: EntryKind, size: u64, mtime: u64) -> Self {
+        EntryHeader { name, kind, mode: 0o555, uid: 0, gid: 0, size, mtime }
+    }
+}
+
+pub struct TarWriter<W: Write> {
+    out: W,
+}
+
+fn write_octal(field: &mut [u8], value: u64) -> io::Result<()> {
+    let digits = field.len() - 1;
+    let text = format!("{value:0digits$o}");
+    if text.len() > digits {
+        return Err(io::Error::other(format!("value {value} does not fit a tar header field")));
+    }
+    field[..digits].copy_from_slice(text.as_bytes());
+    field[digits] = 0;
+    Ok(())
+}
+
+/// Split a long name into ustar's prefix (≤155) and name (≤100) at a '/'.
+fn split_ustar_name(name: &str) -> Option<(&str, &str)> {
+    if name.len() <= 100 {
+        return Some(("", name));
+    }
+    let bytes = name.as_bytes();
+    let start = name.len().saturating_sub(101);
+    (start..name.len().min(156))
+        .filter(|&i| bytes[i] == b'/')
+        .map(|i| (&name[..i], &name[i + 1..]))
+        .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
+}
+
+impl<W: Write> TarWriter<W> {
+    pub fn new(out: W) -> Self {
+        TarWriter { out }
+    }
+
+    fn raw_header(&mut self, name: &str, prefix: &str, typeflag: u8, entry: &EntryHeader<'_>, size: u64) -> io::Result<()> {
+        let mut block = [0u8; BLOCK];
+        block[..name.len()].copy_from_slice(name.as_bytes());
+        write_octal(&mut block[100..108], u64::from(entry.mode))?;
+        write_octal(&mut block[108..116], entry.uid)?;
+        write_octal(&mut block[116..124], entry.gid)?;
+        write_octal(&mut block[124..136], size)?;
+        write_octal(&mut block[136..148], entry.mtime)?;
+        block[156] = typeflag;
+        block[257..263].copy_from_slice(b"ustar\0");
+        block[263..265].copy_from_slice(b"00");
+        block[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+        // The checksum is computed with its own field read as spaces.
+        block[148..156].copy_from_slice(b"        ");
+        let sum: u64 = block.iter().map(|&b| u64::from(b)).sum();
+        let text = format!("{sum:06o}\0 ");
+        block[148..156].copy_from_slice(text.as_bytes());
+        self.out.write_all(&block)
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rem = (size % BLOCK as u64) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
+        }
+        Ok(())
+    }
+
+    pub fn append_header(&mut self, entry: &EntryHeader<'_>) -> io::Result<()> {
+        let typeflag = match entry.kind {
+            EntryKind::File => b'0',
+            EntryKind::Directory => b'5',
+        };
+        let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
+        match split_ustar_name(entry.name) {
+            Some((prefix, name)) => self.raw_header(name, prefix, typeflag, entry, size),
+            None => {
+                // PAX extended header carrying the full path.
+                let record_body = format!(" path={}\n", entry.name);
+                let mut len = record_body.len() + 1;
+                while format!("{len}{record_body}").len() != len {
+                    len += 1;
+                }
+                let record = format!("{len}{record_body}");
+                let pax_entry = EntryHeader { name: "", kind: EntryKind::File, mode: 0o644, uid: 0, gid: 0, size: 0, mtime: entry.mtime };
+                let short: String = entry.name.chars().rev().take(90).collect::<Vec<_>>().into_iter().rev().collect();
+                self.raw_header("PaxHeaders.0/entry", "", b'x', &pax_entry, record.len() as u64)?;
+                self.out.write_all(record.as_bytes())?;
+                self.pad(record.len() as u64)?;
+                self.raw_header(short.trim_start_matches('/'), "", typeflag, entry, size)
+            }
+        }
+    }
+
+    pub fn append_file(&mut self, entry: &EntryHeader<'_>, mut content: impl io::Read) -> io::Result<()> {
+        self.append_header(entry)?;
+        let copied = io::copy(&mut content, &mut self.out)?;
+        if copied != entry.size {
+            return Err(io::Error::other(format!("{} changed size while being archived", entry.name)));
+        }
+        self.pad(entry.size)
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        self.out.write_all(&[0u8; BLOCK * 2])?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tar_crate_reads_what_we_write() {
+        let mut tw = TarWriter::new(Vec::new());
+        tw.append_header(&EntryHeader::ko("/ko-app", EntryKind::Directory, 0, 0)).unwrap();
+        tw.append_file(&EntryHeader::ko("/ko-app/hello", EntryKind::File, 5, 0), &b"hello"[..]).unwrap();
+        let long = format!("/var/run/ko/{}/file.txt", "d".repeat(200));
+        tw.append_file(&EntryHeader::ko(&long, EntryKind::File, 1, 0), &b"x"[..]).unwrap();
+        let bytes = tw.finish().unwrap();
+        let mut archive = tar::Archive::new(&bytes[..]);
+        let entries: Vec<(String, u32, u64)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.header().mode().unwrap(), e.header().mtime().unwrap())
+            })
+            .collect();
+        assert_eq!(entries[0], ("/ko-app".to_string(), 0o555, 0));
+        assert_eq!(entries[1].0, "/ko-app/hello");
+        assert_eq!(entries[2].0, long);
+    }
+}

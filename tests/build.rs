@@ -1,0 +1,290 @@
+//! `kodev build` end to end: real registry, real go, bases made by umoci + skopeo, images run by podman.
+
+mod common;
+
+use std::io::Read;
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+const TOOLS: &[&str] = &["docker-registry", "skopeo", "umoci", "podman", "runc", "qemu-aarch64-static", "curl"];
+
+struct Fixture {
+    registry: Registry,
+    _bases: tempfile::TempDir,
+}
+
+/// A registry holding three bases: single-platform OCI, a two-platform OCI index, Docker schema2.
+fn fixture() -> Fixture {
+    let registry = Registry::start();
+    let bases = tempfile::tempdir().expect("tempdir");
+    let layout = bases.path().join("layout");
+    umoci_image(&layout, "amd64", "amd64");
+    umoci_image(&layout, "arm64", "arm64");
+    make_index(&layout, &[("amd64", "amd64"), ("arm64", "arm64")], "multi");
+    skopeo_push(&layout, "amd64", &format!("{}/base/single:v1", registry.host), false, false);
+    skopeo_push(&layout, "multi", &format!("{}/base/multi:v1", registry.host), false, true);
+    skopeo_push(&layout, "amd64", &format!("{}/base/docker:v1", registry.host), true, false);
+    Fixture { registry, _bases: bases }
+}
+
+fn build(skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
+    run(kodev().arg("build").arg("-f").arg(skaffold).args(args))
+}
+
+fn stdout_ref(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "kodev build failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().last().expect("a reference on stdout").trim().to_string()
+}
+
+fn env_of(config: &Value) -> Vec<String> {
+    config["config"]["Env"].as_array().expect("Env").iter().map(|v| v.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn single_platform_oci_base_builds_pushes_and_runs() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let base = format!("{}/base/single:v1", fx.registry.host);
+    let skaffold = hello_app(
+        app.path(),
+        &format!("        fromImage: {base}\n        labels:\n          team: platform\n        ldflags:\n          - -s -w\n"),
+        "",
+    );
+    let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1", "--file-output", "out.json"]);
+    let reference = stdout_ref(&out);
+    let name = format!("{}/dev/hello", fx.registry.host);
+    assert!(reference.starts_with(&format!("{name}:t1@sha256:")), "{reference}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("go build done"), "{stderr}");
+
+    let manifest = skopeo_inspect(&format!("docker://{name}:t1"), true, false);
+    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "one base layer + kodata + binary");
+    assert!(layers.iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    assert_eq!(manifest["annotations"]["org.opencontainers.image.base.name"], format!("{base}"));
+    let base_digest = skopeo_inspect(&format!("docker://{base}"), false, false)["Digest"].clone();
+    assert_eq!(manifest["annotations"]["org.opencontainers.image.base.digest"], base_digest);
+
+    let config = skopeo_inspect(&format!("docker://{name}:t1"), false, true);
+    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["/ko-app/hello"]));
+    assert!(config["config"].get("Cmd").is_none() || config["config"]["Cmd"].is_null());
+    let env = env_of(&config);
+    assert!(env.iter().any(|e| e.starts_with("PATH=") && e.ends_with(":/ko-app")), "{env:?}");
+    assert!(env.contains(&"KO_DATA_PATH=/var/run/ko".to_string()));
+    assert!(env.contains(&"BASE_ENV=kept".to_string()));
+    assert_eq!(config["config"]["User"], "1234");
+    assert_eq!(config["config"]["Labels"]["base.label"], "inherited");
+    assert_eq!(config["config"]["Labels"]["team"], "platform");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 3);
+
+    let file_output: Value = serde_json::from_slice(&std::fs::read(app.path().join("out.json")).or_else(|_| std::fs::read("out.json")).unwrap()).unwrap();
+    assert_eq!(file_output["builds"][0]["imageName"], "hello");
+    assert_eq!(file_output["builds"][0]["tag"], reference);
+
+    let podman = Podman::new(Some(&fx.registry.host));
+    let said = podman.run_image(&format!("{name}:t1"), &["--once"]);
+    assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said}");
+
+    // A second push of the same image uploads nothing new.
+    let again = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1"]);
+    assert_eq!(stdout_ref(&again), reference, "same input, same digest");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("(0 B uploaded"), "{}", String::from_utf8_lossy(&again.stderr));
+}
+
+#[test]
+fn two_platform_index_runs_on_amd64_and_arm64() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(
+        app.path(),
+        &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host),
+        "      platforms: [linux/arm64, linux/amd64]\n",
+    );
+    let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "multi"]);
+    let reference = stdout_ref(&out);
+    let name = format!("{}/dev/hello", fx.registry.host);
+
+    let index = skopeo_inspect(&format!("docker://{name}:multi"), true, false);
+    assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
+    let archs: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    assert_eq!(archs, vec!["amd64", "arm64"], "index follows the base's order");
+    assert!(index["annotations"]["org.opencontainers.image.base.name"].as_str().unwrap().ends_with("base/multi:v1"));
+    assert!(reference.ends_with(index_digest(&name, "multi").as_str()));
+
+    let podman = Podman::new(Some(&fx.registry.host));
+    let said = podman.run_image(&format!("{name}:multi"), &["--once"]);
+    assert!(said.contains("(from linux/amd64)"), "{said}");
+
+    // The arm64 binary, taken out of its layer, runs under qemu.
+    let arm = index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "arm64").unwrap();
+    let arm_manifest = skopeo_inspect(&format!("docker://{name}@{}", arm["digest"].as_str().unwrap()), true, false);
+    let binary_layer = arm_manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let blob = fetch_blob(&fx.registry.host, "dev/hello", &binary_layer);
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+    let work = tempfile::tempdir().unwrap();
+    let mut found = false;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_string_lossy() == "/ko-app/hello" {
+            assert_eq!(entry.header().mode().unwrap(), 0o555);
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            std::fs::write(work.path().join("hello"), bytes).unwrap();
+            std::fs::set_permissions(work.path().join("hello"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            found = true;
+        }
+    }
+    assert!(found, "binary layer holds /ko-app/hello");
+    std::fs::write(work.path().join("greeting.txt"), "Hello from kodev").unwrap();
+    let said = run_ok(Command::new("qemu-aarch64-static").arg(work.path().join("hello")).arg("--once").env("KO_DATA_PATH", work.path()));
+    assert!(said.contains("(from linux/arm64)"), "{said}");
+}
+
+fn index_digest(name: &str, tag: &str) -> String {
+    skopeo_inspect(&format!("docker://{name}:{tag}"), false, false)["Digest"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn docker_schema2_base_gives_docker_media_types() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/docker:v1\n", fx.registry.host), "");
+    let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "dk"]);
+    stdout_ref(&out);
+    let manifest = skopeo_inspect(&format!("docker://{}/dev/hello:dk", fx.registry.host), true, false);
+    assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    assert_eq!(manifest["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    }
+    let podman = Podman::new(Some(&fx.registry.host));
+    let said = podman.run_image(&format!("{}/dev/hello:dk", fx.registry.host), &["--once"]);
+    assert!(said.contains("Hello from kodev"), "{said}");
+}
+
+#[test]
+fn same_app_in_two_directories_gives_the_same_digest() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let a = hello_app(one.path(), "", "      platforms: [linux/amd64, linux/arm64]\n");
+    let b = hello_app(&two.path().join("nested/elsewhere"), "", "      platforms: [linux/amd64, linux/arm64]\n");
+    let ra = stdout_ref(&build(&a, &["-t", "same"]));
+    let rb = stdout_ref(&build(&b, &["-t", "same"]));
+    assert_eq!(ra, rb);
+    assert!(ra.starts_with("hello:same@sha256:"), "{ra}");
+}
+
+#[test]
+fn escaping_kodata_symlink_is_refused_and_nothing_is_tagged() {
+    if !require_tools(&["docker-registry", "curl"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(&app.path().join("app"), "", "");
+    let secret_dir = tempfile::tempdir().unwrap();
+    std::fs::write(secret_dir.path().join("secret"), "do not ship").unwrap();
+    std::os::unix::fs::symlink(secret_dir.path().join("secret"), app.path().join("app/kodata/leak")).unwrap();
+    let out = build(&skaffold, &["-d", &format!("{}/dev", registry.host), "-t", "bad"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("kodata/leak") && stderr.contains("outside"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let tags = Command::new("curl").args(["-s", &format!("http://{}/v2/dev/hello/tags/list", registry.host)]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tags.stdout).contains("\"bad\""), "no tag left behind");
+}
+
+#[test]
+fn oci_layout_output_reads_with_skopeo_and_runs_with_podman() {
+    if !require_tools(&["skopeo", "podman", "runc"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    // No registry anywhere: the default .kodev/oci layout.
+    let reference = stdout_ref(&build(&skaffold, &["-t", "local"]));
+    assert!(reference.starts_with("hello:local@sha256:"), "{reference}");
+    let layout = app.path().join(".kodev/oci");
+    let inspected = skopeo_inspect(&format!("oci:{}:hello:local", layout.display()), false, false);
+    assert_eq!(inspected["Digest"].as_str().unwrap(), reference.split('@').nth(1).unwrap());
+
+    // An explicit layout directory; podman 4.3 names images after the layout path, which must not hold a dot-directory.
+    let plain = PlainDir::new();
+    let out_dir = plain.path.join("layout");
+    let reference = stdout_ref(&build(&skaffold, &["-t", "run", "--oci-layout", out_dir.to_str().unwrap()]));
+    let index: Value = serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "hello:run");
+    let podman = Podman::new(None);
+    let said = run_ok(podman.command().args(["run", "--rm"]).arg(format!("oci:{}:hello:run", out_dir.display())).arg("--once"));
+    assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said} ({reference})");
+}
+
+#[test]
+fn compile_error_shows_go_output_and_exits_1() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    std::fs::write(app.path().join("broken.go"), "package main\n\nfunc broken() { undefinedThing() }\n").unwrap();
+    let out = build(&skaffold, &["-t", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("undefined: undefinedThing"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unreachable_registry_and_missing_base_are_named() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = build(&skaffold, &["-d", &format!("{dead}/dev"), "-t", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("http://{dead}/v2/")), "{stderr}");
+
+    let registry = Registry::start();
+    let missing = format!("{}/base/nothere:v1", registry.host);
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {missing}\n"), "");
+    let out = build(&skaffold, &["-d", &format!("{}/dev", registry.host), "-t", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&missing), "{stderr}");
+}
+
+#[test]
+fn config_errors_exit_2_with_file_and_line() {
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "        mian: typo\n", "");
+    let out = build(&skaffold, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("skaffold.yaml:8:") && stderr.contains("mian"), "{stderr}");
+}
