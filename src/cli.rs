@@ -15,7 +15,11 @@ use crate::headless::{self, OutputFormat};
 use crate::pipeline::{gobuild, Builder};
 
 #[derive(Debug, Parser)]
-#[command(name = "kodev", version, about = "Build Go main packages into OCI images the way ko does, push them, and rebuild on change.")]
+#[command(
+    name = "kodev",
+    version,
+    about = "Build Go main packages into OCI images the way ko does, push them, and rebuild on change."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -122,6 +126,8 @@ pub fn run(cli: Cli) -> i32 {
             Command::Plan(args) => run_plan(args),
         }
     });
+    // A blocked stdin reader must not hold the exit.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -132,7 +138,10 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 /// Print events as text lines on stderr until the channel closes.
-pub fn spawn_stderr_renderer(mut rx: mpsc::UnboundedReceiver<crate::event::Event>, format: OutputFormat) -> tokio::task::JoinHandle<()> {
+pub fn spawn_stderr_renderer(
+    mut rx: mpsc::UnboundedReceiver<crate::event::Event>,
+    format: OutputFormat,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
             let line = headless::render(format, &event);

@@ -8,13 +8,7 @@ pub type Result<T, E = KodevError> = std::result::Result<T, E>;
 pub enum KodevError {
     /// Bad configuration or flags: the user must edit something. Exit code 2.
     #[error("{file}{}: {message}", location_suffix(*line, *column, field.as_deref()))]
-    Config {
-        file: PathBuf,
-        line: Option<usize>,
-        column: Option<usize>,
-        field: Option<String>,
-        message: String,
-    },
+    Config { file: PathBuf, line: Option<usize>, column: Option<usize>, field: Option<String>, message: String },
     /// Wrong command-line usage. Exit code 2.
     #[error("{0}")]
     Usage(String),

@@ -20,17 +20,44 @@ pub struct Event {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     Watching,
-    BuildStarted { platforms: Vec<String>, debug: bool },
-    BuildLog { platform: String, line: String },
+    BuildStarted {
+        platforms: Vec<String>,
+        debug: bool,
+    },
+    BuildLog {
+        platform: String,
+        line: String,
+    },
     /// `go build` finished for one platform (kodev's addition, for timing).
-    Compiled { platform: String, duration_ms: u64 },
-    Layer { platform: String, kind: LayerKind, digest: String, size: u64, uploaded: bool },
-    Pushed { tag: String, digest: String, debug: bool, bytes_uploaded: u64, duration_ms: u64 },
-    BuildFailed { error: String },
+    Compiled {
+        platform: String,
+        duration_ms: u64,
+    },
+    Layer {
+        platform: String,
+        kind: LayerKind,
+        digest: String,
+        size: u64,
+        uploaded: bool,
+    },
+    Pushed {
+        tag: String,
+        digest: String,
+        debug: bool,
+        bytes_uploaded: u64,
+        duration_ms: u64,
+    },
+    BuildFailed {
+        error: String,
+    },
     BuildCancelled,
-    DebugChanged { debug: bool },
+    DebugChanged {
+        debug: bool,
+    },
     ConfigReloaded,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 pub fn now_rfc3339() -> String {

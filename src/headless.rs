@@ -51,7 +51,9 @@ pub fn render_text(event: &Event) -> String {
         ),
         EventKind::BuildFailed { error } => format!("build failed: {error}"),
         EventKind::BuildCancelled => "build cancelled (newer changes arrived)".to_string(),
-        EventKind::DebugChanged { debug } => format!("debug mode {}", if *debug { "on" } else { "off" }),
+        EventKind::DebugChanged { debug } => {
+            format!("debug mode {}", if *debug { "on" } else { "off" })
+        }
         EventKind::ConfigReloaded => "configuration reloaded".to_string(),
         EventKind::Error { message } => format!("error: {message}"),
     };
@@ -78,7 +80,13 @@ mod tests {
         let event = Event {
             artifact: "hello".into(),
             time: "2026-01-01T00:00:00.000Z".into(),
-            kind: EventKind::Pushed { tag: "a:b@sha256:00".into(), digest: "sha256:00".into(), debug: false, bytes_uploaded: 5, duration_ms: 7 },
+            kind: EventKind::Pushed {
+                tag: "a:b@sha256:00".into(),
+                digest: "sha256:00".into(),
+                debug: false,
+                bytes_uploaded: 5,
+                duration_ms: 7,
+            },
         };
         let v: serde_json::Value = serde_json::from_str(&render_json(&event)).unwrap();
         assert_eq!(v["event"], "pushed");

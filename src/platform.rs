@@ -12,11 +12,7 @@ pub struct Platform {
 
 impl Platform {
     pub fn new(os: &str, architecture: &str, variant: Option<&str>) -> Self {
-        Platform {
-            os: os.to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.map(str::to_string),
-        }
+        Platform { os: os.to_string(), architecture: architecture.to_string(), variant: variant.map(str::to_string) }
     }
 
     /// ko's rule: an empty field of the request is a wildcard; a given variant must match.
@@ -75,7 +71,8 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.trim().split('/').collect();
-        let valid_part = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let valid_part =
+            |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         let (os, arch, variant) = match parts.as_slice() {
             [os, arch] => (*os, *arch, None),
             [os, arch, variant] => (*os, *arch, Some(*variant)),

@@ -91,7 +91,10 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     assert_eq!(config["config"]["Labels"]["team"], "platform");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 3);
 
-    let file_output: Value = serde_json::from_slice(&std::fs::read(app.path().join("out.json")).or_else(|_| std::fs::read("out.json")).unwrap()).unwrap();
+    let file_output: Value = serde_json::from_slice(
+        &std::fs::read(app.path().join("out.json")).or_else(|_| std::fs::read("out.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(file_output["builds"][0]["imageName"], "hello");
     assert_eq!(file_output["builds"][0]["tag"], reference);
 
@@ -102,7 +105,11 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     // A second push of the same image uploads nothing new.
     let again = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1"]);
     assert_eq!(stdout_ref(&again), reference, "same input, same digest");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("(0 B uploaded"), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("(0 B uploaded"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }
 
 #[test]
@@ -123,7 +130,12 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
 
     let index = skopeo_inspect(&format!("docker://{name}:multi"), true, false);
     assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
-    let archs: Vec<&str> = index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    let archs: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
     assert_eq!(archs, vec!["amd64", "arm64"], "index follows the base's order");
     assert!(index["annotations"]["org.opencontainers.image.base.name"].as_str().unwrap().ends_with("base/multi:v1"));
     assert!(reference.ends_with(index_digest(&name, "multi").as_str()));
@@ -135,7 +147,8 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
     // The arm64 binary, taken out of its layer, runs under qemu.
     let arm = index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "arm64").unwrap();
     let arm_manifest = skopeo_inspect(&format!("docker://{name}@{}", arm["digest"].as_str().unwrap()), true, false);
-    let binary_layer = arm_manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let binary_layer =
+        arm_manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
     let blob = fetch_blob(&fx.registry.host, "dev/hello", &binary_layer);
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
     let work = tempfile::tempdir().unwrap();
@@ -147,13 +160,19 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
             let mut bytes = Vec::new();
             entry.read_to_end(&mut bytes).unwrap();
             std::fs::write(work.path().join("hello"), bytes).unwrap();
-            std::fs::set_permissions(work.path().join("hello"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(work.path().join("hello"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
             found = true;
         }
     }
     assert!(found, "binary layer holds /ko-app/hello");
     std::fs::write(work.path().join("greeting.txt"), "Hello from kodev").unwrap();
-    let said = run_ok(Command::new("qemu-aarch64-static").arg(work.path().join("hello")).arg("--once").env("KO_DATA_PATH", work.path()));
+    let said = run_ok(
+        Command::new("qemu-aarch64-static")
+            .arg(work.path().join("hello"))
+            .arg("--once")
+            .env("KO_DATA_PATH", work.path()),
+    );
     assert!(said.contains("(from linux/arm64)"), "{said}");
 }
 
@@ -213,7 +232,10 @@ fn escaping_kodata_symlink_is_refused_and_nothing_is_tagged() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("kodata/leak") && stderr.contains("outside"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let tags = Command::new("curl").args(["-s", &format!("http://{}/v2/dev/hello/tags/list", registry.host)]).output().unwrap();
+    let tags = Command::new("curl")
+        .args(["-s", &format!("http://{}/v2/dev/hello/tags/list", registry.host)])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&tags.stdout).contains("\"bad\""), "no tag left behind");
 }
 
@@ -238,7 +260,9 @@ fn oci_layout_output_reads_with_skopeo_and_runs_with_podman() {
     let index: Value = serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "hello:run");
     let podman = Podman::new(None);
-    let said = run_ok(podman.command().args(["run", "--rm"]).arg(format!("oci:{}:hello:run", out_dir.display())).arg("--once"));
+    let said = run_ok(
+        podman.command().args(["run", "--rm"]).arg(format!("oci:{}:hello:run", out_dir.display())).arg("--once"),
+    );
     assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said} ({reference})");
 }
 

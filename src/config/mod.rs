@@ -146,7 +146,12 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     })?;
     let configs = skaffold::parse_documents(file, &text)?;
     if configs.is_empty() {
-        return Err(config_err(file, None, "", "the file holds no config: add `apiVersion`, `kind: Config` and `build.artifacts`"));
+        return Err(config_err(
+            file,
+            None,
+            "",
+            "the file holds no config: add `apiVersion`, `kind: Config` and `build.artifacts`",
+        ));
     }
     let root = file
         .parent()
@@ -156,9 +161,10 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let root = root.canonicalize().unwrap_or(root);
 
     let default_repo = options.effective_default_repo();
-    let multi_level = options.multi_level_repo
-        || std::env::var("SKAFFOLD_MULTI_LEVEL_REPO").map(|v| v == "true").unwrap_or(false);
-    let cli_platforms = PlatformRequest::parse_list(&options.platforms).map_err(|e| KodevError::Usage(format!("--platform: {e}")))?;
+    let multi_level =
+        options.multi_level_repo || std::env::var("SKAFFOLD_MULTI_LEVEL_REPO").map(|v| v == "true").unwrap_or(false);
+    let cli_platforms =
+        PlatformRequest::parse_list(&options.platforms).map_err(|e| KodevError::Usage(format!("--platform: {e}")))?;
 
     let mut artifacts = Vec::new();
     let mut insecure = options.insecure_registries.clone();
@@ -171,7 +177,12 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             return Err(config_err(file, skaffold::find_key_line(&text, "apiVersion", 0), "apiVersion", message));
         }
         if config.kind != "Config" {
-            return Err(config_err(file, skaffold::find_key_line(&text, "kind", 0), "kind", format!("kind must be Config, not {:?}", config.kind)));
+            return Err(config_err(
+                file,
+                skaffold::find_key_line(&text, "kind", 0),
+                "kind",
+                format!("kind must be Config, not {:?}", config.kind),
+            ));
         }
         let Some(build) = &config.build else { continue };
         insecure.extend(build.insecure_registries.iter().cloned());
@@ -182,10 +193,9 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             }
         }
         let build_platforms = match &build.platforms {
-            Some(list) => Some(
-                PlatformRequest::parse_list(list)
-                    .map_err(|e| config_err(file, skaffold::find_key_line(&text, "platforms", 0), "build.platforms", e.to_string()))?,
-            ),
+            Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| {
+                config_err(file, skaffold::find_key_line(&text, "platforms", 0), "build.platforms", e.to_string())
+            })?),
             None => None,
         };
         for (i, raw) in build.artifacts.iter().enumerate() {
@@ -228,7 +238,8 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             if pushable {
                 PublishTarget::Registry
             } else if explicit == Some(true) {
-                let a = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name)).expect("one is not pushable");
+                let a =
+                    artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name)).expect("one is not pushable");
                 return Err(KodevError::Usage(format!(
                     "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
                     a.image
@@ -275,10 +286,16 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         ("custom", raw.custom.is_some()),
     ] {
         if present && raw.ko.is_some() {
-            return Err(err(".ko", format!("an artifact has one builder, but this one has both ko and {name}: remove one")));
+            return Err(err(
+                ".ko",
+                format!("an artifact has one builder, but this one has both ko and {name}: remove one"),
+            ));
         }
         if present {
-            return Err(err(&format!(".{name}"), format!("kodev builds only ko artifacts; {name} is not supported here")));
+            return Err(err(
+                &format!(".{name}"),
+                format!("kodev builds only ko artifacts; {name} is not supported here"),
+            ));
         }
     }
     let ko = raw.ko.clone().unwrap_or_default();
@@ -313,7 +330,11 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let (import_path, package_dir) = if let Some(path) = raw.image.strip_prefix("ko://") {
         let (path, _) = naming::split_tag_or_digest(path);
         let pkg = go_list_packages(&work_dir, path).map_err(|m| err(".image", m))?;
-        let dir = pkg.into_iter().next().map(|p| p.dir).ok_or_else(|| err(".image", format!("go list found no package {path}")))?;
+        let dir = pkg
+            .into_iter()
+            .next()
+            .map(|p| p.dir)
+            .ok_or_else(|| err(".image", format!("go list found no package {path}")))?;
         (path.to_string(), dir)
     } else {
         let main = ko.main.clone().or(ko.target.clone()).unwrap_or_else(|| ".".to_string());
@@ -327,7 +348,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         let mains: Vec<_> = packages.into_iter().filter(|p| p.name == "main").collect();
         match mains.as_slice() {
             [one] => (one.import_path.clone(), one.dir.clone()),
-            [] => return Err(err(".ko.main", format!("{main:?} has no main package: point main at a package with `package main` and func main"))),
+            [] => {
+                return Err(err(
+                    ".ko.main",
+                    format!("{main:?} has no main package: point main at a package with `package main` and func main"),
+                ))
+            }
             many => {
                 let names: Vec<_> = many.iter().map(|p| p.import_path.as_str()).collect();
                 return Err(err(
@@ -411,7 +437,13 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let expand_all = |items: &[String], sub: &str| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| err(sub, m))).collect()
     };
-    let pick = |skaffold: &[String], ko_yaml: Vec<String>| if skaffold.is_empty() { ko_yaml } else { skaffold.to_vec() };
+    let pick = |skaffold: &[String], ko_yaml: Vec<String>| {
+        if skaffold.is_empty() {
+            ko_yaml
+        } else {
+            skaffold.to_vec()
+        }
+    };
     let env = expand_all(&pick(&ko.env, ko_env), ".ko.env")?;
     for entry in &env {
         if !entry.contains('=') {
@@ -420,7 +452,10 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     }
     let flags = expand_all(&pick(&ko.flags, ko_flags), ".ko.flags")?;
     if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
-        return Err(err(".ko.flags", "-toolexec is refused: it would run arbitrary programs during the build".to_string()));
+        return Err(err(
+            ".ko.flags",
+            "-toolexec is refused: it would run arbitrary programs during the build".to_string(),
+        ));
     }
     let ldflags = expand_all(&pick(&ko.ldflags, ko_ldflags), ".ko.ldflags")?;
     let mut labels = BTreeMap::new();

@@ -69,10 +69,8 @@ pub fn substitute_default_repo(image: &str, default_repo: Option<&str>, multi_le
             _ => format!("{default_repo}/{base}"),
         }
     } else {
-        let escaped: String = base
-            .chars()
-            .map(|c| if matches!(c, '/' | '.' | '_' | ':' | '@') { '_' } else { c })
-            .collect();
+        let escaped: String =
+            base.chars().map(|c| if matches!(c, '/' | '.' | '_' | ':' | '@') { '_' } else { c }).collect();
         format!("{default_repo}/{escaped}")
     };
     if name.len() > MAX_REPO_LENGTH {
@@ -96,7 +94,8 @@ pub fn validate_repository(name: &str) -> Result<(), String> {
         return Err("image name is empty".to_string());
     }
     let (host, path) = if has_registry_host(name) { name.split_once('/').unwrap_or((name, "")) } else { ("", name) };
-    if !host.is_empty() && !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')) {
+    if !host.is_empty() && !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
         return Err(format!("invalid registry host {host:?} in image name {name:?}"));
     }
     for component in path.split('/') {
@@ -122,7 +121,9 @@ pub fn validate_tag(tag: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid tag {tag:?}: use letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-')"))
+        Err(format!(
+            "invalid tag {tag:?}: use letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-')"
+        ))
     }
 }
 

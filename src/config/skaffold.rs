@@ -188,8 +188,9 @@ fn api_version_key(version: &str) -> Option<(u32, u32, u32)> {
 
 /// Check a config's apiVersion; returns a user-facing message on failure.
 pub fn check_api_version(version: &str, uses_ko: bool) -> Result<(), String> {
-    let key = api_version_key(version)
-        .ok_or_else(|| format!("unknown apiVersion {version:?}: expected skaffold/vXbetaY, up to {LATEST_API_VERSION}"))?;
+    let key = api_version_key(version).ok_or_else(|| {
+        format!("unknown apiVersion {version:?}: expected skaffold/vXbetaY, up to {LATEST_API_VERSION}")
+    })?;
     let latest = api_version_key(LATEST_API_VERSION).expect("constant is valid");
     if key > latest {
         return Err(format!(
@@ -276,7 +277,8 @@ mod tests {
 
     #[test]
     fn unknown_key_has_line() {
-        let text = "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n  - image: a\n    ko:\n      mian: .\n";
+        let text =
+            "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n  - image: a\n    ko:\n      mian: .\n";
         let err = parse_documents(Path::new("skaffold.yaml"), text).unwrap_err();
         let shown = err.to_string();
         assert!(shown.starts_with("skaffold.yaml:7:"), "{shown}");

@@ -10,10 +10,7 @@ pub const FALLBACK_TAG: &str = "latest";
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let output = Command::new("git").args(args).current_dir(dir).output().ok()?;
-    output
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// `git describe --tags --always` (Skaffold's `Tags` variant) plus `-dirty` when the context has changes.

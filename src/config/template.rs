@@ -9,18 +9,20 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> Result<String, St
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed template action in {input:?}: add the closing }}}}"))?;
+        let end =
+            after.find("}}").ok_or_else(|| format!("unclosed template action in {input:?}: add the closing }}}}"))?;
         let action = after[..end].trim().trim_start_matches('-').trim_end_matches('-').trim();
         let name = action
             .strip_prefix(".Env.")
             .or_else(|| action.strip_prefix('.'))
             .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-            .ok_or_else(|| format!("unsupported template action {{{{{action}}}}} in {input:?}: use {{{{.VAR}}}} or {{{{.Env.VAR}}}}"))?;
-        let value = vars
-            .get(name)
-            .ok_or_else(|| format!("template variable {name:?} is not set (used in {input:?})"))?;
+            .ok_or_else(|| {
+                format!(
+                    "unsupported template action {{{{{action}}}}} in {input:?}: use {{{{.VAR}}}} or {{{{.Env.VAR}}}}"
+                )
+            })?;
+        let value =
+            vars.get(name).ok_or_else(|| format!("template variable {name:?} is not set (used in {input:?})"))?;
         out.push_str(value);
         rest = &after[end + 2..];
     }

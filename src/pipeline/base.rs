@@ -77,7 +77,12 @@ impl Blob {
     pub fn in_memory(media_type: &str, data: Bytes) -> Blob {
         let digest = sha256_digest(&data);
         let size = data.len() as u64;
-        Blob { descriptor: json!({"mediaType": media_type, "digest": digest, "size": size}), digest, size, data: BlobData::Memory(data) }
+        Blob {
+            descriptor: json!({"mediaType": media_type, "digest": digest, "size": size}),
+            digest,
+            size,
+            data: BlobData::Memory(data),
+        }
     }
 
     pub fn from_layer(media_type: &str, layer: &Layer) -> Blob {
@@ -155,7 +160,12 @@ async fn cached_or_fetch_manifest(registries: &Registries, reference: &Reference
     Ok((bytes, digest, media_type))
 }
 
-async fn cached_or_fetch_blob(registries: &Registries, reference: &Reference, digest: &str, size: u64) -> Result<Bytes> {
+async fn cached_or_fetch_blob(
+    registries: &Registries,
+    reference: &Reference,
+    digest: &str,
+    size: u64,
+) -> Result<Bytes> {
     let path = cache_path("blobs", digest);
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() as u64 == size && sha256_digest(&bytes) == digest {
@@ -195,8 +205,12 @@ pub fn select_platforms(available: &[Platform], request: &PlatformRequest, base_
             let mut chosen = Vec::new();
             for want in wanted {
                 let found = available.iter().position(|p| !p.is_unknown() && want.matches(p)).ok_or_else(|| {
-                    let have: Vec<String> = available.iter().filter(|p| !p.is_unknown()).map(|p| p.to_string()).collect();
-                    KodevError::build(format!("base image {base_name} has no platform {want} (it has: {})", have.join(", ")))
+                    let have: Vec<String> =
+                        available.iter().filter(|p| !p.is_unknown()).map(|p| p.to_string()).collect();
+                    KodevError::build(format!(
+                        "base image {base_name} has no platform {want} (it has: {})",
+                        have.join(", ")
+                    ))
                 })?;
                 if !chosen.contains(&found) {
                     chosen.push(found);
@@ -225,16 +239,28 @@ async fn resolve_remote(registries: &Registries, name: &str, request: &PlatformR
     let repo_ref = |digest: &str| reference.clone_with_digest(digest.to_string());
     let mut images = Vec::new();
     if let Some(manifests) = top.get("manifests").and_then(Value::as_array) {
-        let platforms: Vec<Platform> =
-            manifests.iter().map(|m| m.get("platform").map(platform_of_json).unwrap_or_else(|| Platform::new("unknown", "unknown", None))).collect();
+        let platforms: Vec<Platform> = manifests
+            .iter()
+            .map(|m| {
+                m.get("platform").map(platform_of_json).unwrap_or_else(|| Platform::new("unknown", "unknown", None))
+            })
+            .collect();
         for i in select_platforms(&platforms, request, name)? {
             let entry = &manifests[i];
             let child_digest = entry.get("digest").and_then(Value::as_str).unwrap_or_default().to_string();
             let (child_bytes, child_digest, _) = cached_or_fetch_manifest(registries, &repo_ref(&child_digest)).await?;
-            let manifest: Value = serde_json::from_slice(&child_bytes)
-                .map_err(|e| KodevError::build(format!("base image {name}: manifest {child_digest} is not JSON: {e}")))?;
+            let manifest: Value = serde_json::from_slice(&child_bytes).map_err(|e| {
+                KodevError::build(format!("base image {name}: manifest {child_digest} is not JSON: {e}"))
+            })?;
             let config = fetch_config(registries, &reference, &manifest, name).await?;
-            images.push(platform_image(&reference, manifest, config, child_digest, entry.get("platform").cloned().unwrap_or(Value::Null), platforms[i].clone()));
+            images.push(platform_image(
+                &reference,
+                manifest,
+                config,
+                child_digest,
+                entry.get("platform").cloned().unwrap_or(Value::Null),
+                platforms[i].clone(),
+            ));
         }
     } else {
         let config = fetch_config(registries, &reference, &top, name).await?;
@@ -254,7 +280,14 @@ fn platform_json(p: &Platform) -> Value {
     v
 }
 
-fn platform_image(reference: &Reference, manifest: Value, config: Value, digest: String, platform_json: Value, platform: Platform) -> BasePlatformImage {
+fn platform_image(
+    reference: &Reference,
+    manifest: Value,
+    config: Value,
+    digest: String,
+    platform_json: Value,
+    platform: Platform,
+) -> BasePlatformImage {
     let layers = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -280,7 +313,8 @@ async fn fetch_config(registries: &Registries, reference: &Reference, manifest: 
     let digest = descriptor.get("digest").and_then(Value::as_str).unwrap_or_default();
     let size = descriptor.get("size").and_then(Value::as_u64).unwrap_or(0);
     let bytes = cached_or_fetch_blob(registries, reference, digest, size).await?;
-    serde_json::from_slice(&bytes).map_err(|e| KodevError::build(format!("base image {name}: config {digest} is not JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| KodevError::build(format!("base image {name}: config {digest} is not JSON: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -301,8 +335,24 @@ fn builtin_layer() -> &'static Layer {
     static LAYER: OnceLock<Layer> = OnceLock::new();
     LAYER.get_or_init(|| {
         let mut tar = TarWriter::new(Vec::new());
-        let dir = |name: &'static str, mode: u32, owner: u64| EntryHeader { name, kind: EntryKind::Directory, mode, uid: owner, gid: owner, size: 0, mtime: 0 };
-        let file = |name: &'static str, data: &[u8]| EntryHeader { name, kind: EntryKind::File, mode: 0o644, uid: 0, gid: 0, size: data.len() as u64, mtime: 0 };
+        let dir = |name: &'static str, mode: u32, owner: u64| EntryHeader {
+            name,
+            kind: EntryKind::Directory,
+            mode,
+            uid: owner,
+            gid: owner,
+            size: 0,
+            mtime: 0,
+        };
+        let file = |name: &'static str, data: &[u8]| EntryHeader {
+            name,
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: data.len() as u64,
+            mtime: 0,
+        };
         let write = |tar: &mut TarWriter<Vec<u8>>| -> std::io::Result<()> {
             tar.append_header(&dir("etc", 0o755, 0))?;
             tar.append_file(&file("etc/group", GROUP), GROUP)?;
@@ -416,7 +466,8 @@ mod tests {
         ];
         let all = select_platforms(&available, &PlatformRequest::All, "b").unwrap();
         assert_eq!(all, vec![0, 1]);
-        let req = PlatformRequest::List(vec![Platform::new("linux", "arm64", None), Platform::new("linux", "amd64", None)]);
+        let req =
+            PlatformRequest::List(vec![Platform::new("linux", "arm64", None), Platform::new("linux", "amd64", None)]);
         assert_eq!(select_platforms(&available, &req, "b").unwrap(), vec![0, 1]);
         let missing = PlatformRequest::List(vec![Platform::new("linux", "s390x", None)]);
         let err = select_platforms(&available, &missing, "b").unwrap_err().to_string();

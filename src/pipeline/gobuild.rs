@@ -59,7 +59,13 @@ pub fn build_env(artifact: &Artifact, platform: &Platform) -> Vec<(String, Strin
 }
 
 /// Build one platform's binary into `out_dir`; the `go` process dies with the future.
-pub async fn go_build(artifact: &Artifact, platform: &Platform, debug: bool, out_dir: &Path, events: &EventSink) -> Result<PathBuf> {
+pub async fn go_build(
+    artifact: &Artifact,
+    platform: &Platform,
+    debug: bool,
+    out_dir: &Path,
+    events: &EventSink,
+) -> Result<PathBuf> {
     let output = out_dir.join(artifact.binary_name());
     let args = build_args(artifact, debug, &output);
     let started = Instant::now();
@@ -72,9 +78,9 @@ pub async fn go_build(artifact: &Artifact, platform: &Platform, debug: bool, out
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command
-        .spawn()
-        .map_err(|e| KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display())))?;
+    let mut child = command.spawn().map_err(|e| {
+        KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display()))
+    })?;
     let platform_name = platform.to_string();
     let stderr = child.stderr.take();
     let stdout = child.stdout.take();

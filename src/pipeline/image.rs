@@ -30,7 +30,7 @@ pub struct ImageManifest {
 /// What a build produces: one image, or an index of several.
 #[derive(Debug, Clone)]
 pub enum BuiltImage {
-    Single(ImageManifest),
+    Single(Box<ImageManifest>),
     Index { media_type: String, bytes: Bytes, digest: String, manifests: Vec<ImageManifest> },
 }
 
@@ -55,7 +55,7 @@ impl BuiltImage {
     }
     pub fn manifests(&self) -> &[ImageManifest] {
         match self {
-            BuiltImage::Single(m) => std::slice::from_ref(m),
+            BuiltImage::Single(m) => std::slice::from_ref(m.as_ref()),
             BuiltImage::Index { manifests, .. } => manifests,
         }
     }
@@ -74,10 +74,7 @@ pub struct ConfigEdits {
 
 /// RFC 3339 time of a Unix epoch second.
 pub fn rfc3339(epoch: u64) -> String {
-    chrono::DateTime::from_timestamp(epoch as i64, 0)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::DateTime::from_timestamp(epoch as i64, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn obj(value: &mut Value) -> &mut Map<String, Value> {
@@ -153,13 +150,19 @@ pub fn edit_config(base: &Value, layers: &[Layer], edits: &ConfigEdits) -> Value
 
 /// One platform's image: base layers + kodata + binary, the edited config, and a manifest
 /// of the base's media-type family carrying the base annotations.
-pub fn compose_image(base: &BaseImage, base_image: &BasePlatformImage, layers: &[Layer], edits: &ConfigEdits) -> ImageManifest {
+pub fn compose_image(
+    base: &BaseImage,
+    base_image: &BasePlatformImage,
+    layers: &[Layer],
+    edits: &ConfigEdits,
+) -> ImageManifest {
     let family = base.family;
     let config = edit_config(&base_image.config, layers, edits);
     let config_bytes = Bytes::from(serde_json::to_vec(&config).expect("JSON values serialize"));
     let config_blob = Blob::in_memory(family.config_type(), config_bytes);
 
-    let mut all_layers: Vec<(LayerKind, Blob)> = base_image.layers.iter().map(|b| (LayerKind::Base, b.clone())).collect();
+    let mut all_layers: Vec<(LayerKind, Blob)> =
+        base_image.layers.iter().map(|b| (LayerKind::Base, b.clone())).collect();
     all_layers.extend(layers.iter().map(|l| (l.kind, Blob::from_layer(family.layer_type(), l))));
 
     let annotations = json!({
@@ -188,7 +191,7 @@ pub fn compose_image(base: &BaseImage, base_image: &BasePlatformImage, layers: &
 /// One image stays an image; several become an index in the base's order.
 pub fn assemble(base: &BaseImage, mut images: Vec<ImageManifest>) -> BuiltImage {
     if images.len() == 1 {
-        return BuiltImage::Single(images.remove(0));
+        return BuiltImage::Single(Box::new(images.remove(0)));
     }
     let family: MediaFamily = base.family;
     let index = json!({
@@ -206,7 +209,12 @@ pub fn assemble(base: &BaseImage, mut images: Vec<ImageManifest>) -> BuiltImage 
         },
     });
     let bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON values serialize"));
-    BuiltImage::Index { media_type: family.index_type().to_string(), digest: sha256_digest(&bytes), bytes, manifests: images }
+    BuiltImage::Index {
+        media_type: family.index_type().to_string(),
+        digest: sha256_digest(&bytes),
+        bytes,
+        manifests: images,
+    }
 }
 
 #[cfg(test)]
@@ -220,7 +228,12 @@ mod tests {
             "config": {"Env": ["PATH=/usr/bin", "A=b"], "Cmd": ["sh"], "User": "65532", "Labels": {"base": "yes"}},
             "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]}, "history": [{"created_by": "base"}]
         });
-        let layer = Layer { kind: LayerKind::Binary, digest: "sha256:cc".into(), diff_id: "sha256:dd".into(), data: Bytes::new() };
+        let layer = Layer {
+            kind: LayerKind::Binary,
+            digest: "sha256:cc".into(),
+            diff_id: "sha256:dd".into(),
+            data: Bytes::new(),
+        };
         let edits = ConfigEdits {
             binary_name: "hello".into(),
             import_path: "example.com/hello".into(),

@@ -94,7 +94,10 @@ pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
         let mut tar = new_tar();
         tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
         let path = format!("{APP_DIR}/{name}");
-        tar.append_file(&EntryHeader::ko(&path, EntryKind::File, size, 0), io::BufReader::with_capacity(1 << 20, file))?;
+        tar.append_file(
+            &EntryHeader::ko(&path, EntryKind::File, size, 0),
+            io::BufReader::with_capacity(1 << 20, file),
+        )?;
         finish_layer(LayerKind::Binary, tar)
     };
     build().map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
@@ -133,7 +136,8 @@ fn walk(
     allowed_root: &Path,
     visiting: &mut Vec<PathBuf>,
 ) -> Result<()> {
-    let io_err = |path: &Path, e: io::Error| KodevError::build(format!("cannot archive kodata {}: {e}", path.display()));
+    let io_err =
+        |path: &Path, e: io::Error| KodevError::build(format!("cannot archive kodata {}: {e}", path.display()));
     let canonical = host_dir.canonicalize().map_err(|e| io_err(host_dir, e))?;
     if visiting.contains(&canonical) {
         return Err(KodevError::build(format!("kodata symlink loop at {}", host_dir.display())));

@@ -23,14 +23,17 @@ use crate::platform::PlatformRequest;
 use base::BaseImage;
 use image::{BuiltImage, ConfigEdits};
 use layer::{KodataSource, Layer};
-use publish::{PushOutcome, Publisher};
+use publish::{Publisher, PushOutcome};
 use registry::Registries;
+
+/// A base image as requested: which reference, for which platforms.
+type BaseKey = (BaseImageRef, Vec<String>);
 
 /// Builds and publishes artifacts; holds what is worth keeping between builds (base images).
 pub struct Builder {
     registries: Arc<Registries>,
     publisher: Publisher,
-    bases: Mutex<HashMap<(BaseImageRef, Vec<String>), Arc<BaseImage>>>,
+    bases: Mutex<HashMap<BaseKey, Arc<BaseImage>>>,
 }
 
 /// The result of one artifact's build.
@@ -69,9 +72,11 @@ impl Builder {
         let registries = Arc::new(Registries::new(plan.insecure_registries.clone()));
         let publisher = match &plan.target {
             PublishTarget::Registry => Publisher::Registry(registries.clone()),
-            PublishTarget::OciLayout(dir) => {
-                Publisher::OciLayout { dir: dir.clone(), registries: registries.clone(), index_lock: Arc::new(Mutex::new(())) }
-            }
+            PublishTarget::OciLayout(dir) => Publisher::OciLayout {
+                dir: dir.clone(),
+                registries: registries.clone(),
+                index_lock: Arc::new(Mutex::new(())),
+            },
         };
         Builder { registries, publisher, bases: Mutex::new(HashMap::new()) }
     }
@@ -103,13 +108,15 @@ impl Builder {
             allowed_root: kodata_allowed_root(artifact),
             mtime: std::env::var("KO_DATA_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
         };
-        let kodata = tokio::task::spawn_blocking(move || layer::kodata_layer(&kodata_source)).await.map_err(join_error)??;
+        let kodata =
+            tokio::task::spawn_blocking(move || layer::kodata_layer(&kodata_source)).await.map_err(join_error)??;
 
         let scratch_root = base::cache_dir().join("tmp");
         std::fs::create_dir_all(&scratch_root)
             .map_err(|e| KodevError::build(format!("cannot create {}: {e}", scratch_root.display())))?;
-        let scratch = tempfile::tempdir_in(&scratch_root)
-            .map_err(|e| KodevError::build(format!("cannot create a build directory in {}: {e}", scratch_root.display())))?;
+        let scratch = tempfile::tempdir_in(&scratch_root).map_err(|e| {
+            KodevError::build(format!("cannot create a build directory in {}: {e}", scratch_root.display()))
+        })?;
 
         let edits = ConfigEdits {
             binary_name: artifact.binary_name().to_string(),
@@ -128,7 +135,8 @@ impl Builder {
             let slots = slots.clone();
             async move {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
-                std::fs::create_dir_all(&out_dir).map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
+                std::fs::create_dir_all(&out_dir)
+                    .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, &base_image.platform, debug, &out_dir, events).await?;
                 let name = artifact.binary_name().to_string();
                 let binary_layer = binary_layer_blocking(binary, name).await?;

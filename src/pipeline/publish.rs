@@ -70,7 +70,12 @@ impl Publisher {
     }
 }
 
-async fn publish_to_registry(registries: &Registries, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+async fn publish_to_registry(
+    registries: &Registries,
+    image: &BuiltImage,
+    name: &str,
+    tag: &str,
+) -> Result<PushOutcome> {
     let target = parse_reference(name)?;
     let blobs = distinct_blobs(image);
     let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_UPLOADS));
@@ -140,7 +145,9 @@ async fn publish_to_layout(
     name: &str,
     tag: &str,
 ) -> Result<PushOutcome> {
-    let io_err = |what: &str, e: std::io::Error| KodevError::publish(format!("cannot write {what} in OCI layout {}: {e}", dir.display()));
+    let io_err = |what: &str, e: std::io::Error| {
+        KodevError::publish(format!("cannot write {what} in OCI layout {}: {e}", dir.display()))
+    };
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io_err("blobs", e))?;
     let layout_file = dir.join("oci-layout");
     if !layout_file.is_file() {
@@ -168,15 +175,17 @@ async fn publish_to_layout(
     let reference = format!("{name}:{tag}");
     let _guard = index_lock.lock().await;
     let index_path = dir.join("index.json");
-    let mut index: Value = std::fs::read(&index_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_else(|| json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}));
-    let manifests = index
-        .get_mut("manifests")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| KodevError::publish(format!("{} has no manifests list; remove it and rebuild", index_path.display())))?;
-    manifests.retain(|m| m.pointer(&format!("/annotations/{}", ANNOTATION_REF_NAME.replace('/', "~1"))).and_then(Value::as_str) != Some(&reference));
+    let mut index: Value =
+        std::fs::read(&index_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(
+            || json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}),
+        );
+    let manifests = index.get_mut("manifests").and_then(Value::as_array_mut).ok_or_else(|| {
+        KodevError::publish(format!("{} has no manifests list; remove it and rebuild", index_path.display()))
+    })?;
+    manifests.retain(|m| {
+        m.pointer(&format!("/annotations/{}", ANNOTATION_REF_NAME.replace('/', "~1"))).and_then(Value::as_str)
+            != Some(&reference)
+    });
     manifests.push(json!({
         "mediaType": image.media_type(),
         "digest": image.digest(),

@@ -42,9 +42,7 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 }
 
 pub fn parse_reference(reference: &str) -> Result<Reference> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| KodevError::Usage(format!("invalid image reference {reference:?}: {e}")))
+    reference.parse::<Reference>().map_err(|e| KodevError::Usage(format!("invalid image reference {reference:?}: {e}")))
 }
 
 /// Render an error with its causes, so "connection refused" is not hidden behind "request failed".
@@ -72,10 +70,13 @@ fn is_retryable(err: &OciDistributionError) -> bool {
 }
 
 fn credentials_for(registry: &str) -> RegistryAuth {
-    let server = if registry == "docker.io" || registry == "index.docker.io" { "https://index.docker.io/v1/" } else { registry };
+    let server =
+        if registry == "docker.io" || registry == "index.docker.io" { "https://index.docker.io/v1/" } else { registry };
     let found = docker_credential::get_credential(server).or_else(|_| docker_credential::get_podman_credential(server));
     match found {
-        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => RegistryAuth::Basic(user, password),
+        Ok(docker_credential::DockerCredential::UsernamePassword(user, password)) => {
+            RegistryAuth::Basic(user, password)
+        }
         Ok(docker_credential::DockerCredential::IdentityToken(token)) => RegistryAuth::Bearer(token),
         Err(_) => RegistryAuth::Anonymous,
     }
@@ -132,11 +133,13 @@ impl Registries {
         let client = self.client(reference, RegistryOperation::Pull).await?;
         let what = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
         let url = self.url(reference, &format!("manifests/{what}"));
-        let (bytes, digest) = retry(&url, || client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES))
-            .await
-            .map_err(|e| KodevError::build(format!("cannot fetch base image {}: {e}", reference.whole())))?;
-        let media_type = manifest_media_type(&bytes)
-            .ok_or_else(|| KodevError::build(format!("base image {} has a manifest kodev cannot read", reference.whole())))?;
+        let (bytes, digest) =
+            retry(&url, || client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES))
+                .await
+                .map_err(|e| KodevError::build(format!("cannot fetch base image {}: {e}", reference.whole())))?;
+        let media_type = manifest_media_type(&bytes).ok_or_else(|| {
+            KodevError::build(format!("base image {} has a manifest kodev cannot read", reference.whole()))
+        })?;
         Ok((bytes, digest, media_type))
     }
 
@@ -180,9 +183,8 @@ impl Registries {
         let client = self.client(target, RegistryOperation::Push).await?;
         let what = target.digest().or(target.tag()).unwrap_or("latest").to_string();
         let url = self.url(target, &format!("manifests/{what}"));
-        let content_type: reqwest::header::HeaderValue = media_type
-            .parse()
-            .map_err(|_| KodevError::publish(format!("invalid media type {media_type}")))?;
+        let content_type: reqwest::header::HeaderValue =
+            media_type.parse().map_err(|_| KodevError::publish(format!("invalid media type {media_type}")))?;
         retry(&url, || client.push_manifest_raw(target, body.clone(), content_type.clone()))
             .await
             .map(|_| ())

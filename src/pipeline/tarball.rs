@@ -63,7 +63,14 @@ impl<W: Write> TarWriter<W> {
         TarWriter { out }
     }
 
-    fn raw_header(&mut self, name: &str, prefix: &str, typeflag: u8, entry: &EntryHeader<'_>, size: u64) -> io::Result<()> {
+    fn raw_header(
+        &mut self,
+        name: &str,
+        prefix: &str,
+        typeflag: u8,
+        entry: &EntryHeader<'_>,
+        size: u64,
+    ) -> io::Result<()> {
         let mut block = [0u8; BLOCK];
         block[..name.len()].copy_from_slice(name.as_bytes());
         write_octal(&mut block[100..108], u64::from(entry.mode))?;
@@ -107,7 +114,15 @@ impl<W: Write> TarWriter<W> {
                     len += 1;
                 }
                 let record = format!("{len}{record_body}");
-                let pax_entry = EntryHeader { name: "", kind: EntryKind::File, mode: 0o644, uid: 0, gid: 0, size: 0, mtime: entry.mtime };
+                let pax_entry = EntryHeader {
+                    name: "",
+                    kind: EntryKind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    mtime: entry.mtime,
+                };
                 let short: String = entry.name.chars().rev().take(90).collect::<Vec<_>>().into_iter().rev().collect();
                 self.raw_header("PaxHeaders.0/entry", "", b'x', &pax_entry, record.len() as u64)?;
                 self.out.write_all(record.as_bytes())?;

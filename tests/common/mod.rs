@@ -74,6 +74,7 @@ impl Registry {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = child.kill();
+            let _ = child.wait();
         }
         panic!("docker-registry did not start");
     }
@@ -231,7 +232,12 @@ pub fn umoci_image(layout: &Path, tag: &str, arch: &str) {
     run_ok(Command::new("umoci").args(["new", "--image", &image]));
     let payload = tempfile::tempdir().expect("tempdir");
     std::fs::write(payload.path().join("base-marker"), format!("base for {arch}\n")).expect("write");
-    run_ok(Command::new("umoci").args(["insert", "--rootless", "--image", &image]).arg(payload.path().join("base-marker")).arg("/etc/base-marker"));
+    run_ok(
+        Command::new("umoci")
+            .args(["insert", "--rootless", "--image", &image])
+            .arg(payload.path().join("base-marker"))
+            .arg("/etc/base-marker"),
+    );
     run_ok(Command::new("umoci").args([
         "config",
         "--image",
@@ -275,7 +281,8 @@ pub fn make_index(layout: &Path, tags: &[(&str, &str)], tag: &str) {
         entry["platform"] = json!({"os": "linux", "architecture": arch});
         entries.push(entry);
     }
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let index =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
     let bytes = serde_json::to_vec(&index).expect("json");
     let hex = sha256_hex(&bytes);
     std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).expect("write index blob");

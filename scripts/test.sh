@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages; run as root) and runs every test.
+# Used by .ci/run and by developers: `bash scripts/test.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin:$HOME/.cargo/bin"
+
+# tool → Debian package
+declare -A packages=(
+  [docker-registry]=docker-registry
+  [skopeo]=skopeo
+  [umoci]=umoci
+  [podman]=podman
+  [runc]=runc
+  [qemu-aarch64-static]=qemu-user-static
+  [tmux]=tmux
+  [curl]=curl
+  [git]=git
+)
+missing=()
+for tool in "${!packages[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${packages[$tool]}")
+done
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install Rust with rustup)"; exit 1; }
+
+go version
+cargo --version
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets 2>&1

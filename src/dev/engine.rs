@@ -1,0 +1,307 @@
+//! The dev engine: one loop that owns all state and receives every input as a message —
+//! file changes, commands, finished builds. Per artifact: at most one build in flight; a newer
+//! change cancels it (dropping the task kills `go`), builds run up to `build.local.concurrency`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use super::command::Command;
+use super::deps::Dependencies;
+use super::watch::{self, Trigger, WatchHandle, WatchMessage};
+use crate::config::{self, LoadOptions, Plan};
+use crate::error::{KodevError, Result};
+use crate::event::{Event, EventKind, EventSink};
+use crate::pipeline::{base::cache_dir, Builder};
+
+#[derive(Debug)]
+pub enum EngineMessage {
+    Watch(WatchMessage),
+    Command(Command),
+    Finished {
+        index: usize,
+        generation: u64,
+        result: std::result::Result<(), KodevError>,
+        deps: Option<Box<DepsRefresh>>,
+    },
+}
+
+/// A refreshed dependency graph, or why it could not be had.
+pub type DepsRefresh = std::result::Result<Dependencies, String>;
+
+pub struct EngineSettings {
+    pub options: LoadOptions,
+    pub debug: bool,
+    pub trigger: Trigger,
+    pub poll_interval: Duration,
+    pub watch_images: Vec<String>,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    running: Option<JoinHandle<()>>,
+    /// Changed while automatic rebuilds were off.
+    dirty: bool,
+    /// The next build should refresh the Go dependency graph.
+    refresh_deps: bool,
+}
+
+pub struct Engine {
+    settings: EngineSettings,
+    plan: Plan,
+    builder: Arc<Builder>,
+    deps: Vec<Option<Dependencies>>,
+    slots: Vec<Slot>,
+    debug: bool,
+    auto: bool,
+    /// Artifacts of the first round still building; `watching` is announced when none are left.
+    first_round: BTreeSet<usize>,
+    events: EventSink,
+    tx: UnboundedSender<EngineMessage>,
+    rx: UnboundedReceiver<EngineMessage>,
+    slots_limit: Arc<Semaphore>,
+    _watcher: Option<WatchHandle>,
+}
+
+fn config_files(plan: &Plan) -> Vec<PathBuf> {
+    let mut files = vec![plan.config_path.canonicalize().unwrap_or_else(|_| plan.config_path.clone())];
+    for artifact in &plan.artifacts {
+        files.push(artifact.work_dir.join(".ko.yaml"));
+    }
+    files
+}
+
+impl Engine {
+    pub async fn start(
+        settings: EngineSettings,
+        event_tx: UnboundedSender<Event>,
+        tx: UnboundedSender<EngineMessage>,
+        rx: UnboundedReceiver<EngineMessage>,
+    ) -> Result<Engine> {
+        let plan = config::load(&settings.options)?;
+        let builder = Arc::new(Builder::new(&plan));
+        let events = EventSink::new(event_tx, "");
+        let limit = if plan.concurrency == 0 { Semaphore::MAX_PERMITS } else { plan.concurrency };
+        let deps = resolve_all_deps(&plan, &events).await;
+
+        // Watch before the first build, so edits made during it are not lost.
+        let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let forward = tx.clone();
+        tokio::spawn(async move {
+            while let Some(message) = watch_rx.recv().await {
+                if forward.send(EngineMessage::Watch(message)).is_err() {
+                    break;
+                }
+            }
+        });
+        let watcher = watch::start(&plan.root, settings.trigger, settings.poll_interval, vec![cache_dir()], watch_tx)
+            .map_err(KodevError::Usage)?;
+
+        let slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
+        Ok(Engine {
+            debug: settings.debug,
+            settings,
+            builder,
+            deps,
+            slots,
+            auto: true,
+            first_round: BTreeSet::new(),
+            events,
+            tx,
+            rx,
+            slots_limit: Arc::new(Semaphore::new(limit)),
+            _watcher: Some(watcher),
+            plan,
+        })
+    }
+
+    fn wants(&self, index: usize) -> bool {
+        self.settings.watch_images.is_empty() || self.settings.watch_images.contains(&self.plan.artifacts[index].image)
+    }
+
+    /// Start (or restart) the build of one artifact.
+    fn schedule(&mut self, index: usize) {
+        let artifact = self.plan.artifacts[index].clone();
+        let sink = self.events.for_artifact(&artifact.image);
+        let slot = &mut self.slots[index];
+        if let Some(running) = slot.running.take() {
+            running.abort();
+            sink.send(EventKind::BuildCancelled);
+        }
+        slot.generation += 1;
+        slot.dirty = false;
+        let refresh = std::mem::take(&mut slot.refresh_deps);
+        let generation = slot.generation;
+        let builder = self.builder.clone();
+        let limit = self.slots_limit.clone();
+        let tx = self.tx.clone();
+        let debug = self.debug;
+        slot.running = Some(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let result = builder.build_artifact(&artifact, debug, &sink).await.map(|_| ());
+            let deps = if refresh {
+                let artifact = artifact.clone();
+                tokio::task::spawn_blocking(move || Dependencies::resolve(&artifact)).await.ok().map(Box::new)
+            } else {
+                None
+            };
+            let _ = tx.send(EngineMessage::Finished { index, generation, result, deps });
+        }));
+    }
+
+    fn schedule_all(&mut self) {
+        for i in 0..self.plan.artifacts.len() {
+            self.schedule(i);
+        }
+    }
+
+    fn announce(&self, kind: EventKind) {
+        self.events.send(kind);
+    }
+
+    pub async fn run(mut self) -> Result<i32> {
+        self.first_round = (0..self.plan.artifacts.len()).collect();
+        self.schedule_all();
+        while let Some(message) = self.rx.recv().await {
+            match message {
+                EngineMessage::Finished { index, generation, result, deps } => {
+                    if index >= self.slots.len() || self.slots[index].generation != generation {
+                        continue;
+                    }
+                    self.slots[index].running = None;
+                    if let Err(e) = result {
+                        self.events
+                            .for_artifact(&self.plan.artifacts[index].image)
+                            .send(EventKind::BuildFailed { error: e.to_string() });
+                    }
+                    match deps.map(|d| *d) {
+                        Some(Ok(d)) => self.deps[index] = Some(d),
+                        Some(Err(message)) => self.announce(EventKind::Error { message }),
+                        None => {}
+                    }
+                    if self.first_round.remove(&index) && self.first_round.is_empty() {
+                        self.announce(EventKind::Watching);
+                    }
+                }
+                EngineMessage::Watch(WatchMessage::Failed(message)) => self.announce(EventKind::Error { message }),
+                EngineMessage::Watch(WatchMessage::Changed(paths)) => self.on_changes(&paths).await,
+                EngineMessage::Command(command) => {
+                    if self.on_command(command) {
+                        break;
+                    }
+                }
+            }
+        }
+        for slot in &mut self.slots {
+            if let Some(running) = slot.running.take() {
+                running.abort();
+            }
+        }
+        Ok(0)
+    }
+
+    /// Returns true to quit.
+    fn on_command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Quit => return true,
+            Command::Rebuild(None) => self.schedule_all(),
+            Command::Rebuild(Some(image)) => match self.plan.artifacts.iter().position(|a| a.image == image) {
+                Some(i) => self.schedule(i),
+                None => self.announce(EventKind::Error { message: format!("no artifact {image:?} to rebuild") }),
+            },
+            Command::ToggleDebug => {
+                self.debug = !self.debug;
+                self.announce(EventKind::DebugChanged { debug: self.debug });
+                self.schedule_all();
+            }
+            Command::ToggleAuto => {
+                self.auto = !self.auto;
+                if self.auto {
+                    for i in 0..self.slots.len() {
+                        if self.slots[i].dirty {
+                            self.schedule(i);
+                        }
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    async fn on_changes(&mut self, paths: &[PathBuf]) {
+        let config_files = config_files(&self.plan);
+        if paths.iter().any(|p| config_files.iter().any(|c| c == p)) {
+            self.reload().await;
+            return;
+        }
+        let mut affected = BTreeSet::new();
+        for path in paths {
+            for (i, deps) in self.deps.iter().enumerate() {
+                let Some(deps) = deps else { continue };
+                if self.wants(i) && deps.matches(path) {
+                    affected.insert(i);
+                    if deps.needs_refresh(path) {
+                        self.slots[i].refresh_deps = true;
+                    }
+                }
+            }
+        }
+        for i in affected {
+            if self.auto && self.settings.trigger != Trigger::Manual {
+                self.schedule(i);
+            } else {
+                self.slots[i].dirty = true;
+            }
+        }
+    }
+
+    async fn reload(&mut self) {
+        match config::load(&self.settings.options) {
+            Ok(plan) => {
+                for slot in &mut self.slots {
+                    if let Some(running) = slot.running.take() {
+                        running.abort();
+                    }
+                }
+                self.deps = resolve_all_deps(&plan, &self.events).await;
+                self.slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
+                self.builder = Arc::new(Builder::new(&plan));
+                self.plan = plan;
+                self.announce(EventKind::ConfigReloaded);
+                self.schedule_all();
+            }
+            Err(e) => self.announce(EventKind::Error { message: format!("{e} (keeping the previous configuration)") }),
+        }
+    }
+}
+
+async fn resolve_all_deps(plan: &Plan, events: &EventSink) -> Vec<Option<Dependencies>> {
+    let mut out = Vec::new();
+    for artifact in &plan.artifacts {
+        let a = artifact.clone();
+        let resolved = tokio::task::spawn_blocking(move || Dependencies::resolve(&a)).await;
+        match resolved {
+            Ok(Ok(d)) => out.push(Some(d)),
+            Ok(Err(message)) => {
+                events.for_artifact(&artifact.image).send(EventKind::Error { message });
+                out.push(None);
+            }
+            Err(e) => {
+                events.send(EventKind::Error { message: e.to_string() });
+                out.push(None);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `path` lies inside `dir` (both absolute).
+pub fn is_within(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
