@@ -1,0 +1,252 @@
+//! `kodev dev --no-tui --output json` end to end: a fixture module with two mains and a
+//! shared package, a real registry, real edits on disk.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Long enough for a go build on a loaded 2-core machine; a deadline, not a measurement.
+const BUILD_DEADLINE: Duration = Duration::from_secs(180);
+/// How long "nothing happens" is watched for after a change that must not rebuild.
+const QUIET: Duration = Duration::from_millis(2500);
+
+struct DevSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: Receiver<Value>,
+    seen: Vec<Value>,
+    pub dir: tempfile::TempDir,
+    _registry: Registry,
+}
+
+impl DevSession {
+    fn start(extra: &[&str], images: &[&str]) -> DevSession {
+        let registry = Registry::start();
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+        let mut child = kodev()
+            .current_dir(dir.path())
+            .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kodev dev");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut session = DevSession { child, stdin, events: rx, seen: Vec::new(), dir, _registry: registry };
+        session.wait_for("the first builds", |e| e["event"] == "watching");
+        for image in images {
+            assert!(
+                session.seen.iter().any(|e| e["event"] == "pushed" && e["artifact"] == *image),
+                "first round pushed {image}: {:?}",
+                session.seen
+            );
+        }
+        session
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Wait for an event matching `pred`, keeping everything seen on the way.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + BUILD_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return event;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("timed out waiting for {what}; seen: {:#?}", self.seen),
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("kodev dev ended while waiting for {what}; seen: {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Everything that arrives within `quiet` of the last event.
+    fn drain_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        while let Ok(event) = self.events.recv_timeout(quiet) {
+            self.seen.push(event.clone());
+            got.push(event);
+        }
+        got
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for DevSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn count(events: &[Value], event: &str, artifact: &str) -> usize {
+    events.iter().filter(|e| e["event"] == event && e["artifact"] == artifact).count()
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} holds {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn edits_rebuild_exactly_the_artifacts_that_depend_on_them() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&[], &["alpha", "beta"]);
+
+    // One main: only it rebuilds.
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha v2\"");
+    dev.wait_for("alpha pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    let after = dev.drain_quiet(QUIET);
+    let mark = dev.seen.len();
+    let since_edit: Vec<Value> = dev.seen[dev.seen.len() - after.len()..].to_vec();
+    assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta must not rebuild: {since_edit:#?}");
+    let alpha_builds = dev.seen.iter().filter(|e| e["event"] == "build_started" && e["artifact"] == "alpha").count();
+    assert_eq!(alpha_builds, 2, "first build + one rebuild");
+
+    // The shared package: both rebuild.
+    edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hi, \"");
+    let mut pushed = std::collections::BTreeSet::new();
+    while pushed.len() < 2 {
+        let e = dev.wait_for("both pushed", |e| e["event"] == "pushed");
+        pushed.insert(e["artifact"].as_str().unwrap().to_string());
+    }
+    dev.drain_quiet(QUIET);
+
+    // A file outside the Go graph: nothing.
+    let before = dev.seen.len();
+    std::fs::write(dev.path("README.md"), "# changed\n").unwrap();
+    std::fs::write(dev.path("notes.txt"), "new file\n").unwrap();
+    let after = dev.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "non-Go edits must not rebuild: {after:#?}");
+    assert!(dev.seen.len() >= before && mark > 0);
+
+    // The rebuilt layers: base and kodata already there, only the binary uploaded.
+    let layers: Vec<&Value> = dev.seen.iter().filter(|e| e["event"] == "layer" && e["artifact"] == "alpha").collect();
+    let last_three = &layers[layers.len() - 3..];
+    assert_eq!(last_three[0]["kind"], "base");
+    assert_eq!(last_three[0]["uploaded"], false);
+    assert_eq!(last_three[1]["kind"], "kodata");
+    assert_eq!(last_three[1]["uploaded"], false);
+    assert_eq!(last_three[2]["kind"], "binary");
+    assert_eq!(last_three[2]["uploaded"], true);
+
+    dev.send("q");
+    let status = dev.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn bursts_coalesce_and_failures_keep_the_loop_alive() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&[], &["alpha", "beta"]);
+    let main = dev.path("cmd/alpha/main.go");
+    let original = std::fs::read_to_string(&main).unwrap();
+    let start = dev.seen.len();
+    for i in 0..40 {
+        std::fs::write(&main, format!("{original}\n// edit {i}\n")).unwrap();
+    }
+    dev.wait_for("alpha pushed after the burst", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    dev.drain_quiet(QUIET);
+    let burst = &dev.seen[start..];
+    let builds = count(burst, "build_started", "alpha");
+    assert!((1..=2).contains(&builds), "40 writes gave {builds} builds: {burst:#?}");
+    assert_eq!(count(burst, "build_started", "beta"), 0);
+
+    // A compile error: build_failed with go's message, and the loop goes on.
+    std::fs::write(&main, original.replace("fmt.Println(", "fmt.Println(undefinedName, ")).unwrap();
+    let failed = dev.wait_for("build_failed", |e| e["event"] == "build_failed" && e["artifact"] == "alpha");
+    assert!(failed["error"].as_str().unwrap().contains("undefined: undefinedName"), "{failed}");
+    let log = dev
+        .seen
+        .iter()
+        .any(|e| e["event"] == "build_log" && e["line"].as_str().unwrap_or("").contains("undefinedName"));
+    assert!(log, "go's output arrives as build_log events");
+    std::fs::write(&main, &original).unwrap();
+    let pushed = dev.wait_for("pushed after the fix", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    assert!(pushed["tag"].as_str().unwrap().contains("/dev/alpha:dev@sha256:"), "{pushed}");
+
+    // Closing stdin does not stop the loop; the process keeps watching until killed.
+    drop(dev.stdin.take());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(dev.child.try_wait().unwrap().is_none(), "end of input is not a quit");
+}
+
+#[test]
+fn debug_toggle_rebuilds_without_optimizations_and_q_quits() {
+    if !require_tools(&["docker-registry", "go", "curl", "skopeo"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&["-b", "alpha"], &["alpha"]);
+    dev.send("d");
+    dev.wait_for("debug_changed", |e| e["event"] == "debug_changed" && e["debug"] == true);
+    let started = dev.wait_for("debug build", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    assert_eq!(started["debug"], true);
+    let pushed = dev.wait_for("debug push", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    assert_eq!(pushed["debug"], true);
+
+    let host = dev._registry.host.clone();
+    let reference = pushed["tag"].as_str().unwrap();
+    let digest = pushed["digest"].as_str().unwrap();
+    let name = reference.split(':').take(2).collect::<Vec<_>>().join(":");
+    let config = skopeo_inspect(&format!("docker://{}@{digest}", name.split('@').next().unwrap()), false, true);
+    assert_eq!(config["config"]["Labels"]["dev.kodev.debug"], "true");
+    let manifest = skopeo_inspect(&format!("docker://{host}/dev/alpha@{digest}"), true, false);
+    let binary = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let blob = fetch_blob(&host, "dev/alpha", &binary);
+    let work = tempfile::tempdir().unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+    archive.unpack(work.path()).unwrap();
+    let go = which("go").expect("go");
+    let info = run_ok(Command::new(go).arg("version").arg("-m").arg(work.path().join("ko-app/alpha")));
+    assert!(info.contains("-gcflags=\"all=-N -l\"") || info.contains("-gcflags=all=-N -l"), "{info}");
+    assert!(!info.contains("-trimpath=true"), "{info}");
+
+    dev.send("q");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "q must end kodev dev");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
