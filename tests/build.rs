@@ -312,3 +312,56 @@ fn config_errors_exit_2_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skaffold.yaml:8:") && stderr.contains("mian"), "{stderr}");
 }
+
+#[test]
+fn basic_credentials_come_from_the_docker_config() {
+    if !require_tools(&["docker-registry", "umoci", "skopeo"]) {
+        return;
+    }
+    use base64::Engine as _;
+    let registry = Registry::start_with_auth(Some(("kodev", "s3cret")));
+    let bases = tempfile::tempdir().unwrap();
+    let layout = bases.path().join("layout");
+    umoci_image(&layout, "amd64", "amd64");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", "kodev:s3cret"])
+            .arg(format!("oci:{}:amd64", layout.display()))
+            .arg(format!("docker://{}/base/private:v1", registry.host)),
+    );
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/private:v1\n", registry.host), "");
+
+    // Without credentials the registry refuses, and kodev says so.
+    let empty_config = tempfile::tempdir().unwrap();
+    let out = run(kodev()
+        .env("DOCKER_CONFIG", empty_config.path())
+        .env("REGISTRY_AUTH_FILE", empty_config.path().join("none.json"))
+        .arg("build")
+        .arg("-f")
+        .arg(&skaffold)
+        .args(["-d", &format!("{}/dev", registry.host), "-t", "a"]));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let docker_config = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("kodev:s3cret");
+    std::fs::write(
+        docker_config.path().join("config.json"),
+        serde_json::json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let out = run(kodev().env("DOCKER_CONFIG", docker_config.path()).arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/dev", registry.host),
+        "-t",
+        "a",
+    ]));
+    let reference = stdout_ref(&out);
+    let inspected = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "kodev:s3cret"])
+            .arg(format!("docker://{}/dev/hello:a", registry.host)),
+    );
+    let inspected: Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(inspected["Digest"].as_str().unwrap(), reference.split('@').nth(1).unwrap());
+}

@@ -43,18 +43,28 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_with_auth(None)
+    }
+
+    /// A registry that demands HTTP basic credentials (an htpasswd file with one user).
+    pub fn start_with_auth(credentials: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         for _ in 0..5 {
             let port = free_port();
             let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    dir.path().join("data").display()
-                ),
-            )
-            .expect("write registry config");
+            let mut text = format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            );
+            if let Some((user, password)) = credentials {
+                let hash = bcrypt::hash(password, 5).expect("bcrypt");
+                std::fs::write(dir.path().join("htpasswd"), format!("{user}:{hash}\n")).expect("write htpasswd");
+                text.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: kodev-test\n    path: {}\n",
+                    dir.path().join("htpasswd").display()
+                ));
+            }
+            std::fs::write(&config, text).expect("write registry config");
             let mut child = Command::new(which("docker-registry").expect("docker-registry"))
                 .arg("serve")
                 .arg(&config)
