@@ -236,6 +236,39 @@ where
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn retries_server_errors_but_not_client_errors() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result = retry("http://r/v2/", || async {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n < 2 {
+                Err(OciDistributionError::ServerError { code: 503, url: "u".into(), message: "busy".into() })
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 2);
+
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result: std::result::Result<(), String> = retry("http://r/v2/x", || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(OciDistributionError::ServerError { code: 404, url: "http://r/v2/x".into(), message: "unknown".into() })
+        })
+        .await;
+        assert!(result.unwrap_err().contains("404"));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result: std::result::Result<(), String> = retry("http://r/v2/y", || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(OciDistributionError::ServerError { code: 500, url: "http://r/v2/y".into(), message: "down".into() })
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS);
+    }
+
     #[test]
     fn loopback_detection() {
         assert!(is_loopback_registry("127.0.0.1:5000"));
