@@ -250,3 +250,98 @@ fn debug_toggle_rebuilds_without_optimizations_and_q_quits() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn polling_trigger_sees_edits_and_manual_trigger_waits_for_r() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut polling = DevSession::start(&["--trigger", "polling", "--watch-poll-interval", "200"], &["alpha", "beta"]);
+    edit(&polling.path("cmd/beta/main.go"), "\"beta\"", "\"beta polled\"");
+    polling.wait_for("beta pushed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    let after = polling.drain_quiet(QUIET);
+    assert_eq!(count(&after, "build_started", "alpha"), 0, "{after:#?}");
+
+    let mut manual = DevSession::start(&["--trigger", "manual"], &["alpha", "beta"]);
+    edit(&manual.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha manual\"");
+    let after = manual.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "manual trigger: no build without r: {after:#?}");
+    manual.send("r alpha");
+    manual.wait_for("alpha pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    let after = manual.drain_quiet(QUIET);
+    assert_eq!(count(&after, "build_started", "beta"), 0);
+    manual.send("r nosuch");
+    let error = manual.wait_for("error for an unknown image", |e| e["event"] == "error");
+    assert!(error["message"].as_str().unwrap().contains("nosuch"));
+}
+
+#[test]
+fn auto_toggle_defers_builds_and_config_edits_reload() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&[], &["alpha", "beta"]);
+    dev.send("a");
+    std::thread::sleep(Duration::from_millis(300));
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha deferred\"");
+    let after = dev.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "auto off: {after:#?}");
+    dev.send("a");
+    let started = dev.wait_for("deferred build", |e| e["event"] == "build_started");
+    assert_eq!(started["artifact"], "alpha");
+    dev.wait_for("alpha pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    dev.drain_quiet(QUIET);
+
+    // Editing skaffold.yaml reloads the plan and rebuilds with it.
+    edit(
+        &dev.path("skaffold.yaml"),
+        "main: ./cmd/beta\n",
+        "main: ./cmd/beta\n        labels:\n          reloaded: \"yes\"\n",
+    );
+    dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
+    dev.wait_for("beta pushed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+
+    // A broken edit keeps the previous configuration and says why.
+    edit(&dev.path("skaffold.yaml"), "main: ./cmd/beta\n", "mian: ./cmd/beta\n");
+    let error = dev.wait_for("config error", |e| e["event"] == "error");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("skaffold.yaml") && message.contains("mian"), "{message}");
+    assert!(dev.child.try_wait().unwrap().is_none());
+}
+
+fn go_build_processes(marker: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(" build ") && cmdline.contains(marker) {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn a_change_during_a_build_kills_go_and_starts_again() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&["-b", "alpha"], &["alpha"]);
+    // `-a` rebuilds every package, making the next build long enough to interrupt.
+    edit(&dev.path("skaffold.yaml"), "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
+    dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
+    dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(go_build_processes("example.com/mono/cmd/alpha") >= 1, "go build is running");
+    let before = dev.seen.len();
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha again\"");
+    dev.wait_for("build_cancelled", |e| e["event"] == "build_cancelled" && e["artifact"] == "alpha");
+    dev.wait_for("restarted", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    let pushed = dev.wait_for("pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    assert!(pushed["digest"].as_str().is_some());
+    let cancelled_pushes = dev.seen[before..].iter().filter(|e| e["event"] == "pushed").count();
+    assert_eq!(cancelled_pushes, 1, "the cancelled build never pushes");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(go_build_processes("example.com/mono/cmd/alpha"), 0, "no go build left behind");
+}

@@ -104,7 +104,8 @@ pub fn start(
             }
         }
         Trigger::Polling => {
-            let config = notify::Config::default().with_poll_interval(poll_interval);
+            // notify's poller keeps mtimes in whole seconds; comparing contents catches two saves within one second.
+            let config = notify::Config::default().with_poll_interval(poll_interval).with_compare_contents(true);
             let mut debouncer = new_debouncer_opt::<_, notify::PollWatcher, FileIdMap>(
                 DEBOUNCE,
                 None,
