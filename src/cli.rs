@@ -153,8 +153,16 @@ pub fn spawn_stderr_renderer(
 
 pub fn describe_target(plan: &Plan) -> String {
     match &plan.target {
-        PublishTarget::Registry => "registry".to_string(),
-        PublishTarget::OciLayout(dir) => format!("OCI layout {}", dir.display()),
+        PublishTarget::Registry => {
+            let hosts: std::collections::BTreeSet<&str> =
+                plan.artifacts.iter().filter_map(|a| a.image_name.split('/').next()).collect();
+            format!("registry {}", hosts.into_iter().collect::<Vec<_>>().join(", "))
+        }
+        PublishTarget::OciLayout(dir) => {
+            let shown =
+                std::env::current_dir().ok().and_then(|cwd| dir.strip_prefix(cwd).ok().map(|p| p.to_path_buf()));
+            format!("oci:{}", shown.as_deref().unwrap_or(dir).display())
+        }
     }
 }
 

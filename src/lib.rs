@@ -11,5 +11,6 @@ pub mod event;
 pub mod headless;
 pub mod pipeline;
 pub mod platform;
+pub mod ui;
 
 pub use error::{KodevError, Result};

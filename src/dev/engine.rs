@@ -121,6 +121,10 @@ impl Engine {
         })
     }
 
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     fn wants(&self, index: usize) -> bool {
         self.settings.watch_images.is_empty() || self.settings.watch_images.contains(&self.plan.artifacts[index].image)
     }

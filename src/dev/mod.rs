@@ -41,59 +41,8 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> Result<i32> {
     let headless_mode = args.no_tui || !std::io::stdout().is_terminal();
-    if !headless_mode {
-        eprintln!("kodev: the dashboard is not available in this version; showing events as text");
-    }
-    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<Event>();
+    let (event_tx, event_rx) = mpsc::unbounded_channel::<Event>();
     let (engine_tx, engine_rx) = mpsc::unbounded_channel::<EngineMessage>();
-
-    let format = args.output;
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let renderer = tokio::spawn(async move {
-        let print = |event: &Event| {
-            let line = headless::render(format, event);
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
-            let _ = out.flush();
-        };
-        loop {
-            tokio::select! {
-                event = event_rx.recv() => match event {
-                    Some(event) => print(&event),
-                    None => return,
-                },
-                _ = &mut stop_rx => break,
-            }
-        }
-        // Stopping: print whatever was already sent, then end.
-        while let Ok(event) = event_rx.try_recv() {
-            print(&event);
-        }
-    });
-
-    // Commands from stdin, one per line; end of input just stops reading.
-    let stdin_tx = engine_tx.clone();
-    let stdin_events = event_tx.clone();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match command::parse(&line) {
-                Ok(Some(cmd)) => {
-                    if stdin_tx.send(EngineMessage::Command(cmd)).is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(message) => {
-                    let _ = stdin_events.send(Event {
-                        artifact: String::new(),
-                        time: crate::event::now_rfc3339(),
-                        kind: EventKind::Error { message },
-                    });
-                }
-            }
-        }
-    });
     let signal_tx = engine_tx.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -108,12 +57,87 @@ pub async fn run(args: DevArgs) -> Result<i32> {
         poll_interval: Duration::from_millis(args.watch_poll_interval.max(10)),
         watch_images: args.watch_images.clone(),
     };
-    let result = Engine::start(settings, event_tx, engine_tx, engine_rx).await;
-    let code = match result {
-        Ok(engine) => engine.run().await,
-        Err(e) => Err(e),
+    // Configuration errors surface here, before any screen is drawn.
+    let engine = Engine::start(settings, event_tx.clone(), engine_tx.clone(), engine_rx).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let front = if headless_mode {
+        spawn_stdin_commands(engine_tx.clone(), event_tx.clone());
+        tokio::spawn(render_headless(args.output, event_rx, stop_rx))
+    } else {
+        let plan = engine.plan();
+        let artifacts = plan.artifacts.iter().map(|a| (a.image.clone(), a.platforms.describe())).collect();
+        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let state =
+            crate::ui::state::State::new(&crate::cli::describe_target(plan), artifacts, args.common.debug, color);
+        let (command_tx, mut command_rx) = mpsc::unbounded_channel();
+        let forward = engine_tx.clone();
+        tokio::spawn(async move {
+            while let Some(cmd) = command_rx.recv().await {
+                if forward.send(EngineMessage::Command(cmd)).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = crate::ui::run(state, event_rx, command_tx, stop_rx).await {
+                eprintln!("kodev: the dashboard failed: {e}");
+            }
+        })
     };
+    drop(event_tx);
+    let code = engine.run().await;
     let _ = stop_tx.send(());
-    let _ = renderer.await;
+    let _ = front.await;
     code
+}
+
+/// Commands from stdin, one per line; end of input just stops reading.
+fn spawn_stdin_commands(engine: mpsc::UnboundedSender<EngineMessage>, events: mpsc::UnboundedSender<Event>) {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match command::parse(&line) {
+                Ok(Some(cmd)) => {
+                    if engine.send(EngineMessage::Command(cmd)).is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(message) => {
+                    let _ = events.send(Event {
+                        artifact: String::new(),
+                        time: crate::event::now_rfc3339(),
+                        kind: EventKind::Error { message },
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// Print events on stdout until stopped, then whatever was already sent.
+async fn render_headless(
+    format: OutputFormat,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let print = |event: &Event| {
+        let line = headless::render(format, event);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => print(&event),
+                None => return,
+            },
+            _ = &mut stop => break,
+        }
+    }
+    while let Ok(event) = events.try_recv() {
+        print(&event);
+    }
 }
