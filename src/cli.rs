@@ -68,11 +68,16 @@ pub struct CommonArgs {
     /// Keep the image path under the default repo instead of flattening it.
     #[arg(long = "multi-level-repo")]
     pub multi_level_repo: bool,
+    /// Activate a profile of skaffold.yaml (repeatable).
+    #[arg(short = 'p', long = "profile")]
+    pub profiles: Vec<String>,
 }
 
 impl CommonArgs {
-    pub fn load_options(&self) -> LoadOptions {
+    pub fn load_options(&self, command: &str) -> LoadOptions {
         LoadOptions {
+            profiles: self.profiles.clone(),
+            command: command.to_string(),
             file: self.file.clone(),
             default_repo: self.default_repo.clone(),
             multi_level_repo: self.multi_level_repo,
@@ -167,7 +172,7 @@ pub fn describe_target(plan: &Plan) -> String {
 }
 
 async fn run_build(args: BuildArgs) -> Result<i32> {
-    let plan = config::load(&args.common.load_options())?;
+    let plan = config::load(&args.common.load_options("build"))?;
     let builder = Arc::new(Builder::new(&plan));
     let (tx, rx) = mpsc::unbounded_channel();
     let renderer = spawn_stderr_renderer(rx, OutputFormat::Text);
@@ -219,11 +224,10 @@ async fn run_build(args: BuildArgs) -> Result<i32> {
 }
 
 fn run_plan(args: PlanArgs) -> Result<i32> {
-    if !args.profiles.is_empty() {
-        return Err(KodevError::Usage("profiles (-p) are not supported yet".to_string()));
-    }
     let options = LoadOptions {
         file: args.file.clone(),
+        profiles: args.profiles.clone(),
+        command: "build".to_string(),
         default_repo: args.default_repo.clone(),
         platforms: args.platforms.clone(),
         ..Default::default()

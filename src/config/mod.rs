@@ -10,12 +10,13 @@ pub mod template;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::error::{KodevError, Result};
 use crate::platform::{Platform, PlatformRequest};
-use skaffold::{ArtifactConfig, KoDependencies};
+use skaffold::{ArtifactConfig, KoDependencies, ProfileSelection, SkaffoldConfig, TagPolicy};
 
 /// The base image an artifact is built on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -85,6 +86,8 @@ impl Artifact {
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
     pub config_path: PathBuf,
+    /// Every config file read (the main one and those it requires): editing one reloads.
+    pub config_files: Vec<PathBuf>,
     /// Directory of skaffold.yaml; relative paths start here.
     pub root: PathBuf,
     pub artifacts: Vec<Artifact>,
@@ -92,6 +95,24 @@ pub struct Plan {
     pub insecure_registries: Vec<String>,
     /// Artifacts built at once (0 = unlimited).
     pub concurrency: usize,
+}
+
+impl Plan {
+    /// The smallest directory holding every config file and artifact context: what to watch.
+    pub fn watch_root(&self) -> PathBuf {
+        let mut root = self.root.clone();
+        let others =
+            self.config_files.iter().map(|f| dir_of(f)).chain(self.artifacts.iter().map(|a| a.context.clone()));
+        for path in others {
+            while !path.starts_with(&root) {
+                match root.parent() {
+                    Some(parent) => root = parent.to_path_buf(),
+                    None => break,
+                }
+            }
+        }
+        root
+    }
 }
 
 /// What the command line and environment say, before reading any file.
@@ -106,6 +127,10 @@ pub struct LoadOptions {
     pub oci_layout: Option<PathBuf>,
     pub insecure_registries: Vec<String>,
     pub build_images: Vec<String>,
+    /// Profiles named with `-p`.
+    pub profiles: Vec<String>,
+    /// `build` or `dev`, for profile activation by command.
+    pub command: String,
 }
 
 impl LoadOptions {
@@ -134,18 +159,98 @@ fn config_err(file: &Path, line: Option<usize>, field: &str, message: impl Into<
     }
 }
 
-/// Read skaffold.yaml (and .ko.yaml) and resolve every artifact.
-pub fn load(options: &LoadOptions) -> Result<Plan> {
-    let file = &options.file;
-    let text = std::fs::read_to_string(file).map_err(|e| KodevError::Config {
-        file: file.clone(),
+/// One decoded config document and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub file: PathBuf,
+    /// Directory of `file`: the config's relative paths start here.
+    pub root: PathBuf,
+    pub text: Arc<String>,
+    pub config: SkaffoldConfig,
+}
+
+fn read_config(file: &Path) -> Result<String> {
+    std::fs::read_to_string(file).map_err(|e| KodevError::Config {
+        file: file.to_path_buf(),
         line: None,
         column: None,
         field: None,
         message: format!("cannot read the config: {e} (pass -f FILE, or run `kodev init` to create one)"),
-    })?;
-    let configs = skaffold::parse_documents(file, &text)?;
-    if configs.is_empty() {
+    })
+}
+
+fn dir_of(file: &Path) -> PathBuf {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Read a skaffold.yaml and, depth first, the files it `requires`; a cycle is an error.
+pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<PathBuf>) -> Result<Vec<LoadedConfig>> {
+    let canonical = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    if let Some(pos) = stack.iter().position(|f| *f == canonical) {
+        let cycle: Vec<String> = stack[pos..].iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
+        return Err(config_err(
+            file,
+            None,
+            "requires",
+            format!("requires cycle: {}; remove one of the requires", cycle.join(" → ")),
+        ));
+    }
+    let text = Arc::new(read_config(file)?);
+    let configs = skaffold::parse_documents(file, &text, selection)?;
+    let root = dir_of(file);
+    stack.push(canonical);
+    let mut out = Vec::new();
+    for (doc_index, config) in configs.into_iter().enumerate() {
+        for (i, dependency) in config.requires.iter().enumerate() {
+            let field = format!("requires[{i}]");
+            let line = skaffold::find_key_line(&text, "requires", doc_index);
+            if dependency.git.is_some() || dependency.google_cloud_storage.is_some() {
+                return Err(config_err(
+                    file,
+                    line,
+                    &field,
+                    "remote requires (git, googleCloudStorage) are not supported: check the config out and use path",
+                ));
+            }
+            let target = root.join(dependency.path.as_deref().unwrap_or("."));
+            let target = if target.is_dir() { target.join("skaffold.yaml") } else { target };
+            if !target.is_file() {
+                return Err(config_err(
+                    file,
+                    line,
+                    &format!("{field}.path"),
+                    format!("{} does not exist", target.display()),
+                ));
+            }
+            let mut nested = selection.clone();
+            nested.names.extend(dependency.active_profiles.iter().map(|p| p.name.clone()));
+            let required = load_configs(&target, &nested, stack)?;
+            let wanted: Vec<LoadedConfig> = required
+                .into_iter()
+                .filter(|c| {
+                    dependency.configs.is_empty()
+                        || c.config
+                            .metadata
+                            .as_ref()
+                            .and_then(|m| m.name.as_ref())
+                            .is_some_and(|n| dependency.configs.contains(n))
+                })
+                .collect();
+            out.extend(wanted);
+        }
+        out.push(LoadedConfig { file: file.to_path_buf(), root: root.clone(), text: text.clone(), config });
+    }
+    stack.pop();
+    Ok(out)
+}
+
+/// Read skaffold.yaml (its requires, .ko.yaml) and resolve every artifact.
+pub fn load(options: &LoadOptions) -> Result<Plan> {
+    let file = &options.file;
+    let selection = ProfileSelection { names: options.profiles.clone(), command: options.command.clone() };
+    let loaded = load_configs(file, &selection, &mut Vec::new())?;
+    if loaded.is_empty() {
         return Err(config_err(
             file,
             None,
@@ -153,12 +258,18 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             "the file holds no config: add `apiVersion`, `kind: Config` and `build.artifacts`",
         ));
     }
-    let root = file
-        .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let root = root.canonicalize().unwrap_or(root);
+    for name in &options.profiles {
+        if !loaded.iter().any(|c| c.config.profiles.iter().any(|p| &p.name == name)) {
+            let known: Vec<&str> =
+                loaded.iter().flat_map(|c| c.config.profiles.iter().map(|p| p.name.as_str())).collect();
+            return Err(KodevError::Usage(format!(
+                "profile {name:?} is not defined in {} (profiles: {})",
+                file.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+    }
+    let root = dir_of(file);
 
     let default_repo = options.effective_default_repo();
     let multi_level =
@@ -170,16 +281,20 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let mut insecure = options.insecure_registries.clone();
     let mut push_from_config = None;
     let mut concurrency = 1;
-    let mut artifact_index = 0usize;
-    for config in &configs {
+    let mut config_files = Vec::new();
+    for LoadedConfig { file, root: config_root, text, config } in &loaded {
+        if !config_files.contains(file) {
+            config_files.push(file.clone());
+        }
+        let artifact_lines = |i: usize| skaffold::find_key_line(text, "image", i);
         let uses_ko = config.build.as_ref().is_some_and(|b| b.artifacts.iter().any(|a| a.ko.is_some()));
         if let Err(message) = skaffold::check_api_version(&config.api_version, uses_ko) {
-            return Err(config_err(file, skaffold::find_key_line(&text, "apiVersion", 0), "apiVersion", message));
+            return Err(config_err(file, skaffold::find_key_line(text, "apiVersion", 0), "apiVersion", message));
         }
         if config.kind != "Config" {
             return Err(config_err(
                 file,
-                skaffold::find_key_line(&text, "kind", 0),
+                skaffold::find_key_line(text, "kind", 0),
                 "kind",
                 format!("kind must be Config, not {:?}", config.kind),
             ));
@@ -194,23 +309,21 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
         }
         let build_platforms = match &build.platforms {
             Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| {
-                config_err(file, skaffold::find_key_line(&text, "platforms", 0), "build.platforms", e.to_string())
+                config_err(file, skaffold::find_key_line(text, "platforms", 0), "build.platforms", e.to_string())
             })?),
             None => None,
         };
         for (i, raw) in build.artifacts.iter().enumerate() {
             let field = format!("build.artifacts[{i}]");
-            let line = skaffold::find_key_line(&text, "image", artifact_index);
-            artifact_index += 1;
             if !options.build_images.is_empty() && !options.build_images.iter().any(|b| b == &raw.image) {
                 continue;
             }
             let artifact = resolve_artifact(ArtifactInput {
                 file,
-                root: &root,
+                root: config_root,
                 raw,
                 field: &field,
-                line,
+                line: artifact_lines(i),
                 default_repo: default_repo.as_deref(),
                 multi_level,
                 build_platforms: build_platforms.as_ref(),
@@ -218,6 +331,17 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 tag_override: options.tag.as_deref(),
                 tag_policy: build.tag_policy.as_ref(),
             })?;
+            if let Some(previous) = artifacts.iter().find(|a: &&Artifact| a.image == artifact.image) {
+                return Err(config_err(
+                    file,
+                    artifact_lines(i),
+                    &format!("{field}.image"),
+                    format!(
+                        "image {:?} is defined twice (also for {}): give each artifact its own image",
+                        artifact.image, previous.import_path
+                    ),
+                ));
+            }
             artifacts.push(artifact);
         }
     }
@@ -234,22 +358,34 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
         (Some(dir), _) => PublishTarget::OciLayout(absolutize(dir)),
         (None, Some(false)) => PublishTarget::OciLayout(root.join(".kodev/oci")),
         (None, explicit) => {
-            let pushable = artifacts.iter().all(|a| naming::has_registry_host(&a.image_name));
-            if pushable {
-                PublishTarget::Registry
-            } else if explicit == Some(true) {
-                let a =
-                    artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name)).expect("one is not pushable");
-                return Err(KodevError::Usage(format!(
-                    "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
-                    a.image
-                )));
-            } else {
-                PublishTarget::OciLayout(root.join(".kodev/oci"))
+            let not_pushable = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name));
+            match (not_pushable, explicit) {
+                (None, _) => PublishTarget::Registry,
+                (Some(a), Some(true)) => {
+                    return Err(KodevError::Usage(format!(
+                        "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
+                        a.image
+                    )));
+                }
+                (Some(a), _) if a.image.starts_with("ko://") => {
+                    return Err(KodevError::Usage(format!(
+                        "image {:?} is a ko:// import path and needs a repository: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO)",
+                        a.image
+                    )));
+                }
+                (Some(_), _) => PublishTarget::OciLayout(root.join(".kodev/oci")),
             }
         }
     };
-    Ok(Plan { config_path: file.clone(), root, artifacts, target, insecure_registries: insecure, concurrency })
+    Ok(Plan {
+        config_path: file.clone(),
+        config_files,
+        root,
+        artifacts,
+        target,
+        insecure_registries: insecure,
+        concurrency,
+    })
 }
 
 fn absolutize(path: &Path) -> PathBuf {
@@ -271,7 +407,7 @@ struct ArtifactInput<'a> {
     build_platforms: Option<&'a PlatformRequest>,
     cli_platforms: &'a PlatformRequest,
     tag_override: Option<&'a str>,
-    tag_policy: Option<&'a serde_yaml_ng::Value>,
+    tag_policy: Option<&'a TagPolicy>,
 }
 
 fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
@@ -421,18 +557,17 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         None => Default::default(),
     };
 
-    let tag = match written_tag.strip_prefix(':') {
-        _ if input.tag_override.is_some() => input.tag_override.unwrap_or_default().to_string(),
-        Some(t) if !t.is_empty() => t.to_string(),
-        _ => tag::resolve(input.tag_policy, &context),
-    };
-    naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
-
-    // Templates over the environment plus IMAGE_REPO / IMAGE_NAME / IMAGE_TAG.
-    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    // Templates see the environment, IMAGE_REPO / IMAGE_NAME / IMAGE_TAG, and ko's .Git.*, .Date, .Timestamp.
+    let mut vars = template_vars(&context);
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
     vars.insert("IMAGE_NAME".into(), name_part.to_string());
+    let tag = match (input.tag_override, written_tag.strip_prefix(':')) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(t)) if !t.is_empty() => t.to_string(),
+        _ => tag::resolve(input.tag_policy, &context, &vars).map_err(|m| err("", format!("build.tagPolicy: {m}")))?,
+    };
+    naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
     let expand_all = |items: &[String], sub: &str| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| err(sub, m))).collect()
@@ -482,6 +617,25 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         dependencies: ko.dependencies.clone(),
         source_date_epoch: ko.source_date_epoch,
     })
+}
+
+/// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer.
+pub fn template_vars(context: &Path) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+    let now = chrono::Utc::now();
+    vars.insert("Date".into(), now.format("%Y-%m-%dT%H:%M:%SZ").to_string());
+    vars.insert("Timestamp".into(), now.timestamp().to_string());
+    let full = tag::git(context, &["rev-parse", "HEAD"]).unwrap_or_default();
+    let short = tag::git(context, &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let branch = tag::git(context, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default();
+    let git_tag = tag::git(context, &["describe", "--tags", "--abbrev=0"]).unwrap_or_default();
+    let dirty = tag::git(context, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    vars.insert("Git.FullCommit".into(), full);
+    vars.insert("Git.ShortCommit".into(), short);
+    vars.insert("Git.Branch".into(), branch);
+    vars.insert("Git.Tag".into(), git_tag);
+    vars.insert("Git.IsDirty".into(), dirty.to_string());
+    vars
 }
 
 /// A `main` relative to the context, rewritten relative to the work dir for `go list`.

@@ -13,20 +13,108 @@ pub const LATEST_API_VERSION: &str = "skaffold/v4beta14";
 /// The first schema with the ko builder.
 pub const FIRST_KO_API_VERSION: &str = "skaffold/v2beta26";
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// One `kind: Config` document. Top-level keys starting with `.` hold YAML anchors and are
+/// skipped; any other unknown key is an error, as in Skaffold.
+#[derive(Debug, Clone, Default)]
 pub struct SkaffoldConfig {
     pub api_version: String,
     pub kind: String,
-    #[serde(default)]
     pub metadata: Option<Metadata>,
-    #[serde(default)]
-    pub requires: Option<Value>,
-    #[serde(default)]
+    pub requires: Vec<ConfigDependency>,
     pub build: Option<BuildConfig>,
+    pub profiles: Vec<Profile>,
+}
+
+const TOP_LEVEL_FIELDS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "requires",
+    "build",
+    "profiles",
+    "test",
+    "render",
+    "manifests",
+    "deploy",
+    "portForward",
+    "resourceSelector",
+    "verify",
+    "customActions",
+];
+
+impl<'de> Deserialize<'de> for SkaffoldConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TopLevel;
+        impl<'de> serde::de::Visitor<'de> for TopLevel {
+            type Value = SkaffoldConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a Skaffold config (a mapping with apiVersion, kind, build …)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SkaffoldConfig, A::Error> {
+                use serde::de::{Error, IgnoredAny};
+                let mut config = SkaffoldConfig::default();
+                let (mut api_version, mut kind) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "apiVersion" => api_version = Some(map.next_value()?),
+                        "kind" => kind = Some(map.next_value()?),
+                        "metadata" => config.metadata = map.next_value()?,
+                        "requires" => config.requires = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                        "build" => config.build = map.next_value()?,
+                        "profiles" => config.profiles = map.next_value::<Option<_>>()?.unwrap_or_default(),
+                        // Sections kodev does not act on load unchanged.
+                        k if TOP_LEVEL_FIELDS.contains(&k) || k.starts_with('.') => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        other => return Err(A::Error::unknown_field(other, TOP_LEVEL_FIELDS)),
+                    }
+                }
+                config.api_version = api_version.ok_or_else(|| A::Error::missing_field("apiVersion"))?;
+                config.kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+                Ok(config)
+            }
+        }
+        deserializer.deserialize_map(TopLevel)
+    }
+}
+
+/// `requires[]`: other config files this one depends on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigDependency {
     #[serde(default)]
-    pub profiles: Option<Value>,
-    // Sections kodev does not act on are accepted so real configs load unchanged.
+    pub path: Option<String>,
+    #[serde(default)]
+    pub configs: Vec<String>,
+    #[serde(default)]
+    pub git: Option<Value>,
+    #[serde(default)]
+    pub google_cloud_storage: Option<Value>,
+    #[serde(default)]
+    pub active_profiles: Vec<ProfileDependency>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProfileDependency {
+    pub name: String,
+    #[serde(default)]
+    pub activated_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub activation: Vec<Activation>,
+    #[serde(default)]
+    pub requires_all_activations: bool,
+    #[serde(default)]
+    pub patches: Vec<JsonPatch>,
+    /// Overlays `build` key by key.
+    #[serde(default)]
+    pub build: Option<Value>,
     #[serde(default)]
     pub test: Option<Value>,
     #[serde(default)]
@@ -43,6 +131,72 @@ pub struct SkaffoldConfig {
     pub verify: Option<Value>,
     #[serde(default)]
     pub custom_actions: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Activation {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub kube_context: Option<String>,
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JsonPatch {
+    pub op: String,
+    pub path: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub value: Option<Value>,
+}
+
+/// `build.tagPolicy`: exactly one tagger.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TagPolicy {
+    #[serde(default)]
+    pub git_commit: Option<GitTagger>,
+    #[serde(default)]
+    pub sha256: Option<Value>,
+    #[serde(default)]
+    pub input_digest: Option<Value>,
+    #[serde(default)]
+    pub env_template: Option<EnvTemplateTagger>,
+    #[serde(default)]
+    pub date_time: Option<DateTimeTagger>,
+    #[serde(default)]
+    pub custom_template: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitTagger {
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub ignore_changes: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnvTemplateTagger {
+    pub template: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DateTimeTagger {
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,7 +218,7 @@ pub struct BuildConfig {
     #[serde(default)]
     pub insecure_registries: Vec<String>,
     #[serde(default)]
-    pub tag_policy: Option<Value>,
+    pub tag_policy: Option<TagPolicy>,
     #[serde(default)]
     pub platforms: Option<Vec<String>>,
     #[serde(default)]
@@ -206,18 +360,264 @@ pub fn check_api_version(version: &str, uses_ko: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Decode every `---` document of a skaffold.yaml, strictly, with file:line:column errors.
-pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<SkaffoldConfig>, KodevError> {
-    let mut configs = Vec::new();
-    for document in serde_yaml_ng::Deserializer::from_str(text) {
-        let decoded: Result<Option<SkaffoldConfig>, _> = serde_path_to_error::deserialize(document);
-        match decoded {
-            Ok(Some(config)) => configs.push(config),
-            Ok(None) => {}
-            Err(err) => return Err(yaml_error(path, err)),
+/// Which profiles to apply: the ones named with `-p`, plus those whose activation matches.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileSelection {
+    pub names: Vec<String>,
+    /// `build` or `dev`, for `activation.command`.
+    pub command: String,
+}
+
+impl ProfileSelection {
+    fn activates(&self, profile: &Profile) -> bool {
+        if self.names.iter().any(|n| n == &profile.name) {
+            return true;
+        }
+        if profile.activation.is_empty() {
+            return false;
+        }
+        let matches = |a: &Activation| {
+            let env_ok = a.env.as_deref().is_none_or(|e| match e.split_once('=') {
+                Some((k, v)) => std::env::var(k).is_ok_and(|actual| actual == v || regex_like_match(v, &actual)),
+                None => std::env::var(e).is_ok(),
+            });
+            let command_ok = a.command.as_deref().is_none_or(|c| c == self.command);
+            // No Kubernetes here: a kubeContext condition never holds.
+            env_ok && command_ok && a.kube_context.is_none()
+        };
+        if profile.requires_all_activations {
+            profile.activation.iter().all(matches)
+        } else {
+            profile.activation.iter().any(matches)
         }
     }
+}
+
+/// Skaffold matches env activation values as regular expressions; kodev supports the common
+/// forms: a literal, `^…$` anchors and a trailing `.*`.
+fn regex_like_match(pattern: &str, actual: &str) -> bool {
+    let anchored = pattern.trim_start_matches('^').trim_end_matches('$');
+    match anchored.strip_suffix(".*") {
+        Some(prefix) => actual.starts_with(prefix),
+        None => anchored == actual,
+    }
+}
+
+/// Decode every `---` document of a skaffold.yaml, strictly, with file:line:column errors,
+/// then apply the selected profiles.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+    selection: &ProfileSelection,
+) -> Result<Vec<SkaffoldConfig>, KodevError> {
+    let mut values = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        let value: Result<Value, _> = serde_path_to_error::deserialize(document);
+        values.push(value.map_err(|e| yaml_error(path, e))?);
+    }
+    let mut configs = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let decoded: Result<Option<SkaffoldConfig>, _> = serde_path_to_error::deserialize(document);
+        let config = match decoded {
+            Ok(Some(config)) => Some(config),
+            Ok(None) => continue,
+            // Merge keys (`<<: *anchor`) need the document as a value first.
+            Err(err) if err.path().to_string().contains("<<") || err.to_string().contains("<<") => None,
+            Err(err) => return Err(yaml_error(path, err)),
+        };
+        let needs_profiles = config.as_ref().is_none_or(|c| c.profiles.iter().any(|p| selection.activates(p)));
+        if let (Some(config), false) = (&config, needs_profiles) {
+            configs.push(config.clone());
+            continue;
+        }
+        let mut value = values.get(index).cloned().unwrap_or(Value::Null);
+        value.apply_merge().map_err(|e| KodevError::Config {
+            file: path.to_path_buf(),
+            line: e.location().map(|l| l.line()),
+            column: None,
+            field: None,
+            message: format!("cannot merge `<<` keys: {e}"),
+        })?;
+        if let Value::Mapping(map) = &mut value {
+            map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
+        }
+        let merged = from_value(path, text, value.clone(), None)?;
+        let active: Vec<Profile> = merged.profiles.iter().filter(|p| selection.activates(p)).cloned().collect();
+        if active.is_empty() {
+            configs.push(merged);
+            continue;
+        }
+        for profile in &active {
+            apply_profile(path, &mut value, profile)?;
+        }
+        let names: Vec<&str> = active.iter().map(|p| p.name.as_str()).collect();
+        configs.push(from_value(path, text, value, Some(&names.join(", ")))?);
+    }
     Ok(configs)
+}
+
+/// Typed decoding of a document already turned into a value (merged or patched); errors name
+/// the field path and, as best as can be found, its line.
+fn from_value(path: &Path, text: &str, value: Value, profile: Option<&str>) -> Result<SkaffoldConfig, KodevError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let field = err.path().to_string();
+        let last_key = field.rsplit('.').next().unwrap_or("").split('[').next().unwrap_or("").to_string();
+        let mut message = err.into_inner().to_string();
+        if let Some(rest) = message.split_once(": ").filter(|(p, _)| !p.contains(' ')).map(|(_, r)| r.to_string()) {
+            message = rest;
+        }
+        if let Some(profile) = profile {
+            message.push_str(&format!(" (after applying profile {profile})"));
+        }
+        KodevError::Config {
+            file: path.to_path_buf(),
+            line: find_key_line(text, &last_key, 0),
+            column: None,
+            field: Some(field),
+            message,
+        }
+    })
+}
+
+fn profile_error(path: &Path, profile: &Profile, message: String) -> KodevError {
+    KodevError::Config {
+        file: path.to_path_buf(),
+        line: None,
+        column: None,
+        field: Some(format!("profiles[{}]", profile.name)),
+        message,
+    }
+}
+
+/// A profile's `build` overlays the config's key by key; then its JSON patches apply in order.
+fn apply_profile(path: &Path, document: &mut Value, profile: &Profile) -> Result<(), KodevError> {
+    if let Some(Value::Mapping(overlay)) = &profile.build {
+        let Value::Mapping(root) = document else {
+            return Err(profile_error(path, profile, "the config is not a mapping".into()));
+        };
+        let build = root.entry(Value::String("build".into())).or_insert_with(|| Value::Mapping(Default::default()));
+        if let Value::Mapping(build) = build {
+            for (k, v) in overlay {
+                build.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    for patch in &profile.patches {
+        json_patch(document, patch)
+            .map_err(|m| profile_error(path, profile, format!("patch {} {}: {m}", patch.op, patch.path)))?;
+    }
+    Ok(())
+}
+
+fn pointer_tokens(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/').ok_or("a JSON pointer starts with '/'")?;
+    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+fn child_mut<'v>(value: &'v mut Value, token: &str) -> Result<&'v mut Value, String> {
+    match value {
+        Value::Mapping(map) => map.get_mut(token).ok_or_else(|| format!("no key {token:?}")),
+        Value::Sequence(seq) => {
+            let i: usize = token.parse().map_err(|_| format!("{token:?} is not an index"))?;
+            let len = seq.len();
+            seq.get_mut(i).ok_or_else(|| format!("index {i} is out of range (length {len})"))
+        }
+        _ => Err(format!("cannot descend into a scalar at {token:?}")),
+    }
+}
+
+fn parent_and_last<'v>(document: &'v mut Value, pointer: &str) -> Result<(&'v mut Value, String), String> {
+    let mut tokens = pointer_tokens(pointer)?;
+    let last = tokens.pop().ok_or("the path must name a field")?;
+    let mut node = document;
+    for t in &tokens {
+        node = child_mut(node, t)?;
+    }
+    Ok((node, last))
+}
+
+fn remove_at(document: &mut Value, pointer: &str) -> Result<Value, String> {
+    let (parent, last) = parent_and_last(document, pointer)?;
+    match parent {
+        Value::Mapping(map) => map.remove(last.as_str()).ok_or_else(|| format!("no key {last:?}")),
+        Value::Sequence(seq) => {
+            let i: usize = last.parse().map_err(|_| format!("{last:?} is not an index"))?;
+            if i < seq.len() {
+                Ok(seq.remove(i))
+            } else {
+                Err(format!("index {i} is out of range"))
+            }
+        }
+        _ => Err("cannot remove from a scalar".into()),
+    }
+}
+
+fn add_at(document: &mut Value, pointer: &str, value: Value, replace: bool) -> Result<(), String> {
+    let (parent, last) = parent_and_last(document, pointer)?;
+    match parent {
+        Value::Mapping(map) => {
+            if replace && !map.contains_key(last.as_str()) {
+                return Err(format!("no key {last:?} to replace"));
+            }
+            map.insert(Value::String(last), value);
+            Ok(())
+        }
+        Value::Sequence(seq) => {
+            if last == "-" && !replace {
+                seq.push(value);
+                return Ok(());
+            }
+            let i: usize = last.parse().map_err(|_| format!("{last:?} is not an index"))?;
+            if replace {
+                let slot = seq.get_mut(i).ok_or_else(|| format!("index {i} is out of range"))?;
+                *slot = value;
+            } else if i <= seq.len() {
+                seq.insert(i, value);
+            } else {
+                return Err(format!("index {i} is out of range"));
+            }
+            Ok(())
+        }
+        _ => Err("cannot add into a scalar".into()),
+    }
+}
+
+/// RFC 6902 operations, as Skaffold's profile patches use them.
+pub fn json_patch(document: &mut Value, patch: &JsonPatch) -> Result<(), String> {
+    let value = || patch.value.clone().ok_or_else(|| format!("{} needs a value", patch.op));
+    match patch.op.as_str() {
+        "add" => add_at(document, &patch.path, value()?, false),
+        "replace" => add_at(document, &patch.path, value()?, true),
+        "remove" => remove_at(document, &patch.path).map(|_| ()),
+        "move" | "copy" => {
+            let from = patch.from.as_deref().ok_or("needs from")?;
+            let moved = if patch.op == "move" {
+                remove_at(document, from)?
+            } else {
+                let mut node = &mut *document;
+                for t in pointer_tokens(from)? {
+                    node = child_mut(node, &t)?;
+                }
+                node.clone()
+            };
+            add_at(document, &patch.path, moved, false)
+        }
+        "test" => {
+            let mut node = &mut *document;
+            for t in pointer_tokens(&patch.path)? {
+                node = child_mut(node, &t)?;
+            }
+            if Some(&*node) == patch.value.as_ref() {
+                Ok(())
+            } else {
+                Err("test failed: the value differs".into())
+            }
+        }
+        other => Err(format!("unknown op {other:?}: use add, remove, replace, move, copy or test")),
+    }
 }
 
 pub fn yaml_error(path: &Path, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> KodevError {
@@ -279,7 +679,7 @@ mod tests {
     fn unknown_key_has_line() {
         let text =
             "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n  - image: a\n    ko:\n      mian: .\n";
-        let err = parse_documents(Path::new("skaffold.yaml"), text).unwrap_err();
+        let err = parse_documents(Path::new("skaffold.yaml"), text, &ProfileSelection::default()).unwrap_err();
         let shown = err.to_string();
         assert!(shown.starts_with("skaffold.yaml:7:"), "{shown}");
         assert!(shown.contains("mian"), "{shown}");

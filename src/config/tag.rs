@@ -1,53 +1,197 @@
-//! Skaffold's tag policies. The default `gitCommit` tagger tags with the git tag or
-//! abbreviated commit, plus `-dirty` for a dirty tree; without git, `latest`.
+//! Skaffold's tag policies (REFERENCE §1). The default `gitCommit` tagger tags with the git
+//! tag or abbreviated commit, plus `-dirty` for a dirty tree; when a tagger fails, `latest`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use serde_yaml_ng::Value;
+use sha2::{Digest, Sha256};
+
+use super::skaffold::TagPolicy;
+use super::template;
 
 pub const FALLBACK_TAG: &str = "latest";
 
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
+pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let output = Command::new("git").args(args).current_dir(dir).output().ok()?;
     output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// `git describe --tags --always` (Skaffold's `Tags` variant) plus `-dirty` when the context has changes.
-pub fn git_commit_tag(context: &Path, variant: &str, prefix: &str, ignore_changes: bool) -> Option<String> {
+pub fn git_commit_tag(context: &Path, variant: &str, prefix: &str, ignore_changes: bool) -> Result<String, String> {
     let base = match variant {
-        "CommitSha" => git(context, &["rev-parse", "HEAD"])?,
-        "AbbrevCommitSha" => git(context, &["rev-parse", "--short", "HEAD"])?,
-        "TreeSha" => git(context, &["rev-parse", "HEAD:./"])?,
-        "AbbrevTreeSha" => git(context, &["rev-parse", "--short", "HEAD:./"])?,
-        _ => git(context, &["describe", "--tags", "--always"])?,
-    };
-    if base.is_empty() {
-        return None;
-    }
-    let mut tag = format!("{prefix}{base}");
-    if !ignore_changes {
-        let status = git(context, &["status", "--porcelain", "--", "."])?;
-        if !status.is_empty() {
-            tag.push_str("-dirty");
+        "Tags" => git(context, &["describe", "--tags", "--always"]),
+        "CommitSha" => git(context, &["rev-parse", "HEAD"]),
+        "AbbrevCommitSha" => git(context, &["rev-parse", "--short", "HEAD"]),
+        "TreeSha" => git(context, &["rev-parse", "HEAD:./"]),
+        "AbbrevTreeSha" => git(context, &["rev-parse", "--short", "HEAD:./"]),
+        other => {
+            return Err(format!(
+                "unknown gitCommit variant {other:?}: use Tags, CommitSha, AbbrevCommitSha, TreeSha or AbbrevTreeSha"
+            ))
         }
+    };
+    let Some(base) = base.filter(|b| !b.is_empty()) else { return Ok(FALLBACK_TAG.to_string()) };
+    let mut tag = format!("{prefix}{base}");
+    if !ignore_changes && git(context, &["status", "--porcelain", "--", "."]).is_some_and(|s| !s.is_empty()) {
+        tag.push_str("-dirty");
     }
-    Some(tag)
+    Ok(tag)
 }
 
-/// Resolve `build.tagPolicy` for one artifact context; falls back to `latest` when the tagger fails.
-pub fn resolve(policy: Option<&Value>, context: &Path) -> String {
-    let get = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-    match policy {
-        Some(p) if p.get("sha256").is_some() => Some(FALLBACK_TAG.to_string()),
-        Some(p) if p.get("gitCommit").is_some() => {
-            let g = &p["gitCommit"];
-            let variant = get(g, "variant").unwrap_or_else(|| "Tags".to_string());
-            let prefix = get(g, "prefix").unwrap_or_default();
-            let ignore = g.get("ignoreChanges").and_then(Value::as_bool).unwrap_or(false);
-            git_commit_tag(context, &variant, &prefix, ignore)
+/// Translate a Go time layout (`2006-01-02_15-04-05.999_MST`) into a chrono format string.
+pub fn go_layout_to_chrono(layout: &str) -> String {
+    const TOKENS: &[(&str, &str)] = &[
+        ("2006", "%Y"),
+        (".000000000", "%.9f"),
+        (".999999999", "%.9f"),
+        (".000000", "%.6f"),
+        (".999999", "%.6f"),
+        (".000", "%.3f"),
+        (".999", "%.3f"),
+        ("January", "%B"),
+        ("Jan", "%b"),
+        ("Monday", "%A"),
+        ("Mon", "%a"),
+        ("MST", "%Z"),
+        ("-0700", "%z"),
+        ("01", "%m"),
+        ("02", "%d"),
+        ("15", "%H"),
+        ("03", "%I"),
+        ("04", "%M"),
+        ("05", "%S"),
+        ("PM", "%p"),
+        ("06", "%y"),
+    ];
+    let mut out = String::new();
+    let mut rest = layout;
+    'outer: while !rest.is_empty() {
+        for (go, chrono) in TOKENS {
+            if let Some(r) = rest.strip_prefix(go) {
+                out.push_str(chrono);
+                rest = r;
+                continue 'outer;
+            }
         }
-        _ => git_commit_tag(context, "Tags", "", false),
+        let c = rest.chars().next().expect("not empty");
+        if c == '%' {
+            out.push_str("%%");
+        } else {
+            out.push(c);
+        }
+        rest = &rest[c.len_utf8()..];
     }
-    .unwrap_or_else(|| FALLBACK_TAG.to_string())
+    out
+}
+
+/// A digest of the artifact's inputs: every file under the context except VCS and kodev output.
+pub fn input_digest(context: &Path) -> String {
+    let mut files = Vec::new();
+    let mut stack = vec![context.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == ".git" || name == ".kodev" {
+                continue;
+            }
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    let mut hasher = Sha256::new();
+    for file in files {
+        hasher.update(file.strip_prefix(context).unwrap_or(&file).to_string_lossy().as_bytes());
+        hasher.update([0]);
+        if let Ok(bytes) = std::fs::read(&file) {
+            hasher.update(Sha256::digest(&bytes));
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Resolve `build.tagPolicy` for one artifact. Errors are configuration errors.
+pub fn resolve(policy: Option<&TagPolicy>, context: &Path, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let Some(policy) = policy else { return git_commit_tag(context, "Tags", "", false) };
+    let set = [
+        policy.git_commit.is_some(),
+        policy.sha256.is_some(),
+        policy.input_digest.is_some(),
+        policy.env_template.is_some(),
+        policy.date_time.is_some(),
+        policy.custom_template.is_some(),
+    ];
+    if set.iter().filter(|s| **s).count() > 1 {
+        return Err("tagPolicy names more than one tagger: keep exactly one".to_string());
+    }
+    if let Some(g) = &policy.git_commit {
+        return git_commit_tag(
+            context,
+            g.variant.as_deref().unwrap_or("Tags"),
+            g.prefix.as_deref().unwrap_or(""),
+            g.ignore_changes,
+        );
+    }
+    if policy.sha256.is_some() {
+        return Ok(FALLBACK_TAG.to_string());
+    }
+    if policy.input_digest.is_some() {
+        return Ok(input_digest(context));
+    }
+    if let Some(t) = &policy.env_template {
+        return template::expand(&t.template, vars);
+    }
+    if let Some(d) = &policy.date_time {
+        let layout = d.format.as_deref().unwrap_or("2006-01-02_15-04-05.999_MST");
+        let format = go_layout_to_chrono(layout);
+        let now = chrono::Utc::now();
+        return Ok(match d.timezone.as_deref() {
+            None | Some("UTC") | Some("Local") | Some("") => now.format(&format).to_string(),
+            Some(other) => {
+                return Err(format!("dateTime timezone {other:?} is not supported: use UTC or Local"));
+            }
+        });
+    }
+    if policy.custom_template.is_some() {
+        return Err("tagPolicy.customTemplate is not supported by kodev: use gitCommit, sha256, inputDigest, envTemplate or dateTime".to_string());
+    }
+    git_commit_tag(context, "Tags", "", false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_layouts_translate() {
+        assert_eq!(go_layout_to_chrono("2006-01-02_15-04-05.999_MST"), "%Y-%m-%d_%H-%M-%S%.3f_%Z");
+        assert_eq!(go_layout_to_chrono("20060102"), "%Y%m%d");
+    }
+
+    #[test]
+    fn policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars: BTreeMap<String, String> = [("VERSION".to_string(), "1.2.3".to_string())].into();
+        let env: TagPolicy = serde_yaml_ng::from_str("envTemplate: {template: 'v{{.VERSION}}'}").unwrap();
+        assert_eq!(resolve(Some(&env), dir.path(), &vars).unwrap(), "v1.2.3");
+        let sha: TagPolicy = serde_yaml_ng::from_str("sha256: {}").unwrap();
+        assert_eq!(resolve(Some(&sha), dir.path(), &vars).unwrap(), "latest");
+        // Outside git the gitCommit tagger falls back to latest.
+        assert_eq!(resolve(None, dir.path(), &vars).unwrap(), "latest");
+        std::fs::write(dir.path().join("a.go"), "package a").unwrap();
+        let digest: TagPolicy = serde_yaml_ng::from_str("inputDigest: {}").unwrap();
+        let one = resolve(Some(&digest), dir.path(), &vars).unwrap();
+        std::fs::write(dir.path().join("a.go"), "package b").unwrap();
+        assert_ne!(one, resolve(Some(&digest), dir.path(), &vars).unwrap());
+        let two: TagPolicy = serde_yaml_ng::from_str("sha256: {}\ninputDigest: {}").unwrap();
+        assert!(resolve(Some(&two), dir.path(), &vars).is_err());
+        let bad: TagPolicy = serde_yaml_ng::from_str("gitCommit: {variant: Nope}").unwrap();
+        assert!(resolve(Some(&bad), dir.path(), &vars).unwrap_err().contains("Nope"));
+    }
 }

@@ -70,7 +70,8 @@ pub struct Engine {
 }
 
 fn config_files(plan: &Plan) -> Vec<PathBuf> {
-    let mut files = vec![plan.config_path.canonicalize().unwrap_or_else(|_| plan.config_path.clone())];
+    let mut files: Vec<PathBuf> =
+        plan.config_files.iter().map(|f| f.canonicalize().unwrap_or_else(|_| f.clone())).collect();
     for artifact in &plan.artifacts {
         files.push(artifact.work_dir.join(".ko.yaml"));
     }
@@ -100,8 +101,9 @@ impl Engine {
                 }
             }
         });
-        let watcher = watch::start(&plan.root, settings.trigger, settings.poll_interval, vec![cache_dir()], watch_tx)
-            .map_err(KodevError::Usage)?;
+        let watcher =
+            watch::start(&plan.watch_root(), settings.trigger, settings.poll_interval, vec![cache_dir()], watch_tx)
+                .map_err(KodevError::Usage)?;
 
         let slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
         Ok(Engine {

@@ -51,7 +51,7 @@ pub async fn run(args: DevArgs) -> Result<i32> {
     });
 
     let settings = EngineSettings {
-        options: args.common.load_options(),
+        options: args.common.load_options("dev"),
         debug: args.common.debug,
         trigger: args.trigger,
         poll_interval: Duration::from_millis(args.watch_poll_interval.max(10)),
