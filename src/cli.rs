@@ -33,6 +33,15 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Show what would be built, building nothing.
     Plan(PlanArgs),
+    /// Write a skaffold.yaml with one ko artifact per main package of the module.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the config.
+    #[arg(short = 'f', long = "filename", visible_alias = "file", default_value = "skaffold.yaml")]
+    pub file: PathBuf,
 }
 
 /// Flags shared by `build` and `dev`.
@@ -110,6 +119,12 @@ pub struct PlanArgs {
     pub default_repo: Option<String>,
     #[arg(long = "platform")]
     pub platforms: Vec<String>,
+    /// Tag to use instead of the tag policy's.
+    #[arg(short = 't', long)]
+    pub tag: Option<String>,
+    /// Keep the image path under the default repo instead of flattening it.
+    #[arg(long = "multi-level-repo")]
+    pub multi_level_repo: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +144,13 @@ pub fn run(cli: Cli) -> i32 {
             Command::Build(args) => run_build(args).await,
             Command::Dev(args) => crate::dev::run(args).await,
             Command::Plan(args) => run_plan(args),
+            Command::Init(args) => {
+                let dir = args.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                let text = config::init::write(dir, &args.file)?;
+                print!("{text}");
+                eprintln!("kodev: wrote {}", args.file.display());
+                Ok(0)
+            }
         }
     });
     // A blocked stdin reader must not hold the exit.
@@ -228,6 +250,8 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
         file: args.file.clone(),
         profiles: args.profiles.clone(),
         command: "build".to_string(),
+        tag: args.tag.clone(),
+        multi_level_repo: args.multi_level_repo,
         default_repo: args.default_repo.clone(),
         platforms: args.platforms.clone(),
         ..Default::default()
@@ -259,16 +283,29 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&json!({"artifacts": artifacts})).expect("JSON values serialize"));
     } else {
         println!("target: {}", describe_target(&plan));
-        println!("{:<28} {:<48} {:<22} {:<20} BASE", "IMAGE", "NAME:TAG", "IMPORT PATH", "PLATFORMS");
-        for a in &plan.artifacts {
-            println!(
-                "{:<28} {:<48} {:<22} {:<20} {}",
-                a.image,
-                a.reference(),
-                a.import_path,
-                a.platforms.describe().join(","),
-                a.base
-            );
+        let rows: Vec<[String; 5]> = plan
+            .artifacts
+            .iter()
+            .map(|a| {
+                [
+                    a.image.clone(),
+                    a.reference(),
+                    a.import_path.clone(),
+                    a.platforms.describe().join(","),
+                    a.base.to_string(),
+                ]
+            })
+            .collect();
+        let header = ["IMAGE", "NAME:TAG", "IMPORT PATH", "PLATFORMS", "BASE"].map(str::to_string);
+        let mut widths = header.clone().map(|h| h.len());
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            println!("{}", cells.join("  ").trim_end());
         }
     }
     Ok(0)

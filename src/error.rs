@@ -32,7 +32,7 @@ fn location_suffix(line: Option<usize>, column: Option<usize>, field: Option<&st
         }
     }
     if let Some(field) = field {
-        if !field.is_empty() && field != "." {
+        if !field.is_empty() && field != "." && !field.contains('?') {
             out.push_str(&format!(" (field {field})"));
         }
     }

@@ -66,5 +66,5 @@ pub fn load(path: &Path) -> Result<KoYaml, KodevError> {
         return Ok(KoYaml::default());
     }
     let document = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, e))
+    serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, &text, e))
 }

@@ -1,6 +1,7 @@
 //! Configuration: skaffold.yaml + .ko.yaml + flags + environment → a `Plan`.
 //! Knows nothing of building; `go list` is only asked where packages are.
 
+pub mod init;
 pub mod koyaml;
 pub mod naming;
 pub mod skaffold;
@@ -358,18 +359,19 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
         (Some(dir), _) => PublishTarget::OciLayout(absolutize(dir)),
         (None, Some(false)) => PublishTarget::OciLayout(root.join(".kodev/oci")),
         (None, explicit) => {
+            if let Some(a) = artifacts.iter().find(|a| a.image.starts_with("ko://")).filter(|_| default_repo.is_none())
+            {
+                return Err(KodevError::Usage(format!(
+                    "image {:?} is a ko:// import path and needs a repository to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO), or --push=false to write an OCI layout",
+                    a.image
+                )));
+            }
             let not_pushable = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name));
             match (not_pushable, explicit) {
                 (None, _) => PublishTarget::Registry,
                 (Some(a), Some(true)) => {
                     return Err(KodevError::Usage(format!(
                         "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
-                        a.image
-                    )));
-                }
-                (Some(a), _) if a.image.starts_with("ko://") => {
-                    return Err(KodevError::Usage(format!(
-                        "image {:?} is a ko:// import path and needs a repository: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO)",
                         a.image
                     )));
                 }
@@ -453,6 +455,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     // Naming: sanitize, then the default repo.
     let sanitized = naming::sanitize(&raw.image);
     let (bare_name, written_tag) = naming::split_tag_or_digest(&sanitized);
+    if written_tag.starts_with('@') {
+        return Err(err(
+            ".image",
+            format!("image {:?} must not carry a digest: kodev builds it and computes the digest", raw.image),
+        ));
+    }
     let image_name = naming::substitute_default_repo(bare_name, input.default_repo, input.multi_level);
     naming::validate_repository(&image_name).map_err(|m| err(".image", m))?;
 

@@ -413,7 +413,7 @@ pub fn parse_documents(
     let mut values = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value: Result<Value, _> = serde_path_to_error::deserialize(document);
-        values.push(value.map_err(|e| yaml_error(path, e))?);
+        values.push(value.map_err(|e| yaml_error(path, text, e))?);
     }
     let mut configs = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -423,7 +423,7 @@ pub fn parse_documents(
             Ok(None) => continue,
             // Merge keys (`<<: *anchor`) need the document as a value first.
             Err(err) if err.path().to_string().contains("<<") || err.to_string().contains("<<") => None,
-            Err(err) => return Err(yaml_error(path, err)),
+            Err(err) => return Err(yaml_error(path, text, err)),
         };
         let needs_profiles = config.as_ref().is_none_or(|c| c.profiles.iter().any(|p| selection.activates(p)));
         if let (Some(config), false) = (&config, needs_profiles) {
@@ -620,7 +620,7 @@ pub fn json_patch(document: &mut Value, patch: &JsonPatch) -> Result<(), String>
     }
 }
 
-pub fn yaml_error(path: &Path, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> KodevError {
+pub fn yaml_error(path: &Path, text: &str, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> KodevError {
     let field = err.path().to_string();
     let inner = err.into_inner();
     let location = inner.location();
@@ -633,16 +633,20 @@ pub fn yaml_error(path: &Path, err: serde_path_to_error::Error<serde_yaml_ng::Er
     if let Some(rest) = message.split_once(": ").filter(|(p, _)| !p.contains(' ')).map(|(_, r)| r.to_string()) {
         message = rest;
     }
+    // An unknown key is reported where its mapping starts; point at the key itself.
+    let mut line = location.as_ref().map(|l| l.line());
+    let mut column = location.as_ref().map(|l| l.column());
+    if let Some(key) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        let start = line.unwrap_or(1);
+        if let Some(found) = find_key_line(&text.lines().skip(start - 1).collect::<Vec<_>>().join("\n"), key, 0) {
+            line = Some(start + found - 1);
+            column = None;
+        }
+    }
     if message.contains("unknown field") {
         message.push_str(" (check the spelling; kodev decodes skaffold.yaml strictly, like Skaffold)");
     }
-    KodevError::Config {
-        file: path.to_path_buf(),
-        line: location.as_ref().map(|l| l.line()),
-        column: location.as_ref().map(|l| l.column()),
-        field: Some(field),
-        message,
-    }
+    KodevError::Config { file: path.to_path_buf(), line, column, field: Some(field), message }
 }
 
 /// Best-effort line of the `n`th occurrence of `key:` in the text, for errors found after decoding.

@@ -1,0 +1,118 @@
+//! `kodev plan --json` on real-world style configs: a Knative-style repo with ko:// images,
+//! a monorepo with profiles and requires, an old apiVersion file.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn plan(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut cmd = kodev();
+    cmd.current_dir(repo_root()).arg("plan").arg("--json").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(&mut cmd);
+    assert!(out.status.success(), "kodev plan {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("plan prints JSON")
+}
+
+fn artifact<'a>(plan: &'a Value, image: &str) -> &'a Value {
+    plan["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["image"] == image)
+        .unwrap_or_else(|| panic!("{image} in {plan:#}"))
+}
+
+#[test]
+fn knative_style_ko_images_use_gcp_multi_level_naming() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let p = plan(
+        &["-f", "tests/fixtures/knative/skaffold.yaml", "-d", "gcr.io/knative-releases"],
+        &[("SERVING_VERSION", "1.16.0")],
+    );
+    let activator = artifact(&p, "ko://knative.dev/serving/cmd/activator");
+    assert_eq!(activator["imageName"], "gcr.io/knative-releases/knative.dev/serving/cmd/activator");
+    assert_eq!(activator["tag"], "v1.16.0", "envTemplate tagger");
+    assert_eq!(activator["importPath"], "knative.dev/serving/cmd/activator");
+    assert_eq!(activator["platforms"], serde_json::json!(["linux/amd64", "linux/arm64"]));
+    let args: Vec<String> =
+        activator["goBuild"]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    assert!(args.contains(&"-v".to_string()), "flags from the anchor: {args:?}");
+    assert!(
+        args.iter().any(|a| a == "-ldflags=-s -w -X knative.dev/serving/pkg/reconciler.version=v1.16.0"),
+        "{args:?}"
+    );
+    let webhook = artifact(&p, "ko://knative.dev/serving/cmd/webhook");
+    assert_eq!(webhook["platforms"], serde_json::json!(["linux/arm64"]), "build.platforms ∩ artifact platforms");
+    assert_eq!(artifact(&p, "ko://knative.dev/serving/cmd/controller")["goBuild"]["args"][1], "-v", "merge key");
+
+    // Flattened under a non-GCP repo.
+    let p =
+        plan(&["-f", "tests/fixtures/knative/skaffold.yaml", "-d", "127.0.0.1:5000/dev"], &[("SERVING_VERSION", "1")]);
+    assert_eq!(
+        artifact(&p, "ko://knative.dev/serving/cmd/webhook")["imageName"],
+        "127.0.0.1:5000/dev/knative_dev_serving_cmd_webhook"
+    );
+
+    // Without a default repo, ko:// images cannot be named: a clear error, exit 2.
+    let out = run(kodev().current_dir(repo_root()).env("SERVING_VERSION", "1").args([
+        "build",
+        "-f",
+        "tests/fixtures/knative/skaffold.yaml",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a repository"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn monorepo_profiles_patches_activation_and_requires() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let base = plan(
+        &["-f", "tests/fixtures/monorepo/skaffold-profiles.yaml", "-d", "127.0.0.1:5000/dev"],
+        &[("SERVING_VERSION", "2")],
+    );
+    assert_eq!(base["artifacts"].as_array().unwrap().len(), 4, "alpha + the three required knative images");
+    assert_eq!(artifact(&base, "alpha")["platforms"], serde_json::json!(["linux/amd64"]));
+
+    let arm = plan(
+        &["-f", "tests/fixtures/monorepo/skaffold-profiles.yaml", "-d", "127.0.0.1:5000/dev", "-p", "arm"],
+        &[("SERVING_VERSION", "2"), ("KODEV_TEST_CI_PROFILE", "on")],
+    );
+    assert_eq!(artifact(&arm, "alpha")["platforms"], serde_json::json!(["linux/arm64"]), "patch add");
+    assert_eq!(artifact(&arm, "beta")["importPath"], "example.com/mono/cmd/beta", "patch append");
+    assert_eq!(artifact(&arm, "alpha")["tag"], "latest", "env-activated profile's sha256 tagger");
+
+    let out = run(kodev().current_dir(repo_root()).args([
+        "plan",
+        "-f",
+        "tests/fixtures/monorepo/skaffold-profiles.yaml",
+        "-p",
+        "nope",
+    ]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("profile \"nope\" is not defined"));
+}
+
+#[test]
+fn old_api_version_moves_ko_platforms_to_the_artifact() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let p = plan(&["-f", "tests/fixtures/monorepo/skaffold-v2beta26.yaml", "-t", "old"], &[]);
+    let a = artifact(&p, "Alpha-Old");
+    assert_eq!(a["imageName"], "alpha-old", "sanitized");
+    assert_eq!(a["platforms"], serde_json::json!(["linux/arm64"]));
+    assert_eq!(a["baseImage"], "gcr.io/distroless/static:nonroot");
+    assert_eq!(a["tag"], "old");
+}

@@ -1,0 +1,3 @@
+module example.com/typo
+
+go 1.19
