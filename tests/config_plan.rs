@@ -116,3 +116,30 @@ fn old_api_version_moves_ko_platforms_to_the_artifact() {
     assert_eq!(a["baseImage"], "gcr.io/distroless/static:nonroot");
     assert_eq!(a["tag"], "old");
 }
+
+#[test]
+fn ko_yaml_defaults_per_build_settings_and_base_precedence() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let p = plan(&["-f", "tests/fixtures/koyaml/skaffold.yaml"], &[]);
+    let api = artifact(&p, "api");
+    assert_eq!(api["baseImage"], "registry.example.com/base/default:v1", "defaultBaseImage");
+    assert_eq!(api["platforms"], serde_json::json!(["linux/arm64", "linux/amd64"]), "defaultPlatforms");
+    assert_eq!(api["goBuild"]["env"], serde_json::json!(["FROM_BUILD=1"]), "per-build env replaces defaultEnv");
+    let args = api["goBuild"]["args"].to_string();
+    assert!(args.contains("-tags=defaults") && args.contains("-ldflags=-X main.source=build"), "{args}");
+    let tool = artifact(&p, "tool");
+    assert_eq!(tool["baseImage"], "registry.example.com/base/tool:v2", "baseImageOverrides beats fromImage");
+    assert_eq!(tool["goBuild"]["env"], serde_json::json!(["FROM_DEFAULT=1"]));
+    let pinned = artifact(&p, "pinned");
+    assert_eq!(pinned["baseImage"], "registry.example.com/base/from-skaffold:v3", "fromImage beats defaultBaseImage");
+    assert!(pinned["goBuild"]["args"].to_string().contains("\"-v\""), "skaffold flags beat .ko.yaml");
+
+    // KO_CONFIG_PATH points elsewhere: that file wins over the one beside the module.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join(".ko.yaml"), "defaultBaseImage: registry.example.com/elsewhere:v9\n").unwrap();
+    let p = plan(&["-f", "tests/fixtures/koyaml/skaffold.yaml"], &[("KO_CONFIG_PATH", other.path().to_str().unwrap())]);
+    assert_eq!(artifact(&p, "api")["baseImage"], "registry.example.com/elsewhere:v9");
+    assert_eq!(artifact(&p, "api")["platforms"], serde_json::json!(["linux/amd64"]));
+}
