@@ -150,7 +150,7 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
     let binary_layer =
         arm_manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
     let blob = fetch_blob(&fx.registry.host, "dev/hello", &binary_layer);
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
     let work = tempfile::tempdir().unwrap();
     let mut found = false;
     for entry in archive.entries().unwrap() {
@@ -310,7 +310,7 @@ fn config_errors_exit_2_with_file_and_line() {
     let out = build(&skaffold, &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("skaffold.yaml:8:") && stderr.contains("mian"), "{stderr}");
+    assert!(stderr.contains("skaffold.yaml:8 ") && stderr.contains("mian"), "{stderr}");
 }
 
 #[test]

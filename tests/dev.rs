@@ -232,7 +232,7 @@ fn debug_toggle_rebuilds_without_optimizations_and_q_quits() {
     let binary = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
     let blob = fetch_blob(&host, "dev/alpha", &binary);
     let work = tempfile::tempdir().unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&blob[..]));
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob[..]));
     archive.unpack(work.path()).unwrap();
     let go = which("go").expect("go");
     let info = run_ok(Command::new(go).arg("version").arg("-m").arg(work.path().join("ko-app/alpha")));

@@ -685,7 +685,7 @@ mod tests {
             "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n  - image: a\n    ko:\n      mian: .\n";
         let err = parse_documents(Path::new("skaffold.yaml"), text, &ProfileSelection::default()).unwrap_err();
         let shown = err.to_string();
-        assert!(shown.starts_with("skaffold.yaml:7:"), "{shown}");
+        assert!(shown.starts_with("skaffold.yaml:7 "), "{shown}");
         assert!(shown.contains("mian"), "{shown}");
         assert_eq!(err.exit_code(), 2);
     }

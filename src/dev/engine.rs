@@ -50,7 +50,13 @@ struct Slot {
     dirty: bool,
     /// The next build should refresh the Go dependency graph.
     refresh_deps: bool,
+    /// A burst of changes cancelled the build; it starts again once they stop.
+    restart_at: Option<tokio::time::Instant>,
 }
+
+/// How long changes must stop, after one interrupted a build, before it starts again:
+/// a burst of writes gives the interrupted build and one more, never a build per write.
+pub const BURST_QUIET: Duration = Duration::from_millis(150);
 
 pub struct Engine {
     settings: EngineSettings,
@@ -142,6 +148,7 @@ impl Engine {
         }
         slot.generation += 1;
         slot.dirty = false;
+        slot.restart_at = None;
         let refresh = std::mem::take(&mut slot.refresh_deps);
         let generation = slot.generation;
         let builder = self.builder.clone();
@@ -174,7 +181,19 @@ impl Engine {
     pub async fn run(mut self) -> Result<i32> {
         self.first_round = (0..self.plan.artifacts.len()).collect();
         self.schedule_all();
-        while let Some(message) = self.rx.recv().await {
+        loop {
+            let next_restart = self.slots.iter().filter_map(|s| s.restart_at).min();
+            let message = match next_restart {
+                Some(deadline) => tokio::select! {
+                    message = self.rx.recv() => message,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.restart_due();
+                        continue;
+                    }
+                },
+                None => self.rx.recv().await,
+            };
+            let Some(message) = message else { break };
             match message {
                 EngineMessage::Finished { index, generation, result, deps } => {
                     if index >= self.slots.len() || self.slots[index].generation != generation {
@@ -210,6 +229,30 @@ impl Engine {
             }
         }
         Ok(0)
+    }
+
+    fn restart_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for i in 0..self.slots.len() {
+            if self.slots[i].restart_at.is_some_and(|at| at <= now) {
+                self.schedule(i);
+            }
+        }
+    }
+
+    /// A change for an artifact: build now when idle; during a build (or a burst), stop the
+    /// stale build at once and start again when the changes stop.
+    fn changed(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.running.is_none() && slot.restart_at.is_none() {
+            self.schedule(index);
+            return;
+        }
+        if let Some(running) = slot.running.take() {
+            running.abort();
+            self.events.for_artifact(&self.plan.artifacts[index].image).send(EventKind::BuildCancelled);
+        }
+        self.slots[index].restart_at = Some(tokio::time::Instant::now() + BURST_QUIET);
     }
 
     /// Returns true to quit.
@@ -260,7 +303,7 @@ impl Engine {
         }
         for i in affected {
             if self.auto && self.settings.trigger != Trigger::Manual {
-                self.schedule(i);
+                self.changed(i);
             } else {
                 self.slots[i].dirty = true;
             }

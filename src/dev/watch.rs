@@ -22,8 +22,10 @@ pub enum WatchMessage {
     Failed(String),
 }
 
-/// Quiet time that makes one save (or save + gofmt) one batch.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Quiet time that makes one save (its write, chmod and rename events) one batch; it adds
+/// directly to edit-to-pushed latency, so it is kept short. Longer bursts are handled by
+/// cancelling the stale build.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {

@@ -368,11 +368,10 @@ fn builtin_layer() -> &'static Layer {
         };
         write(&mut tar).expect("writing to memory cannot fail");
         let tar_bytes = tar.finish().expect("writing to memory cannot fail");
-        let diff_id = sha256_digest(&tar_bytes);
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &tar_bytes).expect("writing to memory cannot fail");
-        let data = gz.finish().expect("writing to memory cannot fail");
-        Layer { kind: LayerKind::Base, digest: sha256_digest(&data), diff_id, data: Bytes::from(data) }
+        let mut layer =
+            super::layer::compress_layer(LayerKind::Base, tar_bytes).expect("compressing in memory cannot fail");
+        layer.kind = LayerKind::Base;
+        layer
     })
 }
 

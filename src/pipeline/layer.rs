@@ -57,33 +57,65 @@ pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-/// Hashes the uncompressed stream and feeds it to gzip at ko's level (1, best speed).
-struct LayerSink {
-    diff_hasher: Sha256,
-    gzip: GzEncoder<Vec<u8>>,
+/// Layers larger than this are compressed in parallel chunks.
+const PARALLEL_THRESHOLD: usize = 2 << 20;
+/// Each chunk becomes one gzip member; concatenated members are one valid gzip stream.
+const CHUNK_SIZE: usize = 1 << 20;
+
+fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    // Level 1 (best speed) is ko's choice; the header is fixed (no name, mtime 0), so output is reproducible.
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 2), Compression::fast());
+    encoder.write_all(data)?;
+    encoder.finish()
 }
 
-impl Write for LayerSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.gzip.write(buf)?;
-        self.diff_hasher.update(&buf[..written]);
-        Ok(written)
+/// Compress an uncompressed tar into a layer. Large layers are split into fixed 1 MiB chunks
+/// compressed on every core while another hashes the tar: the same input always gives the
+/// same bytes, whatever the core count.
+pub fn compress_layer(kind: LayerKind, tar: Vec<u8>) -> io::Result<Layer> {
+    if tar.len() <= PARALLEL_THRESHOLD {
+        let compressed = gzip(&tar)?;
+        return Ok(Layer {
+            kind,
+            digest: sha256_digest(&compressed),
+            diff_id: sha256_digest(&tar),
+            data: Bytes::from(compressed),
+        });
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.gzip.flush()
+    let chunks: Vec<&[u8]> = tar.chunks(CHUNK_SIZE).collect();
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<io::Result<Vec<u8>>>>> =
+        chunks.iter().map(|_| Default::default()).collect();
+    let diff_id = std::thread::scope(|scope| {
+        let diff = scope.spawn(|| sha256_digest(&tar));
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(chunk) = chunks.get(i) else { break };
+                let out = gzip(chunk);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+            });
+        }
+        diff.join().unwrap_or_default()
+    });
+    let mut compressed = Vec::new();
+    for slot in results {
+        let part = slot
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|| Err(io::Error::other("chunk not compressed")))?;
+        compressed.extend_from_slice(&part);
     }
-}
-
-fn new_tar() -> TarWriter<LayerSink> {
-    TarWriter::new(LayerSink { diff_hasher: Sha256::new(), gzip: GzEncoder::new(Vec::new(), Compression::fast()) })
-}
-
-fn finish_layer(kind: LayerKind, tar: TarWriter<LayerSink>) -> io::Result<Layer> {
-    let sink = tar.finish()?;
-    let diff_id = format!("sha256:{}", hex::encode(sink.diff_hasher.finalize()));
-    let compressed = sink.gzip.finish()?;
     Ok(Layer { kind, digest: sha256_digest(&compressed), diff_id, data: Bytes::from(compressed) })
+}
+
+fn new_tar() -> TarWriter<Vec<u8>> {
+    TarWriter::new(Vec::new())
+}
+
+fn finish_layer(kind: LayerKind, tar: TarWriter<Vec<u8>>) -> io::Result<Layer> {
+    compress_layer(kind, tar.finish()?)
 }
 
 /// The binary layer: `ko-app/` and `/ko-app/<name>`, mode 0555, mtime 0.
@@ -91,7 +123,7 @@ pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
     let build = || -> io::Result<Layer> {
         let file = File::open(binary)?;
         let size = file.metadata()?.len();
-        let mut tar = new_tar();
+        let mut tar = TarWriter::new(Vec::with_capacity(size as usize + 4096));
         tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
         let path = format!("{APP_DIR}/{name}");
         tar.append_file(
@@ -129,7 +161,7 @@ pub fn kodata_layer(source: &KodataSource) -> Result<Layer> {
 }
 
 fn walk(
-    tar: &mut TarWriter<LayerSink>,
+    tar: &mut TarWriter<Vec<u8>>,
     host_dir: &Path,
     image_dir: &str,
     source: &KodataSource,
@@ -187,6 +219,18 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_compression_is_deterministic_and_decodes() {
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 % 7).collect();
+        let one = compress_layer(LayerKind::Binary, data.clone()).unwrap();
+        let two = compress_layer(LayerKind::Binary, data.clone()).unwrap();
+        assert_eq!(one.digest, two.digest);
+        assert_eq!(one.diff_id, sha256_digest(&data));
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one.data[..]), &mut decoded).unwrap();
+        assert_eq!(decoded, data);
+    }
 
     #[test]
     fn kodata_is_reproducible_and_refuses_escapes() {

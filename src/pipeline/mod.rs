@@ -139,7 +139,9 @@ impl Builder {
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, &base_image.platform, debug, &out_dir, events).await?;
                 let name = artifact.binary_name().to_string();
+                let layer_started = Instant::now();
                 let binary_layer = binary_layer_blocking(binary, name).await?;
+                tracing::debug!(elapsed_ms = layer_started.elapsed().as_millis() as u64, "binary layer");
                 let layers = vec![kodata, binary_layer];
                 Ok::<_, KodevError>(image::compose_image(&base, base_image, &layers, &edits))
             }
@@ -147,7 +149,9 @@ impl Builder {
         let manifests: Vec<image::ImageManifest> = futures::future::try_join_all(per_platform).await?;
         let built = image::assemble(&base, manifests);
 
+        let publish_started = Instant::now();
         let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
+        tracing::debug!(elapsed_ms = publish_started.elapsed().as_millis() as u64, "publish");
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
                 events.send(EventKind::Layer {

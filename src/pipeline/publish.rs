@@ -110,9 +110,7 @@ async fn publish_to_registry(
             registries.put_manifest(&by_digest, manifest.bytes.clone(), &manifest.media_type).await?;
         }
     }
-    // Push the top level by digest, then the tag last.
-    let by_digest = target.clone_with_digest(image.digest().to_string());
-    registries.put_manifest(&by_digest, image.bytes().clone(), image.media_type()).await?;
+    // The top level goes with its tag, last: one PUT stores it and moves the tag together.
     let tagged = parse_reference(&format!("{name}:{tag}"))?;
     registries.put_manifest(&tagged, image.bytes().clone(), image.media_type()).await?;
     outcome.digest = image.digest().to_string();

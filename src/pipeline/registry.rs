@@ -29,6 +29,12 @@ const ATTEMPTS: u32 = 5;
 pub struct Registries {
     insecure: Vec<String>,
     clients: Mutex<HashMap<String, Client>>,
+    /// Blobs known to be in a repository (`registry/repo@digest`): checked or pushed this session.
+    known_blobs: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+fn blob_key(target: &Reference, digest: &str) -> String {
+    format!("{}/{}@{digest}", target.resolve_registry(), target.repository())
 }
 
 /// Docker's rule: loopback registries speak plain HTTP.
@@ -84,7 +90,7 @@ fn credentials_for(registry: &str) -> RegistryAuth {
 
 impl Registries {
     pub fn new(insecure: Vec<String>) -> Self {
-        Registries { insecure, clients: Mutex::new(HashMap::new()) }
+        Registries { insecure, clients: Mutex::new(HashMap::new()), known_blobs: Default::default() }
     }
 
     pub fn scheme_for(&self, registry: &str) -> &'static str {
@@ -156,18 +162,34 @@ impl Registries {
         .map_err(|e| KodevError::build(format!("cannot fetch blob {digest} of {}: {e}", reference.whole())))
     }
 
+    fn remember(&self, target: &Reference, digest: &str) {
+        self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).insert(blob_key(target, digest));
+    }
+
+    /// Whether the repository has the blob; what this session saw there is not asked again.
     pub async fn blob_exists(&self, target: &Reference, digest: &str) -> Result<bool> {
+        if self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).contains(&blob_key(target, digest)) {
+            return Ok(true);
+        }
         let client = self.client(target, RegistryOperation::Push).await?;
         let url = self.url(target, &format!("blobs/{digest}"));
-        retry(&url, || client.blob_exists(target, digest))
+        let exists = retry(&url, || client.blob_exists(target, digest))
             .await
-            .map_err(|e| KodevError::publish(format!("cannot check blob {digest} at {url}: {e}")))
+            .map_err(|e| KodevError::publish(format!("cannot check blob {digest} at {url}: {e}")))?;
+        if exists {
+            self.remember(target, digest);
+        }
+        Ok(exists)
     }
 
     /// Cross-repository mount; false when the registry started an upload instead (202).
     pub async fn mount_blob(&self, target: &Reference, source: &Reference, digest: &str) -> Result<bool> {
         let client = self.client(target, RegistryOperation::Push).await?;
-        Ok(client.mount_blob(target, source, digest).await.is_ok())
+        let mounted = client.mount_blob(target, source, digest).await.is_ok();
+        if mounted {
+            self.remember(target, digest);
+        }
+        Ok(mounted)
     }
 
     pub async fn upload_blob(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
@@ -175,8 +197,9 @@ impl Registries {
         let url = self.url(target, "blobs/uploads/");
         retry(&url, || client.push_blob(target, data.clone(), digest))
             .await
-            .map(|_| ())
-            .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))
+            .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))?;
+        self.remember(target, digest);
+        Ok(())
     }
 
     pub async fn put_manifest(&self, target: &Reference, body: Bytes, media_type: &str) -> Result<()> {

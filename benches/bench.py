@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""kodev's inner-loop benchmark: edit → pushed image, side by side with its floor and its peer.
+
+Runs on one machine against a real local docker-registry and reports medians over several
+runs, with ratios measured in the same run:
+
+  floor      bare `go build` of the same edit, same flags and env (parallel per platform)
+  cold       `kodev build` with an empty kodev cache and a fresh repository
+  warm       `kodev build` after a one-line edit
+  dev        `kodev dev` from the file write to the `pushed` event
+  ko         `ko build` after the same edit (warm), same base image in the same registry
+
+for one and two platforms, on examples/hello and on a generated large app (>= 15 MB binary,
+many packages). Also: bytes uploaded per rebuild, peak RSS of `kodev dev`, and idle CPU/RSS
+of `kodev dev` watching a tree of 10,000 files.
+
+Usage: python3 benches/bench.py [--runs N] [--ko PATH] [--kodev PATH] [--only hello|large]
+Needs: go, docker-registry, umoci, skopeo (the README's test command installs them);
+ko: GOBIN=/tmp/kobin go install github.com/google/ko@v0.18.0
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GO = shutil.which("go") or "/usr/local/go/bin/go"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    def __init__(self, work):
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        cfg = work / "registry.yml"
+        cfg.write_text(
+            f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/registry\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("docker-registry did not start")
+
+    def stop(self):
+        self.proc.kill()
+
+
+def make_base(work, registry):
+    """A two-platform OCI base (amd64 + arm64) made by umoci, pushed by skopeo; the same for ko and kodev."""
+    layout = work / "base"
+    sh(["umoci", "init", "--layout", str(layout)])
+    for arch in ["amd64", "arm64"]:
+        image = f"{layout}:{arch}"
+        sh(["umoci", "new", "--image", image])
+        payload = work / f"marker-{arch}"
+        payload.write_text(f"base {arch}\n")
+        sh(["umoci", "insert", "--rootless", "--image", image, str(payload), "/etc/base-marker"])
+        sh(["umoci", "config", "--image", image, "--os", "linux", "--architecture", arch,
+            "--config.env", "PATH=/usr/bin:/bin", "--config.user", "65532"])
+    index = json.loads((layout / "index.json").read_text())
+    entries = []
+    for arch in ["amd64", "arm64"]:
+        d = next(m for m in index["manifests"] if m["annotations"]["org.opencontainers.image.ref.name"] == arch)
+        entries.append({"mediaType": d["mediaType"], "digest": d["digest"], "size": d["size"],
+                        "platform": {"os": "linux", "architecture": arch}})
+    blob = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries}).encode()
+    import hashlib
+    digest = hashlib.sha256(blob).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(blob)
+    index["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": f"sha256:{digest}",
+                               "size": len(blob), "annotations": {"org.opencontainers.image.ref.name": "multi"}})
+    (layout / "index.json").write_text(json.dumps(index))
+    ref = f"{registry.host}/base/static:v1"
+    sh(["skopeo", "copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:multi", f"docker://{ref}"])
+    return ref
+
+
+def generate_large_app(dest, packages=160, entries=2500):
+    """A module whose binary is >= 15 MB: many packages, each with a large table main uses."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "go.mod").write_text("module example.com/large\n\ngo 1.19\n")
+    imports, calls = [], []
+    for p in range(packages):
+        pkg = dest / "internal" / f"p{p:03d}"
+        pkg.mkdir(parents=True, exist_ok=True)
+        rows = ",\n".join(f'\t{{"key-{p}-{i}", "value {p} {i} {"x" * 24}", {i * 7 + p}}}' for i in range(entries))
+        (pkg / "table.go").write_text(
+            f"package p{p:03d}\n\ntype row struct {{\n\tk, v string\n\tn int\n}}\n\nvar table = []row{{\n{rows},\n}}\n\n"
+            "// Sum keeps the table reachable.\nfunc Sum(seed int) int {\n\ttotal := seed\n\tfor _, r := range table {\n"
+            "\t\ttotal += r.n + len(r.k) + len(r.v)\n\t}\n\treturn total\n}\n"
+        )
+        imports.append(f'\tp{p:03d} "example.com/large/internal/p{p:03d}"')
+        calls.append(f"\ttotal += p{p:03d}.Sum(len(os.Args))")
+    (dest / "main.go").write_text(
+        "package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n\n" + "\n".join(imports) + "\n)\n\n// edit 0\n\nfunc main() {\n\ttotal := 0\n"
+        + "\n".join(calls) + "\n\tfmt.Println(total)\n}\n"
+    )
+    return dest
+
+
+def write_skaffold(app, base, platforms):
+    plats = ", ".join(f'"{p}"' for p in platforms)
+    (app / "skaffold.yaml").write_text(
+        "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n"
+        f"      platforms: [{plats}]\n      ko:\n        main: .\n        fromImage: {base}\n"
+    )
+
+
+class Editor:
+    """One-line edits to main.go that change the binary every time."""
+
+    def __init__(self, app):
+        self.main = app / "main.go"
+        self.n = 0
+
+    def edit(self):
+        self.n += 1
+        text = self.main.read_text()
+        marker = "// edit "
+        start = text.index(marker)
+        end = text.index("\n", start)
+        text = text[:start] + f"{marker}{self.n}" + text[end:]
+        # A string the binary keeps, so every edit relinks.
+        if "var benchEdit" in text:
+            s = text.index("var benchEdit")
+            e = text.index("\n", s)
+            text = text[:s] + f'var benchEdit = "{self.n}"' + text[e:]
+        else:
+            text = text.replace("func main() {", f'var benchEdit = "{self.n}"\n\nfunc main() {{\n\t_ = benchEdit', 1)
+        self.main.write_text(text)
+
+
+def timed(cmd, env=None, cwd=None):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=cwd)
+    return time.perf_counter() - start
+
+
+def go_floor(app, platforms, out):
+    """The go builds kodev would run, in parallel, bare."""
+    procs = []
+    start = time.perf_counter()
+    for i, p in enumerate(platforms):
+        os_, arch = p.split("/")[:2]
+        env = dict(os.environ, CGO_ENABLED="0", GOOS=os_, GOARCH=arch)
+        procs.append(subprocess.Popen([GO, "build", "-trimpath", "-o", str(out / f"bin{i}"), "."], cwd=app, env=env))
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit("go build failed")
+    return time.perf_counter() - start
+
+
+def dev_latency(kodev, app, registry, runs, editor, env):
+    proc = subprocess.Popen([kodev, "dev", "--no-tui", "--output", "json", "-d", f"{registry.host}/dev", "-t", "dev"],
+                            cwd=app, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    events = []
+    cond = threading.Condition()
+
+    def reader():
+        for line in proc.stdout:
+            with cond:
+                events.append((time.time(), json.loads(line)))
+                cond.notify_all()
+
+    threading.Thread(target=reader, daemon=True).start()
+
+    def wait(pred, since):
+        with cond:
+            while True:
+                for t, e in events[since:]:
+                    if pred(e):
+                        return t, e
+                if not cond.wait(timeout=300):
+                    raise SystemExit("kodev dev stalled")
+
+    wait(lambda e: e["event"] == "watching", 0)
+    latencies, uploaded = [], []
+    for _ in range(runs):
+        time.sleep(0.5)
+        with cond:
+            since = len(events)
+        t0 = time.time()
+        editor.edit()
+        _, pushed = wait(lambda e: e["event"] == "pushed", since)
+        # The event's own timestamp: when kodev finished, not when we read the pipe.
+        t1 = time.mktime(time.strptime(pushed["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0." + pushed["time"][20:23])
+        latencies.append(t1 - t0)
+        uploaded.append(pushed["bytes_uploaded"])
+    rss = peak_rss(proc.pid)
+    proc.stdin.write("q\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+    return latencies, uploaded, rss
+
+
+def peak_rss(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def idle_watch(kodev, registry, env, files=10_000, seconds=10):
+    tree = Path(tempfile.mkdtemp(prefix="kodev-idle-"))
+    shutil.copytree(ROOT / "examples/hello", tree / "app")
+    data = tree / "app" / "testdata"
+    for i in range(files):
+        d = data / f"d{i // 100:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.txt").write_text(f"{i}\n")
+    proc = subprocess.Popen([kodev, "dev", "--no-tui", "--output", "json", "-d", f"{registry.host}/idle"],
+                            cwd=tree / "app", env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "watching":
+            break
+    time.sleep(2)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu():
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    c0, t0 = cpu(), time.time()
+    time.sleep(seconds)
+    c1, t1 = cpu(), time.time()
+    rss = 0
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+    proc.stdin.write("q\n")
+    proc.stdin.flush()
+    proc.wait(timeout=30)
+    shutil.rmtree(tree, ignore_errors=True)
+    return (c1 - c0) / (t1 - t0) * 100, rss
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--kodev", default=str(ROOT / "target/release/kodev"))
+    ap.add_argument("--ko", default=shutil.which("ko") or "/tmp/kobin/ko")
+    ap.add_argument("--only", choices=["hello", "large"])
+    ap.add_argument("--skip-idle", action="store_true")
+    args = ap.parse_args()
+    if not Path(args.kodev).exists():
+        sh(["cargo", "build", "--release"], cwd=ROOT)
+    have_ko = Path(args.ko).exists()
+    work = Path(tempfile.mkdtemp(prefix="kodev-bench-"))
+    registry = Registry(work)
+    results = []
+    try:
+        base = make_base(work, registry)
+        apps = {}
+        if args.only in (None, "hello"):
+            hello = work / "hello"
+            shutil.copytree(ROOT / "examples/hello", hello)
+            (hello / "main.go").write_text((hello / "main.go").read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+            apps["hello"] = hello
+        if args.only in (None, "large"):
+            apps["large"] = generate_large_app(work / "large")
+        for name, app in apps.items():
+            for platforms in (["linux/amd64"], ["linux/amd64", "linux/arm64"]):
+                write_skaffold(app, base, platforms)
+                editor = Editor(app)
+                cache = work / f"cache-{name}-{len(platforms)}"
+                env = dict(os.environ, KODEV_CACHE_DIR=str(cache), PATH=os.environ["PATH"] + ":/usr/local/go/bin")
+                repo = f"{registry.host}/{name}{len(platforms)}"
+                out = work / "floor"
+                out.mkdir(exist_ok=True)
+                go_floor(app, platforms, out)  # warm the Go build cache
+                row = {"app": name, "platforms": len(platforms)}
+                cold = []
+                for i in range(args.runs):
+                    shutil.rmtree(cache, ignore_errors=True)
+                    editor.edit()
+                    cold.append(timed([args.kodev, "build", "-d", f"{repo}-cold{i}", "-t", "b"], env=env, cwd=app))
+                floor, warm, ko = [], [], []
+                for _ in range(args.runs):
+                    editor.edit()
+                    floor.append(go_floor(app, platforms, out))
+                    editor.edit()
+                    warm.append(timed([args.kodev, "build", "-d", repo, "-t", "b"], env=env, cwd=app))
+                    if have_ko:
+                        editor.edit()
+                        ko_env = dict(env, KO_DOCKER_REPO=f"{repo}-ko", KO_DEFAULTBASEIMAGE=base)
+                        ko.append(timed([args.ko, "build", "--bare", "--platform", ",".join(platforms), "."], env=ko_env, cwd=app))
+                latencies, uploaded, rss = dev_latency(args.kodev, app, registry, args.runs, editor, env)
+                size = (out / "bin0").stat().st_size
+                row.update(binary_mb=size / 1e6, floor=median(floor), cold=median(cold), warm=median(warm),
+                           ko=median(ko) if ko else None, dev=median(latencies), uploaded=median(uploaded), rss=rss)
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        idle = None if args.skip_idle else idle_watch(args.kodev, registry, dict(os.environ, KODEV_CACHE_DIR=str(work / "cache-idle")))
+    finally:
+        registry.stop()
+    ko_version = sh([args.ko, "version"]).stdout.strip() if have_ko else "not installed"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB; "
+          f"{sh([GO, 'version']).stdout.strip()}; ko {ko_version}; runs: {args.runs} (medians)\n")
+    print("| app | platforms | binary | go build (floor) | kodev build cold | kodev build warm | ko build warm | kodev/ko | kodev dev edit→pushed | dev/floor | uploaded per rebuild | peak RSS kodev dev |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        ko_cell = f"{r['ko']:.2f}s" if r["ko"] else "-"
+        ratio = f"{r['warm'] / r['ko']:.2f}×" if r["ko"] else "-"
+        print(f"| {r['app']} | {r['platforms']} | {r['binary_mb']:.1f} MB | {r['floor']:.2f}s | {r['cold']:.2f}s | {r['warm']:.2f}s | "
+              f"{ko_cell} | {ratio} | {r['dev']:.2f}s | {r['dev'] / r['floor']:.2f}× | {r['uploaded'] / 1e6:.1f} MB | {r['rss'] / 1e6:.0f} MB |")
+    if idle:
+        print(f"\nidle `kodev dev` watching 10,000 files: {idle[0]:.2f}% CPU, {idle[1] / 1e6:.0f} MB RSS")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
