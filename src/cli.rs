@@ -87,6 +87,7 @@ impl CommonArgs {
         LoadOptions {
             profiles: self.profiles.clone(),
             command: command.to_string(),
+            describe_only: false,
             file: self.file.clone(),
             default_repo: self.default_repo.clone(),
             multi_level_repo: self.multi_level_repo,
@@ -252,6 +253,7 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
         command: "build".to_string(),
         tag: args.tag.clone(),
         multi_level_repo: args.multi_level_repo,
+        describe_only: true,
         default_repo: args.default_repo.clone(),
         platforms: args.platforms.clone(),
         ..Default::default()

@@ -45,6 +45,10 @@ pub enum EventKind {
         digest: String,
         debug: bool,
         bytes_uploaded: u64,
+        /// Bytes of layers and configs the target already had.
+        bytes_skipped: u64,
+        /// Publishing alone (the rest of `duration_ms` is go build and layers).
+        push_ms: u64,
         duration_ms: u64,
     },
     BuildFailed {

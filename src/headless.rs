@@ -44,9 +44,10 @@ pub fn render_text(event: &Event) -> String {
             human_bytes(*size),
             if *uploaded { "uploaded" } else { "already there" }
         ),
-        EventKind::Pushed { tag, bytes_uploaded, duration_ms, debug, .. } => format!(
-            "pushed {tag} ({} uploaded, {duration_ms} ms{})",
+        EventKind::Pushed { tag, bytes_uploaded, bytes_skipped, push_ms, duration_ms, debug, .. } => format!(
+            "pushed {tag} ({} uploaded, {} already there, push {push_ms} ms, total {duration_ms} ms{})",
             human_bytes(*bytes_uploaded),
+            human_bytes(*bytes_skipped),
             if *debug { ", debug" } else { "" }
         ),
         EventKind::BuildFailed { error } => format!("build failed: {error}"),
@@ -85,6 +86,8 @@ mod tests {
                 digest: "sha256:00".into(),
                 debug: false,
                 bytes_uploaded: 5,
+                bytes_skipped: 0,
+                push_ms: 3,
                 duration_ms: 7,
             },
         };

@@ -86,5 +86,15 @@ fn init_refuses_to_overwrite_and_its_config_builds() {
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let stdout = String::from_utf8_lossy(&built.stdout);
     assert!(stdout.contains("alpha:init@sha256:") && stdout.contains("beta:init@sha256:"), "{stdout}");
-    let _ = Path::new(".");
+
+    // The bundled example too: init writes a config that builds.
+    let hello = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("examples/hello"), hello.path());
+    std::fs::remove_file(hello.path().join("skaffold.yaml")).unwrap();
+    let out = run(kodev().current_dir(hello.path()).arg("init"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let built = run(kodev().current_dir(hello.path()).args(["build", "-t", "init"]));
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(String::from_utf8_lossy(&built.stdout).starts_with("hello:init@sha256:"));
+    assert!(Path::new(&hello.path().join(".kodev/oci/index.json")).is_file());
 }

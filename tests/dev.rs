@@ -139,6 +139,14 @@ fn edits_rebuild_exactly_the_artifacts_that_depend_on_them() {
     let alpha_builds = dev.seen.iter().filter(|e| e["event"] == "build_started" && e["artifact"] == "alpha").count();
     assert_eq!(alpha_builds, 2, "first build + one rebuild");
 
+    // An editor that saves by writing a temporary file and renaming it over the original.
+    let main = dev.path("cmd/beta/main.go");
+    let renamed = dev.path("cmd/beta/.main.go.kodev-tmp");
+    std::fs::write(&renamed, std::fs::read_to_string(&main).unwrap().replace("\"beta\"", "\"beta renamed\"")).unwrap();
+    std::fs::rename(&renamed, &main).unwrap();
+    dev.wait_for("beta pushed after a rename-save", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+
     // The shared package: both rebuild.
     edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hi, \"");
     let mut pushed = std::collections::BTreeSet::new();

@@ -65,6 +65,8 @@ fn pushed(state: &mut State, artifact: &str, platforms: &[&str], debug: bool) {
                 digest: "sha256:abcdef0123456789".into(),
                 debug,
                 bytes_uploaded: 7_654_321 * platforms.len() as u64,
+                bytes_skipped: 2_346_702,
+                push_ms: 210,
                 duration_ms: 1234,
             },
         ),

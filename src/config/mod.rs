@@ -132,6 +132,8 @@ pub struct LoadOptions {
     pub profiles: Vec<String>,
     /// `build` or `dev`, for profile activation by command.
     pub command: String,
+    /// Only describing the plan (`kodev plan`): a target that cannot be pushed to is not an error.
+    pub describe_only: bool,
 }
 
 impl LoadOptions {
@@ -359,8 +361,9 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
         (Some(dir), _) => PublishTarget::OciLayout(absolutize(dir)),
         (None, Some(false)) => PublishTarget::OciLayout(root.join(".kodev/oci")),
         (None, explicit) => {
-            if let Some(a) = artifacts.iter().find(|a| a.image.starts_with("ko://")).filter(|_| default_repo.is_none())
-            {
+            let ko_image_without_repo =
+                artifacts.iter().find(|a| a.image.starts_with("ko://")).filter(|_| default_repo.is_none());
+            if let Some(a) = ko_image_without_repo.filter(|_| !options.describe_only) {
                 return Err(KodevError::Usage(format!(
                     "image {:?} is a ko:// import path and needs a repository to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO), or --push=false to write an OCI layout",
                     a.image
@@ -369,7 +372,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             let not_pushable = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name));
             match (not_pushable, explicit) {
                 (None, _) => PublishTarget::Registry,
-                (Some(a), Some(true)) => {
+                (Some(a), Some(true)) if !options.describe_only => {
                     return Err(KodevError::Usage(format!(
                         "image {:?} names no registry to push to: pass -d/--default-repo REPO (or set SKAFFOLD_DEFAULT_REPO), or --push=false to write an OCI layout",
                         a.image
@@ -488,7 +491,10 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         } else {
             main.clone()
         };
-        let packages = go_list_packages(&work_dir, &main_arg).map_err(|m| err(".ko.main", m))?;
+        let packages = match main_package_from_go_mod(&work_dir, &main_rel, &main) {
+            Some(found) => vec![found],
+            None => go_list_packages(&work_dir, &main_arg).map_err(|m| err(".ko.main", m))?,
+        };
         let mains: Vec<_> = packages.into_iter().filter(|p| p.name == "main").collect();
         match mains.as_slice() {
             [one] => (one.import_path.clone(), one.dir.clone()),
@@ -566,7 +572,18 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     };
 
     // Templates see the environment, IMAGE_REPO / IMAGE_NAME / IMAGE_TAG, and ko's .Git.*, .Date, .Timestamp.
-    let mut vars = template_vars(&context);
+    let templated = ko
+        .env
+        .iter()
+        .chain(&ko.flags)
+        .chain(&ko.ldflags)
+        .chain(ko.labels.values())
+        .chain(ko_env.iter())
+        .chain(ko_flags.iter())
+        .chain(ko_ldflags.iter());
+    let uses_git = templated.into_iter().any(|t| t.contains(".Git."))
+        || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
+    let mut vars = template_vars(&context, uses_git);
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
     vars.insert("IMAGE_NAME".into(), name_part.to_string());
@@ -627,12 +644,16 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     })
 }
 
-/// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer.
-pub fn template_vars(context: &Path) -> BTreeMap<String, String> {
+/// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer;
+/// git is asked only when a template uses `.Git`.
+pub fn template_vars(context: &Path, uses_git: bool) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = std::env::vars().collect();
     let now = chrono::Utc::now();
     vars.insert("Date".into(), now.format("%Y-%m-%dT%H:%M:%SZ").to_string());
     vars.insert("Timestamp".into(), now.timestamp().to_string());
+    if !uses_git {
+        return vars;
+    }
     let full = tag::git(context, &["rev-parse", "HEAD"]).unwrap_or_default();
     let short = tag::git(context, &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
     let branch = tag::git(context, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default();
@@ -705,6 +726,83 @@ pub fn go_binary() -> PathBuf {
     PathBuf::from("go")
 }
 
+/// The nearest go.mod at or above `dir`.
+fn nearest_go_mod(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().map(|d| d.join("go.mod")).find(|p| p.is_file())
+}
+
+/// The `module` path declared in a go.mod.
+fn module_path(go_mod: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(go_mod).ok()?;
+    text.lines().find_map(|line| {
+        let line = line.split("//").next().unwrap_or("").trim();
+        let rest = line.strip_prefix("module")?.trim();
+        Some(rest.trim_matches('"').to_string()).filter(|m| !m.is_empty())
+    })
+}
+
+/// The package name a Go file declares, skipping comments.
+fn package_clause(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut rest = text.trim_start_matches('\u{feff}');
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map(|(_, r)| r)?;
+        } else {
+            break;
+        }
+    }
+    let name = rest.strip_prefix("package")?.trim_start();
+    Some(name.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()?.to_string())
+}
+
+/// Resolve a plain directory `main` from go.mod alone, without running `go list`: the
+/// import path is the module path plus the directory. Only a certain `package main` is
+/// accepted; anything unusual (patterns, workspaces, another module) is left to `go list`.
+fn main_package_from_go_mod(work_dir: &Path, main_abs: &Path, main: &str) -> Option<GoPackage> {
+    if main.contains("...") || !(main == "." || main.starts_with("./") || main.starts_with("../")) {
+        return None;
+    }
+    if std::env::var_os("GOWORK").is_some_and(|v| v != "off") || std::env::var_os("GOFLAGS").is_some() {
+        return None;
+    }
+    let dir = main_abs.canonicalize().ok()?;
+    let go_mod = nearest_go_mod(&dir)?;
+    if nearest_go_mod(work_dir)? != go_mod || dir.ancestors().any(|d| d.join("go.work").is_file()) {
+        return None;
+    }
+    let module_dir = go_mod.parent()?;
+    let module = module_path(&go_mod)?;
+    let rel = dir.strip_prefix(module_dir).ok()?;
+    if rel.components().any(|c| {
+        let s = c.as_os_str().to_string_lossy();
+        s == "vendor" || s == "testdata" || s.starts_with('.') || s.starts_with('_')
+    }) {
+        return None;
+    }
+    let mut saw_main = false;
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".go") || name.ends_with("_test.go") || name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        match package_clause(&entry.path())?.as_str() {
+            "main" => saw_main = true,
+            // A file of another package (a build-tagged tool, say): let go list decide.
+            _ => return None,
+        }
+    }
+    if !saw_main {
+        return None;
+    }
+    let rel_text = rel.to_string_lossy().replace('\\', "/");
+    let import_path = if rel_text.is_empty() { module } else { format!("{module}/{rel_text}") };
+    Some(GoPackage { import_path, dir, name: "main".to_string() })
+}
+
 /// `go list` the packages matching `pattern` from `work_dir`.
 pub fn go_list_packages(work_dir: &Path, pattern: &str) -> std::result::Result<Vec<GoPackage>, String> {
     let output = Command::new(go_binary())
@@ -731,4 +829,34 @@ pub fn go_list_packages(work_dir: &Path, pattern: &str) -> std::result::Result<V
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_clauses_skip_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.go");
+        std::fs::write(&file, "// Copyright\n/* block\n package nope */\n//go:build linux\n\npackage main // here\n")
+            .unwrap();
+        assert_eq!(package_clause(&file).as_deref(), Some("main"));
+        std::fs::write(&file, "\u{feff}package shared\n").unwrap();
+        assert_eq!(package_clause(&file).as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn go_mod_resolution_agrees_with_go_list() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monorepo");
+        let fast = main_package_from_go_mod(&root, &root.join("./cmd/alpha"), "./cmd/alpha").expect("fast path");
+        assert_eq!(fast.import_path, "example.com/mono/cmd/alpha");
+        if let Ok(listed) = go_list_packages(&root, "./cmd/alpha") {
+            assert_eq!(listed[0].import_path, fast.import_path);
+            assert_eq!(listed[0].dir, fast.dir);
+        }
+        // Not a main package, or a pattern: left to go list.
+        assert!(main_package_from_go_mod(&root, &root.join("./internal/shared"), "./internal/shared").is_none());
+        assert!(main_package_from_go_mod(&root, &root.join("./cmd"), "./cmd/...").is_none());
+    }
 }

@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::{self, EventKind, RecursiveMode};
-use notify_debouncer_full::{new_debouncer, new_debouncer_opt, DebounceEventResult, FileIdMap};
-use tokio::sync::mpsc::UnboundedSender;
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Trigger {
@@ -46,31 +45,6 @@ pub fn is_ignored(path: &Path, ignored_roots: &[PathBuf]) -> bool {
         })
 }
 
-fn handler(
-    tx: UnboundedSender<WatchMessage>,
-    ignored_roots: Vec<PathBuf>,
-) -> impl FnMut(DebounceEventResult) + Send + 'static {
-    move |result: DebounceEventResult| match result {
-        Ok(events) => {
-            let mut paths: Vec<PathBuf> = events
-                .iter()
-                .filter(|e| matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)))
-                .flat_map(|e| e.paths.iter().cloned())
-                .filter(|p| !is_ignored(p, &ignored_roots))
-                .collect();
-            paths.sort();
-            paths.dedup();
-            if !paths.is_empty() {
-                let _ = tx.send(WatchMessage::Changed(paths));
-            }
-        }
-        Err(errors) => {
-            let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            let _ = tx.send(WatchMessage::Failed(text.join("; ")));
-        }
-    }
-}
-
 fn is_resource_exhaustion(err: &notify::Error) -> bool {
     match &err.kind {
         notify::ErrorKind::MaxFilesWatch => true,
@@ -79,7 +53,46 @@ fn is_resource_exhaustion(err: &notify::Error) -> bool {
     }
 }
 
-/// Start watching `root`. An exhausted inotify limit or too many open files falls back to polling.
+type RawEvent = notify::Result<notify::Event>;
+
+/// Debounce raw events into batches: wait (without waking) for the first event, then collect
+/// until `DEBOUNCE` passes with none. An idle watcher costs no CPU.
+fn spawn_debouncer(
+    mut raw: UnboundedReceiver<RawEvent>,
+    ignored_roots: Vec<PathBuf>,
+    tx: UnboundedSender<WatchMessage>,
+) {
+    tokio::spawn(async move {
+        while let Some(first) = raw.recv().await {
+            let mut batch = vec![first];
+            while let Ok(Some(next)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
+                batch.push(next);
+            }
+            let mut paths = Vec::new();
+            let mut errors = Vec::new();
+            for event in batch {
+                match event {
+                    Ok(e) if matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) => {
+                        paths.extend(e.paths.into_iter().filter(|p| !is_ignored(p, &ignored_roots)))
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            paths.sort();
+            paths.dedup();
+            if !errors.is_empty() && tx.send(WatchMessage::Failed(errors.join("; "))).is_err() {
+                break;
+            }
+            if !paths.is_empty() && tx.send(WatchMessage::Changed(paths)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Start watching `root` (from within the runtime). An exhausted inotify limit or too many
+/// open files falls back to polling.
 pub fn start(
     root: &Path,
     trigger: Trigger,
@@ -87,41 +100,44 @@ pub fn start(
     ignored_roots: Vec<PathBuf>,
     tx: UnboundedSender<WatchMessage>,
 ) -> Result<WatchHandle, String> {
-    match trigger {
-        Trigger::Manual => Ok(WatchHandle { _inner: Box::new(()), trigger }),
-        Trigger::Notify => {
-            let attempt = new_debouncer(DEBOUNCE, None, handler(tx.clone(), ignored_roots.clone()))
-                .and_then(|mut d| d.watch(root, RecursiveMode::Recursive).map(|_| d));
+    if trigger == Trigger::Manual {
+        return Ok(WatchHandle { _inner: Box::new(()), trigger });
+    }
+    let (raw_tx, raw_rx) = tokio::sync::mpsc::unbounded_channel::<RawEvent>();
+    let forward = move |event: RawEvent| {
+        let _ = raw_tx.send(event);
+    };
+    let handle = match trigger {
+        Trigger::Polling => poll(root, poll_interval, forward)?,
+        _ => {
+            let attempt = notify::recommended_watcher(forward.clone()).and_then(|mut w| {
+                w.watch(root, RecursiveMode::Recursive)?;
+                Ok(w)
+            });
             match attempt {
-                Ok(debouncer) => Ok(WatchHandle { _inner: Box::new(debouncer), trigger }),
+                Ok(watcher) => WatchHandle { _inner: Box::new(watcher), trigger },
                 Err(e) if is_resource_exhaustion(&e) => {
                     let _ = tx.send(WatchMessage::Failed(format!(
                         "cannot watch {} with inotify ({e}); falling back to polling every {} ms. Raise fs.inotify.max_user_watches or the open-file limit (ulimit -n) to use notify",
                         root.display(),
                         poll_interval.as_millis()
                     )));
-                    start(root, Trigger::Polling, poll_interval, ignored_roots, tx)
+                    poll(root, poll_interval, forward)?
                 }
-                Err(e) => Err(format!("cannot watch {}: {e}", root.display())),
+                Err(e) => return Err(format!("cannot watch {}: {e}", root.display())),
             }
         }
-        Trigger::Polling => {
-            // notify's poller keeps mtimes in whole seconds; comparing contents catches two saves within one second.
-            let config = notify::Config::default().with_poll_interval(poll_interval).with_compare_contents(true);
-            let mut debouncer = new_debouncer_opt::<_, notify::PollWatcher, FileIdMap>(
-                DEBOUNCE,
-                None,
-                handler(tx, ignored_roots),
-                FileIdMap::new(),
-                config,
-            )
-            .map_err(|e| format!("cannot start polling: {e}"))?;
-            debouncer
-                .watch(root, RecursiveMode::Recursive)
-                .map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
-            Ok(WatchHandle { _inner: Box::new(debouncer), trigger })
-        }
-    }
+    };
+    spawn_debouncer(raw_rx, ignored_roots, tx);
+    Ok(handle)
+}
+
+fn poll(root: &Path, interval: Duration, forward: impl notify::EventHandler) -> Result<WatchHandle, String> {
+    // notify's poller keeps mtimes in whole seconds; comparing contents catches two saves within one second.
+    let config = notify::Config::default().with_poll_interval(interval).with_compare_contents(true);
+    let mut watcher = notify::PollWatcher::new(forward, config).map_err(|e| format!("cannot start polling: {e}"))?;
+    watcher.watch(root, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
+    Ok(WatchHandle { _inner: Box::new(watcher), trigger: Trigger::Polling })
 }
 
 #[cfg(test)]

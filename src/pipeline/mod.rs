@@ -99,17 +99,33 @@ impl Builder {
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
         let started = Instant::now();
-        let base = self.base_for(artifact).await?;
-        let platforms: Vec<String> = base.images.iter().map(|i| i.platform.to_string()).collect();
-        events.send(EventKind::BuildStarted { platforms, debug });
+        // A concrete platform list is known before the base: compile while the base resolves.
+        let concrete = match &artifact.platforms {
+            PlatformRequest::List(list)
+                if list.iter().all(|p| {
+                    !p.os.is_empty() && !p.architecture.is_empty() && (p.architecture != "arm" || p.variant.is_some())
+                }) =>
+            {
+                Some(list.clone())
+            }
+            _ => None,
+        };
+        let (resolved_base, platforms) = match concrete {
+            Some(list) => (None, list),
+            None => {
+                let base = self.base_for(artifact).await?;
+                let platforms = base.images.iter().map(|i| i.platform.clone()).collect();
+                (Some(base), platforms)
+            }
+        };
+        events.send(EventKind::BuildStarted { platforms: platforms.iter().map(|p| p.to_string()).collect(), debug });
 
         let kodata_source = KodataSource {
             dir: artifact.package_dir.join("kodata"),
             allowed_root: kodata_allowed_root(artifact),
             mtime: std::env::var("KO_DATA_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
         };
-        let kodata =
-            tokio::task::spawn_blocking(move || layer::kodata_layer(&kodata_source)).await.map_err(join_error)??;
+        let kodata = tokio::task::spawn_blocking(move || layer::kodata_layer(&kodata_source));
 
         let scratch_root = base::cache_dir().join("tmp");
         std::fs::create_dir_all(&scratch_root)
@@ -117,6 +133,33 @@ impl Builder {
         let scratch = tempfile::tempdir_in(&scratch_root).map_err(|e| {
             KodevError::build(format!("cannot create a build directory in {}: {e}", scratch_root.display()))
         })?;
+        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+        let compile_all = futures::future::try_join_all(platforms.iter().enumerate().map(|(i, platform)| {
+            let out_dir = scratch.path().join(i.to_string());
+            let slots = slots.clone();
+            async move {
+                let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
+                std::fs::create_dir_all(&out_dir)
+                    .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
+                let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
+                let layer = binary_layer_blocking(binary, artifact.binary_name().to_string()).await?;
+                Ok::<_, KodevError>((platform.clone(), layer))
+            }
+        }));
+        let (base, binaries) = match resolved_base {
+            Some(base) => (base, compile_all.await?),
+            // Fails fast: a missing base stops the compiles (dropping them kills go).
+            None => {
+                let (base, binaries, ()) = tokio::try_join!(
+                    self.base_for(artifact),
+                    compile_all,
+                    self.publisher.prepare(&artifact.image_name)
+                )?;
+                (base, binaries)
+            }
+        };
+        let kodata = kodata.await.map_err(join_error)??;
 
         let edits = ConfigEdits {
             binary_name: artifact.binary_name().to_string(),
@@ -125,33 +168,20 @@ impl Builder {
             created: source_date_epoch(artifact).map(image::rfc3339),
             debug,
         };
-        let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
-        let per_platform = base.images.iter().enumerate().map(|(i, base_image)| {
-            let out_dir = scratch.path().join(i.to_string());
-            let kodata = kodata.clone();
-            let base = base.clone();
-            let edits = edits.clone();
-            let slots = slots.clone();
-            async move {
-                let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
-                std::fs::create_dir_all(&out_dir)
-                    .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
-                let binary = gobuild::go_build(artifact, &base_image.platform, debug, &out_dir, events).await?;
-                let name = artifact.binary_name().to_string();
-                let layer_started = Instant::now();
-                let binary_layer = binary_layer_blocking(binary, name).await?;
-                tracing::debug!(elapsed_ms = layer_started.elapsed().as_millis() as u64, "binary layer");
-                let layers = vec![kodata, binary_layer];
-                Ok::<_, KodevError>(image::compose_image(&base, base_image, &layers, &edits))
-            }
-        });
-        let manifests: Vec<image::ImageManifest> = futures::future::try_join_all(per_platform).await?;
+        let mut manifests = Vec::new();
+        for base_image in &base.images {
+            let (_, binary) = binaries
+                .iter()
+                .find(|(requested, _)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+                .ok_or_else(|| KodevError::build(format!("no binary was built for {}", base_image.platform)))?;
+            let layers = [kodata.clone(), binary.clone()];
+            manifests.push(image::compose_image(&base, base_image, &layers, &edits));
+        }
         let built = image::assemble(&base, manifests);
 
         let publish_started = Instant::now();
         let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
-        tracing::debug!(elapsed_ms = publish_started.elapsed().as_millis() as u64, "publish");
+        let push_ms = publish_started.elapsed().as_millis() as u64;
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
                 events.send(EventKind::Layer {
@@ -168,6 +198,8 @@ impl Builder {
             digest: push.digest.clone(),
             debug,
             bytes_uploaded: push.bytes_uploaded,
+            bytes_skipped: push.bytes_skipped,
+            push_ms,
             duration_ms: started.elapsed().as_millis() as u64,
         });
         Ok(BuildOutcome { image: built, push })

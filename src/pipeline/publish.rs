@@ -25,6 +25,8 @@ pub struct PushOutcome {
     /// Digests that were uploaded (or written) rather than already present.
     pub uploaded: HashSet<String>,
     pub bytes_uploaded: u64,
+    /// Bytes of blobs the target already had.
+    pub bytes_skipped: u64,
 }
 
 #[derive(Clone)]
@@ -60,13 +62,24 @@ impl Publisher {
         }
     }
 
-    pub async fn publish(&self, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+    /// Get ready to publish `name` (connect and authenticate) while the build runs.
+    pub async fn prepare(&self, name: &str) -> Result<()> {
         match self {
+            Publisher::Registry(registries) => registries.ping(&parse_reference(name)?).await,
+            Publisher::OciLayout { .. } => Ok(()),
+        }
+    }
+
+    pub async fn publish(&self, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+        let mut outcome = match self {
             Publisher::Registry(registries) => publish_to_registry(registries, image, name, tag).await,
             Publisher::OciLayout { dir, registries, index_lock } => {
                 publish_to_layout(dir, registries, index_lock, image, name, tag).await
             }
-        }
+        }?;
+        let total: u64 = distinct_blobs(image).iter().map(|b| b.size).sum();
+        outcome.bytes_skipped = total.saturating_sub(outcome.bytes_uploaded);
+        Ok(outcome)
     }
 }
 

@@ -129,6 +129,11 @@ impl Registries {
         Ok(client)
     }
 
+    /// Connect and authenticate for pushing, so the push itself starts warm.
+    pub async fn ping(&self, target: &Reference) -> Result<()> {
+        self.client(target, RegistryOperation::Push).await.map(|_| ())
+    }
+
     fn url(&self, reference: &Reference, what: &str) -> String {
         let registry = reference.resolve_registry();
         format!("{}://{registry}/v2/{}/{what}", self.scheme_for(registry), reference.repository())

@@ -264,7 +264,7 @@ fn apply_event(state: &mut State, event: Event) {
                 a.layers.push(LayerView { platform, kind, digest, size, uploaded });
             }
         }
-        EventKind::Pushed { tag, digest, debug, bytes_uploaded, duration_ms } => {
+        EventKind::Pushed { tag, digest, debug, bytes_uploaded, duration_ms, .. } => {
             let time = event.time.get(11..19).unwrap_or_default().to_string();
             if let Some(a) = state.artifact_mut(&image) {
                 a.set_all(PlatformState::Pushed);
