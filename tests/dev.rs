@@ -28,9 +28,15 @@ struct DevSession {
 
 impl DevSession {
     fn start(extra: &[&str], images: &[&str]) -> DevSession {
+        Self::start_with(extra, images, |_| {})
+    }
+
+    /// Start on a copy of the fixture that `prepare` may change first.
+    fn start_with(extra: &[&str], images: &[&str], prepare: impl FnOnce(&Path)) -> DevSession {
         let registry = Registry::start();
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+        prepare(dir.path());
         let mut child = kodev()
             .current_dir(dir.path())
             .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
@@ -352,4 +358,32 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     assert_eq!(cancelled_pushes, 1, "the cancelled build never pushes");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(go_build_processes("example.com/mono/cmd/alpha"), 0, "no go build left behind");
+}
+
+#[test]
+fn a_broken_go_mod_at_start_still_rebuilds_once_fixed() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start_with(&["-b", "alpha"], &[], |dir| {
+        let go_mod = dir.join("go.mod");
+        let text = std::fs::read_to_string(&go_mod).unwrap();
+        std::fs::write(&go_mod, format!("{text}\nbogus directive here\n")).unwrap();
+    });
+    assert!(dev.seen.iter().any(|e| e["event"] == "error"), "the unreadable graph is reported: {:#?}", dev.seen);
+    assert!(dev.seen.iter().any(|e| e["event"] == "build_failed"), "{:#?}", dev.seen);
+    let go_mod = dev.path("go.mod");
+    let text = std::fs::read_to_string(&go_mod).unwrap();
+    std::fs::write(&go_mod, text.replace("bogus directive here\n", "")).unwrap();
+    dev.wait_for("pushed once go.mod is fixed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    // The precise graph is back: a file outside it no longer rebuilds.
+    dev.drain_quiet(QUIET);
+    std::fs::write(dev.path("README.md"), "changed\n").unwrap();
+    std::fs::write(
+        dev.path("cmd/beta/main.go"),
+        std::fs::read_to_string(dev.path("cmd/beta/main.go")).unwrap() + "\n// beta only\n",
+    )
+    .unwrap();
+    let after = dev.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "{after:#?}");
 }

@@ -15,7 +15,13 @@ use crate::config::{go_binary, Artifact};
 
 #[derive(Debug, Clone)]
 pub enum Dependencies {
-    Globs { context: PathBuf, paths: GlobSet, ignore: GlobSet },
+    /// `provisional`: Skaffold's broad default, used until the Go graph can be read.
+    Globs {
+        context: PathBuf,
+        paths: GlobSet,
+        ignore: GlobSet,
+        provisional: bool,
+    },
     Graph(GoGraph),
 }
 
@@ -93,14 +99,28 @@ impl Dependencies {
                 context: artifact.context.clone(),
                 paths: glob_set(&configured.paths)?,
                 ignore: glob_set(&configured.ignore)?,
+                provisional: false,
             }),
             _ => go_graph(artifact).map(Dependencies::Graph),
         }
     }
 
+    /// Every Go file, module file and kodata under the context: while `go list` fails (a broken
+    /// go.mod, say), any such edit still rebuilds, and the next build reads the graph again.
+    pub fn provisional(artifact: &Artifact) -> Dependencies {
+        let patterns: Vec<String> =
+            ["**/*.go", "**/go.mod", "**/go.sum", "**/go.work", "**/kodata/**"].iter().map(|p| p.to_string()).collect();
+        Dependencies::Globs {
+            context: artifact.context.clone(),
+            paths: glob_set(&patterns).unwrap_or_else(|_| GlobSet::empty()),
+            ignore: GlobSet::empty(),
+            provisional: true,
+        }
+    }
+
     pub fn matches(&self, path: &Path) -> bool {
         match self {
-            Dependencies::Globs { context, paths, ignore } => match path.strip_prefix(context) {
+            Dependencies::Globs { context, paths, ignore, .. } => match path.strip_prefix(context) {
                 Ok(rel) => paths.is_match(rel) && !ignore.is_match(rel),
                 Err(_) => false,
             },
@@ -117,7 +137,7 @@ impl Dependencies {
     /// Whether a change at `path` may alter the graph itself (imports, modules).
     pub fn needs_refresh(&self, path: &Path) -> bool {
         match self {
-            Dependencies::Globs { .. } => false,
+            Dependencies::Globs { provisional, .. } => *provisional,
             Dependencies::Graph(graph) => {
                 graph.module_files.contains(path) || path.extension().is_some_and(|e| e == "go")
             }

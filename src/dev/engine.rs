@@ -338,8 +338,10 @@ async fn resolve_all_deps(plan: &Plan, events: &EventSink) -> Vec<Option<Depende
         match resolved {
             Ok(Ok(d)) => out.push(Some(d)),
             Ok(Err(message)) => {
+                let message =
+                    format!("{message} (watching every Go file of the context until the package graph can be read)");
                 events.for_artifact(&artifact.image).send(EventKind::Error { message });
-                out.push(None);
+                out.push(Some(Dependencies::provisional(artifact)));
             }
             Err(e) => {
                 events.send(EventKind::Error { message: e.to_string() });

@@ -185,12 +185,7 @@ pub async fn blob_bytes(registries: &Registries, blob: &Blob) -> Result<Bytes> {
     }
 }
 
-fn platform_of_config(config: &Value) -> Platform {
-    let s = |k: &str| config.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-    let variant = s("variant");
-    Platform { os: s("os"), architecture: s("architecture"), variant: (!variant.is_empty()).then_some(variant) }
-}
-
+/// The platform named by an index entry's `platform` or an image config (same field names).
 fn platform_of_json(p: &Value) -> Platform {
     let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let variant = s("variant");
@@ -264,7 +259,7 @@ async fn resolve_remote(registries: &Registries, name: &str, request: &PlatformR
         }
     } else {
         let config = fetch_config(registries, &reference, &top, name).await?;
-        let platform = platform_of_config(&config);
+        let platform = platform_of_json(&config);
         select_platforms(std::slice::from_ref(&platform), request, name)?;
         let platform_json = platform_json(&platform);
         images.push(platform_image(&reference, top, config, digest.clone(), platform_json, platform));
