@@ -69,36 +69,119 @@ fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
     encoder.finish()
 }
 
+/// An uncompressed tar, readable at any offset: in memory, or a header, a file and a trailer.
+pub trait TarBytes: Sync {
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` with the bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl TarBytes for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = offset as usize;
+        buf.copy_from_slice(&self[start..start + buf.len()]);
+        Ok(())
+    }
+}
+
+/// A one-file tar without copying the file: header bytes, the file, padding and trailer.
+struct FileTar {
+    prefix: Vec<u8>,
+    file: File,
+    file_len: u64,
+    suffix: Vec<u8>,
+}
+
+impl TarBytes for FileTar {
+    fn len(&self) -> u64 {
+        self.prefix.len() as u64 + self.file_len + self.suffix.len() as u64
+    }
+    fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let prefix_len = self.prefix.len() as u64;
+        while !buf.is_empty() {
+            let n = if offset < prefix_len {
+                let part = &self.prefix[offset as usize..];
+                let n = part.len().min(buf.len());
+                buf[..n].copy_from_slice(&part[..n]);
+                n
+            } else if offset < prefix_len + self.file_len {
+                let in_file = offset - prefix_len;
+                let n = ((self.file_len - in_file) as usize).min(buf.len());
+                self.file.read_exact_at(&mut buf[..n], in_file)?;
+                n
+            } else {
+                let part = &self.suffix[(offset - prefix_len - self.file_len) as usize..];
+                let n = part.len().min(buf.len());
+                buf[..n].copy_from_slice(&part[..n]);
+                n
+            };
+            offset += n as u64;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+}
+
 /// Compress an uncompressed tar into a layer. Large layers are split into fixed 1 MiB chunks
 /// compressed on every core while another hashes the tar: the same input always gives the
-/// same bytes, whatever the core count.
-pub fn compress_layer(kind: LayerKind, tar: Vec<u8>) -> io::Result<Layer> {
-    if tar.len() <= PARALLEL_THRESHOLD {
-        let compressed = gzip(&tar)?;
+/// same bytes, whatever the core count, and no more than a chunk per core is held uncompressed.
+pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> {
+    let total = tar.len();
+    if total <= PARALLEL_THRESHOLD as u64 {
+        let mut all = vec![0u8; total as usize];
+        tar.read_at(0, &mut all)?;
+        let compressed = gzip(&all)?;
         return Ok(Layer {
             kind,
             digest: sha256_digest(&compressed),
-            diff_id: sha256_digest(&tar),
+            diff_id: sha256_digest(&all),
             data: Bytes::from(compressed),
         });
     }
-    let chunks: Vec<&[u8]> = tar.chunks(CHUNK_SIZE).collect();
+    let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
+    let chunk_range = |i: usize| {
+        let start = i as u64 * CHUNK_SIZE as u64;
+        (start, (total - start).min(CHUNK_SIZE as u64) as usize)
+    };
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<io::Result<Vec<u8>>>>> =
-        chunks.iter().map(|_| Default::default()).collect();
+        (0..chunk_count).map(|_| Default::default()).collect();
+    let tar = &tar;
     let diff_id = std::thread::scope(|scope| {
-        let diff = scope.spawn(|| sha256_digest(&tar));
+        let diff = scope.spawn(move || -> io::Result<String> {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            for i in 0..chunk_count {
+                let (start, len) = chunk_range(i);
+                tar.read_at(start, &mut buf[..len])?;
+                hasher.update(&buf[..len]);
+            }
+            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+        });
         for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(chunk) = chunks.get(i) else { break };
-                let out = gzip(chunk);
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+            scope.spawn(|| {
+                let mut buf = vec![0u8; CHUNK_SIZE];
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= chunk_count {
+                        break;
+                    }
+                    let (start, len) = chunk_range(i);
+                    let out = tar.read_at(start, &mut buf[..len]).and_then(|_| gzip(&buf[..len]));
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+                }
             });
         }
-        diff.join().unwrap_or_default()
-    });
+        diff.join().unwrap_or_else(|_| Err(io::Error::other("hashing the layer failed")))
+    })?;
     let mut compressed = Vec::new();
     for slot in results {
         let part = slot
@@ -123,14 +206,15 @@ pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
     let build = || -> io::Result<Layer> {
         let file = File::open(binary)?;
         let size = file.metadata()?.len();
-        let mut tar = TarWriter::new(Vec::with_capacity(size as usize + 4096));
-        tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
         let path = format!("{APP_DIR}/{name}");
-        tar.append_file(
-            &EntryHeader::ko(&path, EntryKind::File, size, 0),
-            io::BufReader::with_capacity(1 << 20, file),
-        )?;
-        finish_layer(LayerKind::Binary, tar)
+        let mut header = TarWriter::new(Vec::with_capacity(1024));
+        header.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
+        header.append_header(&EntryHeader::ko(&path, EntryKind::File, size, 0))?;
+        let prefix = header.into_inner();
+        // Padding of the file to a 512-byte block, then the two-block trailer.
+        let padding = (512 - (size % 512) as usize) % 512;
+        let suffix = vec![0u8; padding + 1024];
+        compress_layer(LayerKind::Binary, FileTar { prefix, file, file_len: size, suffix })
     };
     build().map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
 }
@@ -219,6 +303,21 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_layer_without_copying_equals_the_plain_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("app");
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&binary, &data).unwrap();
+        let streamed = binary_layer(&binary, "app").unwrap();
+        let mut tar = TarWriter::new(Vec::new());
+        tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0)).unwrap();
+        tar.append_file(&EntryHeader::ko("/ko-app/app", EntryKind::File, data.len() as u64, 0), &data[..]).unwrap();
+        let plain = compress_layer(LayerKind::Binary, tar.finish().unwrap()).unwrap();
+        assert_eq!(streamed.diff_id, plain.diff_id);
+        assert_eq!(streamed.digest, plain.digest);
+    }
 
     #[test]
     fn parallel_compression_is_deterministic_and_decodes() {

@@ -141,6 +141,11 @@ impl<W: Write> TarWriter<W> {
         self.pad(entry.size)
     }
 
+    /// The writer, without the end-of-archive trailer (for a caller that appends content itself).
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; BLOCK * 2])?;
         Ok(self.out)
