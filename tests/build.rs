@@ -365,3 +365,71 @@ fn basic_credentials_come_from_the_docker_config() {
     let inspected: Value = serde_json::from_str(&inspected).unwrap();
     assert_eq!(inspected["Digest"].as_str().unwrap(), reference.split('@').nth(1).unwrap());
 }
+
+#[test]
+fn a_registry_that_lost_its_blobs_gets_them_again_in_the_same_dev_session() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    // One dev session across a registry restart that wipes its storage: the remembered blobs
+    // are gone, and the next push must notice and upload them again.
+    use std::io::{BufRead, BufReader, Write};
+    let storage = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = storage.path().join("config.yml");
+    let data = storage.path().join("data");
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", data.display()),
+    )
+    .unwrap();
+    let start_registry = || {
+        let child = Command::new(which("docker-registry").unwrap())
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
+    };
+    let mut registry = start_registry();
+    let app = tempfile::tempdir().unwrap();
+    hello_app(app.path(), "", "");
+    let mut dev = kodev()
+        .current_dir(app.path())
+        .args(["dev", "--no-tui", "--output", "json", "-d", &format!("127.0.0.1:{port}/dev"), "-t", "re"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let mut wait_for = |event: &str| loop {
+        let line = lines.next().expect("kodev dev is running").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == event {
+            return v;
+        }
+        assert_ne!(v["event"], "build_failed", "{v}");
+    };
+    wait_for("watching");
+    let _ = registry.kill();
+    let _ = registry.wait();
+    std::fs::remove_dir_all(&data).unwrap();
+    registry = start_registry();
+    dev.stdin.as_mut().unwrap().write_all(b"r\n").unwrap();
+    let pushed = wait_for("pushed");
+    assert!(pushed["bytes_uploaded"].as_u64().unwrap() > 100_000, "base and kodata uploaded again: {pushed}");
+    let inspected = skopeo_inspect(&format!("docker://127.0.0.1:{port}/dev/hello:re"), false, false);
+    assert_eq!(inspected["Digest"], pushed["digest"]);
+    let _ = dev.kill();
+    let _ = dev.wait();
+    let _ = registry.kill();
+    let _ = registry.wait();
+}

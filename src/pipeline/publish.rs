@@ -72,7 +72,15 @@ impl Publisher {
 
     pub async fn publish(&self, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
         let mut outcome = match self {
-            Publisher::Registry(registries) => publish_to_registry(registries, image, name, tag).await,
+            Publisher::Registry(registries) => match publish_to_registry(registries, image, name, tag).await {
+                // The registry lost blobs this session remembered (restarted without storage, say):
+                // forget what it was thought to hold and push everything it lacks again, once.
+                Err(e) if e.to_string().to_ascii_lowercase().contains("blob unknown") => {
+                    registries.forget(&parse_reference(name)?);
+                    publish_to_registry(registries, image, name, tag).await
+                }
+                other => other,
+            },
             Publisher::OciLayout { dir, registries, index_lock } => {
                 publish_to_layout(dir, registries, index_lock, image, name, tag).await
             }

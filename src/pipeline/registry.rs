@@ -167,6 +167,12 @@ impl Registries {
         .map_err(|e| KodevError::build(format!("cannot fetch blob {digest} of {}: {e}", reference.whole())))
     }
 
+    /// Forget every blob remembered for the target's repository.
+    pub fn forget(&self, target: &Reference) {
+        let prefix = blob_key(target, "");
+        self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| !k.starts_with(&prefix));
+    }
+
     fn remember(&self, target: &Reference, digest: &str) {
         self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).insert(blob_key(target, digest));
     }
