@@ -218,6 +218,14 @@ async fn run_build(args: BuildArgs) -> Result<i32> {
         }));
     }
     drop(sink);
+    // go runs in its own process group: an interrupt must stop it explicitly.
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            gobuild::kill_running_builds();
+            eprintln!("kodev: interrupted");
+            std::process::exit(130);
+        }
+    });
     let mut builds = Vec::new();
     let mut failed = 0;
     for task in tasks {

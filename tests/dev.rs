@@ -323,17 +323,40 @@ fn auto_toggle_defers_builds_and_config_edits_reload() {
     assert!(dev.child.try_wait().unwrap().is_none());
 }
 
-fn go_build_processes(marker: &str) -> usize {
-    let mut n = 0;
+/// Compiler and linker processes (of any build) whose parent is no longer a `go` process.
+fn orphaned_go_tools() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !(cmdline.contains("/compile ") || cmdline.contains("/link ")) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let ppid = stat.rsplit(')').next().unwrap_or("").split_whitespace().nth(1).unwrap_or("0").to_string();
+        let parent = std::fs::read(format!("/proc/{ppid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        if !parent.contains(" build ") {
+            found.push(format!("{} (parent {ppid}: {parent})", cmdline.chars().take(120).collect::<String>()));
+        }
+    }
+    found
+}
+
+/// Processes of a `go build` for `marker`: `go` itself and the compilers and linker it runs.
+fn go_build_processes(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(" build ") && cmdline.contains(marker) {
-                n += 1;
+            let is_build = cmdline.contains(" build ") || cmdline.contains("/compile ") || cmdline.contains("/link ");
+            if is_build && cmdline.contains(marker) {
+                found.push(cmdline.chars().take(200).collect());
             }
         }
     }
-    n
+    found
 }
 
 #[test]
@@ -347,17 +370,22 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
     dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(go_build_processes("example.com/mono/cmd/alpha") >= 1, "go build is running");
+    assert!(!go_build_processes("example.com/mono/cmd/alpha").is_empty(), "go build is running");
     let before = dev.seen.len();
     edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha again\"");
     dev.wait_for("build_cancelled", |e| e["event"] == "build_cancelled" && e["artifact"] == "alpha");
+    // The cancelled go's compilers and linker die with it: none is left without its go parent.
+    std::thread::sleep(Duration::from_millis(100));
+    let orphans = orphaned_go_tools();
+    assert!(orphans.is_empty(), "compilers outlived their cancelled go build: {orphans:#?}");
     dev.wait_for("restarted", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
     let pushed = dev.wait_for("pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
     assert!(pushed["digest"].as_str().is_some());
     let cancelled_pushes = dev.seen[before..].iter().filter(|e| e["event"] == "pushed").count();
     assert_eq!(cancelled_pushes, 1, "the cancelled build never pushes");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(go_build_processes("example.com/mono/cmd/alpha"), 0, "no go build left behind");
+    let left = go_build_processes("example.com/mono/cmd/alpha");
+    assert!(left.is_empty(), "no go build left behind: {left:#?}");
 }
 
 #[test]

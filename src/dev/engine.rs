@@ -3,7 +3,7 @@
 //! change cancels it (dropping the task kills `go`), builds run up to `build.local.concurrency`.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +149,8 @@ impl Engine {
         slot.generation += 1;
         slot.dirty = false;
         slot.restart_at = None;
-        let refresh = std::mem::take(&mut slot.refresh_deps);
+        // Cleared only when a build finishes with the refreshed graph: a cancelled build must not lose it.
+        let refresh = slot.refresh_deps;
         let generation = slot.generation;
         let builder = self.builder.clone();
         let limit = self.slots_limit.clone();
@@ -206,7 +207,10 @@ impl Engine {
                             .send(EventKind::BuildFailed { error: e.to_string() });
                     }
                     match deps.map(|d| *d) {
-                        Some(Ok(d)) => self.deps[index] = Some(d),
+                        Some(Ok(d)) => {
+                            self.deps[index] = Some(d);
+                            self.slots[index].refresh_deps = false;
+                        }
                         Some(Err(message)) => self.announce(EventKind::Error { message }),
                         None => {}
                     }
@@ -350,9 +354,4 @@ async fn resolve_all_deps(plan: &Plan, events: &EventSink) -> Vec<Option<Depende
         }
     }
     out
-}
-
-/// Whether `path` lies inside `dir` (both absolute).
-pub fn is_within(path: &Path, dir: &Path) -> bool {
-    path.starts_with(dir)
 }

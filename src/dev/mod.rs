@@ -87,6 +87,7 @@ pub async fn run(args: DevArgs) -> Result<i32> {
     };
     drop(event_tx);
     let code = engine.run().await;
+    crate::pipeline::gobuild::kill_running_builds();
     let _ = stop_tx.send(());
     let _ = front.await;
     code

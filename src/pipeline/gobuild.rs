@@ -12,6 +12,51 @@ use crate::error::{KodevError, Result};
 use crate::event::{EventKind, EventSink};
 use crate::platform::Platform;
 
+/// Process groups of `go build`s still running.
+static RUNNING_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+fn kill_group(pgid: i32) {
+    // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+/// A running `go build`'s process group: killed whole when the build is dropped (cancelled).
+struct BuildGroup {
+    pgid: i32,
+    running: bool,
+}
+
+impl BuildGroup {
+    fn new(pid: u32) -> Self {
+        let pgid = pid as i32;
+        RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).push(pgid);
+        BuildGroup { pgid, running: true }
+    }
+
+    fn finished(&mut self) {
+        self.running = false;
+        RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).retain(|g| *g != self.pgid);
+    }
+}
+
+impl Drop for BuildGroup {
+    fn drop(&mut self) {
+        if self.running {
+            kill_group(self.pgid);
+            self.finished();
+        }
+    }
+}
+
+/// Kill every `go build` still running (on quit or interrupt, when tasks may not get dropped).
+pub fn kill_running_builds() {
+    for pgid in RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        kill_group(pgid);
+    }
+}
+
 /// The `go build` arguments for an artifact (without the platform, which goes in the env).
 pub fn build_args(artifact: &Artifact, debug: bool, output: &Path) -> Vec<String> {
     let mut args = vec!["build".to_string()];
@@ -77,10 +122,13 @@ pub async fn go_build(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so a cancelled build takes go's compilers and linker with it.
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|e| {
         KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display()))
     })?;
+    let mut group = child.id().map(BuildGroup::new);
     let platform_name = platform.to_string();
     let stderr = child.stderr.take();
     let stdout = child.stdout.take();
@@ -105,6 +153,10 @@ pub async fn go_build(
         child.wait()
     );
     let status = status.map_err(|e| KodevError::build(format!("go build: {e}")))?;
+    // go has exited and waited for its tools: nothing of the group is left to kill.
+    if let Some(group) = group.as_mut() {
+        group.finished();
+    }
     if !status.success() {
         let shown = err_lines.join("\n");
         return Err(KodevError::build(format!("go build of {} for {platform} failed:\n{shown}", artifact.import_path)));

@@ -81,10 +81,6 @@ impl Builder {
         Builder { registries, publisher, bases: Mutex::new(HashMap::new()) }
     }
 
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
     /// Base images are resolved once per session and kept in memory.
     async fn base_for(&self, artifact: &Artifact) -> Result<Arc<BaseImage>> {
         let key = (artifact.base.clone(), artifact.platforms.describe());
@@ -120,12 +116,15 @@ impl Builder {
         };
         events.send(EventKind::BuildStarted { platforms: platforms.iter().map(|p| p.to_string()).collect(), debug });
 
-        let kodata_source = KodataSource {
-            dir: artifact.package_dir.join("kodata"),
-            allowed_root: kodata_allowed_root(artifact),
-            mtime: std::env::var("KO_DATA_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
-        };
-        let kodata = tokio::task::spawn_blocking(move || layer::kodata_layer(&kodata_source));
+        let kodata_artifact = artifact.clone();
+        let kodata = tokio::task::spawn_blocking(move || {
+            let source = KodataSource {
+                dir: kodata_artifact.package_dir.join("kodata"),
+                allowed_root: kodata_allowed_root(&kodata_artifact),
+                mtime: std::env::var("KO_DATA_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0),
+            };
+            layer::kodata_layer(&source)
+        });
 
         let scratch_root = base::cache_dir().join("tmp");
         std::fs::create_dir_all(&scratch_root)
@@ -208,9 +207,4 @@ impl Builder {
 
 async fn binary_layer_blocking(binary: PathBuf, name: String) -> Result<Layer> {
     tokio::task::spawn_blocking(move || layer::binary_layer(Path::new(&binary), &name)).await.map_err(join_error)?
-}
-
-/// Platforms as the user will see them before the base is resolved.
-pub fn describe_platforms(request: &PlatformRequest) -> String {
-    request.describe().join(",")
 }

@@ -55,13 +55,6 @@ fn distinct_blobs(image: &BuiltImage) -> Vec<Blob> {
 const PARALLEL_UPLOADS: usize = 4;
 
 impl Publisher {
-    pub fn describe(&self) -> String {
-        match self {
-            Publisher::Registry(_) => "registry".to_string(),
-            Publisher::OciLayout { dir, .. } => format!("OCI layout {}", dir.display()),
-        }
-    }
-
     /// Get ready to publish `name` (connect and authenticate) while the build runs.
     pub async fn prepare(&self, name: &str) -> Result<()> {
         match self {
