@@ -433,3 +433,22 @@ fn a_registry_that_lost_its_blobs_gets_them_again_in_the_same_dev_session() {
     let _ = registry.kill();
     let _ = registry.wait();
 }
+
+#[test]
+fn a_cached_base_keeps_building_when_its_registry_is_gone() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let base = format!("{}/base/single:v1", fx.registry.host);
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {base}\n"), "");
+    let layout = app.path().join("out");
+    let first = stdout_ref(&build(&skaffold, &["--oci-layout", layout.to_str().unwrap(), "-t", "online"]));
+    drop(fx);
+    let out = build(&skaffold, &["--oci-layout", layout.to_str().unwrap(), "-t", "offline"]);
+    let second = stdout_ref(&out);
+    assert_eq!(first.split('@').nth(1), second.split('@').nth(1), "same base, same image");
+    let inspected = skopeo_inspect(&format!("oci:{}:hello:offline", layout.display()), false, false);
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 3);
+}

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use oci_client::Reference;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 
 use super::layer::{sha256_digest, Layer, LayerKind};
 use super::registry::{parse_reference, Registries};
@@ -154,10 +155,30 @@ async fn cached_or_fetch_manifest(registries: &Registries, reference: &Reference
             }
         }
     }
-    let (bytes, digest, media_type) = registries.pull_manifest(reference).await?;
-    // The cache is an optimisation: failing to fill it must not fail the build.
-    let _ = write_atomically(&cache_path("manifests", &digest), &bytes);
-    Ok((bytes, digest, media_type))
+    // What a tag last resolved to, so the inner loop keeps working when the registry is unreachable.
+    let tag_record = cache_dir().join("tags").join(hex::encode(sha2::Sha256::digest(reference.whole().as_bytes())));
+    match registries.pull_manifest(reference).await {
+        Ok((bytes, digest, media_type)) => {
+            // The cache is an optimisation: failing to fill it must not fail the build.
+            let _ = write_atomically(&cache_path("manifests", &digest), &bytes);
+            if reference.digest().is_none() {
+                let _ = write_atomically(&tag_record, digest.as_bytes());
+            }
+            Ok((bytes, digest, media_type))
+        }
+        Err(e) => {
+            let remembered = std::fs::read_to_string(&tag_record).ok().map(|d| d.trim().to_string());
+            let cached = remembered.and_then(|d| std::fs::read(cache_path("manifests", &d)).ok().map(|b| (b, d)));
+            match cached {
+                Some((bytes, digest)) if sha256_digest(&bytes) == digest => {
+                    tracing::warn!(reference = %reference.whole(), %digest, "registry unreachable; using the cached base");
+                    let media_type = super::registry::manifest_media_type(&bytes).unwrap_or_default();
+                    Ok((Bytes::from(bytes), digest, media_type))
+                }
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 async fn cached_or_fetch_blob(
