@@ -223,3 +223,15 @@ fn snapshot_debug_on_and_help() {
     update(&mut state, key(KeyCode::Char('?')));
     insta::assert_snapshot!("help_overlay", screen(&state, 80, 24));
 }
+
+#[test]
+fn snapshot_pushing() {
+    let mut state = two_artifacts();
+    started(&mut state, "api", &["linux/amd64", "linux/arm64"], false);
+    for p in ["linux/amd64", "linux/arm64"] {
+        update(&mut state, event("api", EventKind::Compiled { platform: p.into(), duration_ms: 700 }));
+    }
+    let screen = screen(&state, 80, 24);
+    assert!(screen.contains("compiled · archiving and pushing"), "{screen}");
+    insta::assert_snapshot!("pushing", screen);
+}

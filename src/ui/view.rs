@@ -203,7 +203,10 @@ fn render_push(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) 
     }
     frame.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }), text_area);
     let ratio = a.progress().clamp(0.0, 1.0);
-    let label = if a.is_busy() {
+    let pushing = !a.platforms.is_empty() && a.platforms.iter().all(|(_, s)| *s == PlatformState::Pushing);
+    let label = if pushing {
+        "compiled · archiving and pushing".to_string()
+    } else if a.is_busy() {
         format!("building {:.0}%", ratio * 100.0)
     } else if a.platforms.iter().any(|(_, s)| *s == PlatformState::Failed) {
         "failed".to_string()
