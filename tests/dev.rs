@@ -415,3 +415,31 @@ fn a_broken_go_mod_at_start_still_rebuilds_once_fixed() {
     let after = dev.drain_quiet(QUIET);
     assert!(after.iter().all(|e| e["event"] != "build_started"), "{after:#?}");
 }
+
+#[test]
+fn sigterm_during_a_build_quits_and_leaves_no_go_behind() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&["-b", "alpha"], &["alpha"]);
+    edit(&dev.path("skaffold.yaml"), "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
+    dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    std::thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(dev.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM must end kodev dev");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let left = go_build_processes("example.com/mono/cmd/alpha");
+    assert!(left.is_empty(), "go builds outlived kodev: {left:#?}");
+    assert!(orphaned_go_tools().is_empty());
+}

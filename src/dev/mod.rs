@@ -43,11 +43,19 @@ pub async fn run(args: DevArgs) -> Result<i32> {
     let headless_mode = args.no_tui || !std::io::stdout().is_terminal();
     let (event_tx, event_rx) = mpsc::unbounded_channel::<Event>();
     let (engine_tx, engine_rx) = mpsc::unbounded_channel::<EngineMessage>();
+    // Interrupt, terminate and hang-up all quit cleanly: builds are killed, the terminal restored.
     let signal_tx = engine_tx.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = signal_tx.send(EngineMessage::Command(command::Command::Quit));
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
+        let _ = signal_tx.send(EngineMessage::Command(command::Command::Quit));
     });
 
     let settings = EngineSettings {
