@@ -452,3 +452,28 @@ fn a_cached_base_keeps_building_when_its_registry_is_gone() {
     let inspected = skopeo_inspect(&format!("oci:{}:hello:offline", layout.display()), false, false);
     assert_eq!(inspected["Layers"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn rebuilding_into_an_oci_layout_does_not_grow_it_without_bound() {
+    if !require_tools(&["skopeo", "go"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    let blobs = app.path().join(".kodev/oci/blobs/sha256");
+    let count = || std::fs::read_dir(&blobs).unwrap().count();
+    stdout_ref(&build(&skaffold, &["-t", "keep"]));
+    stdout_ref(&build(&skaffold, &["-t", "dev"]));
+    let after_two_tags = count();
+    for i in 0..3 {
+        std::fs::write(app.path().join("extra.go"), format!("package main\n\nvar buildNumber = {i}\n")).unwrap();
+        stdout_ref(&build(&skaffold, &["-t", "dev"]));
+    }
+    // Each rebuild of `dev` replaces its binary layer, config and manifest; `keep` stays whole.
+    assert_eq!(count(), after_two_tags + 3, "only the replaced image's blobs were dropped");
+    for tag in ["keep", "dev"] {
+        let inspected =
+            skopeo_inspect(&format!("oci:{}:hello:{tag}", app.path().join(".kodev/oci").display()), false, false);
+        assert_eq!(inspected["Layers"].as_array().unwrap().len(), 3, "{tag} is whole");
+    }
+}

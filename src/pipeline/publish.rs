@@ -132,6 +132,47 @@ async fn publish_to_registry(
     Ok(outcome)
 }
 
+/// Every digest an index (or manifest) reaches through the layout's blobs.
+fn reachable(dir: &Path, node: &Value, seen: &mut HashSet<String>) {
+    let descriptors = node
+        .get("manifests")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(node.get("layers").and_then(Value::as_array).into_iter().flatten())
+        .chain(node.get("config"));
+    for descriptor in descriptors {
+        let Some(digest) = descriptor.get("digest").and_then(Value::as_str) else { continue };
+        if !seen.insert(digest.to_string()) {
+            continue;
+        }
+        let media_type = descriptor.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        if media_type.contains("manifest") || media_type.contains("index") {
+            if let Some(child) =
+                std::fs::read(blob_path(dir, digest)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                reachable(dir, &child, seen);
+            }
+        }
+    }
+}
+
+/// Remove the blobs of an OCI layout that its index no longer reaches.
+pub fn collect_garbage(dir: &Path, index: &Value) -> std::io::Result<u64> {
+    let mut keep = HashSet::new();
+    reachable(dir, index, &mut keep);
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir.join("blobs/sha256"))?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let is_digest = name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit());
+        if is_digest && !keep.contains(&format!("sha256:{name}")) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs").join(digest.replace(':', "/"))
 }
@@ -160,6 +201,9 @@ async fn publish_to_layout(
     let io_err = |what: &str, e: std::io::Error| {
         KodevError::publish(format!("cannot write {what} in OCI layout {}: {e}", dir.display()))
     };
+    // One writer at a time: the garbage collection below must not see another build's new blobs
+    // before its index entry exists.
+    let _guard = index_lock.lock().await;
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io_err("blobs", e))?;
     let layout_file = dir.join("oci-layout");
     if !layout_file.is_file() {
@@ -185,7 +229,6 @@ async fn publish_to_layout(
 
     // index.json last: the reference appears only once everything it names is on disk.
     let reference = format!("{name}:{tag}");
-    let _guard = index_lock.lock().await;
     let index_path = dir.join("index.json");
     let mut index: Value =
         std::fs::read(&index_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(
@@ -206,6 +249,10 @@ async fn publish_to_layout(
     }));
     let bytes = serde_json::to_vec_pretty(&index).expect("JSON values serialize");
     write_atomically(&index_path, &bytes).map_err(|e| io_err("index.json", e))?;
+    // A rebuild replaces its tag: drop what no entry of index.json reaches any more, so a long
+    // dev session does not fill the disk with old binaries.
+    let dir_owned = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || collect_garbage(&dir_owned, &index)).await;
     outcome.digest = image.digest().to_string();
     outcome.reference = format!("{reference}@{}", image.digest());
     Ok(outcome)
