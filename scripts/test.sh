@@ -17,6 +17,7 @@ declare -A packages=(
   [tmux]=tmux
   [curl]=curl
   [git]=git
+  [openssl]=openssl
 )
 missing=()
 for tool in "${!packages[@]}"; do
