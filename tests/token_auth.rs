@@ -181,6 +181,7 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
         "tok",
     ]));
     let _ = registry.kill();
+    let _ = registry.wait();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "kodev build with bearer tokens failed:\n{stderr}");
     let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
