@@ -443,3 +443,20 @@ fn sigterm_during_a_build_quits_and_leaves_no_go_behind() {
     assert!(left.is_empty(), "go builds outlived kodev: {left:#?}");
     assert!(orphaned_go_tools().is_empty());
 }
+
+#[test]
+fn watch_image_limits_rebuilds_to_the_named_artifacts() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start(&["-w", "beta"], &["alpha", "beta"]);
+    let mark = dev.seen.len();
+    edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hey, \"");
+    dev.wait_for("beta pushed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+    let since = &dev.seen[mark..];
+    assert_eq!(count(since, "build_started", "alpha"), 0, "alpha is not watched: {since:#?}");
+    // A rebuild asked for by name still works for an unwatched artifact.
+    dev.send("r alpha");
+    dev.wait_for("alpha pushed on request", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+}
