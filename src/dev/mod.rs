@@ -22,7 +22,7 @@ use watch::Trigger;
 pub struct DevArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Print events instead of showing the dashboard (also when stdout is not a terminal).
+    /// Print events instead of showing the dashboard (also with --output json, or when stdout is not a terminal).
     #[arg(long = "no-tui")]
     pub no_tui: bool,
     /// Headless output format.
@@ -40,7 +40,8 @@ pub struct DevArgs {
 }
 
 pub async fn run(args: DevArgs) -> Result<i32> {
-    let headless_mode = args.no_tui || !std::io::stdout().is_terminal();
+    // JSON lines are for programs: asking for them means no dashboard.
+    let headless_mode = args.no_tui || args.output == OutputFormat::Json || !std::io::stdout().is_terminal();
     let (event_tx, event_rx) = mpsc::unbounded_channel::<Event>();
     let (engine_tx, engine_rx) = mpsc::unbounded_channel::<EngineMessage>();
     // Interrupt, terminate and hang-up all quit cleanly: builds are killed, the terminal restored.
