@@ -23,6 +23,9 @@ struct DevSession {
     events: Receiver<Value>,
     seen: Vec<Value>,
     pub dir: tempfile::TempDir,
+    /// What this session's go builds have on their command line (their output directory).
+    pub build_marker: String,
+    _cache: tempfile::TempDir,
     _registry: Registry,
 }
 
@@ -37,7 +40,11 @@ impl DevSession {
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
         prepare(dir.path());
+        // A cache of its own: its go builds write under it, which tells them from other tests'.
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = cache_dir.path().to_path_buf();
         let mut child = kodev()
+            .env("KODEV_CACHE_DIR", &cache)
             .current_dir(dir.path())
             .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
             .args(extra)
@@ -58,7 +65,17 @@ impl DevSession {
             }
         });
         let stdin = child.stdin.take();
-        let mut session = DevSession { child, stdin, events: rx, seen: Vec::new(), dir, _registry: registry };
+        let build_marker = cache.display().to_string();
+        let mut session = DevSession {
+            child,
+            stdin,
+            events: rx,
+            seen: Vec::new(),
+            dir,
+            build_marker,
+            _cache: cache_dir,
+            _registry: registry,
+        };
         session.wait_for("the first builds", |e| e["event"] == "watching");
         for image in images {
             assert!(
@@ -113,6 +130,18 @@ impl DevSession {
 
 impl Drop for DevSession {
     fn drop(&mut self) {
+        // SIGTERM first: kodev then stops its go builds, which SIGKILL would leave running.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -370,7 +399,7 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
     dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(!go_build_processes("example.com/mono/cmd/alpha").is_empty(), "go build is running");
+    assert!(!go_build_processes(&dev.build_marker).is_empty(), "go build is running");
     let before = dev.seen.len();
     edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha again\"");
     dev.wait_for("build_cancelled", |e| e["event"] == "build_cancelled" && e["artifact"] == "alpha");
@@ -384,7 +413,7 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     let cancelled_pushes = dev.seen[before..].iter().filter(|e| e["event"] == "pushed").count();
     assert_eq!(cancelled_pushes, 1, "the cancelled build never pushes");
     std::thread::sleep(Duration::from_millis(300));
-    let left = go_build_processes("example.com/mono/cmd/alpha");
+    let left = go_build_processes(&dev.build_marker);
     assert!(left.is_empty(), "no go build left behind: {left:#?}");
 }
 
@@ -439,7 +468,7 @@ fn sigterm_during_a_build_quits_and_leaves_no_go_behind() {
     };
     assert_eq!(status.code(), Some(0));
     std::thread::sleep(Duration::from_millis(200));
-    let left = go_build_processes("example.com/mono/cmd/alpha");
+    let left = go_build_processes(&dev.build_marker);
     assert!(left.is_empty(), "go builds outlived kodev: {left:#?}");
     assert!(orphaned_go_tools().is_empty());
 }
