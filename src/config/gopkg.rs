@@ -1,0 +1,181 @@
+//! Where Go packages are: the `go` binary, `go list`, and resolving a `main` from go.mod.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A `main` relative to the context, rewritten relative to the work dir for `go list`.
+pub(crate) fn relative_package_arg(work_dir: &Path, main_abs: &Path, main: &str) -> String {
+    let recursive = main.ends_with("/...");
+    let target = if recursive {
+        PathBuf::from(main_abs.to_string_lossy().trim_end_matches("/..."))
+    } else {
+        main_abs.to_path_buf()
+    };
+    let target = target.canonicalize().unwrap_or(target);
+    let rel = match target.strip_prefix(work_dir) {
+        Ok(r) if r.as_os_str().is_empty() => ".".to_string(),
+        Ok(r) => format!("./{}", r.display()),
+        Err(_) => target.display().to_string(),
+    };
+    if recursive {
+        format!("{}/...", rel.trim_end_matches('/'))
+    } else {
+        rel
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GoPackage {
+    pub import_path: String,
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+/// The `go` binary: `KO_GO_PATH`, else `go` on PATH, else the standard install location.
+pub fn go_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("KO_GO_PATH").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("go").is_file()))
+        .unwrap_or(false);
+    if !on_path && Path::new("/usr/local/go/bin/go").is_file() {
+        return PathBuf::from("/usr/local/go/bin/go");
+    }
+    PathBuf::from("go")
+}
+
+/// The nearest go.mod at or above `dir`.
+fn nearest_go_mod(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().map(|d| d.join("go.mod")).find(|p| p.is_file())
+}
+
+/// The `module` path declared in a go.mod.
+fn module_path(go_mod: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(go_mod).ok()?;
+    text.lines().find_map(|line| {
+        let line = line.split("//").next().unwrap_or("").trim();
+        let rest = line.strip_prefix("module")?.trim();
+        Some(rest.trim_matches('"').to_string()).filter(|m| !m.is_empty())
+    })
+}
+
+/// The package name a Go file declares, skipping comments.
+fn package_clause(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let mut rest = text.trim_start_matches('\u{feff}');
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.split_once('\n').map(|(_, r)| r).unwrap_or("");
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map(|(_, r)| r)?;
+        } else {
+            break;
+        }
+    }
+    let name = rest.strip_prefix("package")?.trim_start();
+    Some(name.split(|c: char| !(c.is_alphanumeric() || c == '_')).next()?.to_string())
+}
+
+/// Resolve a plain directory `main` from go.mod alone, without running `go list`: the
+/// import path is the module path plus the directory. Only a certain `package main` is
+/// accepted; anything unusual (patterns, workspaces, another module) is left to `go list`.
+pub(crate) fn main_package_from_go_mod(work_dir: &Path, main_abs: &Path, main: &str) -> Option<GoPackage> {
+    if main.contains("...") || !(main == "." || main.starts_with("./") || main.starts_with("../")) {
+        return None;
+    }
+    if std::env::var_os("GOWORK").is_some_and(|v| v != "off") || std::env::var_os("GOFLAGS").is_some() {
+        return None;
+    }
+    let dir = main_abs.canonicalize().ok()?;
+    let go_mod = nearest_go_mod(&dir)?;
+    if nearest_go_mod(work_dir)? != go_mod || dir.ancestors().any(|d| d.join("go.work").is_file()) {
+        return None;
+    }
+    let module_dir = go_mod.parent()?;
+    let module = module_path(&go_mod)?;
+    let rel = dir.strip_prefix(module_dir).ok()?;
+    if rel.components().any(|c| {
+        let s = c.as_os_str().to_string_lossy();
+        s == "vendor" || s == "testdata" || s.starts_with('.') || s.starts_with('_')
+    }) {
+        return None;
+    }
+    let mut saw_main = false;
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.ends_with(".go") || name.ends_with("_test.go") || name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        match package_clause(&entry.path())?.as_str() {
+            "main" => saw_main = true,
+            // A file of another package (a build-tagged tool, say): let go list decide.
+            _ => return None,
+        }
+    }
+    if !saw_main {
+        return None;
+    }
+    let rel_text = rel.to_string_lossy().replace('\\', "/");
+    let import_path = if rel_text.is_empty() { module } else { format!("{module}/{rel_text}") };
+    Some(GoPackage { import_path, dir, name: "main".to_string() })
+}
+
+/// `go list` the packages matching `pattern` from `work_dir`.
+pub fn go_list_packages(work_dir: &Path, pattern: &str) -> std::result::Result<Vec<GoPackage>, String> {
+    let output = Command::new(go_binary())
+        .args(["list", "-f", "{{.ImportPath}}\t{{.Dir}}\t{{.Name}}", pattern])
+        .current_dir(work_dir)
+        .env("CGO_ENABLED", "0")
+        .output()
+        .map_err(|e| format!("cannot run go ({}): {e}; install Go or set KO_GO_PATH", go_binary().display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "go list {pattern} in {} failed: {}",
+            work_dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, '\t');
+            Some(GoPackage {
+                import_path: parts.next()?.to_string(),
+                dir: PathBuf::from(parts.next()?),
+                name: parts.next()?.to_string(),
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_clauses_skip_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.go");
+        std::fs::write(&file, "// Copyright\n/* block\n package nope */\n//go:build linux\n\npackage main // here\n")
+            .unwrap();
+        assert_eq!(package_clause(&file).as_deref(), Some("main"));
+        std::fs::write(&file, "\u{feff}package shared\n").unwrap();
+        assert_eq!(package_clause(&file).as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn go_mod_resolution_agrees_with_go_list() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/monorepo");
+        let fast = main_package_from_go_mod(&root, &root.join("./cmd/alpha"), "./cmd/alpha").expect("fast path");
+        assert_eq!(fast.import_path, "example.com/mono/cmd/alpha");
+        if let Ok(listed) = go_list_packages(&root, "./cmd/alpha") {
+            assert_eq!(listed[0].import_path, fast.import_path);
+            assert_eq!(listed[0].dir, fast.dir);
+        }
+        // Not a main package, or a pattern: left to go list.
+        assert!(main_package_from_go_mod(&root, &root.join("./internal/shared"), "./internal/shared").is_none());
+        assert!(main_package_from_go_mod(&root, &root.join("./cmd"), "./cmd/...").is_none());
+    }
+}
