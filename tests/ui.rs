@@ -235,3 +235,17 @@ fn snapshot_pushing() {
     assert!(screen.contains("compiled · archiving and pushing"), "{screen}");
     insta::assert_snapshot!("pushing", screen);
 }
+
+#[test]
+fn tiny_and_odd_terminal_sizes_never_panic() {
+    let mut state = two_artifacts();
+    started(&mut state, "api", &["linux/amd64", "linux/arm64"], true);
+    pushed(&mut state, "api", &["linux/amd64", "linux/arm64"], true);
+    update(&mut state, event("worker", EventKind::BuildFailed { error: "x".repeat(500) }));
+    for (w, h) in [(1, 1), (10, 3), (20, 5), (79, 23), (200, 60), (300, 8)] {
+        let _ = screen(&state, w, h);
+        update(&mut state, key(KeyCode::Char('?')));
+        let _ = screen(&state, w, h);
+        update(&mut state, key(KeyCode::Esc));
+    }
+}
