@@ -477,3 +477,43 @@ fn rebuilding_into_an_oci_layout_does_not_grow_it_without_bound() {
         assert_eq!(inspected["Layers"].as_array().unwrap().len(), 3, "{tag} is whole");
     }
 }
+
+#[test]
+fn platform_all_takes_every_platform_of_the_base_and_a_missing_one_is_named() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host), "");
+    let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "all", "--platform", "all"]);
+    stdout_ref(&out);
+    let index = skopeo_inspect(&format!("docker://{}/dev/hello:all", fx.registry.host), true, false);
+    let platforms: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(platforms, vec!["linux/amd64", "linux/arm64"]);
+
+    // A platform the base lacks: exit 1 naming it and what the base has; nothing is tagged.
+    let out =
+        build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "s390x", "--platform", "linux/s390x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("linux/s390x") && stderr.contains("linux/amd64, linux/arm64"), "{stderr}");
+    let tags = Command::new("curl")
+        .args(["-s", &format!("http://{}/v2/dev/hello/tags/list", fx.registry.host)])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&tags.stdout).contains("s390x"));
+
+    // A single-platform base cannot serve another platform.
+    let single = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let out = build(&single, &["-d", &format!("{}/dev", fx.registry.host), "-t", "arm", "--platform", "linux/arm64"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no platform linux/arm64"));
+}
