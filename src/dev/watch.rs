@@ -21,8 +21,9 @@ pub enum WatchMessage {
     Failed(String),
 }
 
-/// Quiet time that makes one save (its write, chmod and rename events) one batch; it adds
-/// directly to edit-to-pushed latency, so it is kept short. Longer bursts are handled by
+/// Quiet time that makes one save (its write, chmod and rename events) one batch, when no
+/// event says the save is complete (a close after writing, a rename into place). It adds
+/// directly to edit-to-pushed latency, so it is kept short; longer bursts are handled by
 /// cancelling the stale build.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -45,6 +46,21 @@ pub fn is_ignored(path: &Path, ignored_roots: &[PathBuf]) -> bool {
         })
 }
 
+/// Events that can change what a build reads.
+fn is_change(event: &notify::Event) -> bool {
+    matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) || completes_a_save(event)
+}
+
+/// The last event of a save: the writer closed the file, or the new file was renamed into place.
+fn completes_a_save(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+    matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    )
+}
+
 fn is_resource_exhaustion(err: &notify::Error) -> bool {
     match &err.kind {
         notify::ErrorKind::MaxFilesWatch => true,
@@ -65,14 +81,25 @@ fn spawn_debouncer(
     tokio::spawn(async move {
         while let Some(first) = raw.recv().await {
             let mut batch = vec![first];
-            while let Ok(Some(next)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
+            // A file closed after writing (or renamed into place) is a finished save: go now
+            // rather than wait out the quiet window.
+            if !batch[0].as_ref().is_ok_and(completes_a_save) {
+                while let Ok(Some(next)) = tokio::time::timeout(DEBOUNCE, raw.recv()).await {
+                    let done = next.as_ref().is_ok_and(completes_a_save);
+                    batch.push(next);
+                    if done {
+                        break;
+                    }
+                }
+            }
+            while let Ok(next) = raw.try_recv() {
                 batch.push(next);
             }
             let mut paths = Vec::new();
             let mut errors = Vec::new();
             for event in batch {
                 match event {
-                    Ok(e) if matches!(e.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) => {
+                    Ok(e) if is_change(&e) => {
                         paths.extend(e.paths.into_iter().filter(|p| !is_ignored(p, &ignored_roots)))
                     }
                     Ok(_) => {}
