@@ -143,3 +143,20 @@ fn ko_yaml_defaults_per_build_settings_and_base_precedence() {
     assert_eq!(artifact(&p, "api")["baseImage"], "registry.example.com/elsewhere:v9");
     assert_eq!(artifact(&p, "api")["platforms"], serde_json::json!(["linux/amd64"]));
 }
+
+#[test]
+fn dev_watches_each_config_and_context_directory_not_their_common_parent() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    std::env::set_var("SERVING_VERSION", "3");
+    let options = kodev::config::LoadOptions {
+        file: repo_root().join("tests/fixtures/monorepo/skaffold-profiles.yaml"),
+        default_repo: Some("127.0.0.1:5000/dev".into()),
+        command: "dev".into(),
+        ..Default::default()
+    };
+    let plan = kodev::config::load(&options).expect("plan");
+    let fixtures = repo_root().join("tests/fixtures").canonicalize().unwrap();
+    assert_eq!(plan.watch_roots(), vec![fixtures.join("knative"), fixtures.join("monorepo")]);
+}

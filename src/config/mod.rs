@@ -101,20 +101,22 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The smallest directory holding every config file and artifact context: what to watch.
-    pub fn watch_root(&self) -> PathBuf {
-        let mut root = self.root.clone();
-        let others =
-            self.config_files.iter().map(|f| dir_of(f)).chain(self.artifacts.iter().map(|a| a.context.clone()));
-        for path in others {
-            while !path.starts_with(&root) {
-                match root.parent() {
-                    Some(parent) => root = parent.to_path_buf(),
-                    None => break,
-                }
+    /// The directories to watch: every config file's and artifact context's, without the ones
+    /// inside another (a `requires: ../lib` adds `../lib`, not the whole parent directory).
+    pub fn watch_roots(&self) -> Vec<PathBuf> {
+        let mut candidates: Vec<PathBuf> = std::iter::once(self.root.clone())
+            .chain(self.config_files.iter().map(|f| dir_of(f)))
+            .chain(self.artifacts.iter().map(|a| a.context.clone()))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for dir in candidates {
+            if !roots.iter().any(|r| dir.starts_with(r)) {
+                roots.push(dir);
             }
         }
-        root
+        roots
     }
 }
 

@@ -108,7 +108,7 @@ impl Engine {
             }
         });
         let watcher =
-            watch::start(&plan.watch_root(), settings.trigger, settings.poll_interval, vec![cache_dir()], watch_tx)
+            watch::start(&plan.watch_roots(), settings.trigger, settings.poll_interval, vec![cache_dir()], watch_tx)
                 .map_err(KodevError::Usage)?;
 
         let slots = plan.artifacts.iter().map(|_| Slot::default()).collect();

@@ -121,7 +121,7 @@ fn spawn_debouncer(
 /// Start watching `root` (from within the runtime). An exhausted inotify limit or too many
 /// open files falls back to polling.
 pub fn start(
-    root: &Path,
+    roots: &[PathBuf],
     trigger: Trigger,
     poll_interval: Duration,
     ignored_roots: Vec<PathBuf>,
@@ -134,11 +134,14 @@ pub fn start(
     let forward = move |event: RawEvent| {
         let _ = raw_tx.send(event);
     };
+    let shown = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
     let handle = match trigger {
-        Trigger::Polling => poll(root, poll_interval, forward)?,
+        Trigger::Polling => poll(roots, poll_interval, forward)?,
         _ => {
             let attempt = notify::recommended_watcher(forward.clone()).and_then(|mut w| {
-                w.watch(root, RecursiveMode::Recursive)?;
+                for root in roots {
+                    w.watch(root, RecursiveMode::Recursive)?;
+                }
                 Ok(w)
             });
             match attempt {
@@ -146,12 +149,12 @@ pub fn start(
                 Err(e) if is_resource_exhaustion(&e) => {
                     let _ = tx.send(WatchMessage::Failed(format!(
                         "cannot watch {} with inotify ({e}); falling back to polling every {} ms. Raise fs.inotify.max_user_watches or the open-file limit (ulimit -n) to use notify",
-                        root.display(),
+                        shown,
                         poll_interval.as_millis()
                     )));
-                    poll(root, poll_interval, forward)?
+                    poll(roots, poll_interval, forward)?
                 }
-                Err(e) => return Err(format!("cannot watch {}: {e}", root.display())),
+                Err(e) => return Err(format!("cannot watch {shown}: {e}")),
             }
         }
     };
@@ -159,11 +162,13 @@ pub fn start(
     Ok(handle)
 }
 
-fn poll(root: &Path, interval: Duration, forward: impl notify::EventHandler) -> Result<WatchHandle, String> {
+fn poll(roots: &[PathBuf], interval: Duration, forward: impl notify::EventHandler) -> Result<WatchHandle, String> {
     // notify's poller keeps mtimes in whole seconds; comparing contents catches two saves within one second.
     let config = notify::Config::default().with_poll_interval(interval).with_compare_contents(true);
     let mut watcher = notify::PollWatcher::new(forward, config).map_err(|e| format!("cannot start polling: {e}"))?;
-    watcher.watch(root, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
+    for root in roots {
+        watcher.watch(root, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
+    }
     Ok(WatchHandle { _inner: Box::new(watcher), trigger: Trigger::Polling })
 }
 
