@@ -254,6 +254,18 @@ async fn run_build(args: BuildArgs) -> Result<i32> {
     Ok(0)
 }
 
+fn platform_env(artifact: &crate::config::Artifact) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let crate::platform::PlatformRequest::List(list) = &artifact.platforms {
+        for platform in list {
+            let env: Vec<String> =
+                gobuild::build_env(artifact, platform).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.insert(platform.to_string(), json!(env));
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 fn run_plan(args: PlanArgs) -> Result<i32> {
     let options = LoadOptions {
         file: args.file.clone(),
@@ -286,6 +298,8 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
                     "goBuild": {
                         "env": a.env,
                         "args": gobuild::build_args(a, false, &output),
+                        // The environment each platform's go build gets on top of the process's.
+                        "platformEnv": platform_env(a),
                     },
                 })
             })

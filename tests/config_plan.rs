@@ -115,6 +115,10 @@ fn old_api_version_moves_ko_platforms_to_the_artifact() {
     assert_eq!(a["platforms"], serde_json::json!(["linux/arm64"]));
     assert_eq!(a["baseImage"], "gcr.io/distroless/static:nonroot");
     assert_eq!(a["tag"], "old");
+    assert_eq!(
+        a["goBuild"]["platformEnv"]["linux/arm64"],
+        serde_json::json!(["CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"])
+    );
 }
 
 #[test]
