@@ -613,6 +613,13 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         if !entry.contains('=') {
             return Err(err(".ko.env", format!("env entry {entry:?} must be KEY=value")));
         }
+        // GOFLAGS would smuggle in what `flags` refuses.
+        if entry.starts_with("GOFLAGS=") && entry.contains("-toolexec") {
+            return Err(err(
+                ".ko.env",
+                "-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build".to_string(),
+            ));
+        }
     }
     let flags = expand_all(&pick(&ko.flags, ko_flags), ".ko.flags")?;
     if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
