@@ -383,23 +383,7 @@ fn a_registry_that_lost_its_blobs_gets_them_again_in_the_same_dev_session() {
         format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", data.display()),
     )
     .unwrap();
-    let start_registry = || {
-        let child = Command::new(which("docker-registry").unwrap())
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        child
-    };
-    let mut registry = start_registry();
+    let mut registry = serve_registry(&config, port);
     let app = tempfile::tempdir().unwrap();
     hello_app(app.path(), "", "");
     let mut dev = kodev()
@@ -422,7 +406,7 @@ fn a_registry_that_lost_its_blobs_gets_them_again_in_the_same_dev_session() {
     let _ = registry.kill();
     let _ = registry.wait();
     std::fs::remove_dir_all(&data).unwrap();
-    registry = start_registry();
+    registry = serve_registry(&config, port);
     dev.stdin.as_mut().unwrap().write_all(b"r\n").unwrap();
     let pushed = wait_for("pushed");
     assert!(pushed["bytes_uploaded"].as_u64().unwrap() > 100_000, "base and kodata uploaded again: {pushed}");

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -142,19 +142,7 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
         ),
     )
     .unwrap();
-    let mut registry = Command::new(which("docker-registry").unwrap())
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut registry = serve_registry(&config, port);
     let host = format!("127.0.0.1:{port}");
     let layout = dir.path().join("layout");
     umoci_image(&layout, "amd64", "amd64");
@@ -188,19 +176,7 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
     assert!(reference.starts_with(&format!("{host}/dev/hello:tok@sha256:")), "{reference}");
 
     // Without credentials the token service refuses, and kodev exits 1 naming the registry.
-    let mut registry = Command::new(which("docker-registry").unwrap())
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut registry = serve_registry(&config, port);
     let empty = tempfile::tempdir().unwrap();
     let out = run(kodev()
         .env("DOCKER_CONFIG", empty.path())

@@ -97,6 +97,23 @@ impl Drop for Registry {
     }
 }
 
+/// Start `docker-registry serve CONFIG` and wait until it listens on `port` (the caller stops it).
+pub fn serve_registry(config: &Path, port: u16) -> Child {
+    let child = Command::new(which("docker-registry").expect("docker-registry"))
+        .arg("serve")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "docker-registry did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     let shown = format!("{cmd:?}");
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
