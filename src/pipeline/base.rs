@@ -215,6 +215,18 @@ fn platform_of_json(p: &Value) -> Platform {
 
 /// Pick the entries of an index that a request wants, in the index's order.
 pub fn select_platforms(available: &[Platform], request: &PlatformRequest, base_name: &str) -> Result<Vec<usize>> {
+    let chosen = select_any_os(available, request, base_name)?;
+    // ko lays Windows images out differently (Hives/, Files/, .exe); building them the Linux way
+    // would give an image that cannot start.
+    if let Some(windows) = chosen.iter().map(|&i| &available[i]).find(|p| p.os == "windows") {
+        return Err(KodevError::build(format!(
+            "kodev does not build Windows images yet, and {base_name} selects {windows}: request Linux platforms (--platform linux/amd64,…)"
+        )));
+    }
+    Ok(chosen)
+}
+
+fn select_any_os(available: &[Platform], request: &PlatformRequest, base_name: &str) -> Result<Vec<usize>> {
     match request {
         PlatformRequest::All => Ok((0..available.len()).filter(|&i| !available[i].is_unknown()).collect()),
         PlatformRequest::List(wanted) => {
@@ -484,6 +496,11 @@ mod tests {
         let req =
             PlatformRequest::List(vec![Platform::new("linux", "arm64", None), Platform::new("linux", "amd64", None)]);
         assert_eq!(select_platforms(&available, &req, "b").unwrap(), vec![0, 1]);
+        let with_windows = vec![Platform::new("linux", "amd64", None), Platform::new("windows", "amd64", None)];
+        let err = select_platforms(&with_windows, &PlatformRequest::All, "b").unwrap_err().to_string();
+        assert!(err.contains("Windows") && err.contains("windows/amd64"), "{err}");
+        let linux_only = PlatformRequest::List(vec![Platform::new("linux", "amd64", None)]);
+        assert_eq!(select_platforms(&with_windows, &linux_only, "b").unwrap(), vec![0]);
         let missing = PlatformRequest::List(vec![Platform::new("linux", "s390x", None)]);
         let err = select_platforms(&available, &missing, "b").unwrap_err().to_string();
         assert!(err.contains("linux/s390x") && err.contains("linux/amd64"), "{err}");
