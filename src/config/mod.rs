@@ -477,46 +477,8 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         None => None,
     };
 
-    // Package resolution.
-    let (import_path, package_dir) = if let Some(path) = raw.image.strip_prefix("ko://") {
-        let (path, _) = naming::split_tag_or_digest(path);
-        let pkg = go_list_packages(&work_dir, path).map_err(|m| err(".image", m))?;
-        let dir = pkg
-            .into_iter()
-            .next()
-            .map(|p| p.dir)
-            .ok_or_else(|| err(".image", format!("go list found no package {path}")))?;
-        (path.to_string(), dir)
-    } else {
-        let main = ko.main.clone().or(ko.target.clone()).unwrap_or_else(|| ".".to_string());
-        let main_rel = context.join(&main);
-        let main_arg = if main.starts_with("./") || main == "." || main.starts_with("../") {
-            relative_package_arg(&work_dir, &main_rel, &main)
-        } else {
-            main.clone()
-        };
-        let packages = match main_package_from_go_mod(&work_dir, &main_rel, &main) {
-            Some(found) => vec![found],
-            None => go_list_packages(&work_dir, &main_arg).map_err(|m| err(".ko.main", m))?,
-        };
-        let mains: Vec<_> = packages.into_iter().filter(|p| p.name == "main").collect();
-        match mains.as_slice() {
-            [one] => (one.import_path.clone(), one.dir.clone()),
-            [] => {
-                return Err(err(
-                    ".ko.main",
-                    format!("{main:?} has no main package: point main at a package with `package main` and func main"),
-                ))
-            }
-            many => {
-                let names: Vec<_> = many.iter().map(|p| p.import_path.as_str()).collect();
-                return Err(err(
-                    ".ko.main",
-                    format!("{main:?} matches {} main packages ({}): name exactly one", many.len(), names.join(", ")),
-                ));
-            }
-        }
-    };
+    let (import_path, package_dir) =
+        resolve_package(&raw.image, &ko, &context, &work_dir).map_err(|(sub, message)| err(sub, message))?;
 
     // Platforms: build.platforms ∩ artifact platforms ∩ --platform; else .ko.yaml defaults; else linux/amd64.
     let artifact_platforms = raw.platforms.clone().or(ko.platforms.clone());
@@ -653,6 +615,52 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         dependencies: ko.dependencies.clone(),
         source_date_epoch: ko.source_date_epoch,
     })
+}
+
+/// The import path and directory of an artifact's main package: the rest of a `ko://` image,
+/// else `main` (alias `target`) from go.mod or `go list`. Errors name the field they concern.
+fn resolve_package(
+    image: &str,
+    ko: &skaffold::KoArtifact,
+    context: &Path,
+    work_dir: &Path,
+) -> std::result::Result<(String, PathBuf), (&'static str, String)> {
+    if let Some(path) = image.strip_prefix("ko://") {
+        let (path, _) = naming::split_tag_or_digest(path);
+        let pkg = go_list_packages(work_dir, path).map_err(|m| (".image", m))?;
+        let dir = pkg
+            .into_iter()
+            .next()
+            .map(|p| p.dir)
+            .ok_or_else(|| (".image", format!("go list found no package {path}")))?;
+        return Ok((path.to_string(), dir));
+    }
+    let main = ko.main.clone().or(ko.target.clone()).unwrap_or_else(|| ".".to_string());
+    let main_rel = context.join(&main);
+    let main_arg = if main.starts_with("./") || main == "." || main.starts_with("../") {
+        relative_package_arg(work_dir, &main_rel, &main)
+    } else {
+        main.clone()
+    };
+    let packages = match main_package_from_go_mod(work_dir, &main_rel, &main) {
+        Some(found) => vec![found],
+        None => go_list_packages(work_dir, &main_arg).map_err(|m| (".ko.main", m))?,
+    };
+    let mains: Vec<_> = packages.into_iter().filter(|p| p.name == "main").collect();
+    match mains.as_slice() {
+        [one] => Ok((one.import_path.clone(), one.dir.clone())),
+        [] => Err((
+            ".ko.main",
+            format!("{main:?} has no main package: point main at a package with `package main` and func main"),
+        )),
+        many => {
+            let names: Vec<_> = many.iter().map(|p| p.import_path.as_str()).collect();
+            Err((
+                ".ko.main",
+                format!("{main:?} matches {} main packages ({}): name exactly one", many.len(), names.join(", ")),
+            ))
+        }
+    }
 }
 
 /// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer;
