@@ -318,7 +318,6 @@ fn basic_credentials_come_from_the_docker_config() {
     if !require_tools(&["docker-registry", "umoci", "skopeo"]) {
         return;
     }
-    use base64::Engine as _;
     let registry = Registry::start_with_auth(Some(("kodev", "s3cret")));
     let bases = tempfile::tempdir().unwrap();
     let layout = bases.path().join("layout");
@@ -333,29 +332,20 @@ fn basic_credentials_come_from_the_docker_config() {
     let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/private:v1\n", registry.host), "");
 
     // Without credentials the registry refuses, and kodev says so.
-    let empty_config = tempfile::tempdir().unwrap();
-    let out = run(kodev()
-        .env("DOCKER_CONFIG", empty_config.path())
-        .env("REGISTRY_AUTH_FILE", empty_config.path().join("none.json"))
+    let target = format!("{}/dev", registry.host);
+    let config = tempfile::tempdir().unwrap();
+    let out = run(kodev_with_credentials(config.path(), &registry.host, None)
         .arg("build")
         .arg("-f")
         .arg(&skaffold)
-        .args(["-d", &format!("{}/dev", registry.host), "-t", "a"]));
+        .args(["-d", &target, "-t", "a"]));
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let docker_config = tempfile::tempdir().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode("kodev:s3cret");
-    std::fs::write(
-        docker_config.path().join("config.json"),
-        serde_json::json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
-    let out = run(kodev().env("DOCKER_CONFIG", docker_config.path()).arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/dev", registry.host),
-        "-t",
-        "a",
-    ]));
+    let out = run(kodev_with_credentials(config.path(), &registry.host, Some(("kodev", "s3cret")))
+        .arg("build")
+        .arg("-f")
+        .arg(&skaffold)
+        .args(["-d", &target, "-t", "a"]));
     let reference = stdout_ref(&out);
     let inspected = run_ok(
         Command::new("skopeo")

@@ -156,18 +156,11 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
     let app = tempfile::tempdir().unwrap();
     let skaffold = hello_app(app.path(), &format!("        fromImage: {host}/base/private:v1\n"), "");
     let docker_config = tempfile::tempdir().unwrap();
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    std::fs::write(
-        docker_config.path().join("config.json"),
-        json!({"auths": {host.clone(): {"auth": auth}}}).to_string(),
-    )
-    .unwrap();
-    let out = run(kodev().env("DOCKER_CONFIG", docker_config.path()).arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{host}/dev"),
-        "-t",
-        "tok",
-    ]));
+    let out = run(kodev_with_credentials(docker_config.path(), &host, Some((USER, PASSWORD)))
+        .arg("build")
+        .arg("-f")
+        .arg(&skaffold)
+        .args(["-d", &format!("{host}/dev"), "-t", "tok"]));
     let _ = registry.kill();
     let _ = registry.wait();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -178,13 +171,12 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
     // Without credentials the token service refuses, and kodev exits 1 naming the registry.
     let mut registry = serve_registry(&config, port);
     let empty = tempfile::tempdir().unwrap();
-    let out = run(kodev()
-        .env("DOCKER_CONFIG", empty.path())
-        .env("REGISTRY_AUTH_FILE", empty.path().join("none.json"))
-        .arg("build")
-        .arg("-f")
-        .arg(&skaffold)
-        .args(["-d", &format!("{host}/dev"), "-t", "anon"]));
+    let out = run(kodev_with_credentials(empty.path(), &host, None).arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{host}/dev"),
+        "-t",
+        "anon",
+    ]));
     let _ = registry.kill();
     let _ = registry.wait();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));

@@ -67,6 +67,11 @@ pub fn view(state: &State, frame: &mut Frame) {
     }
 }
 
+/// A bordered panel; the focused one is highlighted.
+fn panel<'a>(title: impl Into<Line<'a>>, palette: &Palette, focused: bool) -> Block<'a> {
+    Block::default().borders(Borders::ALL).title(title).border_style(palette.border(focused))
+}
+
 fn render_header(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) {
     let on_off = |b: bool| if b { "on" } else { "off" };
     let line = Line::from(vec![
@@ -106,11 +111,7 @@ fn render_artifacts(state: &State, palette: &Palette, frame: &mut Frame, area: R
         }
         items.push(item);
     }
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .title(" Artifacts ")
-        .border_style(palette.border(state.focus == Focus::Artifacts));
-    frame.render_widget(List::new(items).block(block), area);
+    frame.render_widget(List::new(items).block(panel(" Artifacts ", palette, state.focus == Focus::Artifacts)), area);
 }
 
 fn render_log(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) {
@@ -136,9 +137,7 @@ fn render_log(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) {
         }
         None => (" Build log ".to_string(), Vec::new()),
     };
-    let block =
-        Block::default().borders(Borders::ALL).title(title).border_style(palette.border(state.focus == Focus::Log));
-    frame.render_widget(Paragraph::new(lines).block(block), area);
+    frame.render_widget(Paragraph::new(lines).block(panel(title, palette, state.focus == Focus::Log)), area);
 }
 
 fn render_layers(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) {
@@ -168,15 +167,11 @@ fn render_layers(state: &State, palette: &Palette, frame: &mut Frame, area: Rect
                 .collect()
         })
         .unwrap_or_default();
-    let block = Block::default()
-        .borders(Borders::ALL)
-        .title(" Layers ")
-        .border_style(palette.border(state.focus == Focus::Layers));
-    frame.render_widget(Paragraph::new(lines).block(block), area);
+    frame.render_widget(Paragraph::new(lines).block(panel(" Layers ", palette, state.focus == Focus::Layers)), area);
 }
 
 fn render_push(state: &State, palette: &Palette, frame: &mut Frame, area: Rect) {
-    let block = Block::default().borders(Borders::ALL).title(" Push ");
+    let block = panel(" Push ", palette, false);
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let Some(a) = state.selected_artifact() else { return };
@@ -239,9 +234,5 @@ fn render_help(palette: &Palette, frame: &mut Frame) {
         Line::from("any key closes this help"),
     ];
     frame.render_widget(Clear, popup);
-    frame.render_widget(
-        Paragraph::new(text)
-            .block(Block::default().borders(Borders::ALL).title(" Keys ").border_style(palette.border(true))),
-        popup,
-    );
+    frame.render_widget(Paragraph::new(text).block(panel(" Keys ", palette, true)), popup);
 }

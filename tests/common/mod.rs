@@ -190,6 +190,23 @@ impl Drop for PlainDir {
     }
 }
 
+/// kodev with credentials from a Docker config holding `user:password` for `host` (None: no
+/// credentials at all, neither Docker's nor podman's).
+pub fn kodev_with_credentials(config_dir: &Path, host: &str, credentials: Option<(&str, &str)>) -> Command {
+    use base64::Engine as _;
+    let auths = match credentials {
+        Some((user, password)) => {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            json!({ host: {"auth": auth} })
+        }
+        None => json!({}),
+    };
+    std::fs::write(config_dir.join("config.json"), json!({ "auths": auths }).to_string()).expect("write config.json");
+    let mut cmd = kodev();
+    cmd.env("DOCKER_CONFIG", config_dir).env("REGISTRY_AUTH_FILE", config_dir.join("no-podman-auth.json"));
+    cmd
+}
+
 pub fn kodev() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kodev"));
     // A cache per test process: content-addressed, so sharing is safe, but keep tests hermetic.
