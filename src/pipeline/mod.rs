@@ -8,9 +8,11 @@ pub mod layer;
 pub mod publish;
 pub mod registry;
 pub mod tarball;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -132,18 +134,26 @@ impl Builder {
         let scratch = tempfile::tempdir_in(&scratch_root).map_err(|e| {
             KodevError::build(format!("cannot create a build directory in {}: {e}", scratch_root.display()))
         })?;
+        let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
         let compile_all = futures::future::try_join_all(platforms.iter().enumerate().map(|(i, platform)| {
             let out_dir = scratch.path().join(i.to_string());
             let slots = slots.clone();
+            let upload_target = &upload_target;
             async move {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
-                let layer = binary_layer_blocking(binary, artifact.binary_name().to_string()).await?;
-                Ok::<_, KodevError>((platform.clone(), layer))
+                let name = artifact.binary_name().to_string();
+                let (layer, streamed) = match (&self.publisher, &upload_target) {
+                    (Publisher::Registry(registries), Some(target)) => {
+                        binary_layer_uploading(registries, target, binary, name).await?
+                    }
+                    _ => (binary_layer_blocking(binary, name).await?, false),
+                };
+                Ok::<_, KodevError>((platform.clone(), layer, streamed))
             }
         }));
         let (base, binaries) = match resolved_base {
@@ -169,9 +179,9 @@ impl Builder {
         };
         let mut manifests = Vec::new();
         for base_image in &base.images {
-            let (_, binary) = binaries
+            let (_, binary, _) = binaries
                 .iter()
-                .find(|(requested, _)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+                .find(|(requested, _, _)| requested.matches(&base_image.platform) || *requested == base_image.platform)
                 .ok_or_else(|| KodevError::build(format!("no binary was built for {}", base_image.platform)))?;
             let layers = [kodata.clone(), binary.clone()];
             manifests.push(image::compose_image(&base, base_image, &layers, &edits));
@@ -179,7 +189,12 @@ impl Builder {
         let built = image::assemble(&base, manifests);
 
         let publish_started = Instant::now();
-        let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
+        let mut push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
+        for (_, layer, streamed) in &binaries {
+            if *streamed {
+                push.record_streamed(&layer.digest, layer.size());
+            }
+        }
         let push_ms = publish_started.elapsed().as_millis() as u64;
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
@@ -203,6 +218,65 @@ impl Builder {
         });
         Ok(BuildOutcome { image: built, push })
     }
+}
+
+/// Set to false when dropped: a cancelled build tells its compressor to stop.
+struct WantedWhileAlive(Arc<AtomicBool>);
+
+impl Drop for WantedWhileAlive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Compress the binary layer while its pieces stream to the registry. Returns the layer and
+/// whether the registry now has it; when streaming fails, the layer is still complete and the
+/// publish step uploads it the usual way.
+async fn binary_layer_uploading(
+    registries: &Registries,
+    target: &oci_client::Reference,
+    binary: PathBuf,
+    name: String,
+) -> Result<(Layer, bool)> {
+    let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    let wanted = Arc::new(AtomicBool::new(true));
+    let _guard = WantedWhileAlive(wanted.clone());
+    let compress = tokio::task::spawn_blocking(move || {
+        let mut pieces = Some(pieces);
+        layer::binary_layer_streaming(&binary, &name, &mut |piece| {
+            if pieces.as_ref().is_some_and(|p| p.blocking_send(bytes::Bytes::copy_from_slice(piece)).is_err()) {
+                // The upload gave up; keep compressing for the usual upload.
+                pieces = None;
+            }
+            wanted.load(Ordering::Relaxed)
+        })
+    });
+    let started = Instant::now();
+    let (layer, sent) = tokio::join!(
+        async {
+            let layer = compress.await.map_err(join_error)?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer compressed");
+            layer
+        },
+        registries.send_streamed(target, received)
+    );
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer sent");
+    let streamed = match (&layer, sent) {
+        (Ok(layer), Ok(upload)) if upload.bytes == layer.size() => {
+            registries.commit_streamed(target, upload, &layer.digest).await
+        }
+        (_, Ok(upload)) => {
+            registries.cancel_streamed(upload).await;
+            Err("the layer was not finished".to_string())
+        }
+        (_, Err(e)) => Err(e),
+    };
+    let layer = layer?;
+    match &streamed {
+        Ok(()) => tracing::debug!(digest = %layer.digest, "layer streamed to the registry while compressing"),
+        Err(e) => tracing::debug!(error = %e, "streamed upload failed; the layer goes up with the image"),
+    }
+    Ok((layer, streamed.is_ok()))
 }
 
 async fn binary_layer_blocking(binary: PathBuf, name: String) -> Result<Layer> {

@@ -29,6 +29,16 @@ pub struct PushOutcome {
     pub bytes_skipped: u64,
 }
 
+impl PushOutcome {
+    /// Count a blob that went up before the publish step (streamed while compressing).
+    pub fn record_streamed(&mut self, digest: &str, size: u64) {
+        if self.uploaded.insert(digest.to_string()) {
+            self.bytes_uploaded += size;
+            self.bytes_skipped = self.bytes_skipped.saturating_sub(size);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub enum Publisher {
     Registry(Arc<Registries>),

@@ -15,6 +15,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use tokio::sync::Mutex;
 
+use super::upload::{Credentials, OpenUpload, Streamer};
 use crate::error::{KodevError, Result};
 
 pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
@@ -31,6 +32,7 @@ pub struct Registries {
     clients: Mutex<HashMap<String, Client>>,
     /// Blobs known to be in a repository (`registry/repo@digest`): checked or pushed this session.
     known_blobs: std::sync::Mutex<std::collections::HashSet<String>>,
+    streamer: Streamer,
 }
 
 fn blob_key(target: &Reference, digest: &str) -> String {
@@ -90,7 +92,12 @@ fn credentials_for(registry: &str) -> RegistryAuth {
 
 impl Registries {
     pub fn new(insecure: Vec<String>) -> Self {
-        Registries { insecure, clients: Mutex::new(HashMap::new()), known_blobs: Default::default() }
+        Registries {
+            insecure,
+            clients: Mutex::new(HashMap::new()),
+            known_blobs: Default::default(),
+            streamer: Streamer::default(),
+        }
     }
 
     pub fn scheme_for(&self, registry: &str) -> &'static str {
@@ -211,6 +218,40 @@ impl Registries {
             .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))?;
         self.remember(target, digest);
         Ok(())
+    }
+
+    /// Send a blob to the target while it is being produced (see `upload.rs`); commit it with
+    /// [`Registries::commit_streamed`] once its digest is known.
+    pub async fn send_streamed(
+        &self,
+        target: &Reference,
+        pieces: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> std::result::Result<OpenUpload, String> {
+        let credentials = match credentials_for(target.registry()) {
+            RegistryAuth::Anonymous => Credentials::Anonymous,
+            RegistryAuth::Basic(user, password) => Credentials::Basic(user, password),
+            // Identity tokens are exchanged through oci-client's OAuth flow: upload those the usual way.
+            RegistryAuth::Bearer(_) => return Err("identity-token credentials are not streamed".to_string()),
+        };
+        let scheme = self.scheme_for(target.resolve_registry());
+        self.streamer.send(target, scheme, &credentials, pieces).await
+    }
+
+    /// Close a streamed upload under its digest; the blob is then known to be in the repository.
+    pub async fn commit_streamed(
+        &self,
+        target: &Reference,
+        upload: OpenUpload,
+        digest: &str,
+    ) -> std::result::Result<(), String> {
+        self.streamer.commit(upload, digest).await?;
+        self.remember(target, digest);
+        Ok(())
+    }
+
+    /// Give up a streamed upload (the layer was not finished).
+    pub async fn cancel_streamed(&self, upload: OpenUpload) {
+        self.streamer.cancel(upload).await
     }
 
     pub async fn put_manifest(&self, target: &Reference, body: Bytes, media_type: &str) -> Result<()> {

@@ -1,0 +1,301 @@
+//! Streamed blob uploads: the layer goes to the registry while it is still being compressed.
+//!
+//! A monolithic PUT needs the digest in its URL, so it can only start once the whole layer is
+//! compressed and hashed. Here the upload session opens at once, one PATCH carries the pieces
+//! as they come out of the compressor (chunked transfer encoding, so the length need not be
+//! known), and the closing PUT names the digest. oci-client sends one request per chunk and
+//! keeps its tokens to itself, so these few requests are made here, with their own auth: none,
+//! basic, or a bearer token fetched from the realm the registry names.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use oci_client::Reference;
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+use tokio::sync::{mpsc, Mutex};
+
+/// What plain requests to one repository send as credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    Anonymous,
+    Basic(String, String),
+}
+
+#[derive(Clone, Debug)]
+enum Authorization {
+    None,
+    Basic(String, String),
+    Bearer(String),
+}
+
+/// An upload session with its bytes sent; committed once the digest is known.
+#[derive(Debug)]
+pub struct OpenUpload {
+    location: Url,
+    registry: Url,
+    authorization: Authorization,
+    pub bytes: u64,
+}
+
+/// Streamed uploads, with one HTTP client and the authorization each repository needed.
+#[derive(Default)]
+pub struct Streamer {
+    http: OnceLock<Option<reqwest::Client>>,
+    authorizations: Mutex<HashMap<String, Authorization>>,
+    /// Registries that refused a streamed upload once: not asked again this session.
+    refused: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+fn http_error(context: &str, e: impl std::fmt::Display) -> String {
+    format!("{context}: {e}")
+}
+
+/// `key="value"` pairs of a `WWW-Authenticate: Bearer …` challenge.
+pub fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
+    let rest = header.trim().strip_prefix("Bearer ").or_else(|| header.trim().strip_prefix("bearer "))?;
+    let mut params = HashMap::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, tail) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        params.insert(key, value.to_string());
+        rest = tail.trim_start().trim_start_matches(',').trim_start();
+    }
+    params.contains_key("realm").then_some(params)
+}
+
+impl Streamer {
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+            .ok_or_else(|| "no HTTP client for streamed uploads".to_string())
+    }
+
+    /// A bearer token for pushing to `repository`, from the realm the registry's challenge names.
+    async fn fetch_token(&self, challenge: &str, repository: &str, credentials: &Credentials) -> Result<String, String> {
+        let params = parse_bearer_challenge(challenge).ok_or_else(|| format!("unreadable challenge {challenge:?}"))?;
+        let mut realm = Url::parse(&params["realm"]).map_err(|e| http_error("token realm", e))?;
+        {
+            let mut query = realm.query_pairs_mut();
+            if let Some(service) = params.get("service") {
+                query.append_pair("service", service);
+            }
+            query.append_pair("scope", &format!("repository:{repository}:pull,push"));
+        }
+        let mut request = self.http()?.get(realm.clone());
+        if let Credentials::Basic(user, password) = credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| http_error(realm.as_str(), e))?;
+        if !response.status().is_success() {
+            return Err(format!("{realm}: token request answered {}", response.status()));
+        }
+        let body: serde_json::Value = response.json().await.map_err(|e| http_error(realm.as_str(), e))?;
+        body.get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("{realm}: no token in the answer"))
+    }
+
+    /// Open an upload session, authorizing as the registry asks (once per repository).
+    async fn open(&self, base: &str, repository: &str, credentials: &Credentials) -> Result<OpenUpload, String> {
+        let key = format!("{base}/{repository}");
+        let known = self.authorizations.lock().await.get(&key).cloned();
+        let mut authorization = known.unwrap_or(match credentials {
+            Credentials::Anonymous => Authorization::None,
+            Credentials::Basic(user, password) => Authorization::Basic(user.clone(), password.clone()),
+        });
+        let url = format!("{base}/v2/{repository}/blobs/uploads/");
+        let registry = Url::parse(&url).map_err(|e| http_error(&url, e))?;
+        for attempt in 0..2 {
+            let request = self.http()?.post(&url).header(CONTENT_LENGTH, 0);
+            let response =
+                authorize(request, &registry, &registry, &authorization).send().await.map_err(|e| http_error(&url, e))?;
+            if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| format!("{url}: 401 without a challenge"))?
+                    .to_string();
+                authorization = if challenge.to_ascii_lowercase().starts_with("basic") {
+                    match credentials {
+                        Credentials::Basic(user, password) => Authorization::Basic(user.clone(), password.clone()),
+                        Credentials::Anonymous => return Err(format!("{url}: credentials required")),
+                    }
+                } else {
+                    Authorization::Bearer(self.fetch_token(&challenge, repository, credentials).await?)
+                };
+                continue;
+            }
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(format!("{url}: opening an upload answered {}", response.status()));
+            }
+            let location = location(&url, response.headers())?;
+            self.authorizations.lock().await.insert(key, authorization.clone());
+            return Ok(OpenUpload { location, registry, authorization, bytes: 0 });
+        }
+        Err(format!("{url}: not authorized"))
+    }
+
+    /// Open a session and send every piece `pieces` yields in one PATCH; the session is committed
+    /// with [`Streamer::commit`] once the digest is known.
+    pub async fn send(
+        &self,
+        target: &Reference,
+        scheme: &str,
+        credentials: &Credentials,
+        mut pieces: mpsc::Receiver<Bytes>,
+    ) -> Result<OpenUpload, String> {
+        let base = format!("{scheme}://{}", target.resolve_registry());
+        let key = Url::parse(&base).map(|u| origin(&u)).map_err(|e| http_error(&base, e))?;
+        if self.refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+            return Err(format!("{base} refused a streamed upload before"));
+        }
+        let mut upload = self.open(&base, target.repository(), credentials).await?;
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let body = futures::stream::poll_fn(move |cx| {
+            pieces.poll_recv(cx).map(|piece| {
+                piece.map(|bytes| {
+                    counter.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(bytes)
+                })
+            })
+        });
+        let request = self
+            .http()?
+            .request(Method::PATCH, upload.location.clone())
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(body));
+        let response = authorize(request, &upload.location, &upload.registry, &upload.authorization)
+            .send()
+            .await
+            .map_err(|e| http_error(upload.location.as_str(), e))?;
+        if response.status() != StatusCode::ACCEPTED {
+            let status = response.status();
+            self.refuse(&upload);
+            self.cancel(upload).await;
+            return Err(format!("streamed upload answered {status}"));
+        }
+        upload.location = location(upload.location.as_str(), response.headers())?;
+        upload.bytes = sent.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(upload)
+    }
+
+    /// Close the session under the blob's digest; the registry checks it against what it received.
+    pub async fn commit(&self, upload: OpenUpload, digest: &str) -> Result<(), String> {
+        let mut url = upload.location.clone();
+        url.query_pairs_mut().append_pair("digest", digest);
+        let request = self.http()?.put(url.clone()).header(CONTENT_LENGTH, 0);
+        let response = authorize(request, &url, &upload.registry, &upload.authorization)
+            .send()
+            .await
+            .map_err(|e| http_error(url.as_str(), e))?;
+        if response.status() != StatusCode::CREATED {
+            let status = response.status();
+            self.refuse(&upload);
+            self.cancel(upload).await;
+            return Err(format!("committing the streamed upload answered {status}"));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, upload: &OpenUpload) {
+        let base = origin(&upload.registry);
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(base);
+    }
+
+    /// Drop a session the registry would otherwise keep until it purges stale uploads.
+    pub async fn cancel(&self, upload: OpenUpload) {
+        if let Ok(http) = self.http() {
+            let request =
+                authorize(http.delete(upload.location.clone()), &upload.location, &upload.registry, &upload.authorization);
+            let _ = request.send().await;
+        }
+    }
+}
+
+/// `scheme://host:port` of a URL.
+fn origin(url: &Url) -> String {
+    format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0))
+}
+
+/// Add credentials to a request for `url`, but only when it goes to the registry itself: a
+/// Location elsewhere (storage behind the registry) must not see them (CVE-2020-15157).
+fn authorize(
+    request: reqwest::RequestBuilder,
+    url: &Url,
+    registry: &Url,
+    authorization: &Authorization,
+) -> reqwest::RequestBuilder {
+    if origin(url) != origin(registry) {
+        return request;
+    }
+    match authorization {
+        Authorization::None => request,
+        Authorization::Basic(user, password) => request.basic_auth(user, Some(password)),
+        Authorization::Bearer(token) => request.header(AUTHORIZATION, format!("Bearer {token}")),
+    }
+}
+
+/// The `Location` of an answer, resolved against the request's URL (registries send both forms).
+fn location(request_url: &str, headers: &HeaderMap) -> Result<Url, String> {
+    let value = headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("{request_url}: no Location in the answer"))?;
+    let base = Url::parse(request_url).map_err(|e| http_error(request_url, e))?;
+    base.join(value).map_err(|e| http_error(value, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_challenges() {
+        let params = parse_bearer_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(params["realm"], "https://auth.example/token");
+        assert_eq!(params["service"], "registry.example");
+        assert_eq!(params["scope"], "repository:a/b:pull,push");
+        let unquoted = parse_bearer_challenge("Bearer realm=http://127.0.0.1:9/t, service=local").unwrap();
+        assert_eq!(unquoted["realm"], "http://127.0.0.1:9/t");
+        assert_eq!(unquoted["service"], "local");
+        assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
+        assert!(parse_bearer_challenge("Bearer service=\"no realm\"").is_none());
+    }
+
+    #[test]
+    fn resolves_relative_locations() {
+        let mut headers = HeaderMap::new();
+        headers.insert(LOCATION, "/v2/a/blobs/uploads/123?_state=x".parse().unwrap());
+        let url = location("http://127.0.0.1:5000/v2/a/blobs/uploads/", &headers).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:5000/v2/a/blobs/uploads/123?_state=x");
+        headers.insert(LOCATION, "https://other.example/upload/9".parse().unwrap());
+        let url = location("http://127.0.0.1:5000/v2/a/blobs/uploads/", &headers).unwrap();
+        assert_eq!(url.as_str(), "https://other.example/upload/9");
+    }
+}
