@@ -62,12 +62,21 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
         &format!("        fromImage: {base}\n        labels:\n          team: platform\n        ldflags:\n          - -s -w\n"),
         "",
     );
-    let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1", "--file-output", "out.json"]);
+    let out = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/dev", fx.registry.host),
+        "-t",
+        "t1",
+        "--file-output",
+        "out.json",
+    ]));
     let reference = stdout_ref(&out);
     let name = format!("{}/dev/hello", fx.registry.host);
     assert!(reference.starts_with(&format!("{name}:t1@sha256:")), "{reference}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("go build done"), "{stderr}");
+    // The binary layer went up while it was being compressed, not after.
+    assert!(stderr.contains("layer streamed to the registry while compressing"), "{stderr}");
 
     let manifest = skopeo_inspect(&format!("docker://{name}:t1"), true, false);
     assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
@@ -102,14 +111,66 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     let said = podman.run_image(&format!("{name}:t1"), &["--once"]);
     assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said}");
 
-    // A second push of the same image uploads nothing new.
-    let again = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1"]);
+    // A second push of the same image uploads nothing new, and its layer is not even compressed.
+    let again = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/dev", fx.registry.host),
+        "-t",
+        "t1",
+    ]));
     assert_eq!(stdout_ref(&again), reference, "same input, same digest");
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("(0 B uploaded"),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("(0 B uploaded"), "{stderr}");
+    assert!(stderr.contains("binary unchanged since an earlier build"), "{stderr}");
+    assert!(!stderr.contains("layer streamed"), "{stderr}");
+}
+
+#[test]
+fn an_unchanged_binary_still_reaches_every_target_whole() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let first = stdout_ref(&build(&skaffold, &["-d", &format!("{}/one", fx.registry.host), "-t", "a"]));
+    let digest = first.split('@').nth(1).unwrap().to_string();
+
+    // The binary is unchanged (go does not relink it), but this repository lacks its layer.
+    let out = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/two", fx.registry.host),
+        "-t",
+        "a",
+    ]));
+    let second = stdout_ref(&out);
+    assert_eq!(second.split('@').nth(1).unwrap(), digest, "same binary, same image");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("binary unchanged since an earlier build"), "{stderr}");
+    let copied = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/two/hello:a", fx.registry.host))
+            .arg(format!("dir:{}", copied.path().display())),
     );
+
+    // Nor does an OCI layout: the layer is compressed again, byte for byte the same.
+    let layout = PlainDir::new();
+    let out = build(&skaffold, &["--oci-layout", &layout.path.display().to_string(), "-t", "a"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_layout = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("skopeo")
+            .arg("copy")
+            .arg(format!("oci:{}:hello:a", layout.path.display()))
+            .arg(format!("dir:{}", from_layout.path().display())),
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(from_layout.path().join("manifest.json")).unwrap()).unwrap();
+    let binary_layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let pushed: Value = serde_json::from_slice(&std::fs::read(copied.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(pushed["layers"].as_array().unwrap().last().unwrap()["digest"], binary_layer.as_str());
 }
 
 #[test]
@@ -342,11 +403,14 @@ fn basic_credentials_come_from_the_docker_config() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = run(kodev_with_credentials(config.path(), &registry.host, Some(("kodev", "s3cret")))
+        .env("KODEV_LOG", "kodev=debug")
         .arg("build")
         .arg("-f")
         .arg(&skaffold)
         .args(["-d", &target, "-t", "a"]));
     let reference = stdout_ref(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("layer streamed to the registry while compressing"), "{stderr}");
     let inspected = run_ok(
         Command::new("skopeo")
             .args(["inspect", "--tls-verify=false", "--creds", "kodev:s3cret"])

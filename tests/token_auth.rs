@@ -157,6 +157,7 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
     let skaffold = hello_app(app.path(), &format!("        fromImage: {host}/base/private:v1\n"), "");
     let docker_config = tempfile::tempdir().unwrap();
     let out = run(kodev_with_credentials(docker_config.path(), &host, Some((USER, PASSWORD)))
+        .env("KODEV_LOG", "kodev=debug")
         .arg("build")
         .arg("-f")
         .arg(&skaffold)
@@ -167,6 +168,8 @@ fn bearer_tokens_from_a_token_service_with_docker_config_credentials() {
     assert!(out.status.success(), "kodev build with bearer tokens failed:\n{stderr}");
     let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(reference.starts_with(&format!("{host}/dev/hello:tok@sha256:")), "{reference}");
+    // The streamed upload fetched its own push token from the realm the registry named.
+    assert!(stderr.contains("layer streamed to the registry while compressing"), "{stderr}");
 
     // Without credentials the token service refuses, and kodev exits 1 naming the registry.
     let mut registry = serve_registry(&config, port);

@@ -9,7 +9,7 @@ use oci_client::Reference;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-use super::layer::{sha256_digest, Layer, LayerKind};
+use super::layer::{sha256_digest, Layer, LayerBytes, LayerKind};
 use super::registry::{parse_reference, Registries};
 use super::tarball::{EntryHeader, EntryKind, TarWriter};
 use crate::config::BaseImageRef;
@@ -63,6 +63,8 @@ pub enum BlobData {
     Memory(Bytes),
     /// In the base image's repository (and, once fetched, in the cache).
     Remote(Reference),
+    /// A layer whose bytes are made again when needed (see `LayerBytes::FromBinary`).
+    Layer(Box<Layer>),
 }
 
 #[derive(Debug, Clone)]
@@ -88,10 +90,13 @@ impl Blob {
 
     pub fn from_layer(media_type: &str, layer: &Layer) -> Blob {
         Blob {
-            descriptor: json!({"mediaType": media_type, "digest": layer.digest, "size": layer.size()}),
+            descriptor: json!({"mediaType": media_type, "digest": layer.digest, "size": layer.size}),
             digest: layer.digest.clone(),
-            size: layer.size(),
-            data: BlobData::Memory(layer.data.clone()),
+            size: layer.size,
+            data: match &layer.data {
+                LayerBytes::Memory(bytes) => BlobData::Memory(bytes.clone()),
+                LayerBytes::FromBinary { .. } => BlobData::Layer(Box::new(layer.clone())),
+            },
         }
     }
 }
@@ -203,6 +208,12 @@ pub async fn blob_bytes(registries: &Registries, blob: &Blob) -> Result<Bytes> {
     match &blob.data {
         BlobData::Memory(b) => Ok(b.clone()),
         BlobData::Remote(source) => cached_or_fetch_blob(registries, source, &blob.digest, blob.size).await,
+        BlobData::Layer(layer) => {
+            let layer = layer.clone();
+            tokio::task::spawn_blocking(move || layer.bytes())
+                .await
+                .map_err(|e| KodevError::build(format!("compressing a layer panicked: {e}")))?
+        }
     }
 }
 

@@ -103,6 +103,39 @@ pub fn build_env(artifact: &Artifact, platform: &Platform) -> Vec<(String, Strin
     env
 }
 
+/// Where an artifact's binary for a platform is built, kept between builds: go checks the
+/// build ID of an existing output and skips the link when nothing changed.
+pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> PathBuf {
+    use sha2::Digest;
+    let identity = format!(
+        "{:?}",
+        (
+            &artifact.image_name,
+            &artifact.work_dir,
+            &artifact.import_path,
+            platform.to_string(),
+            debug,
+            &artifact.flags,
+            &artifact.ldflags,
+            &artifact.gcflags,
+            &artifact.asmflags,
+            &artifact.env,
+        )
+    );
+    let key = hex::encode(sha2::Sha256::digest(identity));
+    crate::pipeline::base::cache_dir().join("bin").join(&key[..24])
+}
+
+/// go's own scratch space next to the outputs, so the finished binary is renamed into place
+/// (atomic: a reader never sees half a binary) rather than copied across file systems.
+fn go_scratch_dir() -> Option<PathBuf> {
+    if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
+        return None;
+    }
+    let dir = crate::pipeline::base::cache_dir().join("tmp").join("go");
+    std::fs::create_dir_all(&dir).ok().map(|_| dir)
+}
+
 /// Build one platform's binary into `out_dir`; the `go` process dies with the future.
 pub async fn go_build(
     artifact: &Artifact,
@@ -119,6 +152,7 @@ pub async fn go_build(
         .args(&args)
         .current_dir(&artifact.work_dir)
         .envs(build_env(artifact, platform))
+        .envs(go_scratch_dir().map(|dir| ("GOTMPDIR", dir)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -232,7 +232,8 @@ mod tests {
             kind: LayerKind::Binary,
             digest: "sha256:cc".into(),
             diff_id: "sha256:dd".into(),
-            data: Bytes::new(),
+            size: 0,
+            data: super::super::layer::LayerBytes::Memory(Bytes::new()),
         };
         let edits = ConfigEdits {
             binary_name: "hello".into(),

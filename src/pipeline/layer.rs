@@ -36,7 +36,7 @@ impl std::fmt::Display for LayerKind {
     }
 }
 
-/// A compressed layer held in memory, with both of its digests.
+/// A compressed layer with both of its digests.
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub kind: LayerKind,
@@ -44,12 +44,106 @@ pub struct Layer {
     pub digest: String,
     /// `sha256:` of the uncompressed tar (the config's diff_id).
     pub diff_id: String,
-    pub data: Bytes,
+    pub size: u64,
+    pub data: LayerBytes,
+}
+
+/// Where a layer's compressed bytes are.
+#[derive(Debug, Clone)]
+pub enum LayerBytes {
+    Memory(Bytes),
+    /// Not made this time: the binary was built before and its layer is already where it goes.
+    /// Made again from the binary (same bytes, checked) if it is needed after all.
+    FromBinary {
+        path: PathBuf,
+        name: String,
+    },
 }
 
 impl Layer {
-    pub fn size(&self) -> u64 {
-        self.data.len() as u64
+    fn in_memory(kind: LayerKind, digest: String, diff_id: String, data: Vec<u8>) -> Layer {
+        Layer { kind, digest, diff_id, size: data.len() as u64, data: LayerBytes::Memory(Bytes::from(data)) }
+    }
+
+    /// The compressed bytes, compressing the binary again when they were not kept.
+    pub fn bytes(&self) -> Result<Bytes> {
+        match &self.data {
+            LayerBytes::Memory(data) => Ok(data.clone()),
+            LayerBytes::FromBinary { path, name } => {
+                let again = binary_layer(path, name)?;
+                if again.digest != self.digest {
+                    return Err(KodevError::build(format!(
+                        "the binary {} changed while its image was being published; build again",
+                        path.display()
+                    )));
+                }
+                again.bytes()
+            }
+        }
+    }
+}
+
+/// What a binary's layer came to, remembered by the binary's Go build ID: a binary go did not
+/// need to relink has the same build ID, so its layer need not be compressed or uploaded again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRecord {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+}
+
+/// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
+const LAYER_FORMAT: &str = "libdeflate-1/128KiB/probe-8KiB/v1";
+
+/// The Go build ID of a little-endian ELF binary (the `Go` note near its start), if it has one.
+/// It names the binary's content: the same ID means the same bytes.
+pub fn go_build_id(binary: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(32 << 10);
+    File::open(binary).ok()?.take(32 << 10).read_to_end(&mut head).ok()?;
+    if !head.starts_with(b"\x7fELF") || head.get(5) != Some(&1) {
+        return None;
+    }
+    // namesz 4, descsz, type 4, "Go\0\0", then the ID.
+    const TAIL: &[u8] = b"\x04\x00\x00\x00Go\x00\x00";
+    let at = head.windows(TAIL.len()).position(|w| w == TAIL)?;
+    if at < 8 || head[at - 8..at - 4] != [4, 0, 0, 0] {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[at - 4..at].try_into().ok()?) as usize;
+    let id = head.get(at + TAIL.len()..at + TAIL.len() + len)?;
+    let id = std::str::from_utf8(id).ok()?;
+    (id.contains('/') && id.chars().all(|c| c.is_ascii_graphic())).then(|| id.to_string())
+}
+
+fn record_path(cache: &Path, build_id: &str, name: &str) -> PathBuf {
+    let key = hex::encode(Sha256::digest(format!("{LAYER_FORMAT}\0{name}\0{build_id}")));
+    cache.join("layers").join(&key[..2]).join(key)
+}
+
+pub fn load_record(cache: &Path, build_id: &str, name: &str) -> Option<LayerRecord> {
+    serde_json::from_slice(&std::fs::read(record_path(cache, build_id, name)).ok()?).ok()
+}
+
+/// Best effort: a record that cannot be written only costs a compression next time.
+pub fn save_record(cache: &Path, build_id: &str, name: &str, layer: &Layer) {
+    let record = LayerRecord { digest: layer.digest.clone(), diff_id: layer.diff_id.clone(), size: layer.size };
+    let path = record_path(cache, build_id, name);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let bytes = serde_json::to_vec(&record).expect("records serialize");
+    let _ = super::base::write_atomically(&path, &bytes);
+}
+
+/// The binary layer as a record says it is, without its bytes.
+pub fn recorded_binary_layer(record: LayerRecord, binary: &Path, name: &str) -> Layer {
+    Layer {
+        kind: LayerKind::Binary,
+        digest: record.digest,
+        diff_id: record.diff_id,
+        size: record.size,
+        data: LayerBytes::FromBinary { path: binary.to_path_buf(), name: name.to_string() },
     }
 }
 
@@ -195,12 +289,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: Chunk
         if !sink(&compressed) {
             return Err(cancelled());
         }
-        return Ok(Layer {
-            kind,
-            digest: sha256_digest(&compressed),
-            diff_id: sha256_digest(&all),
-            data: Bytes::from(compressed),
-        });
+        return Ok(Layer::in_memory(kind, sha256_digest(&compressed), sha256_digest(&all), compressed));
     }
     let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
     let chunk_range = |i: usize| {
@@ -275,7 +364,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: Chunk
         let diff_id = diff.join().unwrap_or_else(|_| Err(io::Error::other("hashing the layer failed")));
         emitted.and_then(|(compressed, digest)| Ok((diff_id?, compressed, digest)))
     })?;
-    Ok(Layer { kind, digest, diff_id, data: Bytes::from(compressed) })
+    Ok(Layer::in_memory(kind, digest, diff_id, compressed))
 }
 
 fn cancelled() -> io::Error {
@@ -413,6 +502,80 @@ mod tests {
         assert_eq!(streamed.digest, plain.digest);
     }
 
+    /// A little-endian ELF head carrying a Go build-ID note, then `body`.
+    fn fake_go_binary(build_id: &str, body: &[u8]) -> Vec<u8> {
+        let mut bytes = b"\x7fELF\x02\x01\x01\x00".to_vec();
+        bytes.resize(0xf78, 0);
+        bytes.extend_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(&(build_id.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&4u32.to_le_bytes());
+        bytes.extend_from_slice(b"Go\0\0");
+        bytes.extend_from_slice(build_id.as_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_recorded_layer_is_made_again_only_from_the_same_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("app");
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 13) as u8).collect();
+        std::fs::write(&binary, fake_go_binary("aaaa/bbbb/cccc/dddd", &body)).unwrap();
+        assert_eq!(go_build_id(&binary).as_deref(), Some("aaaa/bbbb/cccc/dddd"));
+
+        let made = binary_layer(&binary, "app").unwrap();
+        let cache = dir.path().join("cache");
+        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", "app"), None);
+        save_record(&cache, "aaaa/bbbb/cccc/dddd", "app", &made);
+        let record = load_record(&cache, "aaaa/bbbb/cccc/dddd", "app").unwrap();
+        assert_eq!(record, LayerRecord { digest: made.digest.clone(), diff_id: made.diff_id.clone(), size: made.size });
+        // Another name is another layer (the path inside the image differs).
+        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", "other"), None);
+
+        let recorded = recorded_binary_layer(record, &binary, "app");
+        assert_eq!(recorded.bytes().unwrap(), made.bytes().unwrap());
+        std::fs::write(&binary, fake_go_binary("aaaa/bbbb/cccc/eeee", &body)).unwrap();
+        let err = recorded.bytes().unwrap_err().to_string();
+        assert!(err.contains("changed while its image was being published"), "{err}");
+    }
+
+    #[test]
+    fn build_ids_are_read_only_from_go_elf_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        std::fs::write(&path, b"#!/bin/sh\necho not a binary\n").unwrap();
+        assert_eq!(go_build_id(&path), None);
+        let mut big_endian = fake_go_binary("a/b", b"");
+        big_endian[5] = 2;
+        std::fs::write(&path, big_endian).unwrap();
+        assert_eq!(go_build_id(&path), None);
+        std::fs::write(&path, fake_go_binary("no slash", b"")).unwrap();
+        assert_eq!(go_build_id(&path), None);
+        assert_eq!(go_build_id(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn incompressible_and_compressible_chunks_round_trip() {
+        // Pseudo-random bytes (already-compressed DWARF looks like this) then a compressible run.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut data: Vec<u8> = (0..600_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        data.extend((0..3_000_000u32).map(|i| (i % 7) as u8));
+        let layer = compress_layer(LayerKind::Binary, data.clone()).unwrap();
+        // Random bytes cannot shrink (stored, they cost their size and a few header bytes); the run nearly vanishes.
+        assert!(layer.size > 600_000 && layer.size < 700_000, "{}", layer.size);
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&layer.bytes().unwrap()[..]), &mut decoded)
+            .unwrap();
+        assert_eq!(decoded, data);
+    }
+
     #[test]
     fn parallel_compression_is_deterministic_and_decodes() {
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 % 7).collect();
@@ -421,7 +584,8 @@ mod tests {
         assert_eq!(one.digest, two.digest);
         assert_eq!(one.diff_id, sha256_digest(&data));
         let mut decoded = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one.data[..]), &mut decoded).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one.bytes().unwrap()[..]), &mut decoded)
+            .unwrap();
         assert_eq!(decoded, data);
     }
 

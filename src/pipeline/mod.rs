@@ -94,6 +94,42 @@ impl Builder {
         Ok(resolved)
     }
 
+    /// The binary's layer, and whether it has already been uploaded. A binary built before (go
+    /// did not relink it: same build ID) whose layer the target already holds is not compressed
+    /// again; otherwise the layer is compressed, streaming to the registry as it goes.
+    async fn binary_layer(
+        &self,
+        binary: PathBuf,
+        name: &str,
+        target: Option<&oci_client::Reference>,
+    ) -> Result<(Layer, bool)> {
+        let cache = base::cache_dir();
+        let build_id = layer::go_build_id(&binary);
+        if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
+            let present = match (&self.publisher, target) {
+                (Publisher::Registry(registries), Some(target)) => {
+                    registries.blob_exists(target, &record.digest).await.unwrap_or(false)
+                }
+                (Publisher::OciLayout { dir, .. }, _) => publish::layout_has_blob(dir, &record.digest),
+                _ => false,
+            };
+            if present {
+                tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
+                return Ok((layer::recorded_binary_layer(record, &binary, name), false));
+            }
+        }
+        let (layer, streamed) = match (&self.publisher, target) {
+            (Publisher::Registry(registries), Some(target)) => {
+                binary_layer_uploading(registries, target, binary, name.to_string()).await?
+            }
+            _ => (binary_layer_blocking(binary, name.to_string()).await?, false),
+        };
+        if let Some(id) = build_id {
+            layer::save_record(&cache, &id, name, &layer);
+        }
+        Ok((layer, streamed))
+    }
+
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
         let started = Instant::now();
@@ -128,17 +164,11 @@ impl Builder {
             layer::kodata_layer(&source)
         });
 
-        let scratch_root = base::cache_dir().join("tmp");
-        std::fs::create_dir_all(&scratch_root)
-            .map_err(|e| KodevError::build(format!("cannot create {}: {e}", scratch_root.display())))?;
-        let scratch = tempfile::tempdir_in(&scratch_root).map_err(|e| {
-            KodevError::build(format!("cannot create a build directory in {}: {e}", scratch_root.display()))
-        })?;
         let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
-        let compile_all = futures::future::try_join_all(platforms.iter().enumerate().map(|(i, platform)| {
-            let out_dir = scratch.path().join(i.to_string());
+        let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
+            let out_dir = gobuild::output_dir(artifact, platform, debug);
             let slots = slots.clone();
             let upload_target = &upload_target;
             async move {
@@ -146,13 +176,8 @@ impl Builder {
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
-                let name = artifact.binary_name().to_string();
-                let (layer, streamed) = match (&self.publisher, &upload_target) {
-                    (Publisher::Registry(registries), Some(target)) => {
-                        binary_layer_uploading(registries, target, binary, name).await?
-                    }
-                    _ => (binary_layer_blocking(binary, name).await?, false),
-                };
+                let (layer, streamed) =
+                    self.binary_layer(binary, artifact.binary_name(), upload_target.as_ref()).await?;
                 Ok::<_, KodevError>((platform.clone(), layer, streamed))
             }
         }));
@@ -192,7 +217,7 @@ impl Builder {
         let mut push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
         for (_, layer, streamed) in &binaries {
             if *streamed {
-                push.record_streamed(&layer.digest, layer.size());
+                push.record_streamed(&layer.digest, layer.size);
             }
         }
         let push_ms = publish_started.elapsed().as_millis() as u64;
@@ -262,7 +287,7 @@ async fn binary_layer_uploading(
     );
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer sent");
     let streamed = match (&layer, sent) {
-        (Ok(layer), Ok(upload)) if upload.bytes == layer.size() => {
+        (Ok(layer), Ok(upload)) if upload.bytes == layer.size => {
             registries.commit_streamed(target, upload, &layer.digest).await
         }
         (_, Ok(upload)) => {

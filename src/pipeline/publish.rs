@@ -183,6 +183,11 @@ pub fn collect_garbage(dir: &Path, index: &Value) -> std::io::Result<u64> {
     Ok(removed)
 }
 
+/// Whether an OCI layout already holds a blob.
+pub fn layout_has_blob(dir: &Path, digest: &str) -> bool {
+    blob_path(dir, digest).is_file()
+}
+
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs").join(digest.replace(':', "/"))
 }

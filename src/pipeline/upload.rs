@@ -90,7 +90,12 @@ impl Streamer {
     }
 
     /// A bearer token for pushing to `repository`, from the realm the registry's challenge names.
-    async fn fetch_token(&self, challenge: &str, repository: &str, credentials: &Credentials) -> Result<String, String> {
+    async fn fetch_token(
+        &self,
+        challenge: &str,
+        repository: &str,
+        credentials: &Credentials,
+    ) -> Result<String, String> {
         let params = parse_bearer_challenge(challenge).ok_or_else(|| format!("unreadable challenge {challenge:?}"))?;
         let mut realm = Url::parse(&params["realm"]).map_err(|e| http_error("token realm", e))?;
         {
@@ -128,8 +133,10 @@ impl Streamer {
         let registry = Url::parse(&url).map_err(|e| http_error(&url, e))?;
         for attempt in 0..2 {
             let request = self.http()?.post(&url).header(CONTENT_LENGTH, 0);
-            let response =
-                authorize(request, &registry, &registry, &authorization).send().await.map_err(|e| http_error(&url, e))?;
+            let response = authorize(request, &registry, &registry, &authorization)
+                .send()
+                .await
+                .map_err(|e| http_error(&url, e))?;
             if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = response
                     .headers()
@@ -228,8 +235,12 @@ impl Streamer {
     /// Drop a session the registry would otherwise keep until it purges stale uploads.
     pub async fn cancel(&self, upload: OpenUpload) {
         if let Ok(http) = self.http() {
-            let request =
-                authorize(http.delete(upload.location.clone()), &upload.location, &upload.registry, &upload.authorization);
+            let request = authorize(
+                http.delete(upload.location.clone()),
+                &upload.location,
+                &upload.registry,
+                &upload.authorization,
+            );
             let _ = request.send().await;
         }
     }
