@@ -25,8 +25,9 @@ use crate::platform::PlatformRequest;
 use base::BaseImage;
 use image::{BuiltImage, ConfigEdits};
 use layer::{KodataSource, Layer};
-use publish::{Publisher, PushOutcome};
+use publish::{Publisher, PushOutcome, StreamedBlob};
 use registry::Registries;
+use upload::OpenUpload;
 
 /// A base image as requested: which reference, for which platforms.
 type BaseKey = (BaseImageRef, Vec<String>);
@@ -102,7 +103,7 @@ impl Builder {
         binary: PathBuf,
         name: &str,
         target: Option<&oci_client::Reference>,
-    ) -> Result<(Layer, bool)> {
+    ) -> Result<(Layer, Option<OpenUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
         if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
@@ -115,14 +116,14 @@ impl Builder {
             };
             if present {
                 tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
-                return Ok((layer::recorded_binary_layer(record, &binary, name), false));
+                return Ok((layer::recorded_binary_layer(record, &binary, name), None));
             }
         }
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
                 binary_layer_uploading(registries, target, binary, name.to_string()).await?
             }
-            _ => (binary_layer_blocking(binary, name.to_string()).await?, false),
+            _ => (binary_layer_blocking(binary, name.to_string()).await?, None),
         };
         if let Some(id) = build_id {
             layer::save_record(&cache, &id, name, &layer);
@@ -214,12 +215,11 @@ impl Builder {
         let built = image::assemble(&base, manifests);
 
         let publish_started = Instant::now();
-        let mut push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag).await?;
-        for (_, layer, streamed) in &binaries {
-            if *streamed {
-                push.record_streamed(&layer.digest, layer.size);
-            }
-        }
+        let streamed = binaries
+            .into_iter()
+            .filter_map(|(_, layer, upload)| upload.map(|upload| StreamedBlob { digest: layer.digest, upload }))
+            .collect();
+        let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag, streamed).await?;
         let push_ms = publish_started.elapsed().as_millis() as u64;
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
@@ -254,15 +254,15 @@ impl Drop for WantedWhileAlive {
     }
 }
 
-/// Compress the binary layer while its pieces stream to the registry. Returns the layer and
-/// whether the registry now has it; when streaming fails, the layer is still complete and the
-/// publish step uploads it the usual way.
+/// Compress the binary layer while its pieces stream to the registry. Returns the layer and,
+/// when all of it reached the registry, the upload to commit with the rest of the image; when
+/// streaming fails, the layer is still complete and the publish step uploads it whole.
 async fn binary_layer_uploading(
     registries: &Registries,
     target: &oci_client::Reference,
     binary: PathBuf,
     name: String,
-) -> Result<(Layer, bool)> {
+) -> Result<(Layer, Option<OpenUpload>)> {
     let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let wanted = Arc::new(AtomicBool::new(true));
     let _guard = WantedWhileAlive(wanted.clone());
@@ -286,22 +286,16 @@ async fn binary_layer_uploading(
         registries.send_streamed(target, received)
     );
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer sent");
-    let streamed = match (&layer, sent) {
+    let layer = layer;
+    match (&layer, sent) {
         (Ok(layer), Ok(upload)) if upload.bytes == layer.size => {
-            registries.commit_streamed(target, upload, &layer.digest).await
+            tracing::debug!(digest = %layer.digest, "layer streamed to the registry while compressing");
+            return Ok((layer.clone(), Some(upload)));
         }
-        (_, Ok(upload)) => {
-            registries.cancel_streamed(upload).await;
-            Err("the layer was not finished".to_string())
-        }
-        (_, Err(e)) => Err(e),
-    };
-    let layer = layer?;
-    match &streamed {
-        Ok(()) => tracing::debug!(digest = %layer.digest, "layer streamed to the registry while compressing"),
-        Err(e) => tracing::debug!(error = %e, "streamed upload failed; the layer goes up with the image"),
+        (_, Ok(upload)) => registries.cancel_streamed(upload).await,
+        (_, Err(e)) => tracing::debug!(error = %e, "streamed upload failed; the layer goes up with the image"),
     }
-    Ok((layer, streamed.is_ok()))
+    Ok((layer?, None))
 }
 
 async fn binary_layer_blocking(binary: PathBuf, name: String) -> Result<Layer> {

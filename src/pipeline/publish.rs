@@ -2,7 +2,7 @@
 //! A publisher never knows how the image was made; blobs first, manifests next, the tag last,
 //! so a failure never leaves a tag pointing at a partial image.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::base::{blob_bytes, write_atomically, Blob, BlobData};
 use super::image::BuiltImage;
 use super::registry::{parse_reference, Registries};
+use super::upload::OpenUpload;
 use crate::error::{KodevError, Result};
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -29,14 +30,11 @@ pub struct PushOutcome {
     pub bytes_skipped: u64,
 }
 
-impl PushOutcome {
-    /// Count a blob that went up before the publish step (streamed while compressing).
-    pub fn record_streamed(&mut self, digest: &str, size: u64) {
-        if self.uploaded.insert(digest.to_string()) {
-            self.bytes_uploaded += size;
-            self.bytes_skipped = self.bytes_skipped.saturating_sub(size);
-        }
-    }
+/// A blob whose bytes went to the registry while it was being made, not yet committed.
+#[derive(Debug)]
+pub struct StreamedBlob {
+    pub digest: String,
+    pub upload: OpenUpload,
 }
 
 #[derive(Clone)]
@@ -73,17 +71,27 @@ impl Publisher {
         }
     }
 
-    pub async fn publish(&self, image: &BuiltImage, name: &str, tag: &str) -> Result<PushOutcome> {
+    /// Publish an image; `streamed` are uploads of its blobs already sent and waiting for their
+    /// commit, which goes along with the other blobs.
+    pub async fn publish(
+        &self,
+        image: &BuiltImage,
+        name: &str,
+        tag: &str,
+        streamed: Vec<StreamedBlob>,
+    ) -> Result<PushOutcome> {
         let mut outcome = match self {
-            Publisher::Registry(registries) => match publish_to_registry(registries, image, name, tag).await {
-                // The registry lost blobs this session remembered (restarted without storage, say):
-                // forget what it was thought to hold and push everything it lacks again, once.
-                Err(e) if e.to_string().to_ascii_lowercase().contains("blob unknown") => {
-                    registries.forget(&parse_reference(name)?);
-                    publish_to_registry(registries, image, name, tag).await
+            Publisher::Registry(registries) => {
+                match publish_to_registry(registries, image, name, tag, streamed).await {
+                    // The registry lost blobs this session remembered (restarted without storage, say):
+                    // forget what it was thought to hold and push everything it lacks again, once.
+                    Err(e) if e.to_string().to_ascii_lowercase().contains("blob unknown") => {
+                        registries.forget(&parse_reference(name)?);
+                        publish_to_registry(registries, image, name, tag, Vec::new()).await
+                    }
+                    other => other,
                 }
-                other => other,
-            },
+            }
             Publisher::OciLayout { dir, registries, index_lock } => {
                 publish_to_layout(dir, registries, index_lock, image, name, tag).await
             }
@@ -99,14 +107,23 @@ async fn publish_to_registry(
     image: &BuiltImage,
     name: &str,
     tag: &str,
+    streamed: Vec<StreamedBlob>,
 ) -> Result<PushOutcome> {
     let target = parse_reference(name)?;
     let blobs = distinct_blobs(image);
+    let mut streamed: HashMap<String, OpenUpload> = streamed.into_iter().map(|s| (s.digest, s.upload)).collect();
     let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_UPLOADS));
     let uploads = blobs.into_iter().map(|blob| {
         let target = target.clone();
         let slots = slots.clone();
+        let sent = streamed.remove(&blob.digest);
         async move {
+            if let Some(upload) = sent {
+                match registries.commit_streamed(&target, upload, &blob.digest).await {
+                    Ok(()) => return Ok(Some((blob.digest.clone(), blob.size))),
+                    Err(e) => tracing::debug!(error = %e, "streamed upload not committed; uploading the layer whole"),
+                }
+            }
             let _slot = slots.acquire_owned().await.map_err(|e| KodevError::publish(e.to_string()))?;
             if registries.blob_exists(&target, &blob.digest).await? {
                 return Ok::<_, KodevError>(None);
@@ -128,11 +145,15 @@ async fn publish_to_registry(
         outcome.bytes_uploaded += size;
         outcome.uploaded.insert(digest);
     }
-    for manifest in image.manifests() {
-        if let BuiltImage::Index { .. } = image {
+    for upload in streamed.into_values() {
+        registries.cancel_streamed(upload).await;
+    }
+    if let BuiltImage::Index { .. } = image {
+        futures::future::try_join_all(image.manifests().iter().map(|manifest| {
             let by_digest = target.clone_with_digest(manifest.digest.clone());
-            registries.put_manifest(&by_digest, manifest.bytes.clone(), &manifest.media_type).await?;
-        }
+            registries.put_manifest_owned(by_digest, manifest.bytes.clone(), &manifest.media_type)
+        }))
+        .await?;
     }
     // The top level goes with its tag, last: one PUT stores it and moves the tag together.
     let tagged = parse_reference(&format!("{name}:{tag}"))?;
