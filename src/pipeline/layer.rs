@@ -1,6 +1,7 @@
 //! ko's two layers — kodata and the binary — built as deterministic gzip'd tarballs,
 //! hashed (uncompressed diff_id and compressed digest) in the same streaming pass.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -266,13 +267,61 @@ impl TarBytes for FileTar {
     }
 }
 
+/// The input hash of one chunk.
+type ChunkKey = [u8; 32];
+
+/// Compressed chunks of recent layers, by the BLAKE3 hash of their input. An edit changes a
+/// few chunks of a binary (often only the build ID near its start), and the others need not be
+/// compressed again. Each chunk is its own gzip member, compressed without any context from
+/// the others, so a reused member is byte for byte what compressing again would give: the
+/// digest does not depend on what was remembered. Only the chunks of the latest layer of each
+/// slot (artifact × platform × mode) are kept.
+#[derive(Default)]
+pub struct ChunkMemo {
+    inner: Mutex<MemoInner>,
+}
+
+#[derive(Default)]
+struct MemoInner {
+    members: HashMap<ChunkKey, Bytes>,
+    slots: HashMap<String, Vec<ChunkKey>>,
+}
+
+impl ChunkMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &ChunkKey) -> Option<Bytes> {
+        self.lock().members.get(key).cloned()
+    }
+
+    fn put(&self, key: ChunkKey, member: Bytes) {
+        self.lock().members.insert(key, member);
+    }
+
+    /// `slot`'s latest layer is made of `keys`: keep those, drop what no slot uses any more.
+    fn settle(&self, slot: &str, keys: Vec<ChunkKey>) {
+        let mut inner = self.lock();
+        inner.slots.insert(slot.to_string(), keys);
+        let MemoInner { members, slots } = &mut *inner;
+        let live: HashSet<&ChunkKey> = slots.values().flatten().collect();
+        members.retain(|k, _| live.contains(k));
+    }
+
+    /// Bytes of compressed chunks held.
+    pub fn held_bytes(&self) -> usize {
+        self.lock().members.values().map(Bytes::len).sum()
+    }
+}
+
 /// Receives a layer's compressed bytes in order while it is being compressed, so they can be
 /// uploaded meanwhile; returning false stops the compression (nobody wants the layer any more).
 pub type ChunkSink<'a> = &'a mut (dyn FnMut(&[u8]) -> bool + Send);
 
 /// Compress an uncompressed tar into a layer.
 pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> {
-    compress_layer_streaming(kind, tar, &mut |_| true)
+    compress_layer_streaming(kind, tar, &mut |_| true, None)
 }
 
 /// Compress an uncompressed tar into a layer, handing each compressed piece to `sink` in order.
@@ -280,7 +329,12 @@ pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> 
 /// hashes the tar: the same input always gives the same bytes, whatever the core count, and no
 /// more than a chunk per core is held uncompressed. The compressed digest is hashed as the
 /// pieces come out, so it is ready when the last one is.
-pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: ChunkSink) -> io::Result<Layer> {
+pub fn compress_layer_streaming(
+    kind: LayerKind,
+    tar: impl TarBytes,
+    sink: ChunkSink,
+    memo: Option<(&ChunkMemo, &str)>,
+) -> io::Result<Layer> {
     let total = tar.len();
     if total <= PARALLEL_THRESHOLD as u64 {
         let mut all = vec![0u8; total as usize];
@@ -300,7 +354,8 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: Chunk
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let done = Condvar::new();
-    let results: Mutex<Vec<Option<io::Result<Vec<u8>>>>> = Mutex::new((0..chunk_count).map(|_| None).collect());
+    let results: Mutex<Vec<Option<io::Result<Bytes>>>> = Mutex::new((0..chunk_count).map(|_| None).collect());
+    let keys: Mutex<Vec<ChunkKey>> = Mutex::new(vec![[0; 32]; chunk_count]);
     let tar = &tar;
     let (diff_id, compressed, digest) = std::thread::scope(|scope| {
         let diff = scope.spawn(|| -> io::Result<String> {
@@ -327,8 +382,21 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: Chunk
                     }
                     let (start, len) = chunk_range(i);
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        tar.read_at(start, &mut buf[..len])?;
+                        let Some((memo, _)) = memo else {
+                            let compressors =
+                                compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+                            return compressors.gzip(&buf[..len]).map(Bytes::from);
+                        };
+                        let key: ChunkKey = *blake3::hash(&buf[..len]).as_bytes();
+                        keys.lock().unwrap_or_else(|e| e.into_inner())[i] = key;
+                        if let Some(member) = memo.get(&key) {
+                            return Ok(member);
+                        }
                         let compressors = compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-                        tar.read_at(start, &mut buf[..len]).and_then(|_| compressors.gzip(&buf[..len]))
+                        let member = Bytes::from(compressors.gzip(&buf[..len])?);
+                        memo.put(key, member.clone());
+                        Ok(member)
                     }))
                     .unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed")));
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(out);
@@ -364,6 +432,9 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, sink: Chunk
         let diff_id = diff.join().unwrap_or_else(|_| Err(io::Error::other("hashing the layer failed")));
         emitted.and_then(|(compressed, digest)| Ok((diff_id?, compressed, digest)))
     })?;
+    if let Some((memo, slot)) = memo {
+        memo.settle(slot, keys.into_inner().unwrap_or_else(|e| e.into_inner()));
+    }
     Ok(Layer::in_memory(kind, digest, diff_id, compressed))
 }
 
@@ -381,11 +452,17 @@ fn finish_layer(kind: LayerKind, tar: TarWriter<Vec<u8>>) -> io::Result<Layer> {
 
 /// The binary layer: `ko-app/` and `/ko-app/<name>`, mode 0555, mtime 0.
 pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
-    binary_layer_streaming(binary, name, &mut |_| true)
+    binary_layer_streaming(binary, name, &mut |_| true, None)
 }
 
-/// The binary layer, its compressed bytes handed to `sink` as they are made.
-pub fn binary_layer_streaming(binary: &Path, name: &str, sink: ChunkSink) -> Result<Layer> {
+/// The binary layer, its compressed bytes handed to `sink` as they are made, reusing the
+/// chunks `memo` holds (for its slot) from earlier builds.
+pub fn binary_layer_streaming(
+    binary: &Path,
+    name: &str,
+    sink: ChunkSink,
+    memo: Option<(&ChunkMemo, &str)>,
+) -> Result<Layer> {
     let mut build = || -> io::Result<Layer> {
         let file = File::open(binary)?;
         let size = file.metadata()?.len();
@@ -397,7 +474,7 @@ pub fn binary_layer_streaming(binary: &Path, name: &str, sink: ChunkSink) -> Res
         // Padding of the file to a 512-byte block, then the two-block trailer.
         let padding = (512 - (size % 512) as usize) % 512;
         let suffix = vec![0u8; padding + 1024];
-        compress_layer_streaming(LayerKind::Binary, FileTar { prefix, file, file_len: size, suffix }, sink)
+        compress_layer_streaming(LayerKind::Binary, FileTar { prefix, file, file_len: size, suffix }, sink, memo)
     };
     build().map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
 }
@@ -574,6 +651,42 @@ mod tests {
         std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&layer.bytes().unwrap()[..]), &mut decoded)
             .unwrap();
         assert_eq!(decoded, data);
+    }
+
+    #[test]
+    fn remembered_chunks_give_the_same_bytes_and_only_the_latest_are_kept() {
+        let memo = ChunkMemo::default();
+        // No two chunks alike (the memo would hold a repeated chunk once), but compressible.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let first: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b'a' + (state % 16) as u8
+            })
+            .collect();
+        let mut second = first.clone();
+        second[10] ^= 0xff; // an edit in the first chunk only, like a new build ID
+        let memo_layer = |data: &Vec<u8>| {
+            compress_layer_streaming(LayerKind::Binary, data.clone(), &mut |_| true, Some((&memo, "app/amd64")))
+                .unwrap()
+        };
+        let one = memo_layer(&first);
+        let held_after_one = memo.held_bytes();
+        assert_eq!(held_after_one as u64, one.size, "the memo holds exactly the latest layer's chunks");
+        let two = memo_layer(&second);
+        let fresh = compress_layer(LayerKind::Binary, second.clone()).unwrap();
+        assert_eq!(two.digest, fresh.digest, "reused chunks change nothing in the bytes");
+        assert_eq!(two.diff_id, fresh.diff_id);
+        assert_eq!(two.bytes().unwrap(), fresh.bytes().unwrap());
+        // The first layer's changed chunk is gone; the memo still holds one layer's worth.
+        assert_eq!(memo.held_bytes() as u64, two.size);
+        // Another slot keeps its own chunks beside it.
+        let other: Vec<u8> = first.iter().map(|b| b.wrapping_add(1)).collect();
+        let three =
+            compress_layer_streaming(LayerKind::Binary, other, &mut |_| true, Some((&memo, "app/arm64"))).unwrap();
+        assert_eq!(memo.held_bytes() as u64, two.size + three.size);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod tarball;
 pub mod upload;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +24,7 @@ use crate::event::{EventKind, EventSink};
 use crate::platform::PlatformRequest;
 use base::BaseImage;
 use image::{BuiltImage, ConfigEdits};
-use layer::{KodataSource, Layer};
+use layer::{ChunkMemo, KodataSource, Layer};
 use publish::{Publisher, PushOutcome, StreamedBlob};
 use registry::Registries;
 use upload::OpenUpload;
@@ -37,6 +37,8 @@ pub struct Builder {
     registries: Arc<Registries>,
     publisher: Publisher,
     bases: Mutex<HashMap<BaseKey, Arc<BaseImage>>>,
+    /// Compressed chunks of the latest binary layers, for the next build of the same binaries.
+    chunks: Arc<ChunkMemo>,
 }
 
 /// The result of one artifact's build.
@@ -81,7 +83,7 @@ impl Builder {
                 index_lock: Arc::new(Mutex::new(())),
             },
         };
-        Builder { registries, publisher, bases: Mutex::new(HashMap::new()) }
+        Builder { registries, publisher, bases: Mutex::new(HashMap::new()), chunks: Arc::default() }
     }
 
     /// Base images are resolved once per session and kept in memory.
@@ -102,6 +104,7 @@ impl Builder {
         &self,
         binary: PathBuf,
         name: &str,
+        slot: String,
         target: Option<&oci_client::Reference>,
     ) -> Result<(Layer, Option<OpenUpload>)> {
         let cache = base::cache_dir();
@@ -119,11 +122,12 @@ impl Builder {
                 return Ok((layer::recorded_binary_layer(record, &binary, name), None));
             }
         }
+        let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
-                binary_layer_uploading(registries, target, binary, name.to_string()).await?
+                binary_layer_uploading(registries, target, source).await?
             }
-            _ => (binary_layer_blocking(binary, name.to_string()).await?, None),
+            _ => (binary_layer_blocking(source).await?, None),
         };
         if let Some(id) = build_id {
             layer::save_record(&cache, &id, name, &layer);
@@ -170,6 +174,7 @@ impl Builder {
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
         let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
             let out_dir = gobuild::output_dir(artifact, platform, debug);
+            let slot = out_dir.display().to_string();
             let slots = slots.clone();
             let upload_target = &upload_target;
             async move {
@@ -178,7 +183,7 @@ impl Builder {
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
                 let (layer, streamed) =
-                    self.binary_layer(binary, artifact.binary_name(), upload_target.as_ref()).await?;
+                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref()).await?;
                 Ok::<_, KodevError>((platform.clone(), layer, streamed))
             }
         }));
@@ -257,18 +262,31 @@ impl Drop for WantedWhileAlive {
 /// Compress the binary layer while its pieces stream to the registry. Returns the layer and,
 /// when all of it reached the registry, the upload to commit with the rest of the image; when
 /// streaming fails, the layer is still complete and the publish step uploads it whole.
+/// A built binary to put in a layer, with the chunk memo of its slot.
+struct BinarySource {
+    path: PathBuf,
+    name: String,
+    chunks: Arc<ChunkMemo>,
+    slot: String,
+}
+
+impl BinarySource {
+    fn layer(&self, sink: layer::ChunkSink) -> Result<Layer> {
+        layer::binary_layer_streaming(&self.path, &self.name, sink, Some((&self.chunks, &self.slot)))
+    }
+}
+
 async fn binary_layer_uploading(
     registries: &Registries,
     target: &oci_client::Reference,
-    binary: PathBuf,
-    name: String,
+    source: BinarySource,
 ) -> Result<(Layer, Option<OpenUpload>)> {
     let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let wanted = Arc::new(AtomicBool::new(true));
     let _guard = WantedWhileAlive(wanted.clone());
     let compress = tokio::task::spawn_blocking(move || {
         let mut pieces = Some(pieces);
-        layer::binary_layer_streaming(&binary, &name, &mut |piece| {
+        source.layer(&mut |piece| {
             if pieces.as_ref().is_some_and(|p| p.blocking_send(bytes::Bytes::copy_from_slice(piece)).is_err()) {
                 // The upload gave up; keep compressing for the usual upload.
                 pieces = None;
@@ -298,6 +316,6 @@ async fn binary_layer_uploading(
     Ok((layer?, None))
 }
 
-async fn binary_layer_blocking(binary: PathBuf, name: String) -> Result<Layer> {
-    tokio::task::spawn_blocking(move || layer::binary_layer(Path::new(&binary), &name)).await.map_err(join_error)?
+async fn binary_layer_blocking(source: BinarySource) -> Result<Layer> {
+    tokio::task::spawn_blocking(move || source.layer(&mut |_| true)).await.map_err(join_error)?
 }

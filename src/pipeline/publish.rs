@@ -139,7 +139,9 @@ async fn publish_to_registry(
             Ok(Some((blob.digest.clone(), blob.size)))
         }
     });
+    let started = std::time::Instant::now();
     let results: Vec<Option<(String, u64)>> = futures::future::try_join_all(uploads).await?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "blobs in place");
     let mut outcome = PushOutcome::default();
     for (digest, size) in results.into_iter().flatten() {
         outcome.bytes_uploaded += size;
@@ -154,6 +156,7 @@ async fn publish_to_registry(
             registries.put_manifest_owned(by_digest, manifest.bytes.clone(), &manifest.media_type)
         }))
         .await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "platform manifests in place");
     }
     // The top level goes with its tag, last: one PUT stores it and moves the tag together.
     let tagged = parse_reference(&format!("{name}:{tag}"))?;
