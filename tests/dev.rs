@@ -209,6 +209,24 @@ fn edits_rebuild_exactly_the_artifacts_that_depend_on_them() {
     assert_eq!(last_three[2]["kind"], "binary");
     assert_eq!(last_three[2]["uploaded"], true);
 
+    // What the session reused (compressed chunks of earlier builds, streamed uploads) changes
+    // nothing in the bytes: a one-shot build with an empty cache gives the same image.
+    let last_alpha = dev.seen.iter().rev().find(|e| e["event"] == "pushed" && e["artifact"] == "alpha").unwrap();
+    let dev_digest = last_alpha["digest"].as_str().unwrap().to_string();
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let out = run(kodev().env("KODEV_CACHE_DIR", fresh_cache.path()).current_dir(dev.dir.path()).args([
+        "build",
+        "-b",
+        "alpha",
+        "-d",
+        &format!("{}/fresh", dev._registry.host),
+        "-t",
+        "x",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(reference.ends_with(&format!("@{dev_digest}")), "{reference} vs {dev_digest}");
+
     dev.send("q");
     let status = dev.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));

@@ -194,6 +194,8 @@ impl Compressors {
             self.fast.gzip_compress(data, &mut out).map_err(gz_err)?
         };
         out.truncate(written);
+        // Kept in the chunk memo: hold what was written, not the worst-case bound.
+        out.shrink_to_fit();
         Ok(out)
     }
 }

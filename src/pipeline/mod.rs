@@ -106,7 +106,7 @@ impl Builder {
         name: &str,
         slot: String,
         target: Option<&oci_client::Reference>,
-    ) -> Result<(Layer, Option<OpenUpload>)> {
+    ) -> Result<(Layer, Option<PendingUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
         if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
@@ -259,9 +259,6 @@ impl Drop for WantedWhileAlive {
     }
 }
 
-/// Compress the binary layer while its pieces stream to the registry. Returns the layer and,
-/// when all of it reached the registry, the upload to commit with the rest of the image; when
-/// streaming fails, the layer is still complete and the publish step uploads it whole.
 /// A built binary to put in a layer, with the chunk memo of its slot.
 struct BinarySource {
     path: PathBuf,
@@ -276,11 +273,15 @@ impl BinarySource {
     }
 }
 
+/// Compress the binary layer while its pieces stream to the registry. Returns as soon as the
+/// layer is compressed, with the upload still finishing: the image's configs and the commit of
+/// this upload then go up together. When streaming fails, the layer is still complete and the
+/// publish step uploads it whole.
 async fn binary_layer_uploading(
-    registries: &Registries,
+    registries: &Arc<Registries>,
     target: &oci_client::Reference,
     source: BinarySource,
-) -> Result<(Layer, Option<OpenUpload>)> {
+) -> Result<(Layer, Option<PendingUpload>)> {
     let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let wanted = Arc::new(AtomicBool::new(true));
     let _guard = WantedWhileAlive(wanted.clone());
@@ -294,26 +295,72 @@ async fn binary_layer_uploading(
             wanted.load(Ordering::Relaxed)
         })
     });
+    let sending = {
+        let registries = registries.clone();
+        let target = target.clone();
+        AbortOnDrop(tokio::spawn(async move { registries.send_streamed(&target, received).await }))
+    };
     let started = Instant::now();
-    let (layer, sent) = tokio::join!(
-        async {
-            let layer = compress.await.map_err(join_error)?;
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer compressed");
-            layer
-        },
-        registries.send_streamed(target, received)
-    );
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer sent");
-    let layer = layer;
-    match (&layer, sent) {
-        (Ok(layer), Ok(upload)) if upload.bytes == layer.size => {
-            tracing::debug!(digest = %layer.digest, "layer streamed to the registry while compressing");
-            return Ok((layer.clone(), Some(upload)));
+    let layer = compress.await.map_err(join_error)?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer compressed");
+    match layer {
+        Ok(layer) => {
+            let pending = PendingUpload { registries: registries.clone(), sending, size: layer.size };
+            Ok((layer, Some(pending)))
         }
-        (_, Ok(upload)) => registries.cancel_streamed(upload).await,
-        (_, Err(e)) => tracing::debug!(error = %e, "streamed upload failed; the layer goes up with the image"),
+        Err(e) => {
+            if let Ok(Ok(upload)) = sending.finish().await {
+                registries.cancel_streamed(upload).await;
+            }
+            Err(e)
+        }
     }
-    Ok((layer?, None))
+}
+
+/// A task that dies with its handle (a cancelled build takes its upload with it).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn finish(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A streamed upload whose last bytes may still be on their way.
+pub struct PendingUpload {
+    registries: Arc<Registries>,
+    sending: AbortOnDrop<std::result::Result<OpenUpload, String>>,
+    size: u64,
+}
+
+impl PendingUpload {
+    /// The upload, once every byte of the layer reached the registry; None when it did not
+    /// (the layer then goes up whole).
+    pub async fn sent(self) -> Option<OpenUpload> {
+        let started = Instant::now();
+        let outcome = self.sending.finish().await.map_err(|e| e.to_string()).and_then(|sent| sent);
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer sent");
+        match outcome {
+            Ok(upload) if upload.bytes == self.size => {
+                tracing::debug!("layer streamed to the registry while compressing");
+                Some(upload)
+            }
+            Ok(upload) => {
+                self.registries.cancel_streamed(upload).await;
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "streamed upload failed; the layer goes up with the image");
+                None
+            }
+        }
+    }
 }
 
 async fn binary_layer_blocking(source: BinarySource) -> Result<Layer> {

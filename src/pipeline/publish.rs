@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use super::base::{blob_bytes, write_atomically, Blob, BlobData};
 use super::image::BuiltImage;
 use super::registry::{parse_reference, Registries};
-use super::upload::OpenUpload;
+use super::PendingUpload;
 use crate::error::{KodevError, Result};
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -30,11 +30,10 @@ pub struct PushOutcome {
     pub bytes_skipped: u64,
 }
 
-/// A blob whose bytes went to the registry while it was being made, not yet committed.
-#[derive(Debug)]
+/// A blob whose bytes went (or are going) to the registry while it was being made, not yet committed.
 pub struct StreamedBlob {
     pub digest: String,
-    pub upload: OpenUpload,
+    pub upload: PendingUpload,
 }
 
 #[derive(Clone)]
@@ -111,14 +110,17 @@ async fn publish_to_registry(
 ) -> Result<PushOutcome> {
     let target = parse_reference(name)?;
     let blobs = distinct_blobs(image);
-    let mut streamed: HashMap<String, OpenUpload> = streamed.into_iter().map(|s| (s.digest, s.upload)).collect();
+    let mut streamed: HashMap<String, PendingUpload> = streamed.into_iter().map(|s| (s.digest, s.upload)).collect();
     let slots = Arc::new(tokio::sync::Semaphore::new(PARALLEL_UPLOADS));
     let uploads = blobs.into_iter().map(|blob| {
         let target = target.clone();
         let slots = slots.clone();
         let sent = streamed.remove(&blob.digest);
         async move {
-            if let Some(upload) = sent {
+            if let Some(upload) = match sent {
+                Some(pending) => pending.sent().await,
+                None => None,
+            } {
                 match registries.commit_streamed(&target, upload, &blob.digest).await {
                     Ok(()) => return Ok(Some((blob.digest.clone(), blob.size))),
                     Err(e) => tracing::debug!(error = %e, "streamed upload not committed; uploading the layer whole"),
@@ -147,8 +149,10 @@ async fn publish_to_registry(
         outcome.bytes_uploaded += size;
         outcome.uploaded.insert(digest);
     }
-    for upload in streamed.into_values() {
-        registries.cancel_streamed(upload).await;
+    for pending in streamed.into_values() {
+        if let Some(upload) = pending.sent().await {
+            registries.cancel_streamed(upload).await;
+        }
     }
     if let BuiltImage::Index { .. } = image {
         futures::future::try_join_all(image.manifests().iter().map(|manifest| {
