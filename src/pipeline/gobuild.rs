@@ -159,6 +159,7 @@ pub async fn go_build(
         // Its own process group, so a cancelled build takes go's compilers and linker with it.
         .process_group(0)
         .kill_on_drop(true);
+    tracing::debug!(platform = %platform, "starting go build");
     let mut child = command.spawn().map_err(|e| {
         KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display()))
     })?;

@@ -138,6 +138,7 @@ impl Builder {
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
         let started = Instant::now();
+        tracing::debug!(image = %artifact.image, "build starts");
         // A concrete platform list is known before the base: compile while the base resolves.
         let concrete = match &artifact.platforms {
             PlatformRequest::List(list)
@@ -169,19 +170,20 @@ impl Builder {
             layer::kodata_layer(&source)
         });
 
-        let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
         let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
             let out_dir = gobuild::output_dir(artifact, platform, debug);
             let slot = out_dir.display().to_string();
             let slots = slots.clone();
-            let upload_target = &upload_target;
             async move {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
+                // Parsed only now: the first parse compiles oci-client's reference grammar (tens of
+                // milliseconds), which must not delay starting go.
+                let upload_target = registry::parse_reference(&artifact.image_name).ok();
                 let (layer, streamed) =
                     self.binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref()).await?;
                 Ok::<_, KodevError>((platform.clone(), layer, streamed))
@@ -191,9 +193,10 @@ impl Builder {
             Some(base) => (base, compile_all.await?),
             // Fails fast: a missing base stops the compiles (dropping them kills go).
             None => {
-                let (base, binaries, ()) = tokio::try_join!(
-                    self.base_for(artifact),
+                // The compiles first: try_join! polls in order, so go starts before anything else runs.
+                let (binaries, base, ()) = tokio::try_join!(
                     compile_all,
+                    self.base_for(artifact),
                     self.publisher.prepare(&artifact.image_name)
                 )?;
                 (base, binaries)

@@ -122,7 +122,11 @@ impl Registries {
             read_timeout: Some(Duration::from_secs(120)),
             ..Default::default()
         };
-        let client = Client::new(config);
+        // Building a client loads the system's CA certificates (tens of milliseconds the first
+        // time): off the async threads, so a go build started alongside is not held up.
+        let client = tokio::task::spawn_blocking(move || Client::new(config))
+            .await
+            .map_err(|e| KodevError::publish(format!("cannot set up an HTTP client: {e}")))?;
         let auth = credentials_for(reference.registry());
         // Negotiates a bearer token when the registry asks for one; anonymous registries answer 200.
         let auth_result = retry(&format!("{}://{registry}/v2/", self.scheme_for(&registry)), || async {
@@ -138,7 +142,9 @@ impl Registries {
 
     /// Connect and authenticate for pushing, so the push itself starts warm.
     pub async fn ping(&self, target: &Reference) -> Result<()> {
-        self.client(target, RegistryOperation::Push).await.map(|_| ())
+        self.client(target, RegistryOperation::Push).await?;
+        self.streamer.warm_up().await;
+        Ok(())
     }
 
     fn url(&self, reference: &Reference, what: &str) -> String {

@@ -53,6 +53,14 @@ fn http_error(context: &str, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
 
+fn build_http_client() -> Option<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .build()
+        .ok()
+}
+
 /// `key="value"` pairs of a `WWW-Authenticate: Bearer …` challenge.
 pub fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
     let rest = header.trim().strip_prefix("Bearer ").or_else(|| header.trim().strip_prefix("bearer "))?;
@@ -76,15 +84,17 @@ pub fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
 }
 
 impl Streamer {
+    /// Build the HTTP client now, off the async threads, rather than when the first layer is ready.
+    pub async fn warm_up(&self) {
+        if self.http.get().is_none() {
+            let built = tokio::task::spawn_blocking(build_http_client).await.ok().flatten();
+            let _ = self.http.set(built);
+        }
+    }
+
     fn http(&self) -> Result<&reqwest::Client, String> {
         self.http
-            .get_or_init(|| {
-                reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
-                    .build()
-                    .ok()
-            })
+            .get_or_init(build_http_client)
             .as_ref()
             .ok_or_else(|| "no HTTP client for streamed uploads".to_string())
     }
