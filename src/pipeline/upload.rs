@@ -309,6 +309,81 @@ mod tests {
         assert!(parse_bearer_challenge("Bearer service=\"no realm\"").is_none());
     }
 
+    /// A registry that opens uploads but refuses streamed data, as some do.
+    fn registry_refusing_patch() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    loop {
+                        let mut head = Vec::new();
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            head.push(line.to_ascii_lowercase());
+                        }
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if head.iter().any(|h| h.starts_with("transfer-encoding: chunked")) {
+                            // Read the chunked body to its end before answering.
+                            loop {
+                                let mut size = String::new();
+                                reader.read_line(&mut size).unwrap();
+                                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                                let mut chunk = vec![0u8; n + 2];
+                                reader.read_exact(&mut chunk).unwrap();
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        let answer = if head[0].starts_with("post") {
+                            "HTTP/1.1 202 Accepted\r\nLocation: /v2/app/blobs/uploads/1\r\nContent-Length: 0\r\n\r\n"
+                        } else if head[0].starts_with("patch") {
+                            "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n"
+                        } else {
+                            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+                        };
+                        writer.write_all(answer.as_bytes()).unwrap();
+                    }
+                });
+            }
+        });
+        (addr, requests)
+    }
+
+    #[tokio::test]
+    async fn a_registry_that_refuses_streaming_is_not_asked_again() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (addr, requests) = registry_refusing_patch();
+        let target: Reference = format!("{addr}/app:t").parse().unwrap();
+        let streamer = Streamer::default();
+        let (pieces, received) = mpsc::channel(4);
+        pieces.send(Bytes::from_static(b"some layer bytes")).await.unwrap();
+        drop(pieces);
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, received).await.unwrap_err();
+        assert!(err.contains("405"), "{err}");
+        let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(asked >= 2, "POST then PATCH (then the DELETE of the session): {asked}");
+
+        let (_pieces, received) = mpsc::channel(4);
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, received).await.unwrap_err();
+        assert!(err.contains("refused a streamed upload before"), "{err}");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), asked, "the registry was not asked again");
+    }
+
     #[test]
     fn resolves_relative_locations() {
         let mut headers = HeaderMap::new();
