@@ -132,8 +132,26 @@ fn go_scratch_dir() -> Option<PathBuf> {
     if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
         return None;
     }
-    let dir = crate::pipeline::base::cache_dir().join("tmp").join("go");
-    std::fs::create_dir_all(&dir).ok().map(|_| dir)
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = crate::pipeline::base::cache_dir().join("tmp").join("go");
+        std::fs::create_dir_all(&dir).ok()?;
+        sweep_stale_work_dirs(&dir, std::time::Duration::from_secs(3600));
+        Some(dir)
+    })
+    .clone()
+}
+
+/// A killed go (a cancelled build) leaves its work directory behind; once per process, remove
+/// those old enough that no running build can own them.
+fn sweep_stale_work_dirs(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
+        if stale && entry.file_name().to_string_lossy().starts_with("go-build") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Build one platform's binary into `out_dir`; the `go` process dies with the future.
@@ -198,4 +216,28 @@ pub async fn go_build(
     }
     events.send(EventKind::Compiled { platform: platform_name, duration_ms: started.elapsed().as_millis() as u64 });
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_go_work_dirs_are_swept() {
+        let root = tempfile::tempdir().unwrap();
+        let make = |name: &str, age_secs: u64| {
+            let path = root.path().join(name);
+            std::fs::create_dir_all(path.join("b001/exe")).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            std::fs::File::open(&path).unwrap().set_modified(when).unwrap();
+            path
+        };
+        let stale = make("go-build111", 7200);
+        let running = make("go-build222", 10);
+        let other = make("something-else", 7200);
+        sweep_stale_work_dirs(root.path(), std::time::Duration::from_secs(3600));
+        assert!(!stale.exists(), "a killed build's old work dir goes");
+        assert!(running.exists(), "a recent one may belong to a running go");
+        assert!(other.exists(), "only go's own directories are touched");
+    }
 }
