@@ -33,6 +33,11 @@ fn build(skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
     run(kodev().arg("build").arg("-f").arg(skaffold).args(args))
 }
 
+/// `kodev build` with kodev's debug log on stderr (which says how each layer went up).
+fn build_logged(skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
+    run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(skaffold).args(args))
+}
+
 fn stdout_ref(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
@@ -62,14 +67,8 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
         &format!("        fromImage: {base}\n        labels:\n          team: platform\n        ldflags:\n          - -s -w\n"),
         "",
     );
-    let out = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/dev", fx.registry.host),
-        "-t",
-        "t1",
-        "--file-output",
-        "out.json",
-    ]));
+    let out =
+        build_logged(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1", "--file-output", "out.json"]);
     let reference = stdout_ref(&out);
     let name = format!("{}/dev/hello", fx.registry.host);
     assert!(reference.starts_with(&format!("{name}:t1@sha256:")), "{reference}");
@@ -112,12 +111,7 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said}");
 
     // A second push of the same image uploads nothing new, and its layer is not even compressed.
-    let again = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/dev", fx.registry.host),
-        "-t",
-        "t1",
-    ]));
+    let again = build_logged(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "t1"]);
     assert_eq!(stdout_ref(&again), reference, "same input, same digest");
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("(0 B uploaded"), "{stderr}");
@@ -137,12 +131,7 @@ fn an_unchanged_binary_still_reaches_every_target_whole() {
     let digest = first.split('@').nth(1).unwrap().to_string();
 
     // The binary is unchanged (go does not relink it), but this repository lacks its layer.
-    let out = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/two", fx.registry.host),
-        "-t",
-        "a",
-    ]));
+    let out = build_logged(&skaffold, &["-d", &format!("{}/two", fx.registry.host), "-t", "a"]);
     let second = stdout_ref(&out);
     assert_eq!(second.split('@').nth(1).unwrap(), digest, "same binary, same image");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -581,6 +581,26 @@ mod tests {
         assert_eq!(streamed.digest, plain.digest);
     }
 
+    /// `n` pseudo-random bytes (xorshift), each mapped by `byte`: never repeating, so no two chunks are alike.
+    fn noise(n: usize, seed: u64, byte: impl Fn(u64) -> u8) -> Vec<u8> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                byte(state)
+            })
+            .collect()
+    }
+
+    fn decoded(layer: &Layer) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&layer.bytes().unwrap()[..]), &mut out)
+            .unwrap();
+        out
+    }
+
     /// A little-endian ELF head carrying a Go build-ID note, then `body`.
     fn fake_go_binary(build_id: &str, body: &[u8]) -> Vec<u8> {
         let mut bytes = b"\x7fELF\x02\x01\x01\x00".to_vec();
@@ -636,38 +656,19 @@ mod tests {
     #[test]
     fn incompressible_and_compressible_chunks_round_trip() {
         // Pseudo-random bytes (already-compressed DWARF looks like this) then a compressible run.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut data: Vec<u8> = (0..600_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = noise(600_000, 0x2545_f491_4f6c_dd1d, |s| s as u8);
         data.extend((0..3_000_000u32).map(|i| (i % 7) as u8));
         let layer = compress_layer(LayerKind::Binary, data.clone()).unwrap();
         // Random bytes cannot shrink (stored, they cost their size and a few header bytes); the run nearly vanishes.
         assert!(layer.size > 600_000 && layer.size < 700_000, "{}", layer.size);
-        let mut decoded = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&layer.bytes().unwrap()[..]), &mut decoded)
-            .unwrap();
-        assert_eq!(decoded, data);
+        assert_eq!(decoded(&layer), data);
     }
 
     #[test]
     fn remembered_chunks_give_the_same_bytes_and_only_the_latest_are_kept() {
         let memo = ChunkMemo::default();
         // No two chunks alike (the memo would hold a repeated chunk once), but compressible.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let first: Vec<u8> = (0..3_000_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                b'a' + (state % 16) as u8
-            })
-            .collect();
+        let first = noise(3_000_000, 0x9e37_79b9_7f4a_7c15, |s| b'a' + (s % 16) as u8);
         let mut second = first.clone();
         second[10] ^= 0xff; // an edit in the first chunk only, like a new build ID
         let memo_layer = |data: &Vec<u8>| {
@@ -698,10 +699,7 @@ mod tests {
         let two = compress_layer(LayerKind::Binary, data.clone()).unwrap();
         assert_eq!(one.digest, two.digest);
         assert_eq!(one.diff_id, sha256_digest(&data));
-        let mut decoded = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&one.bytes().unwrap()[..]), &mut decoded)
-            .unwrap();
-        assert_eq!(decoded, data);
+        assert_eq!(decoded(&one), data);
     }
 
     #[test]
