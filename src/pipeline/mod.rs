@@ -97,9 +97,9 @@ impl Builder {
         Ok(resolved)
     }
 
-    /// The binary's layer, and whether it has already been uploaded. A binary built before (go
-    /// did not relink it: same build ID) whose layer the target already holds is not compressed
-    /// again; otherwise the layer is compressed, streaming to the registry as it goes.
+    /// The binary's layer, with its upload when it is streaming to the registry. A binary built
+    /// before (go did not relink it: same build ID) whose layer the target already holds is not
+    /// compressed again; otherwise the layer is compressed, streaming to the registry as it goes.
     async fn binary_layer(
         &self,
         binary: PathBuf,
