@@ -62,8 +62,9 @@ pub enum LayerBytes {
 }
 
 impl Layer {
-    fn in_memory(kind: LayerKind, digest: String, diff_id: String, data: Vec<u8>) -> Layer {
-        Layer { kind, digest, diff_id, size: data.len() as u64, data: LayerBytes::Memory(Bytes::from(data)) }
+    fn in_memory(kind: LayerKind, digest: String, diff_id: String, data: impl Into<Bytes>) -> Layer {
+        let data = data.into();
+        Layer { kind, digest, diff_id, size: data.len() as u64, data: LayerBytes::Memory(data) }
     }
 
     /// The compressed bytes, compressing the binary again when they were not kept.
@@ -178,35 +179,36 @@ impl Compressors {
         Ok(Compressors { fast: compressor(1)?, stored: compressor(0)? })
     }
 
-    /// One gzip member. libdeflate at level 1 runs as fast as zlib's level 1 here and makes
-    /// 10–30% smaller Go binary layers (less to upload); its header is fixed (no name, mtime 0),
-    /// so the same input always gives the same bytes.
+    /// One gzip member; a piece whose first bytes do not shrink is stored (see `PROBE_SIZE`).
     fn gzip(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        let mut out = vec![0u8; self.fast.gzip_compress_bound(data.len())];
-        let gz_err = |e: libdeflater::CompressionError| io::Error::other(format!("gzip: {e:?}"));
         let incompressible = data.len() > 2 * PROBE_SIZE && {
-            let probed = self.fast.gzip_compress(&data[..PROBE_SIZE], &mut out).map_err(gz_err)?;
+            let mut probe = vec![0u8; self.fast.gzip_compress_bound(PROBE_SIZE)];
+            let probed = self.fast.gzip_compress(&data[..PROBE_SIZE], &mut probe).map_err(gzip_error)?;
             probed * 100 > PROBE_SIZE * 95
         };
-        let written = if incompressible {
-            self.stored.gzip_compress(data, &mut out).map_err(gz_err)?
-        } else {
-            self.fast.gzip_compress(data, &mut out).map_err(gz_err)?
-        };
-        out.truncate(written);
-        // Kept in the chunk memo: hold what was written, not the worst-case bound.
-        out.shrink_to_fit();
-        Ok(out)
+        gzip_with(if incompressible { &mut self.stored } else { &mut self.fast }, data)
     }
+}
+
+fn gzip_error(e: libdeflater::CompressionError) -> io::Error {
+    io::Error::other(format!("gzip: {e:?}"))
+}
+
+/// One gzip member. libdeflate at level 1 runs as fast as zlib's level 1 here and makes
+/// 10–30% smaller Go binary layers (less to upload); its header is fixed (no name, mtime 0),
+/// so the same input always gives the same bytes.
+fn gzip_with(compressor: &mut libdeflater::Compressor, data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = vec![0u8; compressor.gzip_compress_bound(data.len())];
+    let written = compressor.gzip_compress(data, &mut out).map_err(gzip_error)?;
+    out.truncate(written);
+    // Pieces are kept in the chunk memo: hold what was written, not the worst-case bound.
+    out.shrink_to_fit();
+    Ok(out)
 }
 
 /// One gzip member of a whole small layer, compressed throughout.
 fn gzip_whole(data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut fast = compressor(1)?;
-    let mut out = vec![0u8; fast.gzip_compress_bound(data.len())];
-    let written = fast.gzip_compress(data, &mut out).map_err(|e| io::Error::other(format!("gzip: {e:?}")))?;
-    out.truncate(written);
-    Ok(out)
+    gzip_with(&mut compressor(1)?, data)
 }
 
 /// An uncompressed tar, readable at any offset: in memory, or a header, a file and a trailer.
@@ -319,7 +321,7 @@ impl ChunkMemo {
 
 /// Receives a layer's compressed bytes in order while it is being compressed, so they can be
 /// uploaded meanwhile; returning false stops the compression (nobody wants the layer any more).
-pub type ChunkSink<'a> = &'a mut (dyn FnMut(&[u8]) -> bool + Send);
+pub type ChunkSink<'a> = &'a mut (dyn FnMut(&Bytes) -> bool + Send);
 
 /// Compress an uncompressed tar into a layer.
 pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> {
@@ -341,7 +343,7 @@ pub fn compress_layer_streaming(
     if total <= PARALLEL_THRESHOLD as u64 {
         let mut all = vec![0u8; total as usize];
         tar.read_at(0, &mut all)?;
-        let compressed = gzip_whole(&all)?;
+        let compressed = Bytes::from(gzip_whole(&all)?);
         if !sink(&compressed) {
             return Err(cancelled());
         }

@@ -291,7 +291,7 @@ async fn binary_layer_uploading(
     let compress = tokio::task::spawn_blocking(move || {
         let mut pieces = Some(pieces);
         source.layer(&mut |piece| {
-            if pieces.as_ref().is_some_and(|p| p.blocking_send(bytes::Bytes::copy_from_slice(piece)).is_err()) {
+            if pieces.as_ref().is_some_and(|p| p.blocking_send(piece.clone()).is_err()) {
                 // The upload gave up; keep compressing for the usual upload.
                 pieces = None;
             }

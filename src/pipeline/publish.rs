@@ -155,10 +155,11 @@ async fn publish_to_registry(
         }
     }
     if let BuiltImage::Index { .. } = image {
-        futures::future::try_join_all(image.manifests().iter().map(|manifest| {
-            let by_digest = target.clone_with_digest(manifest.digest.clone());
-            registries.put_manifest_owned(by_digest, manifest.bytes.clone(), &manifest.media_type)
-        }))
+        let by_digest: Vec<_> =
+            image.manifests().iter().map(|m| (target.clone_with_digest(m.digest.clone()), m)).collect();
+        futures::future::try_join_all(
+            by_digest.iter().map(|(reference, m)| registries.put_manifest(reference, m.bytes.clone(), &m.media_type)),
+        )
         .await?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "platform manifests in place");
     }
@@ -254,7 +255,7 @@ async fn publish_to_layout(
     }
     let mut outcome = PushOutcome::default();
     for blob in distinct_blobs(image) {
-        if blob_path(dir, &blob.digest).is_file() {
+        if layout_has_blob(dir, &blob.digest) {
             continue;
         }
         let data = blob_bytes(registries, &blob).await?;

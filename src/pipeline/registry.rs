@@ -260,11 +260,6 @@ impl Registries {
         self.streamer.cancel(upload).await
     }
 
-    /// [`Registries::put_manifest`] for a reference it owns (to run several at once).
-    pub async fn put_manifest_owned(&self, target: Reference, body: Bytes, media_type: &str) -> Result<()> {
-        self.put_manifest(&target, body, media_type).await
-    }
-
     pub async fn put_manifest(&self, target: &Reference, body: Bytes, media_type: &str) -> Result<()> {
         let client = self.client(target, RegistryOperation::Push).await?;
         let what = target.digest().or(target.tag()).unwrap_or("latest").to_string();
