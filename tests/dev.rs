@@ -406,16 +406,21 @@ fn go_build_processes(marker: &str) -> Vec<String> {
     found
 }
 
+/// Make alpha's builds slow (`-a` rebuilds every package: long enough to interrupt) and wait
+/// until one starts.
+fn start_a_slow_alpha_build(dev: &mut DevSession) {
+    edit(&dev.path("skaffold.yaml"), "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
+    dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
+    dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+}
+
 #[test]
 fn a_change_during_a_build_kills_go_and_starts_again() {
     if !require_tools(&["docker-registry", "go"]) {
         return;
     }
     let mut dev = DevSession::start(&["-b", "alpha"], &["alpha"]);
-    // `-a` rebuilds every package, making the next build long enough to interrupt.
-    edit(&dev.path("skaffold.yaml"), "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
-    dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
-    dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    start_a_slow_alpha_build(&mut dev);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!go_build_processes(&dev.build_marker).is_empty(), "go build is running");
     let before = dev.seen.len();
@@ -469,8 +474,7 @@ fn sigterm_during_a_build_quits_and_leaves_no_go_behind() {
         return;
     }
     let mut dev = DevSession::start(&["-b", "alpha"], &["alpha"]);
-    edit(&dev.path("skaffold.yaml"), "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
-    dev.wait_for("slow build started", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    start_a_slow_alpha_build(&mut dev);
     std::thread::sleep(Duration::from_millis(1000));
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
