@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 fn main() {
@@ -5,6 +7,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("KODEV_LOG"))
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in logs piped to a file or a CI job.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .init();
     let cli = kodev::cli::Cli::parse();
     std::process::exit(kodev::cli::run(cli));

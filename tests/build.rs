@@ -76,6 +76,10 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     assert!(stderr.contains("go build done"), "{stderr}");
     // The binary layer went up while it was being compressed, not after.
     assert!(stderr.contains("layer streamed to the registry while compressing"), "{stderr}");
+    // Its compression started when the linker was done, before go had finished the binary.
+    let ahead = stderr.split("compressed ahead chunks=").nth(1).and_then(|rest| rest.split(' ').next());
+    let ahead = ahead.and_then(|n| n.parse::<u32>().ok());
+    assert!(ahead.is_some_and(|n| n > 0), "{stderr}");
 
     let manifest = skopeo_inspect(&format!("docker://{name}:t1"), true, false);
     assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");

@@ -438,6 +438,11 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     std::thread::sleep(Duration::from_millis(300));
     let left = go_build_processes(&dev.build_marker);
     assert!(left.is_empty(), "no go build left behind: {left:#?}");
+    // Nor its scratch space: each go build's GOTMPDIR goes with it, killed or not.
+    let scratch: Vec<_> = std::fs::read_dir(Path::new(&dev.build_marker).join("tmp/go"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(scratch.is_empty(), "go work directories left behind: {scratch:#?}");
 }
 
 #[test]

@@ -126,9 +126,10 @@ pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> Path
     crate::pipeline::base::cache_dir().join("bin").join(&key[..24])
 }
 
-/// go's own scratch space next to the outputs, so the finished binary is renamed into place
-/// (atomic: a reader never sees half a binary) rather than copied across file systems.
-fn go_scratch_dir() -> Option<PathBuf> {
+/// The root of go's scratch space next to the outputs, so the finished binary is renamed into
+/// place (atomic: a reader never sees half a binary) rather than copied across file systems.
+/// None when the user chose go's scratch space (`GOTMPDIR`).
+fn go_scratch_root() -> Option<PathBuf> {
     if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
         return None;
     }
@@ -142,35 +143,102 @@ fn go_scratch_dir() -> Option<PathBuf> {
     .clone()
 }
 
-/// A killed go (a cancelled build) leaves its work directory behind; once per process, remove
-/// those old enough that no running build can own them.
+/// One go build's own `GOTMPDIR`: the only go work directory in it is that build's, so its
+/// linker's output can be recognised. Removed with whatever a killed go left in it.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(root: &Path) -> Option<ScratchDir> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("{SCRATCH_PREFIX}{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok().map(|()| ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::fs::remove_dir_all(&self.0).is_err() && self.0.exists() {
+            // A go just killed may still be writing into it for a moment: try again shortly.
+            let dir = self.0.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let _ = std::fs::remove_dir_all(dir);
+            });
+        }
+    }
+}
+
+const SCRATCH_PREFIX: &str = "kodev-";
+
+/// A killed go (a cancelled build), or a killed kodev, leaves its work directory behind; once
+/// per process, remove those old enough that no running build can own them.
 fn sweep_stale_work_dirs(dir: &Path, age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
-        if stale && entry.file_name().to_string_lossy().starts_with("go-build") {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if stale && (name.starts_with("go-build") || name.starts_with(SCRATCH_PREFIX)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
 
-/// Build one platform's binary into `out_dir`; the `go` process dies with the future.
+/// Whether a path is a go linker's output in a go work directory (`$WORK/b001/exe/a.out`).
+fn is_linker_output(path: &Path) -> bool {
+    path.ends_with("exe/a.out")
+}
+
+/// Tell `linked` the path of the linker's output when the linker closes it. go then still
+/// hashes it and writes its final build ID into it (tens of milliseconds for a large binary)
+/// before moving it into place: time the layer's compression can use. Best effort: no watch,
+/// no message.
+fn watch_for_link(scratch: &Path, linked: tokio::sync::oneshot::Sender<PathBuf>) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let linked = std::sync::Mutex::new(Some(linked));
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind != EventKind::Access(AccessKind::Close(AccessMode::Write)) {
+            return;
+        }
+        if let Some(path) = event.paths.into_iter().find(|p| is_linker_output(p)) {
+            if let Some(sender) = linked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = sender.send(path);
+            }
+        }
+    })
+    .ok()?;
+    watcher.watch(scratch, RecursiveMode::Recursive).ok()?;
+    Some(watcher)
+}
+
+/// Build one platform's binary into `out_dir`; the `go` process dies with the future. When the
+/// linker has written the binary, `linked` (if given) gets the path it wrote, before go moves it
+/// into place.
 pub async fn go_build(
     artifact: &Artifact,
     platform: &Platform,
     debug: bool,
     out_dir: &Path,
     events: &EventSink,
+    linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
 ) -> Result<PathBuf> {
     let output = out_dir.join(artifact.binary_name());
     let args = build_args(artifact, debug, &output);
     let started = Instant::now();
+    // Declared before the process group: dropped after go is killed.
+    let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
+    let _link_watch = match (&scratch, linked) {
+        (Some(scratch), Some(linked)) => watch_for_link(&scratch.0, linked),
+        _ => None,
+    };
     let mut command = Command::new(go_binary());
     command
         .args(&args)
         .current_dir(&artifact.work_dir)
         .envs(build_env(artifact, platform))
-        .envs(go_scratch_dir().map(|dir| ("GOTMPDIR", dir)))
+        .envs(scratch.as_ref().map(|dir| ("GOTMPDIR", dir.0.clone())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -223,6 +291,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_linkers_output_starts_compression_ahead() {
+        assert!(is_linker_output(Path::new("/c/tmp/go/kodev-1-2/go-build123/b001/exe/a.out")));
+        assert!(!is_linker_output(Path::new("/c/tmp/go/kodev-1-2/go-build123/b001/_pkg_.a")));
+        assert!(!is_linker_output(Path::new("/c/tmp/go/kodev-1-2/go-build123/b001/exe/a.out.tmp")));
+    }
+
+    #[test]
     fn only_old_go_work_dirs_are_swept() {
         let root = tempfile::tempdir().unwrap();
         let make = |name: &str, age_secs: u64| {
@@ -233,11 +308,13 @@ mod tests {
             path
         };
         let stale = make("go-build111", 7200);
+        let stale_scratch = make("kodev-123-4", 7200);
         let running = make("go-build222", 10);
+        let running_scratch = make("kodev-123-5", 10);
         let other = make("something-else", 7200);
         sweep_stale_work_dirs(root.path(), std::time::Duration::from_secs(3600));
-        assert!(!stale.exists(), "a killed build's old work dir goes");
-        assert!(running.exists(), "a recent one may belong to a running go");
+        assert!(!stale.exists() && !stale_scratch.exists(), "a killed build's old work dir goes");
+        assert!(running.exists() && running_scratch.exists(), "a recent one may belong to a running go");
         assert!(other.exists(), "only go's own directories are touched");
     }
 }

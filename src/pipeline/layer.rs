@@ -279,16 +279,53 @@ type ChunkKey = [u8; 32];
 /// compressed again. Each chunk is its own gzip member, compressed without any context from
 /// the others, so a reused member is byte for byte what compressing again would give: the
 /// digest does not depend on what was remembered. Only the chunks of the latest layer of each
-/// slot (artifact × platform × mode) are kept.
+/// slot (artifact × platform × mode) are kept, and chunks made ahead of time from the linker's
+/// output (see `precompress_binary`) until the layer is made.
 #[derive(Default)]
 pub struct ChunkMemo {
     inner: Mutex<MemoInner>,
+    /// Wakes those waiting for a chunk someone else is compressing.
+    finished: Condvar,
 }
 
 #[derive(Default)]
 struct MemoInner {
     members: HashMap<ChunkKey, Bytes>,
+    /// Chunks being compressed right now.
+    in_progress: HashSet<ChunkKey>,
     slots: HashMap<String, Vec<ChunkKey>>,
+}
+
+/// A chunk, either already compressed or now the caller's to compress (and then `fulfil`).
+enum Claim<'a> {
+    Ready(Bytes),
+    Mine(ClaimGuard<'a>),
+}
+
+/// The duty to compress one chunk; given up (others may take it) if dropped unfulfilled.
+struct ClaimGuard<'a> {
+    memo: &'a ChunkMemo,
+    key: ChunkKey,
+    done: bool,
+}
+
+impl ClaimGuard<'_> {
+    fn fulfil(mut self, member: Bytes) {
+        self.done = true;
+        let mut inner = self.memo.lock();
+        inner.in_progress.remove(&self.key);
+        inner.members.insert(self.key, member);
+        self.memo.finished.notify_all();
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.memo.lock().in_progress.remove(&self.key);
+            self.memo.finished.notify_all();
+        }
+    }
 }
 
 impl ChunkMemo {
@@ -296,19 +333,32 @@ impl ChunkMemo {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, key: &ChunkKey) -> Option<Bytes> {
-        self.lock().members.get(key).cloned()
+    /// The compressed chunk for `key`: remembered, or waited for while another thread
+    /// compresses it, or else claimed for the caller to compress.
+    fn claim(&self, key: ChunkKey) -> Claim<'_> {
+        let mut inner = self.lock();
+        loop {
+            if let Some(member) = inner.members.get(&key) {
+                return Claim::Ready(member.clone());
+            }
+            if inner.in_progress.insert(key) {
+                return Claim::Mine(ClaimGuard { memo: self, key, done: false });
+            }
+            inner = self.finished.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
-    fn put(&self, key: ChunkKey, member: Bytes) {
-        self.lock().members.insert(key, member);
+    /// Whether a chunk is remembered or being compressed.
+    fn knows(&self, key: &ChunkKey) -> bool {
+        let inner = self.lock();
+        inner.members.contains_key(key) || inner.in_progress.contains(key)
     }
 
     /// `slot`'s latest layer is made of `keys`: keep those, drop what no slot uses any more.
     fn settle(&self, slot: &str, keys: Vec<ChunkKey>) {
         let mut inner = self.lock();
         inner.slots.insert(slot.to_string(), keys);
-        let MemoInner { members, slots } = &mut *inner;
+        let MemoInner { members, slots, .. } = &mut *inner;
         let live: HashSet<&ChunkKey> = slots.values().flatten().collect();
         members.retain(|k, _| live.contains(k));
     }
@@ -354,7 +404,7 @@ pub fn compress_layer_streaming(
         let start = i as u64 * CHUNK_SIZE as u64;
         (start, (total - start).min(CHUNK_SIZE as u64) as usize)
     };
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let workers = compression_workers();
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let done = Condvar::new();
@@ -394,13 +444,16 @@ pub fn compress_layer_streaming(
                         };
                         let key: ChunkKey = *blake3::hash(&buf[..len]).as_bytes();
                         keys.lock().unwrap_or_else(|e| e.into_inner())[i] = key;
-                        if let Some(member) = memo.get(&key) {
-                            return Ok(member);
+                        match memo.claim(key) {
+                            Claim::Ready(member) => Ok(member),
+                            Claim::Mine(claim) => {
+                                let compressors =
+                                    compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+                                let member = Bytes::from(compressors.gzip(&buf[..len])?);
+                                claim.fulfil(member.clone());
+                                Ok(member)
+                            }
                         }
-                        let compressors = compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-                        let member = Bytes::from(compressors.gzip(&buf[..len])?);
-                        memo.put(key, member.clone());
-                        Ok(member)
                     }))
                     .unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed")));
                     results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(out);
@@ -467,20 +520,80 @@ pub fn binary_layer_streaming(
     sink: ChunkSink,
     memo: Option<(&ChunkMemo, &str)>,
 ) -> Result<Layer> {
-    let mut build = || -> io::Result<Layer> {
-        let file = File::open(binary)?;
-        let size = file.metadata()?.len();
-        let path = format!("{APP_DIR}/{name}");
-        let mut header = TarWriter::new(Vec::with_capacity(1024));
-        header.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
-        header.append_header(&EntryHeader::ko(&path, EntryKind::File, size, 0))?;
-        let prefix = header.into_inner();
-        // Padding of the file to a 512-byte block, then the two-block trailer.
-        let padding = (512 - (size % 512) as usize) % 512;
-        let suffix = vec![0u8; padding + 1024];
-        compress_layer_streaming(LayerKind::Binary, FileTar { prefix, file, file_len: size, suffix }, sink, memo)
-    };
-    build().map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
+    binary_tar(binary, name)
+        .and_then(|tar| compress_layer_streaming(LayerKind::Binary, tar, sink, memo))
+        .map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
+}
+
+/// The binary layer's tar, read from the binary as needed.
+fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
+    let file = File::open(binary)?;
+    let size = file.metadata()?.len();
+    let path = format!("{APP_DIR}/{name}");
+    let mut header = TarWriter::new(Vec::with_capacity(1024));
+    header.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
+    header.append_header(&EntryHeader::ko(&path, EntryKind::File, size, 0))?;
+    let prefix = header.into_inner();
+    // Padding of the file to a 512-byte block, then the two-block trailer.
+    let padding = (512 - (size % 512) as usize) % 512;
+    let suffix = vec![0u8; padding + 1024];
+    Ok(FileTar { prefix, file, file_len: size, suffix })
+}
+
+/// Compress the chunks of a binary's layer into `memo` ahead of time, from the linker's output
+/// while go still hashes it and writes its final build ID into it. Whatever this pass read is
+/// only a guess: the layer itself is made from the finished binary, and takes from the memo
+/// only chunks whose input is byte for byte the same (the build ID's chunk is compressed
+/// again). Stops taking new chunks once `stop` is set (the layer itself is being made).
+/// Returns how many chunks it compressed.
+pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, stop: &AtomicBool) -> io::Result<usize> {
+    let tar = binary_tar(binary, name)?;
+    let total = tar.len();
+    if total <= PARALLEL_THRESHOLD as u64 {
+        return Ok(0);
+    }
+    let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
+    let next = AtomicUsize::new(0);
+    let made = AtomicUsize::new(0);
+    let tar = &tar;
+    std::thread::scope(|scope| {
+        // One core fewer than the layer itself uses: go is still busy with the binary.
+        let workers: Vec<_> = (0..compression_workers().saturating_sub(1).max(1))
+            .map(|_| {
+                scope.spawn(|| -> io::Result<()> {
+                    let mut buf = vec![0u8; CHUNK_SIZE];
+                    let mut compressors = Compressors::new()?;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= chunk_count || stop.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                        let start = i as u64 * CHUNK_SIZE as u64;
+                        let len = (total - start).min(CHUNK_SIZE as u64) as usize;
+                        tar.read_at(start, &mut buf[..len])?;
+                        let key: ChunkKey = *blake3::hash(&buf[..len]).as_bytes();
+                        // Someone has it or is on it: no waiting here.
+                        if memo.knows(&key) {
+                            continue;
+                        }
+                        if let Claim::Mine(claim) = memo.claim(key) {
+                            claim.fulfil(Bytes::from(compressors.gzip(&buf[..len])?));
+                            made.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed"))))
+    })?;
+    Ok(made.into_inner())
+}
+
+/// Threads that compress one layer's chunks.
+fn compression_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8)
 }
 
 /// Inputs of the kodata layer.
@@ -692,6 +805,69 @@ mod tests {
         let three =
             compress_layer_streaming(LayerKind::Binary, other, &mut |_| true, Some((&memo, "app/arm64"))).unwrap();
         assert_eq!(memo.held_bytes() as u64, two.size + three.size);
+    }
+
+    #[test]
+    fn chunks_compressed_ahead_are_reused_only_where_the_binary_did_not_change_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let linker_output = dir.path().join("a.out");
+        let body = noise(3_000_000, 0x1234_5678_9abc_def1, |s| b'a' + (s % 16) as u8);
+        let placeholder = fake_go_binary("aaaa/aaaa", &body);
+        std::fs::write(&linker_output, &placeholder).unwrap();
+        let memo = ChunkMemo::default();
+        let made = precompress_binary(&linker_output, "app", &memo, &AtomicBool::new(false)).unwrap();
+        let chunks = (placeholder.len() + 1024 + 1024).div_ceil(CHUNK_SIZE);
+        assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
+
+        // go then writes the final build ID into the binary (and, here, a byte in the middle changes too).
+        let mut finished = fake_go_binary("aaaa/bbbb", &body);
+        finished[1_500_000] ^= 0x55;
+        std::fs::write(&linker_output, &finished).unwrap();
+        let tar = binary_tar(&linker_output, "app").unwrap();
+        let mut reusable = 0;
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        for i in 0..chunks {
+            let start = (i * CHUNK_SIZE) as u64;
+            let len = (tar.len() - start).min(CHUNK_SIZE as u64) as usize;
+            tar.read_at(start, &mut buf[..len]).unwrap();
+            reusable += usize::from(memo.knows(blake3::hash(&buf[..len]).as_bytes()));
+        }
+        assert_eq!(reusable, chunks - 2, "all but the build ID's chunk and the changed one are ready");
+
+        let layer = binary_layer_streaming(&linker_output, "app", &mut |_| true, Some((&memo, "app/amd64"))).unwrap();
+        let fresh = binary_layer(&linker_output, "app").unwrap();
+        assert_eq!(layer.digest, fresh.digest, "what was guessed ahead never reaches the layer");
+        assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
+        assert_eq!(memo.held_bytes() as u64, layer.size, "guesses the layer did not use are dropped");
+
+        // Stopped before it starts, nothing is made.
+        let stopped = precompress_binary(&linker_output, "app", &ChunkMemo::default(), &AtomicBool::new(true)).unwrap();
+        assert_eq!(stopped, 0);
+    }
+
+    #[test]
+    fn a_chunk_being_compressed_is_waited_for_and_an_abandoned_one_taken_over() {
+        let memo = ChunkMemo::default();
+        let key = [7u8; 32];
+        let Claim::Mine(first) = memo.claim(key) else { panic!("nobody had the chunk") };
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| match memo.claim(key) {
+                Claim::Ready(member) => member,
+                Claim::Mine(_) => panic!("the chunk was being compressed: wait for it"),
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            first.fulfil(Bytes::from_static(b"member"));
+            assert_eq!(waiter.join().unwrap(), Bytes::from_static(b"member"));
+        });
+        let other = [8u8; 32];
+        let Claim::Mine(abandoned) = memo.claim(other) else { panic!("nobody had the chunk") };
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| matches!(memo.claim(other), Claim::Mine(_)));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(abandoned);
+            assert!(waiter.join().unwrap(), "a chunk given up is the waiter's to compress");
+        });
+        assert!(!memo.knows(&other));
     }
 
     #[test]

@@ -135,6 +135,20 @@ impl Builder {
         Ok((layer, streamed))
     }
 
+    /// Compress the chunks of the linker's output into the memo while go finishes the binary.
+    fn compress_ahead(&self, linker_output: PathBuf, name: &str) -> CompressingAhead {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (memo, name, flag) = (self.chunks.clone(), name.to_string(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
+                Ok(chunks) => tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead"),
+                Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
+            }
+        });
+        CompressingAhead(stop)
+    }
+
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
         let started = Instant::now();
@@ -180,7 +194,21 @@ impl Builder {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
-                let binary = gobuild::go_build(artifact, platform, debug, &out_dir, events).await?;
+                let (linked, link_seen) = tokio::sync::oneshot::channel();
+                let compile = gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(linked));
+                tokio::pin!(compile);
+                // Compressing starts when the linker is done; go still needs a while to finish.
+                let mut ahead = None;
+                let binary = tokio::select! {
+                    biased;
+                    built = &mut compile => built?,
+                    Ok(linker_output) = link_seen => {
+                        ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
+                        compile.await?
+                    }
+                };
+                // The layer is made now, from the finished binary: no new chunks ahead of it.
+                drop(ahead);
                 // Parsed only now: the first parse compiles oci-client's reference grammar (tens of
                 // milliseconds), which must not delay starting go.
                 let upload_target = registry::parse_reference(&artifact.image_name).ok();
@@ -250,6 +278,16 @@ impl Builder {
             duration_ms: started.elapsed().as_millis() as u64,
         });
         Ok(BuildOutcome { image: built, push })
+    }
+}
+
+/// Compression ahead of the finished binary, stopped (no new chunks taken) when dropped: then
+/// the layer itself is being made, or the build was cancelled.
+struct CompressingAhead(Arc<AtomicBool>);
+
+impl Drop for CompressingAhead {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
