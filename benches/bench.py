@@ -208,6 +208,9 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
     wait(lambda e: e["event"] == "watching", 0)
     latencies, uploaded, floors = [], [], []
     for _ in range(runs):
+        # kodev may still be refreshing its view of the Go packages (`go list -deps`) after the
+        # last push: let it finish, so the floor build has the machine to itself too.
+        time.sleep(0.5)
         floor_editor.edit()
         floors.append(go_floor(floor_app, platforms, floor_out))
         time.sleep(0.5)
