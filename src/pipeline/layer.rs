@@ -348,7 +348,15 @@ impl ChunkMemo {
         }
     }
 
+    /// The chunk for `key` to compress, unless it is remembered or being compressed already.
+    fn claim_if_unknown(&self, key: ChunkKey) -> Option<ClaimGuard<'_>> {
+        let mut inner = self.lock();
+        let unknown = !inner.members.contains_key(&key) && inner.in_progress.insert(key);
+        unknown.then_some(ClaimGuard { memo: self, key, done: false })
+    }
+
     /// Whether a chunk is remembered or being compressed.
+    #[cfg(test)]
     fn knows(&self, key: &ChunkKey) -> bool {
         let inner = self.lock();
         inner.members.contains_key(key) || inner.in_progress.contains(key)
@@ -400,10 +408,7 @@ pub fn compress_layer_streaming(
         return Ok(Layer::in_memory(kind, sha256_digest(&compressed), sha256_digest(&all), compressed));
     }
     let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
-    let chunk_range = |i: usize| {
-        let start = i as u64 * CHUNK_SIZE as u64;
-        (start, (total - start).min(CHUNK_SIZE as u64) as usize)
-    };
+    let chunk_range = |i: usize| chunk_range(total, i);
     let workers = compression_workers();
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -544,9 +549,9 @@ fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
 /// while go still hashes it and writes its final build ID into it. Whatever this pass read is
 /// only a guess: the layer itself is made from the finished binary, and takes from the memo
 /// only chunks whose input is byte for byte the same (the build ID's chunk is compressed
-/// again). Stops taking new chunks once `stop` is set (the layer itself is being made).
+/// again). Stops taking new chunks once `wanted` is false (the layer itself is being made).
 /// Returns how many chunks it compressed.
-pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, stop: &AtomicBool) -> io::Result<usize> {
+pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, wanted: &AtomicBool) -> io::Result<usize> {
     let tar = binary_tar(binary, name)?;
     let total = tar.len();
     if total <= PARALLEL_THRESHOLD as u64 {
@@ -565,18 +570,13 @@ pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, stop: &At
                     let mut compressors = Compressors::new()?;
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= chunk_count || stop.load(Ordering::Relaxed) {
+                        if i >= chunk_count || !wanted.load(Ordering::Relaxed) {
                             return Ok(());
                         }
-                        let start = i as u64 * CHUNK_SIZE as u64;
-                        let len = (total - start).min(CHUNK_SIZE as u64) as usize;
+                        let (start, len) = chunk_range(total, i);
                         tar.read_at(start, &mut buf[..len])?;
-                        let key: ChunkKey = *blake3::hash(&buf[..len]).as_bytes();
                         // Someone has it or is on it: no waiting here.
-                        if memo.knows(&key) {
-                            continue;
-                        }
-                        if let Claim::Mine(claim) = memo.claim(key) {
+                        if let Some(claim) = memo.claim_if_unknown(*blake3::hash(&buf[..len]).as_bytes()) {
                             claim.fulfil(Bytes::from(compressors.gzip(&buf[..len])?));
                             made.fetch_add(1, Ordering::Relaxed);
                         }
@@ -589,6 +589,12 @@ pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, stop: &At
             .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed"))))
     })?;
     Ok(made.into_inner())
+}
+
+/// Where chunk `i` of a `total`-byte tar starts, and its length.
+fn chunk_range(total: u64, i: usize) -> (u64, usize) {
+    let start = i as u64 * CHUNK_SIZE as u64;
+    (start, (total - start).min(CHUNK_SIZE as u64) as usize)
 }
 
 /// Threads that compress one layer's chunks.
@@ -815,7 +821,7 @@ mod tests {
         let placeholder = fake_go_binary("aaaa/aaaa", &body);
         std::fs::write(&linker_output, &placeholder).unwrap();
         let memo = ChunkMemo::default();
-        let made = precompress_binary(&linker_output, "app", &memo, &AtomicBool::new(false)).unwrap();
+        let made = precompress_binary(&linker_output, "app", &memo, &AtomicBool::new(true)).unwrap();
         let chunks = (placeholder.len() + 1024 + 1024).div_ceil(CHUNK_SIZE);
         assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
 
@@ -827,8 +833,7 @@ mod tests {
         let mut reusable = 0;
         let mut buf = vec![0u8; CHUNK_SIZE];
         for i in 0..chunks {
-            let start = (i * CHUNK_SIZE) as u64;
-            let len = (tar.len() - start).min(CHUNK_SIZE as u64) as usize;
+            let (start, len) = chunk_range(tar.len(), i);
             tar.read_at(start, &mut buf[..len]).unwrap();
             reusable += usize::from(memo.knows(blake3::hash(&buf[..len]).as_bytes()));
         }
@@ -840,8 +845,9 @@ mod tests {
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
         assert_eq!(memo.held_bytes() as u64, layer.size, "guesses the layer did not use are dropped");
 
-        // Stopped before it starts, nothing is made.
-        let stopped = precompress_binary(&linker_output, "app", &ChunkMemo::default(), &AtomicBool::new(true)).unwrap();
+        // No longer wanted before it starts, nothing is made.
+        let stopped =
+            precompress_binary(&linker_output, "app", &ChunkMemo::default(), &AtomicBool::new(false)).unwrap();
         assert_eq!(stopped, 0);
     }
 

@@ -136,9 +136,9 @@ impl Builder {
     }
 
     /// Compress the chunks of the linker's output into the memo while go finishes the binary.
-    fn compress_ahead(&self, linker_output: PathBuf, name: &str) -> CompressingAhead {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (memo, name, flag) = (self.chunks.clone(), name.to_string(), stop.clone());
+    fn compress_ahead(&self, linker_output: PathBuf, name: &str) -> WantedWhileAlive {
+        let wanted = Arc::new(AtomicBool::new(true));
+        let (memo, name, flag) = (self.chunks.clone(), name.to_string(), wanted.clone());
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
@@ -146,7 +146,7 @@ impl Builder {
                 Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
             }
         });
-        CompressingAhead(stop)
+        WantedWhileAlive(wanted)
     }
 
     /// Build every platform of an artifact and publish it.
@@ -281,17 +281,8 @@ impl Builder {
     }
 }
 
-/// Compression ahead of the finished binary, stopped (no new chunks taken) when dropped: then
-/// the layer itself is being made, or the build was cancelled.
-struct CompressingAhead(Arc<AtomicBool>);
-
-impl Drop for CompressingAhead {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Set to false when dropped: a cancelled build tells its compressor to stop.
+/// Set to false when dropped: a cancelled build tells its compressor to stop, and compression
+/// ahead of the finished binary stops taking chunks once the layer itself is being made.
 struct WantedWhileAlive(Arc<AtomicBool>);
 
 impl Drop for WantedWhileAlive {
