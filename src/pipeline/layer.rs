@@ -352,7 +352,12 @@ impl ChunkMemo {
     fn claim_if_unknown(&self, key: ChunkKey) -> Option<ClaimGuard<'_>> {
         let mut inner = self.lock();
         let unknown = !inner.members.contains_key(&key) && inner.in_progress.insert(key);
-        unknown.then_some(ClaimGuard { memo: self, key, done: false })
+        // Made only when claimed: a guard dropped unfulfilled gives its key up (and locks).
+        if unknown {
+            Some(ClaimGuard { memo: self, key, done: false })
+        } else {
+            None
+        }
     }
 
     /// Whether a chunk is remembered or being compressed.
@@ -865,6 +870,13 @@ mod tests {
             first.fulfil(Bytes::from_static(b"member"));
             assert_eq!(waiter.join().unwrap(), Bytes::from_static(b"member"));
         });
+        // Ahead of time, a chunk being compressed is skipped, and stays the holder's.
+        let held = [9u8; 32];
+        let Claim::Mine(holder) = memo.claim(held) else { panic!("nobody had the chunk") };
+        assert!(memo.claim_if_unknown(held).is_none());
+        assert!(memo.knows(&held), "skipping a chunk does not give up its holder's claim");
+        assert!(memo.claim_if_unknown(key).is_none(), "a remembered chunk is not made again");
+        holder.fulfil(Bytes::from_static(b"held"));
         let other = [8u8; 32];
         let Claim::Mine(abandoned) = memo.claim(other) else { panic!("nobody had the chunk") };
         std::thread::scope(|scope| {
