@@ -50,6 +50,11 @@ impl Drop for BuildGroup {
     }
 }
 
+/// How many `go build`s of this process are running now.
+pub fn running_go_builds() -> usize {
+    RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
 /// Kill every `go build` still running (on quit or interrupt, when tasks may not get dropped).
 pub fn kill_running_builds() {
     for pgid in RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use bytes::Bytes;
@@ -95,7 +95,7 @@ pub struct LayerRecord {
 }
 
 /// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
-const LAYER_FORMAT: &str = "libdeflate-1/128KiB/probe-8KiB/v1";
+const LAYER_FORMAT: &str = "libdeflate-1/gear-cut-96K-32K-512K/probes-8KiB/v2";
 
 /// The Go build ID of a little-endian ELF binary (the `Go` note near its start), if it has one.
 /// It names the binary's content: the same ID means the same bytes.
@@ -155,12 +155,285 @@ pub fn sha256_digest(data: &[u8]) -> String {
 
 /// Layers larger than this are compressed in parallel chunks.
 const PARALLEL_THRESHOLD: usize = 2 << 20;
-/// Each chunk becomes one gzip member; concatenated members are one valid gzip stream. Small
-/// enough that the cores finish together and each chunk is judged on its own (below).
-const CHUNK_SIZE: usize = 128 << 10;
-/// A chunk whose first bytes do not shrink is stored, not compressed: Go binaries carry their
-/// DWARF already zlib-compressed (a quarter of a typical binary), and deflating it again costs
-/// time for nothing. The probe is part of the input, so the decision is reproducible.
+/// Each chunk becomes one gzip member; concatenated members are one valid gzip stream. Chunks
+/// are cut where the content says, not at fixed offsets: a cut follows a gear rolling hash of
+/// the 64 bytes before it. An edit that moves everything after it (a longer string, more
+/// code) moves the cuts with the bytes, so the chunks after it come out the same again and
+/// are reused; at fixed offsets every chunk after the edit would differ.
+const MIN_CHUNK: usize = 96 << 10;
+const MAX_CHUNK: usize = 512 << 10;
+/// Cut where the hash's top 17 bits are all zero: on average 128 KiB past the minimum.
+const CUT_MASK: u64 = ((1 << 15) - 1) << 49;
+/// The hash at a byte depends only on the bytes this far back (each step shifts one bit out).
+const HASH_WINDOW: usize = 64;
+/// How much of the tar the diff-ID hasher reads at once.
+const READ_BLOCK: usize = 256 << 10;
+/// How much the cutter reads at once: about what it hashes past each chunk's minimum.
+const CUT_READ: usize = 32 << 10;
+/// One fixed random value per byte value: part of the layer format, never to change.
+static GEAR: [u64; 256] = gear_table();
+
+const fn gear_table() -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut i = 0;
+    while i < 256 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        table[i] = x;
+        i += 1;
+    }
+    table
+}
+
+/// Finds the content-defined cuts (see `MIN_CHUNK`) of a tar read front to back in blocks.
+/// The cuts depend only on the bytes, not on how they are split into blocks.
+struct Cutter {
+    total: u64,
+    /// Where the chunk being cut starts.
+    start: u64,
+    hash: u64,
+}
+
+impl Cutter {
+    fn new(total: u64) -> Self {
+        Cutter { total, start: 0, hash: 0 }
+    }
+
+    /// The first byte the cuts still depend on: blocks before it need not be read.
+    fn next_needed(&self) -> u64 {
+        self.start + (MIN_CHUNK - HASH_WINDOW) as u64
+    }
+
+    /// The next block, at `offset` (blocks come in order; a gap may skip only bytes before
+    /// `next_needed`); `on_chunk` gets each
+    /// chunk `(start, len)` that ends in it. False when `on_chunk` wants no more.
+    fn feed(&mut self, offset: u64, block: &[u8], on_chunk: &mut impl FnMut(u64, usize) -> bool) -> bool {
+        let end = offset + block.len() as u64;
+        loop {
+            // Hashing starts a window before the first place a cut may go, so that place sees a
+            // full window; only bytes from there on are hashed.
+            let scan_from = self.next_needed();
+            let first_cut_byte = self.start + MIN_CHUNK as u64 - 1;
+            let limit = self.total.min(self.start + MAX_CHUNK as u64);
+            let (from, to) = (scan_from.max(offset), limit.min(end));
+            if from >= to {
+                return true;
+            }
+            let warm_end = first_cut_byte.clamp(from, to);
+            for &byte in &block[(from - offset) as usize..(warm_end - offset) as usize] {
+                self.hash = (self.hash << 1).wrapping_add(GEAR[byte as usize]);
+            }
+            let mut cut = None;
+            for (k, &byte) in block[(warm_end - offset) as usize..(to - offset) as usize].iter().enumerate() {
+                self.hash = (self.hash << 1).wrapping_add(GEAR[byte as usize]);
+                if self.hash & CUT_MASK == 0 {
+                    cut = Some(warm_end + k as u64 + 1);
+                    break;
+                }
+            }
+            let cut = match cut {
+                Some(cut) => cut,
+                None if to == limit => limit,
+                None => return true,
+            };
+            if !on_chunk(self.start, (cut - self.start) as usize) {
+                return false;
+            }
+            self.start = cut;
+            self.hash = 0;
+        }
+    }
+
+    /// The end of the tar: the rest, too short to cut, is the last chunk.
+    fn finish(&mut self, on_chunk: &mut impl FnMut(u64, usize) -> bool) {
+        if self.start < self.total {
+            on_chunk(self.start, (self.total - self.start) as usize);
+            self.start = self.total;
+        }
+    }
+}
+
+/// Cut a tar into content-defined chunks, handing each `(start, len)` to `on_chunk` in order;
+/// stops early when it returns false. Reads only the bytes the cuts depend on (about a quarter).
+fn cut_chunks(tar: &impl TarBytes, mut on_chunk: impl FnMut(u64, usize) -> bool) -> io::Result<()> {
+    let total = tar.len();
+    let mut cutter = Cutter::new(total);
+    let mut buf = vec![0u8; CUT_READ];
+    let mut offset = 0;
+    loop {
+        offset = offset.max(cutter.next_needed());
+        if offset >= total {
+            break;
+        }
+        let len = (total - offset).min(CUT_READ as u64) as usize;
+        tar.read_at(offset, &mut buf[..len])?;
+        if !cutter.feed(offset, &buf[..len], &mut on_chunk) {
+            return Ok(());
+        }
+        offset += len as u64;
+    }
+    cutter.finish(&mut on_chunk);
+    Ok(())
+}
+
+/// The chunks of one layer on their way through the workers: one thread cuts them, workers
+/// take them as they are cut, and results come back in any order.
+struct ChunkPipeline<T> {
+    state: Mutex<PipelineState<T>>,
+    /// Wakes workers: a chunk was cut, or there will be no more.
+    work_ready: Condvar,
+    /// Wakes the consumer: a result came, or there will be no more.
+    result_ready: Condvar,
+    stop: AtomicBool,
+}
+
+struct PipelineState<T> {
+    chunks: Vec<(u64, usize)>,
+    next: usize,
+    /// Set when the cutter is done: how it ended.
+    cut: Option<std::result::Result<(), String>>,
+    results: Vec<Option<io::Result<T>>>,
+}
+
+impl<T> ChunkPipeline<T> {
+    fn new() -> Self {
+        let state = PipelineState { chunks: Vec::new(), next: 0, cut: None, results: Vec::new() };
+        ChunkPipeline {
+            state: Mutex::new(state),
+            work_ready: Condvar::new(),
+            result_ready: Condvar::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PipelineState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A chunk was cut; false once nobody wants more.
+    fn add_chunk(&self, start: u64, len: usize) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut state = self.lock();
+        state.chunks.push((start, len));
+        state.results.push(None);
+        self.work_ready.notify_one();
+        true
+    }
+
+    fn cut_finished(&self, how: std::result::Result<(), String>) {
+        self.lock().cut = Some(how);
+        self.work_ready.notify_all();
+        self.result_ready.notify_all();
+    }
+
+    /// The next chunk for a worker: `(index, start, len)`, or None when there is no more work.
+    fn take_work(&self) -> Option<(usize, u64, usize)> {
+        let mut state = self.lock();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(&(start, len)) = state.chunks.get(state.next) {
+                let i = state.next;
+                state.next += 1;
+                return Some((i, start, len));
+            }
+            if state.cut.is_some() {
+                return None;
+            }
+            state = self.work_ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn deliver(&self, i: usize, result: io::Result<T>) {
+        self.lock().results[i] = Some(result);
+        self.result_ready.notify_all();
+    }
+
+    /// Chunk `i`'s result, waiting for it; None past the last chunk.
+    fn result(&self, i: usize) -> Option<io::Result<T>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(result) = state.results.get_mut(i).and_then(Option::take) {
+                return Some(result);
+            }
+            match &state.cut {
+                Some(Err(e)) => return Some(Err(io::Error::other(e.clone()))),
+                Some(Ok(())) if i >= state.chunks.len() => return None,
+                _ => state = self.result_ready.wait(state).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// Nothing more is wanted: the cutter and the workers stop after what they are on.
+    fn cancel(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _state = self.lock();
+        self.work_ready.notify_all();
+        self.result_ready.notify_all();
+    }
+}
+
+/// Cut `tar` into chunks on one thread while `workers` threads run `work` on each chunk's
+/// bytes (with a per-thread state from `new_worker`), and `consume` takes the results on the
+/// calling thread. Whatever `consume` leaves is cancelled when it returns.
+fn run_chunk_pipeline<T: Send, W, R>(
+    tar: &impl TarBytes,
+    workers: usize,
+    new_worker: impl Fn() -> io::Result<W> + Sync,
+    work: impl Fn(&mut W, &[u8]) -> io::Result<T> + Sync,
+    consume: impl FnOnce(&ChunkPipeline<T>) -> R,
+) -> R {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let pipeline = ChunkPipeline::new();
+    let (pipeline, new_worker, work) = (&pipeline, &new_worker, &work);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let cut = catch_unwind(AssertUnwindSafe(|| cut_chunks(tar, |start, len| pipeline.add_chunk(start, len))));
+            pipeline.cut_finished(match cut {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("cutting the layer into chunks failed".to_string()),
+            });
+        });
+        for _ in 0..workers.max(1) {
+            scope.spawn(move || {
+                let mut state = new_worker();
+                let mut buf = vec![0u8; MAX_CHUNK];
+                while let Some((i, start, len)) = pipeline.take_work() {
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        let state = state.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+                        tar.read_at(start, &mut buf[..len])?;
+                        work(state, &buf[..len])
+                    }))
+                    .unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed")));
+                    pipeline.deliver(i, result);
+                }
+            });
+        }
+        // Cancelled also when `consume` panics, so the workers end and the scope can join them.
+        let _cancel = CancelOnDrop(pipeline);
+        consume(pipeline)
+    })
+}
+
+struct CancelOnDrop<'a, T>(&'a ChunkPipeline<T>);
+
+impl<T> Drop for CancelOnDrop<'_, T> {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A chunk whose first and last bytes do not shrink is stored, not compressed: Go binaries
+/// carry their DWARF already zlib-compressed (a quarter of a typical binary), and deflating it
+/// again costs time for nothing. Both ends are probed because a chunk may start in the DWARF
+/// and end in the symbol table. The probes are part of the input, so the decision is
+/// reproducible.
 const PROBE_SIZE: usize = 8 << 10;
 
 fn compressor(level: i32) -> io::Result<libdeflater::Compressor> {
@@ -179,14 +452,18 @@ impl Compressors {
         Ok(Compressors { fast: compressor(1)?, stored: compressor(0)? })
     }
 
-    /// One gzip member; a piece whose first bytes do not shrink is stored (see `PROBE_SIZE`).
+    /// One gzip member; a piece whose ends do not shrink is stored (see `PROBE_SIZE`).
     fn gzip(&mut self, data: &[u8]) -> io::Result<Vec<u8>> {
-        let incompressible = data.len() > 2 * PROBE_SIZE && {
-            let mut probe = vec![0u8; self.fast.gzip_compress_bound(PROBE_SIZE)];
-            let probed = self.fast.gzip_compress(&data[..PROBE_SIZE], &mut probe).map_err(gzip_error)?;
-            probed * 100 > PROBE_SIZE * 95
-        };
+        let incompressible = data.len() > 2 * PROBE_SIZE
+            && !self.shrinks(&data[..PROBE_SIZE])?
+            && !self.shrinks(&data[data.len() - PROBE_SIZE..])?;
         gzip_with(if incompressible { &mut self.stored } else { &mut self.fast }, data)
+    }
+
+    fn shrinks(&mut self, probe: &[u8]) -> io::Result<bool> {
+        let mut out = vec![0u8; self.fast.gzip_compress_bound(probe.len())];
+        let written = self.fast.gzip_compress(probe, &mut out).map_err(gzip_error)?;
+        Ok(written * 100 <= probe.len() * 95)
     }
 }
 
@@ -392,10 +669,10 @@ pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> 
 }
 
 /// Compress an uncompressed tar into a layer, handing each compressed piece to `sink` in order.
-/// Large layers are split into fixed 1 MiB chunks compressed on every core while another core
-/// hashes the tar: the same input always gives the same bytes, whatever the core count, and no
-/// more than a chunk per core is held uncompressed. The compressed digest is hashed as the
-/// pieces come out, so it is ready when the last one is.
+/// Large layers are cut into content-defined chunks (see `MIN_CHUNK`) compressed on every core
+/// while another thread hashes the tar: the same input always gives the same bytes, whatever
+/// the core count, and no more than a chunk per core is held uncompressed. The compressed
+/// digest is hashed as the pieces come out, so it is ready when the last one is.
 pub fn compress_layer_streaming(
     kind: LayerKind,
     tar: impl TarBytes,
@@ -412,95 +689,64 @@ pub fn compress_layer_streaming(
         }
         return Ok(Layer::in_memory(kind, sha256_digest(&compressed), sha256_digest(&all), compressed));
     }
-    let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
-    let chunk_range = |i: usize| chunk_range(total, i);
-    let workers = compression_workers();
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let done = Condvar::new();
-    let results: Mutex<Vec<Option<io::Result<Bytes>>>> = Mutex::new((0..chunk_count).map(|_| None).collect());
-    let keys: Mutex<Vec<ChunkKey>> = Mutex::new(vec![[0; 32]; chunk_count]);
-    let tar = &tar;
+    let mut keys = Vec::new();
+    let compress_chunk = |compressors: &mut Compressors, chunk: &[u8]| -> io::Result<(Bytes, ChunkKey)> {
+        let Some((memo, _)) = memo else {
+            return Ok((Bytes::from(compressors.gzip(chunk)?), [0; 32]));
+        };
+        let key: ChunkKey = *blake3::hash(chunk).as_bytes();
+        match memo.claim(key) {
+            Claim::Ready(member) => Ok((member, key)),
+            Claim::Mine(claim) => {
+                let member = Bytes::from(compressors.gzip(chunk)?);
+                claim.fulfil(member.clone());
+                Ok((member, key))
+            }
+        }
+    };
+    let stop_hashing = AtomicBool::new(false);
     let (diff_id, compressed, digest) = std::thread::scope(|scope| {
+        // The diff ID on a thread of its own: it reads every byte, the cutter only a quarter.
         let diff = scope.spawn(|| -> io::Result<String> {
             let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; CHUNK_SIZE];
-            for i in 0..chunk_count {
-                if stop.load(Ordering::Relaxed) {
+            let mut buf = vec![0u8; READ_BLOCK];
+            let mut offset = 0;
+            while offset < total {
+                if stop_hashing.load(Ordering::Relaxed) {
                     return Err(cancelled());
                 }
-                let (start, len) = chunk_range(i);
-                tar.read_at(start, &mut buf[..len])?;
+                let len = (total - offset).min(READ_BLOCK as u64) as usize;
+                tar.read_at(offset, &mut buf[..len])?;
                 hasher.update(&buf[..len]);
+                offset += len as u64;
             }
             Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
         });
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let mut buf = vec![0u8; CHUNK_SIZE];
-                let mut compressors = Compressors::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunk_count || stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let (start, len) = chunk_range(i);
-                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        tar.read_at(start, &mut buf[..len])?;
-                        let Some((memo, _)) = memo else {
-                            let compressors =
-                                compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-                            return compressors.gzip(&buf[..len]).map(Bytes::from);
-                        };
-                        let key: ChunkKey = *blake3::hash(&buf[..len]).as_bytes();
-                        keys.lock().unwrap_or_else(|e| e.into_inner())[i] = key;
-                        match memo.claim(key) {
-                            Claim::Ready(member) => Ok(member),
-                            Claim::Mine(claim) => {
-                                let compressors =
-                                    compressors.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-                                let member = Bytes::from(compressors.gzip(&buf[..len])?);
-                                claim.fulfil(member.clone());
-                                Ok(member)
-                            }
-                        }
-                    }))
-                    .unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed")));
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(out);
-                    done.notify_all();
-                }
-            });
-        }
         // This thread hands the pieces out in order as they are finished.
-        let emitted = (|| -> io::Result<(Vec<u8>, String)> {
+        let emitted = run_chunk_pipeline(&tar, compression_workers(), Compressors::new, compress_chunk, |pipeline| {
             let mut compressed = Vec::new();
             let mut hasher = Sha256::new();
-            for i in 0..chunk_count {
-                let part = {
-                    let mut slots = results.lock().unwrap_or_else(|e| e.into_inner());
-                    loop {
-                        if let Some(part) = slots[i].take() {
-                            break part;
-                        }
-                        slots = done.wait(slots).unwrap_or_else(|e| e.into_inner());
-                    }
-                }?;
+            let mut i = 0;
+            while let Some(part) = pipeline.result(i) {
+                let (part, key) = part?;
+                keys.push(key);
                 hasher.update(&part);
                 if !sink(&part) {
                     return Err(cancelled());
                 }
                 compressed.extend_from_slice(&part);
+                i += 1;
             }
             Ok((compressed, format!("sha256:{}", hex::encode(hasher.finalize()))))
-        })();
+        });
         if emitted.is_err() {
-            stop.store(true, Ordering::Relaxed);
+            stop_hashing.store(true, Ordering::Relaxed);
         }
         let diff_id = diff.join().unwrap_or_else(|_| Err(io::Error::other("hashing the layer failed")));
         emitted.and_then(|(compressed, digest)| Ok((diff_id?, compressed, digest)))
     })?;
     if let Some((memo, slot)) = memo {
-        memo.settle(slot, keys.into_inner().unwrap_or_else(|e| e.into_inner()));
+        memo.settle(slot, keys);
     }
     Ok(Layer::in_memory(kind, digest, diff_id, compressed))
 }
@@ -558,52 +804,34 @@ fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
 /// Returns how many chunks it compressed.
 pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, wanted: &AtomicBool) -> io::Result<usize> {
     let tar = binary_tar(binary, name)?;
-    let total = tar.len();
-    if total <= PARALLEL_THRESHOLD as u64 {
+    if tar.len() <= PARALLEL_THRESHOLD as u64 {
         return Ok(0);
     }
-    let chunk_count = total.div_ceil(CHUNK_SIZE as u64) as usize;
-    let next = AtomicUsize::new(0);
-    let made = AtomicUsize::new(0);
-    let tar = &tar;
-    std::thread::scope(|scope| {
-        // One core fewer than the layer itself uses: go is still busy with the binary.
-        let workers: Vec<_> = (0..compression_workers().saturating_sub(1).max(1))
-            .map(|_| {
-                scope.spawn(|| -> io::Result<()> {
-                    let mut buf = vec![0u8; CHUNK_SIZE];
-                    let mut compressors = Compressors::new()?;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= chunk_count || !wanted.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let (start, len) = chunk_range(total, i);
-                        tar.read_at(start, &mut buf[..len])?;
-                        // Someone has it or is on it: no waiting here.
-                        if let Some(claim) = memo.claim_if_unknown(*blake3::hash(&buf[..len]).as_bytes()) {
-                            claim.fulfil(Bytes::from(compressors.gzip(&buf[..len])?));
-                            made.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed"))))
-    })?;
-    Ok(made.into_inner())
-}
-
-/// Where chunk `i` of a `total`-byte tar starts, and its length.
-fn chunk_range(total: u64, i: usize) -> (u64, usize) {
-    let start = i as u64 * CHUNK_SIZE as u64;
-    (start, (total - start).min(CHUNK_SIZE as u64) as usize)
+    let compress_ahead = |compressors: &mut Compressors, chunk: &[u8]| -> io::Result<bool> {
+        if !wanted.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        // Someone has it or is on it: no waiting here.
+        let Some(claim) = memo.claim_if_unknown(*blake3::hash(chunk).as_bytes()) else { return Ok(false) };
+        claim.fulfil(Bytes::from(compressors.gzip(chunk)?));
+        Ok(true)
+    };
+    // One core fewer than the layer itself uses: go is still busy with the binary.
+    let workers = compression_workers().saturating_sub(1).max(1);
+    run_chunk_pipeline(&tar, workers, Compressors::new, compress_ahead, |pipeline| {
+        let mut made = 0;
+        let mut i = 0;
+        while wanted.load(Ordering::Relaxed) {
+            let Some(result) = pipeline.result(i) else { break };
+            made += usize::from(result?);
+            i += 1;
+        }
+        Ok(made)
+    })
 }
 
 /// Threads that compress one layer's chunks.
-fn compression_workers() -> usize {
+pub fn compression_workers() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8)
 }
 
@@ -720,6 +948,66 @@ mod tests {
             .collect()
     }
 
+    /// The bytes of each chunk a tar is cut into.
+    fn chunks_of(tar: &impl TarBytes) -> Vec<Vec<u8>> {
+        let mut chunks = Vec::new();
+        cut_chunks(tar, |start, len| {
+            let mut chunk = vec![0u8; len];
+            tar.read_at(start, &mut chunk).unwrap();
+            chunks.push(chunk);
+            true
+        })
+        .unwrap();
+        chunks
+    }
+
+    #[test]
+    fn cuts_cover_the_tar_within_the_chunk_bounds_and_depend_only_on_the_bytes() {
+        let noisy = noise(6_000_000, 0x0123_4567_89ab_cdef, |s| s as u8);
+        let zeros = vec![0u8; 3_000_000];
+        for data in [noisy, zeros] {
+            let chunks = chunks_of(&data);
+            assert_eq!(chunks.concat(), data, "the chunks are the tar, in order");
+            let (last, rest) = chunks.split_last().unwrap();
+            assert!(rest.iter().all(|c| (MIN_CHUNK..=MAX_CHUNK).contains(&c.len())));
+            assert!(last.len() <= MAX_CHUNK);
+            // Fed in other blocks (odd sizes, splitting windows), the cuts are the same.
+            let mut cutter = Cutter::new(data.len() as u64);
+            let mut lens = Vec::new();
+            let mut on_chunk = |_, len| {
+                lens.push(len);
+                true
+            };
+            for (n, block) in data.chunks(7_777).enumerate() {
+                assert!(cutter.feed(n as u64 * 7_777, block, &mut on_chunk));
+            }
+            cutter.finish(&mut on_chunk);
+            assert_eq!(lens, chunks.iter().map(Vec::len).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn after_bytes_are_inserted_the_chunks_behind_them_are_the_same_again() {
+        // An edit that makes a string longer moves everything after it; at fixed offsets every
+        // later chunk would change.
+        let memo = ChunkMemo::default();
+        let before = noise(8_000_000, 0x5151_7272_9393_abab, |s| b'a' + (s % 20) as u8);
+        let mut after = before.clone();
+        after.splice(1_000_000..1_000_000, *b"inserted");
+        let with_memo = |data: &Vec<u8>| {
+            compress_layer_streaming(LayerKind::Binary, data.clone(), &mut |_| true, Some((&memo, "app/amd64")))
+                .unwrap()
+        };
+        with_memo(&before);
+        let after_chunks = chunks_of(&after);
+        let known = after_chunks.iter().filter(|c| memo.knows(blake3::hash(c).as_bytes())).count();
+        assert!(known + 2 >= after_chunks.len(), "{known} of {} chunks reusable", after_chunks.len());
+        let layer = with_memo(&after);
+        let fresh = compress_layer(LayerKind::Binary, after.clone()).unwrap();
+        assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap(), "reuse changes nothing in the bytes");
+        assert_eq!(decoded(&layer), after);
+    }
+
     fn decoded(layer: &Layer) -> Vec<u8> {
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&layer.bytes().unwrap()[..]), &mut out)
@@ -827,22 +1115,16 @@ mod tests {
         std::fs::write(&linker_output, &placeholder).unwrap();
         let memo = ChunkMemo::default();
         let made = precompress_binary(&linker_output, "app", &memo, &AtomicBool::new(true)).unwrap();
-        let chunks = (placeholder.len() + 1024 + 1024).div_ceil(CHUNK_SIZE);
+        let chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap()).len();
         assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
 
         // go then writes the final build ID into the binary (and, here, a byte in the middle changes too).
         let mut finished = fake_go_binary("aaaa/bbbb", &body);
         finished[1_500_000] ^= 0x55;
         std::fs::write(&linker_output, &finished).unwrap();
-        let tar = binary_tar(&linker_output, "app").unwrap();
-        let mut reusable = 0;
-        let mut buf = vec![0u8; CHUNK_SIZE];
-        for i in 0..chunks {
-            let (start, len) = chunk_range(tar.len(), i);
-            tar.read_at(start, &mut buf[..len]).unwrap();
-            reusable += usize::from(memo.knows(blake3::hash(&buf[..len]).as_bytes()));
-        }
-        assert_eq!(reusable, chunks - 2, "all but the build ID's chunk and the changed one are ready");
+        let finished_chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap());
+        let reusable = finished_chunks.iter().filter(|chunk| memo.knows(blake3::hash(chunk).as_bytes())).count();
+        assert_eq!(reusable, finished_chunks.len() - 2, "all but the build ID's chunk and the changed one are ready");
 
         let layer = binary_layer_streaming(&linker_output, "app", &mut |_| true, Some((&memo, "app/amd64"))).unwrap();
         let fresh = binary_layer(&linker_output, "app").unwrap();

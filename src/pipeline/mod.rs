@@ -203,7 +203,11 @@ impl Builder {
                     biased;
                     built = &mut compile => built?,
                     Ok(linker_output) = link_seen => {
-                        ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
+                        // Only with a core to spare: taking one from another go build (a second
+                        // platform still linking) delays that build by more than it saves here.
+                        if gobuild::running_go_builds() < layer::compression_workers() {
+                            ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
+                        }
                         compile.await?
                     }
                 };
