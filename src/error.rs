@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 pub type Result<T, E = KodevError> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: a failure shared by several waiters (a base image several platforms wait for).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KodevError {
     /// Bad configuration or flags: the user must edit something. Exit code 2.
     #[error("{file}{}: {message}", location_suffix(*line, *column, field.as_deref()))]

@@ -88,6 +88,9 @@ fn single_platform_oci_base_builds_pushes_and_runs() {
     let layers = manifest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 3, "one base layer + kodata + binary");
     assert!(layers.iter().all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    // The config went up while the layer was still being compressed, and it is the image's.
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    assert!(stderr.contains(&format!("config uploaded ahead of its layer digest={config_digest}")), "{stderr}");
     assert_eq!(manifest["annotations"]["org.opencontainers.image.base.name"], format!("{base}"));
     let base_digest = skopeo_inspect(&format!("docker://{base}"), false, false)["Digest"].clone();
     assert_eq!(manifest["annotations"]["org.opencontainers.image.base.digest"], base_digest);

@@ -84,8 +84,9 @@ fn obj(value: &mut Value) -> &mut Map<String, Value> {
     value.as_object_mut().expect("just made an object")
 }
 
-/// The base config kept as is (unknown fields too), with ko's edits.
-pub fn edit_config(base: &Value, layers: &[Layer], edits: &ConfigEdits) -> Value {
+/// The base config kept as is (unknown fields too), with ko's edits; `layers` are the kind
+/// and diff ID of each layer added to the base.
+pub fn edit_config(base: &Value, layers: &[(LayerKind, String)], edits: &ConfigEdits) -> Value {
     let mut config = base.clone();
     let root = obj(&mut config);
     let created = edits
@@ -124,8 +125,8 @@ pub fn edit_config(base: &Value, layers: &[Layer], edits: &ConfigEdits) -> Value
 
     let history = root.entry("history").or_insert_with(|| json!([]));
     if let Some(history) = history.as_array_mut() {
-        for layer in layers {
-            let comment = match layer.kind {
+        for (kind, _) in layers {
+            let comment = match kind {
                 LayerKind::Kodata => "kodata contents, at $KO_DATA_PATH".to_string(),
                 _ => format!("go build output, at {APP_DIR}/{}", edits.binary_name),
             };
@@ -141,11 +142,17 @@ pub fn edit_config(base: &Value, layers: &[Layer], edits: &ConfigEdits) -> Value
     rootfs.insert("type".into(), json!("layers"));
     let diff_ids = rootfs.entry("diff_ids").or_insert_with(|| json!([]));
     if let Some(ids) = diff_ids.as_array_mut() {
-        ids.extend(layers.iter().map(|l| json!(l.diff_id)));
+        ids.extend(layers.iter().map(|(_, diff_id)| json!(diff_id)));
     } else {
-        *diff_ids = json!(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
+        *diff_ids = json!(layers.iter().map(|(_, diff_id)| diff_id.clone()).collect::<Vec<_>>());
     }
     config
+}
+
+/// The image config blob: the base's config with ko's edits (see [`edit_config`]).
+pub fn config_blob(family: MediaFamily, base: &Value, layers: &[(LayerKind, String)], edits: &ConfigEdits) -> Blob {
+    let config = edit_config(base, layers, edits);
+    Blob::in_memory(family.config_type(), Bytes::from(serde_json::to_vec(&config).expect("JSON values serialize")))
 }
 
 /// One platform's image: base layers + kodata + binary, the edited config, and a manifest
@@ -157,9 +164,8 @@ pub fn compose_image(
     edits: &ConfigEdits,
 ) -> ImageManifest {
     let family = base.family;
-    let config = edit_config(&base_image.config, layers, edits);
-    let config_bytes = Bytes::from(serde_json::to_vec(&config).expect("JSON values serialize"));
-    let config_blob = Blob::in_memory(family.config_type(), config_bytes);
+    let diff_ids: Vec<_> = layers.iter().map(|l| (l.kind, l.diff_id.clone())).collect();
+    let config_blob = config_blob(family, &base_image.config, &diff_ids, edits);
 
     let mut all_layers: Vec<(LayerKind, Blob)> =
         base_image.layers.iter().map(|b| (LayerKind::Base, b.clone())).collect();
@@ -228,13 +234,7 @@ mod tests {
             "config": {"Env": ["PATH=/usr/bin", "A=b"], "Cmd": ["sh"], "User": "65532", "Labels": {"base": "yes"}},
             "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]}, "history": [{"created_by": "base"}]
         });
-        let layer = Layer {
-            kind: LayerKind::Binary,
-            digest: "sha256:cc".into(),
-            diff_id: "sha256:dd".into(),
-            size: 0,
-            data: super::super::layer::LayerBytes::Memory(Bytes::new()),
-        };
+        let layer = (LayerKind::Binary, "sha256:dd".to_string());
         let edits = ConfigEdits {
             binary_name: "hello".into(),
             import_path: "example.com/hello".into(),

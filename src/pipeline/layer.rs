@@ -663,9 +663,24 @@ impl ChunkMemo {
 /// uploaded meanwhile; returning false stops the compression (nobody wants the layer any more).
 pub type ChunkSink<'a> = &'a mut (dyn FnMut(&Bytes) -> bool + Send);
 
+/// What a layer's compression hands out while it runs, and what it may reuse.
+#[derive(Default)]
+pub struct Streaming<'a> {
+    /// Gets the compressed pieces in order.
+    pub sink: Option<ChunkSink<'a>>,
+    /// Remembered chunks, and the slot whose chunks this layer replaces.
+    pub memo: Option<(&'a ChunkMemo, &'a str)>,
+    /// Gets the diff ID as soon as the tar is hashed, usually well before the compression
+    /// ends: the image config (which names it) can go up meanwhile.
+    pub on_diff_id: Option<DiffIdHook<'a>>,
+}
+
+/// Called once with the layer's diff ID.
+pub type DiffIdHook<'a> = Box<dyn FnOnce(&str) + Send + 'a>;
+
 /// Compress an uncompressed tar into a layer.
 pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> {
-    compress_layer_streaming(kind, tar, &mut |_| true, None)
+    compress_layer_streaming(kind, tar, Streaming::default())
 }
 
 /// Compress an uncompressed tar into a layer, handing each compressed piece to `sink` in order.
@@ -673,30 +688,36 @@ pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> 
 /// while another thread hashes the tar: the same input always gives the same bytes, whatever
 /// the core count, and no more than a chunk per core is held uncompressed. The compressed
 /// digest is hashed as the pieces come out, so it is ready when the last one is.
-pub fn compress_layer_streaming(
-    kind: LayerKind,
-    tar: impl TarBytes,
-    sink: ChunkSink,
-    memo: Option<(&ChunkMemo, &str)>,
-) -> io::Result<Layer> {
+pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: Streaming) -> io::Result<Layer> {
+    let Streaming { sink, memo, on_diff_id } = streaming;
+    let mut no_sink = |_: &Bytes| true;
+    let sink: ChunkSink = sink.unwrap_or(&mut no_sink);
     let total = tar.len();
     if total <= PARALLEL_THRESHOLD as u64 {
         let mut all = vec![0u8; total as usize];
         tar.read_at(0, &mut all)?;
+        let diff_id = sha256_digest(&all);
+        if let Some(report) = on_diff_id {
+            report(&diff_id);
+        }
         let compressed = Bytes::from(gzip_whole(&all)?);
         if !sink(&compressed) {
             return Err(cancelled());
         }
-        return Ok(Layer::in_memory(kind, sha256_digest(&compressed), sha256_digest(&all), compressed));
+        return Ok(Layer::in_memory(kind, sha256_digest(&compressed), diff_id, compressed));
     }
     let mut keys = Vec::new();
+    let reused_bytes = std::sync::atomic::AtomicU64::new(0);
     let compress_chunk = |compressors: &mut Compressors, chunk: &[u8]| -> io::Result<(Bytes, ChunkKey)> {
         let Some((memo, _)) = memo else {
             return Ok((Bytes::from(compressors.gzip(chunk)?), [0; 32]));
         };
         let key: ChunkKey = *blake3::hash(chunk).as_bytes();
         match memo.claim(key) {
-            Claim::Ready(member) => Ok((member, key)),
+            Claim::Ready(member) => {
+                reused_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                Ok((member, key))
+            }
             Claim::Mine(claim) => {
                 let member = Bytes::from(compressors.gzip(chunk)?);
                 claim.fulfil(member.clone());
@@ -720,7 +741,11 @@ pub fn compress_layer_streaming(
                 hasher.update(&buf[..len]);
                 offset += len as u64;
             }
-            Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+            let diff_id = format!("sha256:{}", hex::encode(hasher.finalize()));
+            if let Some(report) = on_diff_id {
+                report(&diff_id);
+            }
+            Ok(diff_id)
         });
         // This thread hands the pieces out in order as they are finished.
         let emitted = run_chunk_pipeline(&tar, compression_workers(), Compressors::new, compress_chunk, |pipeline| {
@@ -746,6 +771,8 @@ pub fn compress_layer_streaming(
         emitted.and_then(|(compressed, digest)| Ok((diff_id?, compressed, digest)))
     })?;
     if let Some((memo, slot)) = memo {
+        let reused_bytes = reused_bytes.load(Ordering::Relaxed);
+        tracing::debug!(chunks = keys.len(), reused_bytes, total, "layer compressed, remembered chunks reused");
         memo.settle(slot, keys);
     }
     Ok(Layer::in_memory(kind, digest, diff_id, compressed))
@@ -765,19 +792,13 @@ fn finish_layer(kind: LayerKind, tar: TarWriter<Vec<u8>>) -> io::Result<Layer> {
 
 /// The binary layer: `ko-app/` and `/ko-app/<name>`, mode 0555, mtime 0.
 pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
-    binary_layer_streaming(binary, name, &mut |_| true, None)
+    binary_layer_streaming(binary, name, Streaming::default())
 }
 
-/// The binary layer, its compressed bytes handed to `sink` as they are made, reusing the
-/// chunks `memo` holds (for its slot) from earlier builds.
-pub fn binary_layer_streaming(
-    binary: &Path,
-    name: &str,
-    sink: ChunkSink,
-    memo: Option<(&ChunkMemo, &str)>,
-) -> Result<Layer> {
+/// The binary layer, handing out what it makes as it goes (see [`Streaming`]).
+pub fn binary_layer_streaming(binary: &Path, name: &str, streaming: Streaming) -> Result<Layer> {
     binary_tar(binary, name)
-        .and_then(|tar| compress_layer_streaming(LayerKind::Binary, tar, sink, memo))
+        .and_then(|tar| compress_layer_streaming(LayerKind::Binary, tar, streaming))
         .map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
 }
 
@@ -995,8 +1016,7 @@ mod tests {
         let mut after = before.clone();
         after.splice(1_000_000..1_000_000, *b"inserted");
         let with_memo = |data: &Vec<u8>| {
-            compress_layer_streaming(LayerKind::Binary, data.clone(), &mut |_| true, Some((&memo, "app/amd64")))
-                .unwrap()
+            compress_layer_streaming(LayerKind::Binary, data.clone(), remembering(&memo, "app/amd64")).unwrap()
         };
         with_memo(&before);
         let after_chunks = chunks_of(&after);
@@ -1006,6 +1026,10 @@ mod tests {
         let fresh = compress_layer(LayerKind::Binary, after.clone()).unwrap();
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap(), "reuse changes nothing in the bytes");
         assert_eq!(decoded(&layer), after);
+    }
+
+    fn remembering<'a>(memo: &'a ChunkMemo, slot: &'a str) -> Streaming<'a> {
+        Streaming { memo: Some((memo, slot)), ..Default::default() }
     }
 
     fn decoded(layer: &Layer) -> Vec<u8> {
@@ -1079,6 +1103,31 @@ mod tests {
     }
 
     #[test]
+    fn the_diff_id_is_reported_before_the_layer_is_done_and_is_the_layers() {
+        for size in [100_000, 3_000_000] {
+            let data = noise(size, 0x0123_4567_89ab_cdef, |s| b'a' + (s % 16) as u8);
+            let (reported, pieces_after) = (Mutex::new(None), std::sync::atomic::AtomicUsize::new(0));
+            let mut sink = |_: &Bytes| {
+                if reported.lock().unwrap().is_some() {
+                    pieces_after.fetch_add(1, Ordering::Relaxed);
+                }
+                true
+            };
+            let streaming = Streaming {
+                sink: Some(&mut sink),
+                on_diff_id: Some(Box::new(|id: &str| *reported.lock().unwrap() = Some(id.to_string()))),
+                ..Default::default()
+            };
+            let layer = compress_layer_streaming(LayerKind::Binary, data, streaming).unwrap();
+            assert_eq!(reported.lock().unwrap().as_deref(), Some(layer.diff_id.as_str()));
+            // Hashing a small layer comes before compressing it, so its one piece comes after.
+            if size < PARALLEL_THRESHOLD {
+                assert_eq!(pieces_after.load(Ordering::Relaxed), 1);
+            }
+        }
+    }
+
+    #[test]
     fn remembered_chunks_give_the_same_bytes_and_only_the_latest_are_kept() {
         let memo = ChunkMemo::default();
         // No two chunks alike (the memo would hold a repeated chunk once), but compressible.
@@ -1086,8 +1135,7 @@ mod tests {
         let mut second = first.clone();
         second[10] ^= 0xff; // an edit in the first chunk only, like a new build ID
         let memo_layer = |data: &Vec<u8>| {
-            compress_layer_streaming(LayerKind::Binary, data.clone(), &mut |_| true, Some((&memo, "app/amd64")))
-                .unwrap()
+            compress_layer_streaming(LayerKind::Binary, data.clone(), remembering(&memo, "app/amd64")).unwrap()
         };
         let one = memo_layer(&first);
         let held_after_one = memo.held_bytes();
@@ -1101,8 +1149,7 @@ mod tests {
         assert_eq!(memo.held_bytes() as u64, two.size);
         // Another slot keeps its own chunks beside it.
         let other: Vec<u8> = first.iter().map(|b| b.wrapping_add(1)).collect();
-        let three =
-            compress_layer_streaming(LayerKind::Binary, other, &mut |_| true, Some((&memo, "app/arm64"))).unwrap();
+        let three = compress_layer_streaming(LayerKind::Binary, other, remembering(&memo, "app/arm64")).unwrap();
         assert_eq!(memo.held_bytes() as u64, two.size + three.size);
     }
 
@@ -1126,7 +1173,7 @@ mod tests {
         let reusable = finished_chunks.iter().filter(|chunk| memo.knows(blake3::hash(chunk).as_bytes())).count();
         assert_eq!(reusable, finished_chunks.len() - 2, "all but the build ID's chunk and the changed one are ready");
 
-        let layer = binary_layer_streaming(&linker_output, "app", &mut |_| true, Some((&memo, "app/amd64"))).unwrap();
+        let layer = binary_layer_streaming(&linker_output, "app", remembering(&memo, "app/amd64")).unwrap();
         let fresh = binary_layer(&linker_output, "app").unwrap();
         assert_eq!(layer.digest, fresh.digest, "what was guessed ahead never reaches the layer");
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());

@@ -16,27 +16,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::Mutex;
 
 use crate::config::{Artifact, BaseImageRef, Plan, PublishTarget};
 use crate::error::{KodevError, Result};
 use crate::event::{EventKind, EventSink};
-use crate::platform::PlatformRequest;
-use base::BaseImage;
+use crate::platform::{Platform, PlatformRequest};
+use base::{BaseImage, BlobData};
 use image::{BuiltImage, ConfigEdits};
-use layer::{ChunkMemo, KodataSource, Layer};
-use publish::{Publisher, PushOutcome, StreamedBlob};
+use layer::{ChunkMemo, KodataSource, Layer, LayerKind};
+use publish::{EarlyUpload, Publisher, PushOutcome, StreamedBlob};
 use registry::Registries;
 use upload::OpenUpload;
 
 /// A base image as requested: which reference, for which platforms.
 type BaseKey = (BaseImageRef, Vec<String>);
 
+/// A base image being resolved (or resolved): every build and platform that needs it waits
+/// for the one resolution.
+type SharedBase = Shared<BoxFuture<'static, Result<Arc<BaseImage>>>>;
+
+/// The kodata layer being made.
+type SharedLayer = Shared<BoxFuture<'static, Result<Layer>>>;
+
 /// Builds and publishes artifacts; holds what is worth keeping between builds (base images).
 pub struct Builder {
     registries: Arc<Registries>,
     publisher: Publisher,
-    bases: Mutex<HashMap<BaseKey, Arc<BaseImage>>>,
+    bases: std::sync::Mutex<HashMap<BaseKey, SharedBase>>,
     /// Compressed chunks of the latest binary layers, for the next build of the same binaries.
     chunks: Arc<ChunkMemo>,
 }
@@ -83,18 +91,23 @@ impl Builder {
                 index_lock: Arc::new(Mutex::new(())),
             },
         };
-        Builder { registries, publisher, bases: Mutex::new(HashMap::new()), chunks: Arc::default() }
+        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default() }
     }
 
-    /// Base images are resolved once per session and kept in memory.
-    async fn base_for(&self, artifact: &Artifact) -> Result<Arc<BaseImage>> {
+    /// Base images are resolved once per session and kept in memory; one that failed to
+    /// resolve is tried again by the next build.
+    fn base_for(&self, artifact: &Artifact) -> SharedBase {
         let key = (artifact.base.clone(), artifact.platforms.describe());
-        if let Some(found) = self.bases.lock().await.get(&key) {
-            return Ok(found.clone());
+        let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = bases.get(&key).filter(|f| !matches!(f.peek(), Some(Err(_)))) {
+            return found.clone();
         }
-        let resolved = Arc::new(base::resolve(&self.registries, &artifact.base, &artifact.platforms).await?);
-        self.bases.lock().await.insert(key, resolved.clone());
-        Ok(resolved)
+        let (registries, reference, platforms) =
+            (self.registries.clone(), artifact.base.clone(), artifact.platforms.clone());
+        let resolving =
+            async move { base::resolve(&registries, &reference, &platforms).await.map(Arc::new) }.boxed().shared();
+        bases.insert(key, resolving.clone());
+        resolving
     }
 
     /// The binary's layer, with its upload when it is streaming to the registry. A binary built
@@ -106,6 +119,7 @@ impl Builder {
         name: &str,
         slot: String,
         target: Option<&oci_client::Reference>,
+        diff_id: tokio::sync::oneshot::Sender<String>,
     ) -> Result<(Layer, Option<PendingUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
@@ -119,10 +133,11 @@ impl Builder {
             };
             if present {
                 tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
+                let _ = diff_id.send(record.diff_id.clone());
                 return Ok((layer::recorded_binary_layer(record, &binary, name), None));
             }
         }
-        let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot };
+        let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot, diff_id };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
                 binary_layer_uploading(registries, target, source).await?
@@ -149,6 +164,40 @@ impl Builder {
         WantedWhileAlive(wanted)
     }
 
+    /// Upload a platform's config as soon as its binary's diff ID is known, while the layer is
+    /// still being compressed: the publish step then only commits the layer before the
+    /// manifest goes up. The publish step makes the same config again (the same bytes) and
+    /// uploads it itself if this did not get it there. Only for registries.
+    fn upload_config_early(
+        &self,
+        target: Option<&oci_client::Reference>,
+        platform: &Platform,
+        parts: (SharedBase, SharedLayer, ConfigEdits),
+        diff_id: tokio::sync::oneshot::Receiver<String>,
+    ) -> Option<EarlyUpload> {
+        let (Publisher::Registry(registries), Some(target)) = (&self.publisher, target) else { return None };
+        let (registries, target, platform) = (registries.clone(), target.clone(), platform.clone());
+        let (base, kodata, edits) = parts;
+        let upload = async move {
+            let Ok(binary_diff_id) = diff_id.await else { return Ok(None) };
+            let (base, kodata) = (base.await?, kodata.await?);
+            let Some(base_image) = base.images.iter().find(|i| platform.matches(&i.platform) || platform == i.platform)
+            else {
+                return Ok(None);
+            };
+            let diff_ids = [(kodata.kind, kodata.diff_id.clone()), (LayerKind::Binary, binary_diff_id)];
+            let config = image::config_blob(base.family, &base_image.config, &diff_ids, &edits);
+            if registries.blob_exists(&target, &config.digest).await? {
+                return Ok(None);
+            }
+            let BlobData::Memory(bytes) = &config.data else { return Ok(None) };
+            registries.upload_blob(&target, bytes.clone(), &config.digest).await?;
+            tracing::debug!(digest = %config.digest, "config uploaded ahead of its layer");
+            Ok(Some((config.digest, config.size)))
+        };
+        Some(EarlyUpload(AbortOnDrop(tokio::spawn(upload))))
+    }
+
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
         let started = Instant::now();
@@ -172,6 +221,7 @@ impl Builder {
                 (Some(base), platforms)
             }
         };
+        let shared_base = self.base_for(artifact);
         events.send(EventKind::BuildStarted { platforms: platforms.iter().map(|p| p.to_string()).collect(), debug });
 
         let kodata_artifact = artifact.clone();
@@ -183,6 +233,14 @@ impl Builder {
             };
             layer::kodata_layer(&source)
         });
+        let kodata: SharedLayer = async move { kodata.await.map_err(join_error)? }.boxed().shared();
+        let edits = ConfigEdits {
+            binary_name: artifact.binary_name().to_string(),
+            import_path: artifact.import_path.clone(),
+            labels: artifact.labels.clone(),
+            created: source_date_epoch(artifact).map(image::rfc3339),
+            debug,
+        };
 
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
@@ -190,6 +248,7 @@ impl Builder {
             let out_dir = gobuild::output_dir(artifact, platform, debug);
             let slot = out_dir.display().to_string();
             let slots = slots.clone();
+            let config_parts = (shared_base.clone(), kodata.clone(), edits.clone());
             async move {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
@@ -216,9 +275,12 @@ impl Builder {
                 // Parsed only now: the first parse compiles oci-client's reference grammar (tens of
                 // milliseconds), which must not delay starting go.
                 let upload_target = registry::parse_reference(&artifact.image_name).ok();
-                let (layer, streamed) =
-                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref()).await?;
-                Ok::<_, KodevError>((platform.clone(), layer, streamed))
+                let (diff_id_known, diff_id) = tokio::sync::oneshot::channel();
+                let config = self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
+                let (layer, streamed) = self
+                    .binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), diff_id_known)
+                    .await?;
+                Ok::<_, KodevError>((platform.clone(), layer, streamed, config))
             }
         }));
         let (base, binaries) = match resolved_base {
@@ -226,28 +288,18 @@ impl Builder {
             // Fails fast: a missing base stops the compiles (dropping them kills go).
             None => {
                 // The compiles first: try_join! polls in order, so go starts before anything else runs.
-                let (binaries, base, ()) = tokio::try_join!(
-                    compile_all,
-                    self.base_for(artifact),
-                    self.publisher.prepare(&artifact.image_name)
-                )?;
+                let (binaries, base, ()) =
+                    tokio::try_join!(compile_all, shared_base, self.publisher.prepare(&artifact.image_name))?;
                 (base, binaries)
             }
         };
-        let kodata = kodata.await.map_err(join_error)??;
+        let kodata = kodata.await?;
 
-        let edits = ConfigEdits {
-            binary_name: artifact.binary_name().to_string(),
-            import_path: artifact.import_path.clone(),
-            labels: artifact.labels.clone(),
-            created: source_date_epoch(artifact).map(image::rfc3339),
-            debug,
-        };
         let mut manifests = Vec::new();
         for base_image in &base.images {
-            let (_, binary, _) = binaries
+            let (_, binary, _, _) = binaries
                 .iter()
-                .find(|(requested, _, _)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+                .find(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
                 .ok_or_else(|| KodevError::build(format!("no binary was built for {}", base_image.platform)))?;
             let layers = [kodata.clone(), binary.clone()];
             manifests.push(image::compose_image(&base, base_image, &layers, &edits));
@@ -255,11 +307,13 @@ impl Builder {
         let built = image::assemble(&base, manifests);
 
         let publish_started = Instant::now();
-        let streamed = binaries
-            .into_iter()
-            .filter_map(|(_, layer, upload)| upload.map(|upload| StreamedBlob { digest: layer.digest, upload }))
-            .collect();
-        let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag, streamed).await?;
+        let mut streamed = Vec::new();
+        let mut early = Vec::new();
+        for (_, layer, upload, config) in binaries {
+            streamed.extend(upload.map(|upload| StreamedBlob { digest: layer.digest, upload }));
+            early.extend(config);
+        }
+        let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag, streamed, early).await?;
         let push_ms = publish_started.elapsed().as_millis() as u64;
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
@@ -295,17 +349,26 @@ impl Drop for WantedWhileAlive {
     }
 }
 
-/// A built binary to put in a layer, with the chunk memo of its slot.
+/// A built binary to put in a layer, with the chunk memo of its slot and who waits for its diff ID.
 struct BinarySource {
     path: PathBuf,
     name: String,
     chunks: Arc<ChunkMemo>,
     slot: String,
+    diff_id: tokio::sync::oneshot::Sender<String>,
 }
 
 impl BinarySource {
-    fn layer(&self, sink: layer::ChunkSink) -> Result<Layer> {
-        layer::binary_layer_streaming(&self.path, &self.name, sink, Some((&self.chunks, &self.slot)))
+    fn layer(self, sink: layer::ChunkSink) -> Result<Layer> {
+        let BinarySource { path, name, chunks, slot, diff_id } = self;
+        let streaming = layer::Streaming {
+            sink: Some(sink),
+            memo: Some((&chunks, &slot)),
+            on_diff_id: Some(Box::new(move |id: &str| {
+                let _ = diff_id.send(id.to_string());
+            })),
+        };
+        layer::binary_layer_streaming(&path, &name, streaming)
     }
 }
 
@@ -354,10 +417,10 @@ async fn binary_layer_uploading(
 }
 
 /// A task that dies with its handle (a cancelled build takes its upload with it).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
-    async fn finish(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+    pub async fn finish(mut self) -> std::result::Result<T, tokio::task::JoinError> {
         (&mut self.0).await
     }
 }

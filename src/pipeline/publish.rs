@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use super::base::{blob_bytes, write_atomically, Blob, BlobData};
 use super::image::BuiltImage;
 use super::registry::{parse_reference, Registries};
-use super::PendingUpload;
+use super::{AbortOnDrop, PendingUpload};
 use crate::error::{KodevError, Result};
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -35,6 +35,10 @@ pub struct StreamedBlob {
     pub digest: String,
     pub upload: PendingUpload,
 }
+
+/// A blob (a config) uploaded while the build was still running: what it uploaded, or None
+/// when the registry already had it.
+pub struct EarlyUpload(pub AbortOnDrop<Result<Option<(String, u64)>>>);
 
 #[derive(Clone)]
 pub enum Publisher {
@@ -71,22 +75,24 @@ impl Publisher {
     }
 
     /// Publish an image; `streamed` are uploads of its blobs already sent and waiting for their
-    /// commit, which goes along with the other blobs.
+    /// commit, which goes along with the other blobs; `early` are uploads of its blobs that
+    /// started before the image was complete.
     pub async fn publish(
         &self,
         image: &BuiltImage,
         name: &str,
         tag: &str,
         streamed: Vec<StreamedBlob>,
+        early: Vec<EarlyUpload>,
     ) -> Result<PushOutcome> {
         let mut outcome = match self {
             Publisher::Registry(registries) => {
-                match publish_to_registry(registries, image, name, tag, streamed).await {
+                match publish_to_registry(registries, image, name, tag, streamed, early).await {
                     // The registry lost blobs this session remembered (restarted without storage, say):
                     // forget what it was thought to hold and push everything it lacks again, once.
                     Err(e) if e.to_string().to_ascii_lowercase().contains("blob unknown") => {
                         registries.forget(&parse_reference(name)?);
-                        publish_to_registry(registries, image, name, tag, Vec::new()).await
+                        publish_to_registry(registries, image, name, tag, Vec::new(), Vec::new()).await
                     }
                     other => other,
                 }
@@ -107,6 +113,7 @@ async fn publish_to_registry(
     name: &str,
     tag: &str,
     streamed: Vec<StreamedBlob>,
+    early: Vec<EarlyUpload>,
 ) -> Result<PushOutcome> {
     let target = parse_reference(name)?;
     let blobs = distinct_blobs(image);
@@ -145,9 +152,21 @@ async fn publish_to_registry(
     let results: Vec<Option<(String, u64)>> = futures::future::try_join_all(uploads).await?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "blobs in place");
     let mut outcome = PushOutcome::default();
-    for (digest, size) in results.into_iter().flatten() {
-        outcome.bytes_uploaded += size;
-        outcome.uploaded.insert(digest);
+    // An early upload done before its blob's turn left the blob known, so that turn sent
+    // nothing: the early upload is what this push uploaded.
+    let early_results = futures::future::join_all(early.into_iter().map(|EarlyUpload(task)| task.finish())).await;
+    let early_uploaded = early_results.into_iter().filter_map(|joined| match joined {
+        Ok(Ok(uploaded)) => uploaded,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "early upload failed; the blob went up with the image");
+            None
+        }
+        Err(_) => None,
+    });
+    for (digest, size) in results.into_iter().flatten().chain(early_uploaded) {
+        if outcome.uploaded.insert(digest) {
+            outcome.bytes_uploaded += size;
+        }
     }
     for pending in streamed.into_values() {
         if let Some(upload) = pending.sent().await {

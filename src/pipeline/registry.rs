@@ -32,6 +32,9 @@ pub struct Registries {
     clients: Mutex<HashMap<String, Client>>,
     /// Blobs known to be in a repository (`registry/repo@digest`): checked or pushed this session.
     known_blobs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// One upload at a time per blob: a second upload of the same blob (a config sent early
+    /// and again by the publish step) waits for the first and then finds the blob known.
+    uploading: std::sync::Mutex<HashMap<String, std::sync::Arc<Mutex<()>>>>,
     streamer: Streamer,
 }
 
@@ -96,6 +99,7 @@ impl Registries {
             insecure,
             clients: Mutex::new(HashMap::new()),
             known_blobs: Default::default(),
+            uploading: Default::default(),
             streamer: Streamer::default(),
         }
     }
@@ -192,7 +196,7 @@ impl Registries {
 
     /// Whether the repository has the blob; what this session saw there is not asked again.
     pub async fn blob_exists(&self, target: &Reference, digest: &str) -> Result<bool> {
-        if self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).contains(&blob_key(target, digest)) {
+        if self.is_known(&blob_key(target, digest)) {
             return Ok(true);
         }
         let client = self.client(target, RegistryOperation::Push).await?;
@@ -216,7 +220,30 @@ impl Registries {
         Ok(mounted)
     }
 
+    fn is_known(&self, key: &str) -> bool {
+        self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+
     pub async fn upload_blob(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
+        let key = blob_key(target, digest);
+        let turn = self.uploading.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
+        let outcome = {
+            let _turn = turn.lock().await;
+            if self.is_known(&key) {
+                Ok(())
+            } else {
+                self.upload_blob_now(target, data, digest).await
+            }
+        };
+        let mut uploading = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: nobody else waits on this blob.
+        if std::sync::Arc::strong_count(&turn) <= 2 {
+            uploading.remove(&key);
+        }
+        outcome
+    }
+
+    async fn upload_blob_now(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
         let client = self.client(target, RegistryOperation::Push).await?;
         let url = self.url(target, "blobs/uploads/");
         retry(&url, || client.push_blob(target, data.clone(), digest))
