@@ -36,6 +36,15 @@ impl DevSession {
 
     /// Start on a copy of the fixture that `prepare` may change first.
     fn start_with(extra: &[&str], images: &[&str], prepare: impl FnOnce(&Path)) -> DevSession {
+        Self::start_full(extra, images, prepare, None)
+    }
+
+    /// Start with kodev's debug log written to `log`.
+    fn start_logged(extra: &[&str], images: &[&str], log: &Path) -> DevSession {
+        Self::start_full(extra, images, |_| {}, Some(log))
+    }
+
+    fn start_full(extra: &[&str], images: &[&str], prepare: impl FnOnce(&Path), log: Option<&Path>) -> DevSession {
         let registry = Registry::start();
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
@@ -43,16 +52,19 @@ impl DevSession {
         // A cache of its own: its go builds write under it, which tells them from other tests'.
         let cache_dir = tempfile::tempdir().unwrap();
         let cache = cache_dir.path().to_path_buf();
-        let mut child = kodev()
+        let mut command = kodev();
+        command
             .env("KODEV_CACHE_DIR", &cache)
             .current_dir(dir.path())
             .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
             .args(extra)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kodev dev");
+            .stdout(Stdio::piped());
+        match log {
+            Some(log) => command.env("KODEV_LOG", "kodev=debug").stderr(std::fs::File::create(log).unwrap()),
+            None => command.stderr(Stdio::inherit()),
+        };
+        let mut child = command.spawn().expect("start kodev dev");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -515,4 +527,42 @@ fn watch_image_limits_rebuilds_to_the_named_artifacts() {
     // A rebuild asked for by name still works for an unwatched artifact.
     dev.send("r alpha");
     dev.wait_for("alpha pushed on request", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+}
+
+#[test]
+fn a_new_import_joins_the_graph_and_body_edits_do_not_read_it_again() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kodev.log");
+    let graph_reads = || std::fs::read_to_string(&log).unwrap().matches("package graph read image=beta").count();
+    let mut dev = DevSession::start_logged(&[], &["alpha", "beta"], &log);
+
+    // A package nothing imports yet: nothing to build.
+    std::fs::create_dir_all(dev.path("internal/extra")).unwrap();
+    let extra = dev.path("internal/extra/extra.go");
+    std::fs::write(&extra, "package extra\n\n// Word is said by beta.\nfunc Word() string { return \"extra\" }\n")
+        .unwrap();
+    let after = dev.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "{after:#?}");
+
+    // beta imports it: beta rebuilds and reads its graph again, which now has the package.
+    let main = dev.path("cmd/beta/main.go");
+    edit(&main, "\"fmt\"\n", "\"fmt\"\n\n\t\"example.com/mono/internal/extra\"\n");
+    edit(&main, "shared.Greeting(\"beta\")", "shared.Greeting(\"beta\"), extra.Word()");
+    dev.wait_for("beta pushed with the import", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+    let reads = graph_reads();
+    let mark = dev.seen.len();
+    edit(&extra, "\"extra\"", "\"more\"");
+    dev.wait_for("beta pushed after its new package changed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+    assert_eq!(count(&dev.seen[mark..], "build_started", "alpha"), 0, "alpha does not import it");
+
+    // Edits inside function bodies cannot change the graph: it is not read again for them.
+    edit(&main, "extra.Word()", "extra.Word(), \"!\"");
+    dev.wait_for("beta pushed after a body edit", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+    assert_eq!(graph_reads(), reads + 1, "read again only for the new package's first edit");
 }

@@ -4,7 +4,7 @@
 //! context, `ignore` wins). Without: the precise default — the files of the main package's
 //! Go dependency graph inside the main module(s), plus go.mod, go.sum and kodata/.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,6 +35,69 @@ pub struct GoGraph {
     pub module_files: HashSet<PathBuf>,
     /// `<main package>/kodata`.
     pub kodata: PathBuf,
+    /// The [`graph_signature`] of each Go file, read before `go list` read the graph.
+    pub signatures: HashMap<PathBuf, GraphSignature>,
+}
+
+/// A hash of what in a Go file can change the package graph.
+pub type GraphSignature = [u8; 32];
+
+/// What in a Go file can change the package graph: its head (build constraints, package
+/// clause, imports — everything before the first other top-level declaration, which imports
+/// must precede) and its `//go:embed` lines. An edit elsewhere, in a function body say,
+/// leaves the graph as it was, so `go list` need not run again. Conservative: an edited
+/// comment in the head counts as a change.
+pub fn graph_signature(source: &str) -> GraphSignature {
+    let mut hasher = blake3::Hasher::new();
+    let mut in_block_comment = false;
+    let mut head_end = source.len();
+    let mut offset = 0;
+    for line in source.split_inclusive('\n') {
+        let declares = ["func", "var", "const", "type"].iter().any(|keyword| {
+            line.strip_prefix(keyword).is_some_and(|rest| rest.starts_with(|c: char| c.is_whitespace() || c == '('))
+        });
+        if declares && !in_block_comment {
+            head_end = offset;
+            break;
+        }
+        in_block_comment = ends_in_block_comment(line, in_block_comment);
+        offset += line.len();
+    }
+    hasher.update(&source.as_bytes()[..head_end]);
+    for line in source.lines().filter(|l| l.trim_start().starts_with("//go:embed")) {
+        hasher.update(b"\n");
+        hasher.update(line.trim().as_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Whether a `/* … */` comment is still open at the end of `line`.
+fn ends_in_block_comment(line: &str, mut open: bool) -> bool {
+    let mut rest = line;
+    loop {
+        if open {
+            match rest.find("*/") {
+                Some(end) => {
+                    open = false;
+                    rest = &rest[end + 2..];
+                }
+                None => return true,
+            }
+        } else {
+            let line_comment = rest.find("//");
+            match rest.find("/*") {
+                Some(start) if line_comment.is_none_or(|c| start < c) => {
+                    open = true;
+                    rest = &rest[start + 2..];
+                }
+                _ => return false,
+            }
+        }
+    }
+}
+
+fn signature_of(path: &Path) -> Option<GraphSignature> {
+    std::fs::read_to_string(path).ok().map(|source| graph_signature(&source))
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,7 +156,17 @@ fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
 }
 
 impl Dependencies {
-    pub fn resolve(artifact: &Artifact) -> Result<Dependencies, String> {
+    /// Package directories of a graph read before: their Go files' signatures are taken
+    /// before the graph is read again.
+    pub fn package_dirs(&self) -> HashSet<PathBuf> {
+        match self {
+            Dependencies::Graph(graph) => graph.package_dirs.clone(),
+            Dependencies::Globs { .. } => HashSet::new(),
+        }
+    }
+
+    /// `known_dirs`: package directories of the graph read before, if any (see [`go_graph`]).
+    pub fn resolve(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Dependencies, String> {
         match &artifact.dependencies {
             Some(configured) if !configured.paths.is_empty() => Ok(Dependencies::Globs {
                 context: artifact.context.clone(),
@@ -101,7 +174,7 @@ impl Dependencies {
                 ignore: glob_set(&configured.ignore)?,
                 provisional: false,
             }),
-            _ => go_graph(artifact).map(Dependencies::Graph),
+            _ => go_graph(artifact, known_dirs).map(Dependencies::Graph),
         }
     }
 
@@ -139,14 +212,46 @@ impl Dependencies {
         match self {
             Dependencies::Globs { provisional, .. } => *provisional,
             Dependencies::Graph(graph) => {
-                graph.module_files.contains(path) || path.extension().is_some_and(|e| e == "go")
+                if graph.module_files.contains(path) {
+                    return true;
+                }
+                if path.extension().is_none_or(|e| e != "go") {
+                    return false;
+                }
+                // A new, removed or unreadable file changes its package's file list.
+                match (graph.signatures.get(path), signature_of(path)) {
+                    (Some(known), Some(now)) => *known != now,
+                    _ => true,
+                }
             }
         }
     }
 }
 
+/// The signatures of the Go files in `dirs`.
+fn signatures_in(dirs: &HashSet<PathBuf>) -> HashMap<PathBuf, GraphSignature> {
+    let mut out = HashMap::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for path in entries.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "go") {
+                if let Some(signature) = signature_of(&path) {
+                    out.insert(path, signature);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `go list -deps -json` of the main package, keeping the packages of the main module(s).
-pub fn go_graph(artifact: &Artifact) -> Result<GoGraph, String> {
+/// Go files in `known_dirs` (the packages of the graph read before) get their signatures,
+/// so that edits which cannot change the graph do not make it be read again; files of
+/// packages new to the graph get theirs the next time it is read.
+pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<GoGraph, String> {
+    // Read before go list: a file edited while go list runs then compares as changed
+    // (conservative), never as unchanged when go list saw its older text.
+    let signatures_before = signatures_in(known_dirs);
     let output = Command::new(go_binary())
         .args([
             "list",
@@ -194,12 +299,79 @@ pub fn go_graph(artifact: &Artifact) -> Result<GoGraph, String> {
         }
         graph.package_dirs.insert(dir);
     }
+    graph.signatures = signatures_before
+        .into_iter()
+        .filter(|(path, _)| graph.files.contains(path) && path.extension().is_some_and(|e| e == "go"))
+        .collect();
+    tracing::debug!(image = %artifact.image, files = graph.files.len(), "package graph read");
     Ok(graph)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAIN: &str = r#"//go:build linux
+
+// Package main says hello.
+package main
+
+import (
+	"fmt"
+
+	"example.com/mono/internal/shared"
+)
+
+/* A block comment that mentions
+func inside it, at the start of a line. */
+import "os"
+
+//go:embed static/*
+var static embed.FS
+
+func main() {
+	fmt.Println(shared.Greeting("beta"), os.Args)
+}
+"#;
+
+    #[test]
+    fn only_edits_that_can_change_the_graph_change_the_signature() {
+        let before = graph_signature(MAIN);
+        let same = |edited: &str| graph_signature(edited) == before;
+        assert!(same(&MAIN.replace("\"beta\"", "\"beta, again\"")), "a function body");
+        assert!(same(&format!("{MAIN}\nfunc more() {{}}\n")), "a new function");
+        assert!(!same(&MAIN.replace("\t\"fmt\"", "\t\"fmt\"\n\t\"strings\"")), "a new import");
+        assert!(!same(&MAIN.replace("import \"os\"", "import \"io\"")), "an import after a block comment");
+        assert!(!same(&MAIN.replace("//go:build linux", "//go:build darwin")), "a build constraint");
+        assert!(!same(&MAIN.replace("package main", "package other")), "the package clause");
+        assert!(!same(&MAIN.replace("static/*", "assets/*")), "an embed pattern");
+    }
+
+    #[test]
+    fn go_edits_ask_for_a_new_graph_only_when_their_signature_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("main.go");
+        std::fs::write(&main, MAIN).unwrap();
+        let go_mod = dir.path().join("go.mod");
+        let mut graph = GoGraph::default();
+        graph.files.insert(main.clone());
+        graph.package_dirs.insert(dir.path().to_path_buf());
+        graph.module_files.insert(go_mod.clone());
+        graph.signatures = signatures_in(&graph.package_dirs);
+        let deps = Dependencies::Graph(graph);
+
+        std::fs::write(&main, MAIN.replace("\"beta\"", "\"gamma\"")).unwrap();
+        assert!(!deps.needs_refresh(&main), "a body edit");
+        std::fs::write(&main, MAIN.replace("\t\"fmt\"", "\t\"fmt\"\n\t\"strings\"")).unwrap();
+        assert!(deps.needs_refresh(&main), "a new import");
+        let added = dir.path().join("extra.go");
+        std::fs::write(&added, "package main\n").unwrap();
+        assert!(deps.needs_refresh(&added), "a new file of the package");
+        std::fs::remove_file(&main).unwrap();
+        assert!(deps.needs_refresh(&main), "a removed file");
+        assert!(deps.needs_refresh(&go_mod), "go.mod");
+        assert!(!deps.needs_refresh(&dir.path().join("README.md")));
+    }
 
     #[test]
     fn skaffold_globs() {

@@ -2,7 +2,7 @@
 //! file changes, commands, finished builds. Per artifact: at most one build in flight; a newer
 //! change cancels it (dropping the task kills `go`), builds run up to `build.local.concurrency`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub enum EngineMessage {
         generation: u64,
         result: std::result::Result<(), KodevError>,
         deps: Option<Box<DepsRefresh>>,
+        /// `Slot::graph_edits` when the build started.
+        graph_edits_before: u64,
     },
 }
 
@@ -50,6 +52,9 @@ struct Slot {
     dirty: bool,
     /// The next build should refresh the Go dependency graph.
     refresh_deps: bool,
+    /// Changes seen that may alter the graph: one after a build started means the graph that
+    /// build read may predate it, and is to be read again.
+    graph_edits: u64,
     /// A burst of changes cancelled the build; it starts again once they stop.
     restart_at: Option<tokio::time::Instant>,
 }
@@ -151,6 +156,8 @@ impl Engine {
         slot.restart_at = None;
         // Cleared only when a build finishes with the refreshed graph: a cancelled build must not lose it.
         let refresh = slot.refresh_deps;
+        let known_dirs = self.deps[index].as_ref().map(Dependencies::package_dirs).unwrap_or_default();
+        let graph_edits_before = slot.graph_edits;
         let generation = slot.generation;
         let builder = self.builder.clone();
         let limit = self.slots_limit.clone();
@@ -161,11 +168,14 @@ impl Engine {
             let result = builder.build_artifact(&artifact, debug, &sink).await.map(|_| ());
             let deps = if refresh {
                 let artifact = artifact.clone();
-                tokio::task::spawn_blocking(move || Dependencies::resolve(&artifact)).await.ok().map(Box::new)
+                tokio::task::spawn_blocking(move || Dependencies::resolve(&artifact, &known_dirs))
+                    .await
+                    .ok()
+                    .map(Box::new)
             } else {
                 None
             };
-            let _ = tx.send(EngineMessage::Finished { index, generation, result, deps });
+            let _ = tx.send(EngineMessage::Finished { index, generation, result, deps, graph_edits_before });
         }));
     }
 
@@ -196,7 +206,7 @@ impl Engine {
             };
             let Some(message) = message else { break };
             match message {
-                EngineMessage::Finished { index, generation, result, deps } => {
+                EngineMessage::Finished { index, generation, result, deps, graph_edits_before } => {
                     if index >= self.slots.len() || self.slots[index].generation != generation {
                         continue;
                     }
@@ -209,7 +219,10 @@ impl Engine {
                     match deps.map(|d| *d) {
                         Some(Ok(d)) => {
                             self.deps[index] = Some(d);
-                            self.slots[index].refresh_deps = false;
+                            let slot = &mut self.slots[index];
+                            if slot.graph_edits == graph_edits_before {
+                                slot.refresh_deps = false;
+                            }
                         }
                         Some(Err(message)) => self.announce(EventKind::Error { message }),
                         None => {}
@@ -301,6 +314,7 @@ impl Engine {
                     affected.insert(i);
                     if deps.needs_refresh(path) {
                         self.slots[i].refresh_deps = true;
+                        self.slots[i].graph_edits += 1;
                     }
                 }
             }
@@ -338,7 +352,7 @@ async fn resolve_all_deps(plan: &Plan, events: &EventSink) -> Vec<Option<Depende
     let mut out = Vec::new();
     for artifact in &plan.artifacts {
         let a = artifact.clone();
-        let resolved = tokio::task::spawn_blocking(move || Dependencies::resolve(&a)).await;
+        let resolved = tokio::task::spawn_blocking(move || Dependencies::resolve(&a, &HashSet::new())).await;
         match resolved {
             Ok(Ok(d)) => out.push(Some(d)),
             Ok(Err(message)) => {
