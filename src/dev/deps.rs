@@ -42,37 +42,42 @@ pub struct GoGraph {
 /// A hash of what in a Go file can change the package graph.
 pub type GraphSignature = [u8; 32];
 
-/// What in a Go file can change the package graph: its head (build constraints, package
-/// clause, imports — everything before the first other top-level declaration, which imports
-/// must precede) and its `//go:embed` lines. An edit elsewhere, in a function body say,
-/// leaves the graph as it was, so `go list` need not run again. Conservative: an edited
-/// comment in the head counts as a change.
+/// What in a Go file can change the package graph: the code of its head (package clause and
+/// imports: everything before the first other top-level declaration, which imports must
+/// precede), its `//go:` directives (build constraints, embeds) and `// +build` lines.
+/// Comments and blank lines elsewhere in the head do not count, nor does anything after
+/// it (a function body, say): such edits leave the graph as it was, so `go list` need not
+/// run again.
 pub fn graph_signature(source: &str) -> GraphSignature {
     let mut hasher = blake3::Hasher::new();
+    let mut in_head = true;
     let mut in_block_comment = false;
-    let mut head_end = source.len();
-    let mut offset = 0;
-    for line in source.split_inclusive('\n') {
-        let declares = ["func", "var", "const", "type"].iter().any(|keyword| {
-            line.strip_prefix(keyword).is_some_and(|rest| rest.starts_with(|c: char| c.is_whitespace() || c == '('))
-        });
-        if declares && !in_block_comment {
-            head_end = offset;
-            break;
+    for line in source.lines() {
+        let trimmed = line.trim();
+        let directive = trimmed.starts_with("//go:") || trimmed.starts_with("// +build");
+        if in_head && !in_block_comment {
+            in_head = !["func", "var", "const", "type"].iter().any(|keyword| {
+                line.strip_prefix(keyword).is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '(']))
+            });
         }
-        in_block_comment = ends_in_block_comment(line, in_block_comment);
-        offset += line.len();
-    }
-    hasher.update(&source.as_bytes()[..head_end]);
-    for line in source.lines().filter(|l| l.trim_start().starts_with("//go:embed")) {
-        hasher.update(b"\n");
-        hasher.update(line.trim().as_bytes());
+        if directive && !in_block_comment {
+            hasher.update(trimmed.as_bytes());
+            hasher.update(b"\n");
+        } else if in_head {
+            let (code, open) = code_of_line(line, in_block_comment);
+            in_block_comment = open;
+            if !code.trim().is_empty() {
+                hasher.update(code.trim().as_bytes());
+                hasher.update(b"\n");
+            }
+        }
     }
     *hasher.finalize().as_bytes()
 }
 
-/// Whether a `/* … */` comment is still open at the end of `line`.
-fn ends_in_block_comment(line: &str, mut open: bool) -> bool {
+/// The code of a line outside comments, and whether a `/* … */` comment is open at its end.
+fn code_of_line(line: &str, mut open: bool) -> (String, bool) {
+    let mut code = String::new();
     let mut rest = line;
     loop {
         if open {
@@ -81,16 +86,21 @@ fn ends_in_block_comment(line: &str, mut open: bool) -> bool {
                     open = false;
                     rest = &rest[end + 2..];
                 }
-                None => return true,
+                None => return (code, true),
             }
         } else {
             let line_comment = rest.find("//");
             match rest.find("/*") {
                 Some(start) if line_comment.is_none_or(|c| start < c) => {
+                    code.push_str(&rest[..start]);
+                    code.push(' ');
                     open = true;
                     rest = &rest[start + 2..];
                 }
-                _ => return false,
+                _ => {
+                    code.push_str(&rest[..line_comment.unwrap_or(rest.len())]);
+                    return (code, false);
+                }
             }
         }
     }
@@ -340,6 +350,8 @@ func main() {
         let same = |edited: &str| graph_signature(edited) == before;
         assert!(same(&MAIN.replace("\"beta\"", "\"beta, again\"")), "a function body");
         assert!(same(&format!("{MAIN}\nfunc more() {{}}\n")), "a new function");
+        assert!(same(&MAIN.replace("// Package main says hello.", "// Package main greets.\n")), "a comment");
+        assert!(same(&MAIN.replace("mentions\nfunc", "mentions\nvar")), "a block comment");
         assert!(!same(&MAIN.replace("\t\"fmt\"", "\t\"fmt\"\n\t\"strings\"")), "a new import");
         assert!(!same(&MAIN.replace("import \"os\"", "import \"io\"")), "an import after a block comment");
         assert!(!same(&MAIN.replace("//go:build linux", "//go:build darwin")), "a build constraint");

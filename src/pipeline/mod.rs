@@ -119,7 +119,7 @@ impl Builder {
         name: &str,
         slot: String,
         target: Option<&oci_client::Reference>,
-        diff_id: tokio::sync::oneshot::Sender<String>,
+        diff_id: tokio::sync::oneshot::Sender<BinaryDiffId>,
     ) -> Result<(Layer, Option<PendingUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
@@ -133,7 +133,7 @@ impl Builder {
             };
             if present {
                 tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
-                let _ = diff_id.send(record.diff_id.clone());
+                let _ = diff_id.send(BinaryDiffId { diff_id: record.diff_id.clone(), built_before: true });
                 return Ok((layer::recorded_binary_layer(record, &binary, name), None));
             }
         }
@@ -173,13 +173,17 @@ impl Builder {
         target: Option<&oci_client::Reference>,
         platform: &Platform,
         parts: (SharedBase, SharedLayer, ConfigEdits),
-        diff_id: tokio::sync::oneshot::Receiver<String>,
+        diff_id: tokio::sync::oneshot::Receiver<BinaryDiffId>,
     ) -> Option<EarlyUpload> {
         let (Publisher::Registry(registries), Some(target)) = (&self.publisher, target) else { return None };
         let (registries, target, platform) = (registries.clone(), target.clone(), platform.clone());
         let (base, kodata, edits) = parts;
         let upload = async move {
-            let Ok(binary_diff_id) = diff_id.await else { return Ok(None) };
+            // The session opens while the diff ID is being hashed: the config then goes up
+            // in one request.
+            let (session, diff_id) = tokio::join!(registries.open_upload(&target), diff_id);
+            let mut session = SessionGuard(registries.clone(), session.ok());
+            let Ok(BinaryDiffId { diff_id: binary_diff_id, built_before }) = diff_id else { return Ok(None) };
             let (base, kodata) = (base.await?, kodata.await?);
             let Some(base_image) = base.images.iter().find(|i| platform.matches(&i.platform) || platform == i.platform)
             else {
@@ -187,13 +191,24 @@ impl Builder {
             };
             let diff_ids = [(kodata.kind, kodata.diff_id.clone()), (LayerKind::Binary, binary_diff_id)];
             let config = image::config_blob(base.family, &base_image.config, &diff_ids, &edits);
-            if registries.blob_exists(&target, &config.digest).await? {
+            let BlobData::Memory(bytes) = &config.data else { return Ok(None) };
+            // Asked first only for a binary built before: after an edit the config is new,
+            // and sending a config the registry has costs what asking would.
+            if built_before && registries.blob_exists(&target, &config.digest).await? {
                 return Ok(None);
             }
-            let BlobData::Memory(bytes) = &config.data else { return Ok(None) };
-            registries.upload_blob(&target, bytes.clone(), &config.digest).await?;
-            tracing::debug!(digest = %config.digest, "config uploaded ahead of its layer");
-            Ok(Some((config.digest, config.size)))
+            let uploaded = match session.1.take() {
+                Some(upload) => match registries.finish_upload(&target, upload, bytes.clone(), &config.digest).await {
+                    Ok(uploaded) => uploaded,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "config upload on the early session failed");
+                        registries.upload_blob(&target, bytes.clone(), &config.digest).await?
+                    }
+                },
+                None => registries.upload_blob(&target, bytes.clone(), &config.digest).await?,
+            };
+            tracing::debug!(digest = %config.digest, uploaded, "config uploaded ahead of its layer");
+            Ok(uploaded.then_some((config.digest, config.size)))
         };
         Some(EarlyUpload(AbortOnDrop(tokio::spawn(upload))))
     }
@@ -355,7 +370,14 @@ struct BinarySource {
     name: String,
     chunks: Arc<ChunkMemo>,
     slot: String,
-    diff_id: tokio::sync::oneshot::Sender<String>,
+    diff_id: tokio::sync::oneshot::Sender<BinaryDiffId>,
+}
+
+/// A binary layer's diff ID, as soon as it is known.
+struct BinaryDiffId {
+    diff_id: String,
+    /// The binary is one an earlier build made (go did not relink it).
+    built_before: bool,
 }
 
 impl BinarySource {
@@ -365,7 +387,7 @@ impl BinarySource {
             sink: Some(sink),
             memo: Some((&chunks, &slot)),
             on_diff_id: Some(Box::new(move |id: &str| {
-                let _ = diff_id.send(id.to_string());
+                let _ = diff_id.send(BinaryDiffId { diff_id: id.to_string(), built_before: false });
             })),
         };
         layer::binary_layer_streaming(&path, &name, streaming)
@@ -412,6 +434,19 @@ async fn binary_layer_uploading(
                 registries.cancel_streamed(upload).await;
             }
             Err(e)
+        }
+    }
+}
+
+/// An upload session not used yet: cancelled on the registry if dropped unused (a build
+/// cancelled before its config was known).
+struct SessionGuard(Arc<Registries>, Option<OpenUpload>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        if let (Some(upload), Ok(runtime)) = (self.1.take(), tokio::runtime::Handle::try_current()) {
+            let registries = self.0.clone();
+            runtime.spawn(async move { registries.cancel_streamed(upload).await });
         }
     }
 }

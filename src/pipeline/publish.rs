@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -65,6 +66,10 @@ fn distinct_blobs(image: &BuiltImage) -> Vec<Blob> {
 
 const PARALLEL_UPLOADS: usize = 4;
 
+/// One blob's upload, awaited by every platform manifest that names it: what it uploaded, or
+/// None when the target had it.
+type SharedUpload<'a> = Shared<BoxFuture<'a, Result<Option<(String, u64)>>>>;
+
 impl Publisher {
     /// Get ready to publish `name` (connect and authenticate) while the build runs.
     pub async fn prepare(&self, name: &str) -> Result<()> {
@@ -123,7 +128,8 @@ async fn publish_to_registry(
         let target = target.clone();
         let slots = slots.clone();
         let sent = streamed.remove(&blob.digest);
-        async move {
+        let digest = blob.digest.clone();
+        (digest, async move {
             if let Some(upload) = match sent {
                 Some(pending) => pending.sent().await,
                 None => None,
@@ -144,13 +150,38 @@ async fn publish_to_registry(
                 }
             }
             let data = blob_bytes(registries, &blob).await?;
-            registries.upload_blob(&target, data, &blob.digest).await?;
-            Ok(Some((blob.digest.clone(), blob.size)))
-        }
+            // Another upload of it (an early one) that got there first counts it.
+            let uploaded = registries.upload_blob(&target, data, &blob.digest).await?;
+            Ok(uploaded.then(|| (blob.digest.clone(), blob.size)))
+        })
     });
     let started = std::time::Instant::now();
-    let results: Vec<Option<(String, u64)>> = futures::future::try_join_all(uploads).await?;
-    tracing::debug!(ms = started.elapsed().as_millis() as u64, "blobs in place");
+    // Each blob goes up once, whichever platforms share it; each platform's manifest goes up
+    // as soon as its own blobs are there, while other platforms' layers are still on their way.
+    let uploads: HashMap<String, SharedUpload> =
+        uploads.map(|(digest, upload)| (digest, upload.boxed().shared())).collect();
+    let is_index = matches!(image, BuiltImage::Index { .. });
+    futures::future::try_join_all(image.manifests().iter().map(|manifest| {
+        let blobs: Vec<SharedUpload> = manifest
+            .layers
+            .iter()
+            .map(|(_, blob)| &blob.digest)
+            .chain(std::iter::once(&manifest.config.digest))
+            .filter_map(|digest| uploads.get(digest).cloned())
+            .collect();
+        let (target, registries) = (&target, registries);
+        async move {
+            futures::future::try_join_all(blobs).await?;
+            if is_index {
+                let reference = target.clone_with_digest(manifest.digest.clone());
+                registries.put_manifest(&reference, manifest.bytes.clone(), &manifest.media_type).await?;
+            }
+            Ok::<_, KodevError>(())
+        }
+    }))
+    .await?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "blobs and platform manifests in place");
+    let results = futures::future::try_join_all(uploads.into_values()).await?;
     let mut outcome = PushOutcome::default();
     // An early upload done before its blob's turn left the blob known, so that turn sent
     // nothing: the early upload is what this push uploaded.
@@ -172,15 +203,6 @@ async fn publish_to_registry(
         if let Some(upload) = pending.sent().await {
             registries.cancel_streamed(upload).await;
         }
-    }
-    if let BuiltImage::Index { .. } = image {
-        let by_digest: Vec<_> =
-            image.manifests().iter().map(|m| (target.clone_with_digest(m.digest.clone()), m)).collect();
-        futures::future::try_join_all(
-            by_digest.iter().map(|(reference, m)| registries.put_manifest(reference, m.bytes.clone(), &m.media_type)),
-        )
-        .await?;
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "platform manifests in place");
     }
     // The top level goes with its tag, last: one PUT stores it and moves the tag together.
     let tagged = parse_reference(&format!("{name}:{tag}"))?;

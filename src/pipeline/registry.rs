@@ -93,6 +93,16 @@ fn credentials_for(registry: &str) -> RegistryAuth {
     }
 }
 
+/// Credentials for the requests kodev makes itself (see `upload.rs`).
+fn streaming_credentials(target: &Reference) -> std::result::Result<Credentials, String> {
+    match credentials_for(target.registry()) {
+        RegistryAuth::Anonymous => Ok(Credentials::Anonymous),
+        RegistryAuth::Basic(user, password) => Ok(Credentials::Basic(user, password)),
+        // Identity tokens are exchanged through oci-client's OAuth flow: upload those the usual way.
+        RegistryAuth::Bearer(_) => Err("identity-token credentials are not streamed".to_string()),
+    }
+}
+
 impl Registries {
     pub fn new(insecure: Vec<String>) -> Self {
         Registries {
@@ -224,15 +234,25 @@ impl Registries {
         self.known_blobs.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
     }
 
-    pub async fn upload_blob(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
+    /// Run `upload` unless the blob is known, one upload of a blob at a time: another upload
+    /// of it waits for this one and then finds it known.
+    async fn upload_once<E>(
+        &self,
+        target: &Reference,
+        digest: &str,
+        upload: impl Future<Output = std::result::Result<(), E>>,
+    ) -> std::result::Result<bool, E> {
         let key = blob_key(target, digest);
         let turn = self.uploading.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone();
         let outcome = {
             let _turn = turn.lock().await;
             if self.is_known(&key) {
-                Ok(())
+                Ok(false)
             } else {
-                self.upload_blob_now(target, data, digest).await
+                upload.await.map(|()| {
+                    self.remember(target, digest);
+                    true
+                })
             }
         };
         let mut uploading = self.uploading.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,14 +263,46 @@ impl Registries {
         outcome
     }
 
+    /// Upload a blob; false when another upload of it got there first.
+    pub async fn upload_blob(&self, target: &Reference, data: Bytes, digest: &str) -> Result<bool> {
+        self.upload_once(target, digest, self.upload_blob_now(target, data, digest)).await
+    }
+
+    /// Open an upload session now, for a blob not made yet (see [`Registries::finish_upload`]).
+    pub async fn open_upload(&self, target: &Reference) -> std::result::Result<OpenUpload, String> {
+        let credentials = streaming_credentials(target)?;
+        self.streamer.open_session(target, self.scheme_for(target.resolve_registry()), &credentials).await
+    }
+
+    /// Put a whole blob on a session opened with [`Registries::open_upload`]: one request.
+    /// Returns whether it was uploaded (false: the blob was known, the session is dropped).
+    pub async fn finish_upload(
+        &self,
+        target: &Reference,
+        upload: OpenUpload,
+        data: Bytes,
+        digest: &str,
+    ) -> std::result::Result<bool, String> {
+        let mut session = Some(upload);
+        let sent = self
+            .upload_once(target, digest, async {
+                let upload = session.take().expect("the session is used once");
+                self.streamer.commit(upload, digest, Some(data)).await
+            })
+            .await?;
+        if let Some(unused) = session {
+            self.streamer.cancel(unused).await;
+        }
+        Ok(sent)
+    }
+
     async fn upload_blob_now(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
         let client = self.client(target, RegistryOperation::Push).await?;
         let url = self.url(target, "blobs/uploads/");
         retry(&url, || client.push_blob(target, data.clone(), digest))
             .await
-            .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))?;
-        self.remember(target, digest);
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))
     }
 
     /// Send a blob to the target while it is being produced (see `upload.rs`); commit it with
@@ -260,12 +312,7 @@ impl Registries {
         target: &Reference,
         pieces: tokio::sync::mpsc::Receiver<Bytes>,
     ) -> std::result::Result<OpenUpload, String> {
-        let credentials = match credentials_for(target.registry()) {
-            RegistryAuth::Anonymous => Credentials::Anonymous,
-            RegistryAuth::Basic(user, password) => Credentials::Basic(user, password),
-            // Identity tokens are exchanged through oci-client's OAuth flow: upload those the usual way.
-            RegistryAuth::Bearer(_) => return Err("identity-token credentials are not streamed".to_string()),
-        };
+        let credentials = streaming_credentials(target)?;
         let scheme = self.scheme_for(target.resolve_registry());
         self.streamer.send(target, scheme, &credentials, pieces).await
     }
@@ -277,7 +324,7 @@ impl Registries {
         upload: OpenUpload,
         digest: &str,
     ) -> std::result::Result<(), String> {
-        self.streamer.commit(upload, digest).await?;
+        self.streamer.commit(upload, digest, None).await?;
         self.remember(target, digest);
         Ok(())
     }

@@ -174,6 +174,18 @@ impl Streamer {
         Err(format!("{url}: not authorized"))
     }
 
+    /// Open an upload session on the target's repository, to be finished with
+    /// [`Streamer::commit`] (with the blob as the body) once the blob is known.
+    pub async fn open_session(
+        &self,
+        target: &Reference,
+        scheme: &str,
+        credentials: &Credentials,
+    ) -> Result<OpenUpload, String> {
+        let base = format!("{scheme}://{}", target.resolve_registry());
+        self.open(&base, target.repository(), credentials).await
+    }
+
     /// Open a session and send every piece `pieces` yields in one PATCH; the session is committed
     /// with [`Streamer::commit`] once the digest is known.
     pub async fn send(
@@ -219,11 +231,21 @@ impl Streamer {
         Ok(upload)
     }
 
-    /// Close the session under the blob's digest; the registry checks it against what it received.
-    pub async fn commit(&self, upload: OpenUpload, digest: &str) -> Result<(), String> {
+    /// Close the session under the blob's digest, sending `last` (the whole blob, for a
+    /// session nothing was sent on yet) with the closing request; the registry checks the
+    /// digest against everything it received.
+    pub async fn commit(&self, upload: OpenUpload, digest: &str, last: Option<Bytes>) -> Result<(), String> {
         let mut url = upload.location.clone();
         url.query_pairs_mut().append_pair("digest", digest);
-        let request = self.http()?.put(url.clone()).header(CONTENT_LENGTH, 0);
+        let request = match last {
+            Some(bytes) => self
+                .http()?
+                .put(url.clone())
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, bytes.len())
+                .body(bytes),
+            None => self.http()?.put(url.clone()).header(CONTENT_LENGTH, 0),
+        };
         let response = authorize(request, &url, &upload.registry, &upload.authorization)
             .send()
             .await
@@ -232,7 +254,7 @@ impl Streamer {
             let status = response.status();
             self.refuse(&upload);
             self.cancel(upload).await;
-            return Err(format!("committing the streamed upload answered {status}"));
+            return Err(format!("committing the upload answered {status}"));
         }
         Ok(())
     }
