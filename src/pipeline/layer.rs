@@ -95,7 +95,7 @@ pub struct LayerRecord {
 }
 
 /// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
-const LAYER_FORMAT: &str = "libdeflate-1/gear-cut-96K-32K-512K/probes-8KiB/v2";
+const LAYER_FORMAT: &str = "libdeflate-1/head-8K/gear-cut-96K-32K-512K/probes-8KiB/v3";
 
 /// The Go build ID of a little-endian ELF binary (the `Go` note near its start), if it has one.
 /// It names the binary's content: the same ID means the same bytes.
@@ -166,6 +166,12 @@ const MAX_CHUNK: usize = 512 << 10;
 const CUT_MASK: u64 = ((1 << 15) - 1) << 49;
 /// The hash at a byte depends only on the bytes this far back (each step shifts one bit out).
 const HASH_WINDOW: usize = 64;
+/// The first chunk is the tar's first 8 KiB, cut there whatever the bytes: a Go binary's
+/// build ID, the only bytes go changes after its linker is done, sits in it (the ELF note
+/// 3976 bytes into the binary, behind the tar's two headers). Every later chunk can then be
+/// compressed from the linker's output ahead of go, and once go is done the stream to the
+/// registry starts after compressing just this small chunk.
+const HEAD_CHUNK: usize = 8 << 10;
 /// How much of the tar the diff-ID hasher reads at once.
 const READ_BLOCK: usize = 256 << 10;
 /// How much the cutter reads at once: about what it hashes past each chunk's minimum.
@@ -194,11 +200,19 @@ struct Cutter {
     /// Where the chunk being cut starts.
     start: u64,
     hash: u64,
+    /// The head chunk (see `HEAD_CHUNK`) is yet to be handed out.
+    head_pending: bool,
 }
 
 impl Cutter {
     fn new(total: u64) -> Self {
-        Cutter { total, start: 0, hash: 0 }
+        let head = total > (HEAD_CHUNK + MIN_CHUNK) as u64;
+        Cutter { total, start: if head { HEAD_CHUNK as u64 } else { 0 }, hash: 0, head_pending: head }
+    }
+
+    /// Hand out the head chunk first, once; false when `on_chunk` wants no more.
+    fn emit_head(&mut self, on_chunk: &mut impl FnMut(u64, usize) -> bool) -> bool {
+        !std::mem::take(&mut self.head_pending) || on_chunk(0, HEAD_CHUNK)
     }
 
     /// The first byte the cuts still depend on: blocks before it need not be read.
@@ -210,6 +224,9 @@ impl Cutter {
     /// `next_needed`); `on_chunk` gets each
     /// chunk `(start, len)` that ends in it. False when `on_chunk` wants no more.
     fn feed(&mut self, offset: u64, block: &[u8], on_chunk: &mut impl FnMut(u64, usize) -> bool) -> bool {
+        if !self.emit_head(on_chunk) {
+            return false;
+        }
         let end = offset + block.len() as u64;
         loop {
             // Hashing starts a window before the first place a cut may go, so that place sees a
@@ -248,6 +265,9 @@ impl Cutter {
 
     /// The end of the tar: the rest, too short to cut, is the last chunk.
     fn finish(&mut self, on_chunk: &mut impl FnMut(u64, usize) -> bool) {
+        if !self.emit_head(on_chunk) {
+            return;
+        }
         if self.start < self.total {
             on_chunk(self.start, (self.total - self.start) as usize);
             self.start = self.total;
@@ -989,7 +1009,8 @@ mod tests {
         for data in [noisy, zeros] {
             let chunks = chunks_of(&data);
             assert_eq!(chunks.concat(), data, "the chunks are the tar, in order");
-            let (last, rest) = chunks.split_last().unwrap();
+            assert_eq!(chunks[0].len(), HEAD_CHUNK, "the head is cut first, whatever its bytes");
+            let (last, rest) = chunks[1..].split_last().unwrap();
             assert!(rest.iter().all(|c| (MIN_CHUNK..=MAX_CHUNK).contains(&c.len())));
             assert!(last.len() <= MAX_CHUNK);
             // Fed in other blocks (odd sizes, splitting windows), the cuts are the same.
