@@ -50,11 +50,11 @@ struct Slot {
     running: Option<JoinHandle<()>>,
     /// Changed while automatic rebuilds were off.
     dirty: bool,
-    /// The next build should refresh the Go dependency graph.
-    refresh_deps: bool,
-    /// Changes seen that may alter the graph: one after a build started means the graph that
-    /// build read may predate it, and is to be read again.
+    /// Changes seen that may alter the Go dependency graph…
     graph_edits: u64,
+    /// …and how many of them the graph in use was read after. While fewer, the next build
+    /// reads the graph again; a build cancelled before it read the graph leaves this as it was.
+    graph_edits_read: u64,
     /// A burst of changes cancelled the build; it starts again once they stop.
     restart_at: Option<tokio::time::Instant>,
 }
@@ -154,8 +154,7 @@ impl Engine {
         slot.generation += 1;
         slot.dirty = false;
         slot.restart_at = None;
-        // Cleared only when a build finishes with the refreshed graph: a cancelled build must not lose it.
-        let refresh = slot.refresh_deps;
+        let refresh = slot.graph_edits_read < slot.graph_edits;
         let known_dirs = self.deps[index].as_ref().map(Dependencies::package_dirs).unwrap_or_default();
         let graph_edits_before = slot.graph_edits;
         let generation = slot.generation;
@@ -219,10 +218,7 @@ impl Engine {
                     match deps.map(|d| *d) {
                         Some(Ok(d)) => {
                             self.deps[index] = Some(d);
-                            let slot = &mut self.slots[index];
-                            if slot.graph_edits == graph_edits_before {
-                                slot.refresh_deps = false;
-                            }
+                            self.slots[index].graph_edits_read = graph_edits_before;
                         }
                         Some(Err(message)) => self.announce(EventKind::Error { message }),
                         None => {}
@@ -313,7 +309,6 @@ impl Engine {
                 if self.wants(i) && deps.matches(path) {
                     affected.insert(i);
                     if deps.needs_refresh(path) {
-                        self.slots[i].refresh_deps = true;
                         self.slots[i].graph_edits += 1;
                     }
                 }

@@ -112,15 +112,16 @@ impl Builder {
 
     /// The binary's layer, with its upload when it is streaming to the registry. A binary built
     /// before (go did not relink it: same build ID) whose layer the target already holds is not
-    /// compressed again; otherwise the layer is compressed, streaming to the registry as it goes.
+    /// compressed again; otherwise the layer is compressed, streaming to the registry as it goes,
+    /// and `config_early` gets the layer's diff ID as soon as it is hashed.
     async fn binary_layer(
         &self,
         binary: PathBuf,
         name: &str,
         slot: String,
         target: Option<&oci_client::Reference>,
-        diff_id: tokio::sync::oneshot::Sender<BinaryDiffId>,
-    ) -> Result<(Layer, Option<PendingUpload>)> {
+        config_early: impl FnOnce(tokio::sync::oneshot::Receiver<String>) -> Option<EarlyUpload>,
+    ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
         if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
@@ -133,10 +134,11 @@ impl Builder {
             };
             if present {
                 tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
-                let _ = diff_id.send(BinaryDiffId { diff_id: record.diff_id.clone(), built_before: true });
-                return Ok((layer::recorded_binary_layer(record, &binary, name), None));
+                return Ok((layer::recorded_binary_layer(record, &binary, name), None, None));
             }
         }
+        let (diff_id, diff_id_known) = tokio::sync::oneshot::channel();
+        let config = config_early(diff_id_known);
         let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot, diff_id };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
@@ -147,7 +149,7 @@ impl Builder {
         if let Some(id) = build_id {
             layer::save_record(&cache, &id, name, &layer);
         }
-        Ok((layer, streamed))
+        Ok((layer, streamed, config))
     }
 
     /// Compress the chunks of the linker's output into the memo while go finishes the binary.
@@ -164,16 +166,17 @@ impl Builder {
         WantedWhileAlive(wanted)
     }
 
-    /// Upload a platform's config as soon as its binary's diff ID is known, while the layer is
-    /// still being compressed: the publish step then only commits the layer before the
-    /// manifest goes up. The publish step makes the same config again (the same bytes) and
+    /// Upload a platform's config as soon as its newly compressed binary layer's diff ID is
+    /// known, while the layer is still being compressed: the publish step then only commits
+    /// the layer before the manifest goes up. After an edit the config is new, so it is sent
+    /// without asking first. The publish step makes the same config again (the same bytes) and
     /// uploads it itself if this did not get it there. Only for registries.
     fn upload_config_early(
         &self,
         target: Option<&oci_client::Reference>,
         platform: &Platform,
         parts: (SharedBase, SharedLayer, ConfigEdits),
-        diff_id: tokio::sync::oneshot::Receiver<BinaryDiffId>,
+        diff_id: tokio::sync::oneshot::Receiver<String>,
     ) -> Option<EarlyUpload> {
         let (Publisher::Registry(registries), Some(target)) = (&self.publisher, target) else { return None };
         let (registries, target, platform) = (registries.clone(), target.clone(), platform.clone());
@@ -183,7 +186,7 @@ impl Builder {
             // in one request.
             let (session, diff_id) = tokio::join!(registries.open_upload(&target), diff_id);
             let mut session = SessionGuard(registries.clone(), session.ok());
-            let Ok(BinaryDiffId { diff_id: binary_diff_id, built_before }) = diff_id else { return Ok(None) };
+            let Ok(binary_diff_id) = diff_id else { return Ok(None) };
             let (base, kodata) = (base.await?, kodata.await?);
             let Some(base_image) = base.images.iter().find(|i| platform.matches(&i.platform) || platform == i.platform)
             else {
@@ -192,11 +195,6 @@ impl Builder {
             let diff_ids = [(kodata.kind, kodata.diff_id.clone()), (LayerKind::Binary, binary_diff_id)];
             let config = image::config_blob(base.family, &base_image.config, &diff_ids, &edits);
             let BlobData::Memory(bytes) = &config.data else { return Ok(None) };
-            // Asked first only for a binary built before: after an edit the config is new,
-            // and sending a config the registry has costs what asking would.
-            if built_before && registries.blob_exists(&target, &config.digest).await? {
-                return Ok(None);
-            }
             let uploaded = match session.1.take() {
                 Some(upload) => match registries.finish_upload(&target, upload, bytes.clone(), &config.digest).await {
                     Ok(uploaded) => uploaded,
@@ -290,10 +288,10 @@ impl Builder {
                 // Parsed only now: the first parse compiles oci-client's reference grammar (tens of
                 // milliseconds), which must not delay starting go.
                 let upload_target = registry::parse_reference(&artifact.image_name).ok();
-                let (diff_id_known, diff_id) = tokio::sync::oneshot::channel();
-                let config = self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
-                let (layer, streamed) = self
-                    .binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), diff_id_known)
+                let config_early =
+                    |diff_id| self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
+                let (layer, streamed, config) = self
+                    .binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), config_early)
                     .await?;
                 Ok::<_, KodevError>((platform.clone(), layer, streamed, config))
             }
@@ -370,14 +368,7 @@ struct BinarySource {
     name: String,
     chunks: Arc<ChunkMemo>,
     slot: String,
-    diff_id: tokio::sync::oneshot::Sender<BinaryDiffId>,
-}
-
-/// A binary layer's diff ID, as soon as it is known.
-struct BinaryDiffId {
-    diff_id: String,
-    /// The binary is one an earlier build made (go did not relink it).
-    built_before: bool,
+    diff_id: tokio::sync::oneshot::Sender<String>,
 }
 
 impl BinarySource {
@@ -387,7 +378,7 @@ impl BinarySource {
             sink: Some(sink),
             memo: Some((&chunks, &slot)),
             on_diff_id: Some(Box::new(move |id: &str| {
-                let _ = diff_id.send(BinaryDiffId { diff_id: id.to_string(), built_before: false });
+                let _ = diff_id.send(id.to_string());
             })),
         };
         layer::binary_layer_streaming(&path, &name, streaming)

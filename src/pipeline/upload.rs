@@ -237,6 +237,7 @@ impl Streamer {
     pub async fn commit(&self, upload: OpenUpload, digest: &str, last: Option<Bytes>) -> Result<(), String> {
         let mut url = upload.location.clone();
         url.query_pairs_mut().append_pair("digest", digest);
+        let sends_body = last.is_some();
         let request = match last {
             Some(bytes) => self
                 .http()?
@@ -252,7 +253,10 @@ impl Streamer {
             .map_err(|e| http_error(url.as_str(), e))?;
         if response.status() != StatusCode::CREATED {
             let status = response.status();
-            self.refuse(&upload);
+            // Only a streamed upload's failure says the registry does not take streaming.
+            if !sends_body {
+                self.refuse(&upload);
+            }
             self.cancel(upload).await;
             return Err(format!("committing the upload answered {status}"));
         }
