@@ -194,48 +194,69 @@ fn is_linker_output(path: &Path) -> bool {
     path.ends_with("exe/a.out")
 }
 
-/// Tell `linked` the path of the linker's output when the linker closes it. go then still
-/// hashes it and writes its final build ID into it (tens of milliseconds for a large binary)
-/// before moving it into place: time the layer's compression can use. Best effort: no watch,
-/// no message.
-fn watch_for_link(scratch: &Path, linked: tokio::sync::oneshot::Sender<PathBuf>) -> Option<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode};
+/// What a go build tells before it exits, when kodev can watch it (go's scratch space is
+/// kodev's): each is sent at most once, and not at all without a watch.
+pub struct Milestones {
+    /// The linker's output path, when the linker closes it. go then still hashes it and writes
+    /// its final build ID into it (tens of milliseconds for a large binary) before moving it
+    /// into place: time the layer's compression can use.
+    pub linked: tokio::sync::oneshot::Sender<PathBuf>,
+    /// The output path, when go has moved the finished binary there. go then only removes its
+    /// work directory and exits (a few milliseconds): the layer can start meanwhile, while the
+    /// exit status is still awaited.
+    pub placed: tokio::sync::oneshot::Sender<PathBuf>,
+}
+
+/// Watch go's scratch space (recursively, for the linker closing its output) and the output's
+/// directory (for go renaming the finished binary into place). Best effort: no watch, no message.
+fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Option<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
-    let linked = std::sync::Mutex::new(Some(linked));
+    let linked = std::sync::Mutex::new(Some(milestones.linked));
+    let placed = std::sync::Mutex::new(Some(milestones.placed));
+    let wanted_output = output.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if event.kind != EventKind::Access(AccessKind::Close(AccessMode::Write)) {
-            return;
-        }
-        if let Some(path) = event.paths.into_iter().find(|p| is_linker_output(p)) {
-            if let Some(sender) = linked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let (pending, path) = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                (&linked, event.paths.into_iter().find(|p| is_linker_output(p)))
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                (&placed, event.paths.into_iter().find(|p| *p == wanted_output))
+            }
+            _ => return,
+        };
+        if let Some(path) = path {
+            if let Some(sender) = pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 let _ = sender.send(path);
             }
         }
     })
     .ok()?;
     watcher.watch(scratch, RecursiveMode::Recursive).ok()?;
+    // Without the output's directory only the first milestone comes; the exit then stands in
+    // for the second.
+    let _ = watcher.watch(output.parent()?, RecursiveMode::NonRecursive);
     Some(watcher)
 }
 
-/// Build one platform's binary into `out_dir`; the `go` process dies with the future. When the
-/// linker has written the binary, `linked` (if given) gets the path it wrote, before go moves it
-/// into place.
+/// Build one platform's binary into `out_dir`; the `go` process dies with the future.
+/// `milestones` (if given) hear of the linker's output and of the finished binary before go exits.
 pub async fn go_build(
     artifact: &Artifact,
     platform: &Platform,
     debug: bool,
     out_dir: &Path,
     events: &EventSink,
-    linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
+    milestones: Option<Milestones>,
 ) -> Result<PathBuf> {
     let output = out_dir.join(artifact.binary_name());
     let args = build_args(artifact, debug, &output);
     let started = Instant::now();
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let _link_watch = match (&scratch, linked) {
-        (Some(scratch), Some(linked)) => watch_for_link(&scratch.0, linked),
+    let _milestone_watch = match (&scratch, milestones) {
+        (Some(scratch), Some(milestones)) => watch_milestones(&scratch.0, &output, milestones),
         _ => None,
     };
     let mut command = Command::new(go_binary());

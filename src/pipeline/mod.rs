@@ -267,20 +267,31 @@ impl Builder {
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 let (linked, link_seen) = tokio::sync::oneshot::channel();
-                let compile = gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(linked));
+                let (placed, in_place) = tokio::sync::oneshot::channel();
+                let milestones = gobuild::Milestones { linked, placed };
+                let compile = gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(milestones));
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
+                let mut exited = false;
                 let binary = tokio::select! {
                     biased;
-                    built = &mut compile => built?,
+                    built = &mut compile => { exited = true; built? }
                     Ok(linker_output) = link_seen => {
                         // Only with a core to spare: taking one from another go build (a second
                         // platform still linking) delays that build by more than it saves here.
                         if gobuild::running_go_builds() < layer::compression_workers() {
                             ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
                         }
-                        compile.await?
+                        tokio::select! {
+                            biased;
+                            built = &mut compile => { exited = true; built? }
+                            // Final once go renamed it into place: go is only cleaning up now.
+                            Ok(binary) = in_place => {
+                                tracing::debug!("binary in place, go still exiting");
+                                binary
+                            }
+                        }
                     }
                 };
                 // The layer is made now, from the finished binary: no new chunks ahead of it.
@@ -290,9 +301,12 @@ impl Builder {
                 let upload_target = registry::parse_reference(&artifact.image_name).ok();
                 let config_early =
                     |diff_id| self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
-                let (layer, streamed, config) = self
-                    .binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), config_early)
-                    .await?;
+                let layer_work =
+                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), config_early);
+                // Nothing is published before go has exited successfully; a failure drops the
+                // layer's work (and its uploads) with it.
+                let (layer, streamed, config) =
+                    if exited { layer_work.await? } else { tokio::try_join!(layer_work, &mut compile)?.0 };
                 Ok::<_, KodevError>((platform.clone(), layer, streamed, config))
             }
         }));

@@ -71,10 +71,16 @@ pub fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Server errors, rate limits and dropped connections pass; a client error is final. oci-client
+/// reports some statuses as its own error and others (a `HEAD`'s, say) as reqwest's.
 fn is_retryable(err: &OciDistributionError) -> bool {
+    let passing_status = |code: u16| code >= 500 || code == 429;
     match err {
-        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
-        OciDistributionError::RequestError(e) => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        OciDistributionError::ServerError { code, .. } => passing_status(*code),
+        OciDistributionError::RequestError(e) => match e.status() {
+            Some(status) => passing_status(status.as_u16()),
+            None => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+        },
         OciDistributionError::IoError(_) => true,
         _ => false,
     }
@@ -422,6 +428,32 @@ mod tests {
         .await;
         assert!(result.is_err());
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), ATTEMPTS);
+    }
+
+    fn reqwest_status_error(code: u16) -> OciDistributionError {
+        let response: reqwest::Response = http::Response::builder().status(code).body("").unwrap().into();
+        OciDistributionError::RequestError(response.error_for_status().unwrap_err())
+    }
+
+    /// A blob `HEAD` that meets a 500 (docker-registry gives one when another repository is
+    /// committing the same blob) is asked again; a 404 or 401 answers at once.
+    #[tokio::test(start_paused = true)]
+    async fn retries_server_statuses_reqwest_reports() {
+        assert!(is_retryable(&reqwest_status_error(500)));
+        assert!(is_retryable(&reqwest_status_error(503)));
+        assert!(is_retryable(&reqwest_status_error(429)));
+        assert!(!is_retryable(&reqwest_status_error(404)));
+        assert!(!is_retryable(&reqwest_status_error(401)));
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result = retry("http://r/v2/a/blobs/sha256:0", || async {
+            match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Err(reqwest_status_error(500)),
+                _ => Ok(true),
+            }
+        })
+        .await;
+        assert_eq!(result, Ok(true));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
