@@ -132,6 +132,11 @@ pub fn start(
     }
     let (raw_tx, raw_rx) = tokio::sync::mpsc::unbounded_channel::<RawEvent>();
     let forward = move |event: RawEvent| {
+        // go opens every source file it hashes, and so do editors and language servers: drop
+        // reads here, before they wake the debouncer.
+        if event.as_ref().is_ok_and(|e| matches!(e.kind, EventKind::Access(_)) && !completes_a_save(e)) {
+            return;
+        }
         let _ = raw_tx.send(event);
     };
     let shown = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");

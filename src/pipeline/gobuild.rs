@@ -323,6 +323,32 @@ mod tests {
         assert!(!is_linker_output(Path::new("/c/tmp/go/kodev-1-2/go-build123/b001/exe/a.out.tmp")));
     }
 
+    /// What go does to its output, by hand: the linker writes and closes `$WORK/b001/exe/a.out`,
+    /// go renames it into place; each step is heard once, with its path.
+    #[tokio::test]
+    async fn the_linker_closing_and_the_rename_into_place_are_heard() {
+        let scratch = tempfile::tempdir().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let output = out_dir.path().join("app");
+        let (linked, link_seen) = tokio::sync::oneshot::channel();
+        let (placed, in_place) = tokio::sync::oneshot::channel();
+        let _watch = watch_milestones(scratch.path(), &output, Milestones { linked, placed }).expect("a watch");
+        let exe = scratch.path().join("go-build1/b001/exe");
+        std::fs::create_dir_all(&exe).unwrap();
+        // Let the recursive watch pick up the new directories, as it does for go's.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Another file in the output's directory (go's umask probe) is not the binary.
+        std::fs::write(out_dir.path().join("app-go-tmp-umask"), b"").unwrap();
+        std::fs::write(exe.join("a.out"), b"linked").unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        let linker_output = tokio::time::timeout(wait, link_seen).await.expect("linker heard").unwrap();
+        assert_eq!(linker_output, exe.join("a.out"));
+        std::fs::rename(out_dir.path().join("app-go-tmp-umask"), out_dir.path().join("other")).unwrap();
+        std::fs::rename(exe.join("a.out"), &output).unwrap();
+        let binary = tokio::time::timeout(wait, in_place).await.expect("rename heard").unwrap();
+        assert_eq!(binary, output);
+    }
+
     #[test]
     fn only_old_go_work_dirs_are_swept() {
         let root = tempfile::tempdir().unwrap();
