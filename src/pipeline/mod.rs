@@ -185,7 +185,8 @@ impl Builder {
             // The session opens while the diff ID is being hashed: the config then goes up
             // in one request.
             let (session, diff_id) = tokio::join!(registries.open_upload(&target), diff_id);
-            let mut session = SessionGuard(registries.clone(), session.ok());
+            // Dropped unused (no diff ID, a cancelled build), the session is deleted (see OpenUpload).
+            let session = session.ok();
             let Ok(binary_diff_id) = diff_id else { return Ok(None) };
             let (base, kodata) = (base.await?, kodata.await?);
             let Some(base_image) = base.images.iter().find(|i| platform.matches(&i.platform) || platform == i.platform)
@@ -195,7 +196,7 @@ impl Builder {
             let diff_ids = [(kodata.kind, kodata.diff_id.clone()), (LayerKind::Binary, binary_diff_id)];
             let config = image::config_blob(base.family, &base_image.config, &diff_ids, &edits);
             let BlobData::Memory(bytes) = &config.data else { return Ok(None) };
-            let uploaded = match session.1.take() {
+            let uploaded = match session {
                 Some(upload) => match registries.finish_upload(&target, upload, bytes.clone(), &config.digest).await {
                     Ok(uploaded) => uploaded,
                     Err(e) => {
@@ -439,19 +440,6 @@ async fn binary_layer_uploading(
                 registries.cancel_streamed(upload).await;
             }
             Err(e)
-        }
-    }
-}
-
-/// An upload session not used yet: cancelled on the registry if dropped unused (a build
-/// cancelled before its config was known).
-struct SessionGuard(Arc<Registries>, Option<OpenUpload>);
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        if let (Some(upload), Ok(runtime)) = (self.1.take(), tokio::runtime::Handle::try_current()) {
-            let registries = self.0.clone();
-            runtime.spawn(async move { registries.cancel_streamed(upload).await });
         }
     }
 }

@@ -111,6 +111,8 @@ fn streaming_credentials(target: &Reference) -> std::result::Result<Credentials,
 
 impl Registries {
     pub fn new(insecure: Vec<String>) -> Self {
+        // TLS needs a process-wide crypto provider; the first caller installs it (library users too).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Registries {
             insecure,
             clients: Mutex::new(HashMap::new()),

@@ -31,13 +31,41 @@ enum Authorization {
     Bearer(String),
 }
 
-/// An upload session with its bytes sent; committed once the digest is known.
+/// An upload session with its bytes sent; committed once the digest is known. One dropped
+/// before it was committed or cancelled (a cancelled build) is deleted in the background, so
+/// the registry does not keep its partial data until it purges stale uploads (a week, by
+/// default, for docker-registry). One whose PATCH was cut mid-way cannot be deleted there:
+/// docker-registry refuses a request whose upload state names fewer bytes than it received,
+/// so that one waits for the purge.
 #[derive(Debug)]
 pub struct OpenUpload {
     location: Url,
     registry: Url,
     authorization: Authorization,
+    http: reqwest::Client,
+    /// Committed or deleted: nothing left to clean up.
+    settled: bool,
     pub bytes: u64,
+}
+
+impl OpenUpload {
+    fn delete_request(&self) -> reqwest::RequestBuilder {
+        authorize(self.http.delete(self.location.clone()), &self.location, &self.registry, &self.authorization)
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let request = self.delete_request();
+            runtime.spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
 }
 
 /// Streamed uploads, with one HTTP client and the authorization each repository needed.
@@ -169,7 +197,8 @@ impl Streamer {
             }
             let location = location(&url, response.headers())?;
             self.authorizations.lock().await.insert(key, authorization.clone());
-            return Ok(OpenUpload { location, registry, authorization, bytes: 0 });
+            let http = self.http()?.clone();
+            return Ok(OpenUpload { location, registry, authorization, http, settled: false, bytes: 0 });
         }
         Err(format!("{url}: not authorized"))
     }
@@ -234,7 +263,7 @@ impl Streamer {
     /// Close the session under the blob's digest, sending `last` (the whole blob, for a
     /// session nothing was sent on yet) with the closing request; the registry checks the
     /// digest against everything it received.
-    pub async fn commit(&self, upload: OpenUpload, digest: &str, last: Option<Bytes>) -> Result<(), String> {
+    pub async fn commit(&self, mut upload: OpenUpload, digest: &str, last: Option<Bytes>) -> Result<(), String> {
         let mut url = upload.location.clone();
         url.query_pairs_mut().append_pair("digest", digest);
         let sends_body = last.is_some();
@@ -260,6 +289,7 @@ impl Streamer {
             self.cancel(upload).await;
             return Err(format!("committing the upload answered {status}"));
         }
+        upload.settled = true;
         Ok(())
     }
 
@@ -269,16 +299,9 @@ impl Streamer {
     }
 
     /// Drop a session the registry would otherwise keep until it purges stale uploads.
-    pub async fn cancel(&self, upload: OpenUpload) {
-        if let Ok(http) = self.http() {
-            let request = authorize(
-                http.delete(upload.location.clone()),
-                &upload.location,
-                &upload.registry,
-                &upload.authorization,
-            );
-            let _ = request.send().await;
-        }
+    pub async fn cancel(&self, mut upload: OpenUpload) {
+        upload.settled = true;
+        let _ = upload.delete_request().send().await;
     }
 }
 

@@ -90,6 +90,13 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Where the registry keeps its repositories and upload sessions.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("data/docker/registry/v2")
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,68 @@
+//! Upload sessions a cancelled build opened do not stay on the registry.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use kodev::pipeline::registry::{parse_reference, Registries};
+
+/// The live upload sessions of a repository (docker-registry keeps a `startedat` file in each
+/// until the session is committed or deleted), with how many bytes each holds. A deleted
+/// session may leave an empty directory with a hash state behind; its data is gone.
+fn live_sessions(storage: &Path, repository: &str) -> Vec<u64> {
+    let dir = storage.join("repositories").join(repository).join("_uploads");
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.path().join("startedat").exists() || e.path().join("data").exists())
+        .map(|e| std::fs::metadata(e.path().join("data")).map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_cancelled_build_are_deleted() {
+    if !require_tools(&["docker-registry"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let storage = registry.storage();
+    let registries = Registries::new(vec![registry.host.clone()]);
+    let target = parse_reference(&format!("{}/t/app", registry.host)).unwrap();
+
+    // A layer streamed whole, its build cancelled before the publish step committed it.
+    let (pieces, received) = tokio::sync::mpsc::channel(4);
+    pieces.send(Bytes::from(vec![7u8; 1 << 20])).await.unwrap();
+    drop(pieces);
+    let streamed = registries.send_streamed(&target, received).await.expect("streamed");
+    assert_eq!(streamed.bytes, 1 << 20);
+    assert_eq!(live_sessions(&storage, "t/app"), vec![1 << 20], "the registry holds the data");
+    drop(streamed);
+    let check = storage.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the streamed session is gone", || live_sessions(&check, "t/app").is_empty())
+    })
+    .await
+    .unwrap();
+
+    // A session opened early for a config the build never made.
+    let opened = registries.open_upload(&target).await.expect("a session");
+    assert_eq!(live_sessions(&storage, "t/app").len(), 1, "the registry has the session");
+    drop(opened);
+    let check = storage.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_until("the unused session is gone", || live_sessions(&check, "t/app").is_empty())
+    })
+    .await
+    .unwrap();
+}
