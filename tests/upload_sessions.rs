@@ -22,11 +22,13 @@ fn live_sessions(storage: &Path, repository: &str) -> Vec<u64> {
         .collect()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+/// Wait (without blocking the runtime that deletes in the background) until the repository
+/// has no live upload session left.
+async fn wait_until_no_sessions(storage: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
+    while !live_sessions(storage, "t/app").is_empty() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -48,21 +50,11 @@ async fn sessions_of_a_cancelled_build_are_deleted() {
     assert_eq!(streamed.bytes, 1 << 20);
     assert_eq!(live_sessions(&storage, "t/app"), vec![1 << 20], "the registry holds the data");
     drop(streamed);
-    let check = storage.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the streamed session is gone", || live_sessions(&check, "t/app").is_empty())
-    })
-    .await
-    .unwrap();
+    wait_until_no_sessions(&storage, "the streamed session is gone").await;
 
     // A session opened early for a config the build never made.
     let opened = registries.open_upload(&target).await.expect("a session");
     assert_eq!(live_sessions(&storage, "t/app").len(), 1, "the registry has the session");
     drop(opened);
-    let check = storage.clone();
-    tokio::task::spawn_blocking(move || {
-        wait_until("the unused session is gone", || live_sessions(&check, "t/app").is_empty())
-    })
-    .await
-    .unwrap();
+    wait_until_no_sessions(&storage, "the unused session is gone").await;
 }
