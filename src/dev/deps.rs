@@ -309,10 +309,7 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
         }
         graph.package_dirs.insert(dir);
     }
-    graph.signatures = signatures_before
-        .into_iter()
-        .filter(|(path, _)| graph.files.contains(path) && path.extension().is_some_and(|e| e == "go"))
-        .collect();
+    graph.signatures = signatures_before.into_iter().filter(|(path, _)| graph.files.contains(path)).collect();
     tracing::debug!(image = %artifact.image, files = graph.files.len(), "package graph read");
     Ok(graph)
 }

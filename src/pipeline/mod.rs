@@ -432,12 +432,12 @@ async fn binary_layer_uploading(
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "binary layer compressed");
     match layer {
         Ok(layer) => {
-            let pending = PendingUpload { registries: registries.clone(), sending, size: layer.size };
+            let pending = PendingUpload { sending, size: layer.size };
             Ok((layer, Some(pending)))
         }
         Err(e) => {
             if let Ok(Ok(upload)) = sending.finish().await {
-                registries.cancel_streamed(upload).await;
+                upload.cancel().await;
             }
             Err(e)
         }
@@ -461,7 +461,6 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// A streamed upload whose last bytes may still be on their way.
 pub struct PendingUpload {
-    registries: Arc<Registries>,
     sending: AbortOnDrop<std::result::Result<OpenUpload, String>>,
     size: u64,
 }
@@ -479,7 +478,7 @@ impl PendingUpload {
                 Some(upload)
             }
             Ok(upload) => {
-                self.registries.cancel_streamed(upload).await;
+                upload.cancel().await;
                 None
             }
             Err(e) => {

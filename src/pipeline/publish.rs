@@ -201,7 +201,7 @@ async fn publish_to_registry(
     }
     for pending in streamed.into_values() {
         if let Some(upload) = pending.sent().await {
-            registries.cancel_streamed(upload).await;
+            upload.cancel().await;
         }
     }
     // The top level goes with its tag, last: one PUT stores it and moves the tag together.

@@ -299,7 +299,7 @@ impl Registries {
             })
             .await?;
         if let Some(unused) = session {
-            self.streamer.cancel(unused).await;
+            unused.cancel().await;
         }
         Ok(sent)
     }
@@ -335,11 +335,6 @@ impl Registries {
         self.streamer.commit(upload, digest, None).await?;
         self.remember(target, digest);
         Ok(())
-    }
-
-    /// Give up a streamed upload (the layer was not finished).
-    pub async fn cancel_streamed(&self, upload: OpenUpload) {
-        self.streamer.cancel(upload).await
     }
 
     pub async fn put_manifest(&self, target: &Reference, body: Bytes, media_type: &str) -> Result<()> {

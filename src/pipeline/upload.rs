@@ -52,6 +52,12 @@ impl OpenUpload {
     fn delete_request(&self) -> reqwest::RequestBuilder {
         authorize(self.http.delete(self.location.clone()), &self.location, &self.registry, &self.authorization)
     }
+
+    /// Delete the session now, waiting for the registry's answer.
+    pub async fn cancel(mut self) {
+        self.settled = true;
+        let _ = self.delete_request().send().await;
+    }
 }
 
 impl Drop for OpenUpload {
@@ -252,7 +258,7 @@ impl Streamer {
         if response.status() != StatusCode::ACCEPTED {
             let status = response.status();
             self.refuse(&upload);
-            self.cancel(upload).await;
+            upload.cancel().await;
             return Err(format!("streamed upload answered {status}"));
         }
         upload.location = location(upload.location.as_str(), response.headers())?;
@@ -286,7 +292,7 @@ impl Streamer {
             if !sends_body {
                 self.refuse(&upload);
             }
-            self.cancel(upload).await;
+            upload.cancel().await;
             return Err(format!("committing the upload answered {status}"));
         }
         upload.settled = true;
@@ -296,12 +302,6 @@ impl Streamer {
     fn refuse(&self, upload: &OpenUpload) {
         let base = origin(&upload.registry);
         self.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(base);
-    }
-
-    /// Drop a session the registry would otherwise keep until it purges stale uploads.
-    pub async fn cancel(&self, mut upload: OpenUpload) {
-        upload.settled = true;
-        let _ = upload.delete_request().send().await;
     }
 }
 
