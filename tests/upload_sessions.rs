@@ -42,11 +42,13 @@ async fn sessions_of_a_cancelled_build_are_deleted() {
     let registries = Registries::new(vec![registry.host.clone()]);
     let target = parse_reference(&format!("{}/t/app", registry.host)).unwrap();
 
-    // A layer streamed whole, its build cancelled before the publish step committed it.
+    // A layer streamed whole on a session opened ahead (as while go finishes the binary), its
+    // build cancelled before the publish step committed it.
+    let opened = registries.open_upload(&target).await.expect("a session");
     let (pieces, received) = tokio::sync::mpsc::channel(4);
     pieces.send(Bytes::from(vec![7u8; 1 << 20])).await.unwrap();
     drop(pieces);
-    let streamed = registries.send_streamed(&target, received).await.expect("streamed");
+    let streamed = registries.send_streamed(&target, Some(opened), received).await.expect("streamed");
     assert_eq!(streamed.bytes, 1 << 20);
     assert_eq!(live_sessions(&storage, "t/app"), vec![1 << 20], "the registry holds the data");
     drop(streamed);
@@ -57,4 +59,41 @@ async fn sessions_of_a_cancelled_build_are_deleted() {
     assert_eq!(live_sessions(&storage, "t/app").len(), 1, "the registry has the session");
     drop(opened);
     wait_until_no_sessions(&storage, "the unused session is gone").await;
+}
+
+/// A reverted edit gives a binary whose layer the registry already has: the upload session
+/// opened for it while go finished the binary is closed, not left behind.
+#[test]
+fn a_reverted_edit_reuses_its_layer_and_leaves_no_session() {
+    if !require_tools(&["docker-registry", "skopeo", "umoci"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let storage = registry.storage();
+    let bases = tempfile::tempdir().unwrap();
+    let layout = bases.path().join("layout");
+    umoci_image(&layout, "amd64", "amd64");
+    skopeo_push(&layout, "amd64", &format!("{}/base/single:v1", registry.host), false, false);
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", registry.host), "");
+    let main_go = app.path().join("main.go");
+    let original = std::fs::read_to_string(&main_go).unwrap();
+    let build = || {
+        let out = run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(&skaffold).args([
+            "-d",
+            &format!("{}/t", registry.host),
+            "-t",
+            "a",
+        ]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    build();
+    std::fs::write(&main_go, original.replace("\"listen address\"", "\"the address to listen on\"")).unwrap();
+    build();
+    std::fs::write(&main_go, &original).unwrap();
+    let log = build();
+    assert!(log.contains("binary unchanged since an earlier build"), "the first build's layer is reused:\n{log}");
+    assert!(live_sessions(&storage, "t/hello").is_empty(), "no upload session is left open");
 }

@@ -121,6 +121,7 @@ impl Builder {
         slot: String,
         target: Option<&oci_client::Reference>,
         config_early: impl FnOnce(tokio::sync::oneshot::Receiver<String>) -> Option<EarlyUpload>,
+        session: Option<OpeningUpload>,
     ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
@@ -134,6 +135,13 @@ impl Builder {
             };
             if present {
                 tracing::debug!(digest = %record.digest, "binary unchanged since an earlier build; its layer is already there");
+                // Closed now rather than when dropped: a one-shot build may exit before a
+                // deletion left to the background is sent.
+                if let Some(opening) = session {
+                    if let Ok(Ok(unused)) = opening.finish().await {
+                        unused.cancel().await;
+                    }
+                }
                 return Ok((layer::recorded_binary_layer(record, &binary, name), None, None));
             }
         }
@@ -142,7 +150,7 @@ impl Builder {
         let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot, diff_id };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
-                binary_layer_uploading(registries, target, source).await?
+                binary_layer_uploading(registries, target, source, session).await?
             }
             _ => (binary_layer_blocking(source).await?, None),
         };
@@ -150,6 +158,15 @@ impl Builder {
             layer::save_record(&cache, &id, name, &layer);
         }
         Ok((layer, streamed, config))
+    }
+
+    /// Open the upload session of the binary's layer while go finishes the binary, so the layer
+    /// streams to the registry from its first compressed piece. Only for registries; dropped
+    /// unused (the binary's layer was already there, a cancelled build), it is deleted.
+    fn open_layer_session(&self, target: Option<&oci_client::Reference>) -> Option<OpeningUpload> {
+        let (Publisher::Registry(registries), Some(target)) = (&self.publisher, target) else { return None };
+        let (registries, target) = (registries.clone(), target.clone());
+        Some(AbortOnDrop(tokio::spawn(async move { registries.open_upload(&target).await })))
     }
 
     /// Compress the chunks of the linker's output into the memo while go finishes the binary.
@@ -274,6 +291,8 @@ impl Builder {
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
+                let mut upload_target = None;
+                let mut layer_session = None;
                 let mut exited = false;
                 let binary = tokio::select! {
                     biased;
@@ -284,6 +303,11 @@ impl Builder {
                         if gobuild::running_go_builds() < layer::compression_workers() {
                             ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
                         }
+                        // Parsed only now: the first parse compiles oci-client's reference
+                        // grammar (tens of milliseconds), which must not delay starting go.
+                        let target = registry::parse_reference(&artifact.image_name).ok();
+                        layer_session = self.open_layer_session(target.as_ref());
+                        upload_target = Some(target);
                         tokio::select! {
                             biased;
                             built = &mut compile => { exited = true; built? }
@@ -297,13 +321,18 @@ impl Builder {
                 };
                 // The layer is made now, from the finished binary: no new chunks ahead of it.
                 drop(ahead);
-                // Parsed only now: the first parse compiles oci-client's reference grammar (tens of
-                // milliseconds), which must not delay starting go.
-                let upload_target = registry::parse_reference(&artifact.image_name).ok();
+                let upload_target =
+                    upload_target.unwrap_or_else(|| registry::parse_reference(&artifact.image_name).ok());
                 let config_early =
                     |diff_id| self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
-                let layer_work =
-                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target.as_ref(), config_early);
+                let layer_work = self.binary_layer(
+                    binary,
+                    artifact.binary_name(),
+                    slot,
+                    upload_target.as_ref(),
+                    config_early,
+                    layer_session,
+                );
                 // Nothing is published before go has exited successfully; a failure drops the
                 // layer's work (and its uploads) with it.
                 let (layer, streamed, config) =
@@ -408,6 +437,7 @@ async fn binary_layer_uploading(
     registries: &Arc<Registries>,
     target: &oci_client::Reference,
     source: BinarySource,
+    session: Option<OpeningUpload>,
 ) -> Result<(Layer, Option<PendingUpload>)> {
     let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let wanted = Arc::new(AtomicBool::new(true));
@@ -425,7 +455,14 @@ async fn binary_layer_uploading(
     let sending = {
         let registries = registries.clone();
         let target = target.clone();
-        AbortOnDrop(tokio::spawn(async move { registries.send_streamed(&target, received).await }))
+        AbortOnDrop(tokio::spawn(async move {
+            // A session that could not be opened ahead is opened now.
+            let opened = match session {
+                Some(opening) => opening.finish().await.ok().and_then(|opened| opened.ok()),
+                None => None,
+            };
+            registries.send_streamed(&target, opened, received).await
+        }))
     };
     let started = Instant::now();
     let layer = compress.await.map_err(join_error)?;
@@ -458,6 +495,9 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
+
+/// An upload session being opened.
+type OpeningUpload = AbortOnDrop<std::result::Result<OpenUpload, String>>;
 
 /// A streamed upload whose last bytes may still be on their way.
 pub struct PendingUpload {

@@ -318,11 +318,12 @@ impl Registries {
     pub async fn send_streamed(
         &self,
         target: &Reference,
+        opened: Option<OpenUpload>,
         pieces: tokio::sync::mpsc::Receiver<Bytes>,
     ) -> std::result::Result<OpenUpload, String> {
         let credentials = streaming_credentials(target)?;
         let scheme = self.scheme_for(target.resolve_registry());
-        self.streamer.send(target, scheme, &credentials, pieces).await
+        self.streamer.send(target, scheme, &credentials, opened, pieces).await
     }
 
     /// Close a streamed upload under its digest; the blob is then known to be in the repository.

@@ -221,13 +221,15 @@ impl Streamer {
         self.open(&base, target.repository(), credentials).await
     }
 
-    /// Open a session and send every piece `pieces` yields in one PATCH; the session is committed
-    /// with [`Streamer::commit`] once the digest is known.
+    /// Send every piece `pieces` yields in one PATCH, on `opened` (a session opened ahead, see
+    /// [`Streamer::open_session`]) or on a session opened now; the session is committed with
+    /// [`Streamer::commit`] once the digest is known.
     pub async fn send(
         &self,
         target: &Reference,
         scheme: &str,
         credentials: &Credentials,
+        opened: Option<OpenUpload>,
         mut pieces: mpsc::Receiver<Bytes>,
     ) -> Result<OpenUpload, String> {
         let base = format!("{scheme}://{}", target.resolve_registry());
@@ -235,7 +237,10 @@ impl Streamer {
         if self.refused.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
             return Err(format!("{base} refused a streamed upload before"));
         }
-        let mut upload = self.open(&base, target.repository(), credentials).await?;
+        let mut upload = match opened {
+            Some(upload) => upload,
+            None => self.open(&base, target.repository(), credentials).await?,
+        };
         let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = sent.clone();
         let body = futures::stream::poll_fn(move |cx| {
@@ -422,13 +427,13 @@ mod tests {
         let (pieces, received) = mpsc::channel(4);
         pieces.send(Bytes::from_static(b"some layer bytes")).await.unwrap();
         drop(pieces);
-        let err = streamer.send(&target, "http", &Credentials::Anonymous, received).await.unwrap_err();
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received).await.unwrap_err();
         assert!(err.contains("405"), "{err}");
         let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
         assert!(asked >= 2, "POST then PATCH (then the DELETE of the session): {asked}");
 
         let (_pieces, received) = mpsc::channel(4);
-        let err = streamer.send(&target, "http", &Credentials::Anonymous, received).await.unwrap_err();
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received).await.unwrap_err();
         assert!(err.contains("refused a streamed upload before"), "{err}");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), asked, "the registry was not asked again");
     }
