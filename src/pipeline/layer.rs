@@ -857,10 +857,9 @@ pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, wanted: &
         claim.fulfil(Bytes::from(compressors.gzip(chunk)?));
         Ok(true)
     };
-    // As many threads as the layer itself uses, though go is hashing the binary on one core
-    // meanwhile: every chunk compressed now is one less after go is done, when the registry
-    // needs a core to take the layer in (hello, one platform: 1.17× → 1.14× of the floor).
-    let workers = compression_workers();
+    // One core fewer than the layer itself uses: go is still busy with the binary. (Every core
+    // was tried: no change on hello with one platform over 30 paired runs, worse with two.)
+    let workers = compression_workers().saturating_sub(1).max(1);
     run_chunk_pipeline(&tar, workers, Compressors::new, compress_ahead, |pipeline| {
         let mut made = 0;
         let mut i = 0;
