@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Compare two kodev binaries on the dev loop's edit→pushed time, alternated on one machine.
+
+A single benchmark run moves by about ±0.05× of the floor, more than most changes are worth.
+This runs both binaries as `kodev dev` side by side (each watching its own copy of the app)
+and alternates them, round after round, each edit paired with a bare `go build` of the same
+kind of edit run just before it. What the two medians differ by is then the change, not the
+minute it was measured in.
+
+    cargo build --release && cp target/release/kodev /tmp/kodev-old
+    # ... make the change ...
+    cargo build --release
+    python3 benches/ab.py --a /tmp/kodev-old --b target/release/kodev --app hello --rounds 30
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+import subprocess
+
+import bench
+
+
+def start_dev(kodev, app, host, repo, cache):
+    env = dict(os.environ, NO_COLOR="1", KODEV_CACHE_DIR=str(cache),
+               PATH=os.environ["PATH"] + ":/usr/local/go/bin")
+    proc = subprocess.Popen([kodev, "dev", "--no-tui", "--output", "json", "-d", f"{host}/{repo}", "-t", "dev"],
+                            cwd=app, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    threading.Thread(target=lambda: [lines.append(line) for line in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def wait_for(lines, since, event, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in lines[since:]:
+            if f'"{event}"' in line:
+                return json.loads(line)
+        time.sleep(0.005)
+    raise SystemExit(f"kodev dev did not report {event}")
+
+
+def event_time(event):
+    return datetime.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--a", required=True, help="the kodev binary to compare against")
+    ap.add_argument("--b", required=True, help="the kodev binary with the change")
+    ap.add_argument("--app", choices=["hello", "large"], default="hello")
+    ap.add_argument("--platforms", type=int, choices=[1, 2], default=1)
+    ap.add_argument("--rounds", type=int, default=16)
+    args = ap.parse_args()
+    platforms = ["linux/amd64", "linux/arm64"][:args.platforms]
+    work = Path(tempfile.mkdtemp(prefix="kodev-ab-"))
+    registry = bench.Registry(work)
+    procs = []
+    try:
+        base = bench.make_base(work, registry)
+        source = work / "source"
+        if args.app == "hello":
+            shutil.copytree(bench.ROOT / "examples/hello", source)
+            main_go = source / "main.go"
+            main_go.write_text(main_go.read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+        else:
+            bench.generate_large_app(source)
+        bench.write_skaffold(source, base, platforms)
+        apps = {}
+        for name in ("floor", "a", "b"):
+            apps[name] = work / name
+            shutil.copytree(source, apps[name])
+        out = work / "floor-out"
+        out.mkdir()
+        bench.go_floor(apps["floor"], platforms, out)  # warm the Go build cache
+        editors = {name: bench.Editor(app) for name, app in apps.items()}
+        for editor in editors.values():
+            editor.n = random.randrange(10**6, 10**7)
+        for name, kodev in (("a", args.a), ("b", args.b)):
+            procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}")))
+        for _, _, lines in procs:
+            wait_for(lines, 0, "watching")
+        ratios = {"a": [], "b": []}
+        for round_ in range(args.rounds):
+            # Alternate which goes first, so neither always follows the other.
+            for name, _, lines in (procs if round_ % 2 == 0 else procs[::-1]):
+                time.sleep(0.5)
+                editors["floor"].edit()
+                floor = bench.go_floor(apps["floor"], platforms, out)
+                time.sleep(0.5)
+                since = len(lines)
+                started = time.time()
+                editors[name].edit()
+                pushed = wait_for(lines, since, "pushed")
+                ratios[name].append((event_time(pushed) - started) / floor)
+            print(f"round {round_ + 1}: a {ratios['a'][-1]:.3f}  b {ratios['b'][-1]:.3f}", flush=True)
+        for name in ("a", "b"):
+            r = ratios[name]
+            print(f"{name}: dev/floor median {statistics.median(r):.3f}  mean {statistics.mean(r):.3f}  "
+                  f"(stdev {statistics.stdev(r):.3f}, {len(r)} edits)")
+    finally:
+        for _, proc, _ in procs:
+            try:
+                proc.stdin.write("q\n")
+                proc.stdin.flush()
+                proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
