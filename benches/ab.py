@@ -86,7 +86,7 @@ def main():
         editors = {name: bench.Editor(app) for name, app in apps.items()}
         for editor in editors.values():
             editor.n = random.randrange(10**6, 10**7)
-        for name, kodev in (("a", args.a), ("b", args.b)):
+        for name, kodev in (("a", Path(args.a).resolve()), ("b", Path(args.b).resolve())):
             procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}")))
         for _, _, lines in procs:
             wait_for(lines, 0, "watching")

@@ -552,3 +552,34 @@ fn platform_all_takes_every_platform_of_the_base_and_a_missing_one_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no platform linux/arm64"));
 }
+
+#[test]
+fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    stdout_ref(&build(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "a"]));
+    let main_go = app.path().join("main.go");
+    let edited =
+        std::fs::read_to_string(&main_go).unwrap().replace("\"listen address\"", "\"the address to listen on\"");
+    std::fs::write(&main_go, edited).unwrap();
+
+    // The next process starts from the chunks the last one kept in the cache...
+    let out = build_logged(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "b"]);
+    let reused = stdout_ref(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chunks of this slot's last layer read from the cache"), "{stderr}");
+    // ...and makes byte for byte the image a build with an empty cache makes.
+    let empty_cache = tempfile::tempdir().unwrap();
+    let out = run(kodev().env("KODEV_CACHE_DIR", empty_cache.path()).arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/fresh", fx.registry.host),
+        "-t",
+        "b",
+    ]));
+    let fresh = stdout_ref(&out);
+    assert_eq!(reused.split('@').nth(1), fresh.split('@').nth(1), "same source, same digest");
+}

@@ -677,6 +677,114 @@ impl ChunkMemo {
     pub fn held_bytes(&self) -> usize {
         self.lock().members.values().map(Bytes::len).sum()
     }
+
+    /// Write the chunks of `slot`'s latest layer to `path`, so that a later process (a
+    /// one-shot build with the same cache, a restarted `kodev dev`) reuses them as a running
+    /// `kodev dev` does.
+    pub fn save_slot(&self, slot: &str, path: &Path) -> io::Result<()> {
+        let entries: Vec<(ChunkKey, Bytes)> = {
+            let inner = self.lock();
+            let Some(keys) = inner.slots.get(slot) else { return Ok(()) };
+            let mut seen = HashSet::new();
+            keys.iter()
+                .filter(|key| seen.insert(**key))
+                .filter_map(|key| inner.members.get(key).map(|member| (*key, member.clone())))
+                .collect()
+        };
+        let header = saved_chunks_header()?;
+        let size = header.len() + entries.iter().map(|(_, m)| SAVED_ENTRY_HEAD + m.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&header);
+        for (key, member) in entries {
+            out.extend_from_slice(&key);
+            out.extend_from_slice(blake3::hash(&member).as_bytes());
+            out.extend_from_slice(&u32::try_from(member.len()).map_err(io::Error::other)?.to_le_bytes());
+            out.extend_from_slice(&member);
+        }
+        super::base::write_atomically(path, &out)
+    }
+
+    /// Take in the chunks `save_slot` wrote for `slot`, unless this memo already holds that
+    /// slot. A file that does not check out whole (another layer format, a compressor that
+    /// now gives other bytes, a truncated or altered chunk) is ignored. Returns how many
+    /// chunks were taken in.
+    pub fn load_slot(&self, slot: &str, path: &Path) -> usize {
+        if self.lock().slots.contains_key(slot) {
+            return 0;
+        }
+        let Some(entries) = std::fs::read(path).ok().and_then(|data| parse_saved_chunks(Bytes::from(data))) else {
+            return 0;
+        };
+        let mut inner = self.lock();
+        if inner.slots.contains_key(slot) {
+            return 0;
+        }
+        let keys: Vec<ChunkKey> = entries.iter().map(|(key, _)| *key).collect();
+        for (key, member) in entries {
+            inner.members.entry(key).or_insert(member);
+        }
+        let taken = keys.len();
+        inner.slots.insert(slot.to_string(), keys);
+        taken
+    }
+}
+
+/// Each saved chunk: its input's BLAKE3 (the memo's key), its compressed bytes' BLAKE3, their length.
+const SAVED_ENTRY_HEAD: usize = 32 + 32 + 4;
+
+/// What a saved slot must start with to be read: the layer format, and the BLAKE3 of what
+/// this build's compressor makes of a fixed probe. A compressor that compresses differently
+/// (another libdeflate) would otherwise mix its chunks with remembered ones, and the same
+/// input would no longer give the same digest on every machine.
+fn saved_chunks_header() -> io::Result<Vec<u8>> {
+    static PROBE: std::sync::OnceLock<std::result::Result<[u8; 32], String>> = std::sync::OnceLock::new();
+    let probe = PROBE
+        .get_or_init(|| {
+            // Text-like bytes with repeats at many distances, so matching and Huffman coding both show.
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            let probe: Vec<u8> = (0..64 << 10)
+                .map(|i: usize| {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    if (state >> 60) < 5 {
+                        b"kodev layer probe "[i % 18]
+                    } else {
+                        b'a' + ((state >> 33) % 26) as u8
+                    }
+                })
+                .collect();
+            Compressors::new()
+                .and_then(|mut c| c.gzip(&probe))
+                .map(|out| *blake3::hash(&out).as_bytes())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(io::Error::other)?;
+    let mut header = format!("kodev-chunks\n{LAYER_FORMAT}\n").into_bytes();
+    header.extend_from_slice(&probe);
+    Ok(header)
+}
+
+fn parse_saved_chunks(data: Bytes) -> Option<Vec<(ChunkKey, Bytes)>> {
+    let header = saved_chunks_header().ok()?;
+    if !data.starts_with(&header) {
+        return None;
+    }
+    let mut at = header.len();
+    let mut entries = Vec::new();
+    while at < data.len() {
+        let head = data.get(at..at + SAVED_ENTRY_HEAD)?;
+        let key: ChunkKey = head[..32].try_into().ok()?;
+        let check: [u8; 32] = head[32..64].try_into().ok()?;
+        let len = u32::from_le_bytes(head[64..].try_into().ok()?) as usize;
+        let start = at + SAVED_ENTRY_HEAD;
+        let member = data.slice(start..start.checked_add(len).filter(|end| *end <= data.len())?);
+        if *blake3::hash(&member).as_bytes() != check {
+            return None;
+        }
+        entries.push((key, member));
+        at = start + len;
+    }
+    Some(entries)
 }
 
 /// Receives a layer's compressed bytes in order while it is being compressed, so they can be
@@ -1147,6 +1255,46 @@ mod tests {
                 assert_eq!(pieces_after.load(Ordering::Relaxed), 1);
             }
         }
+    }
+
+    #[test]
+    fn chunks_kept_on_disk_come_back_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = dir.path().join("chunks").join("slot");
+        let first = noise(3_000_000, 0x2545_f491_4f6c_dd1d, |s| b'a' + (s % 16) as u8);
+        let memo = ChunkMemo::default();
+        let one = compress_layer_streaming(LayerKind::Binary, first.clone(), remembering(&memo, "app/amd64")).unwrap();
+        memo.save_slot("app/amd64", &saved).unwrap();
+
+        // Another process: the kept chunks come back, and the next layer is the same bytes as
+        // one compressed from nothing.
+        let later = ChunkMemo::default();
+        assert!(later.load_slot("app/amd64", &saved) > 1, "the chunks are read back");
+        assert_eq!(later.held_bytes() as u64, one.size, "every chunk of the layer is back");
+        let mut second = first.clone();
+        second[10] ^= 0xff;
+        let two =
+            compress_layer_streaming(LayerKind::Binary, second.clone(), remembering(&later, "app/amd64")).unwrap();
+        let fresh = compress_layer(LayerKind::Binary, second).unwrap();
+        assert_eq!((two.digest.as_str(), two.bytes().unwrap()), (fresh.digest.as_str(), fresh.bytes().unwrap()));
+        assert_eq!(later.load_slot("app/amd64", &saved), 0, "a slot the memo holds is not replaced");
+
+        // A file that does not check out whole is ignored whole.
+        let good = std::fs::read(&saved).unwrap();
+        let mut altered = good.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let mut other_format = good.clone();
+        other_format[b"kodev-chunks\n".len()] ^= 1;
+        for (what, bytes) in
+            [("altered", altered), ("truncated", good[..good.len() - 7].to_vec()), ("other format", other_format)]
+        {
+            std::fs::write(&saved, bytes).unwrap();
+            let memo = ChunkMemo::default();
+            assert_eq!(memo.load_slot("app/amd64", &saved), 0, "{what}");
+            assert_eq!(memo.held_bytes(), 0, "{what}");
+        }
+        assert_eq!(ChunkMemo::default().load_slot("app/amd64", &dir.path().join("none")), 0);
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Builder {
         target: Option<&oci_client::Reference>,
         config_early: impl FnOnce(tokio::sync::oneshot::Receiver<String>) -> Option<EarlyUpload>,
         session: Option<OpeningUpload>,
-    ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>)> {
+    ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>, Option<SavingChunks>)> {
         let cache = base::cache_dir();
         let build_id = layer::go_build_id(&binary);
         if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
@@ -142,12 +142,18 @@ impl Builder {
                         unused.cancel().await;
                     }
                 }
-                return Ok((layer::recorded_binary_layer(record, &binary, name), None, None));
+                return Ok((layer::recorded_binary_layer(record, &binary, name), None, None, None));
             }
         }
         let (diff_id, diff_id_known) = tokio::sync::oneshot::channel();
         let config = config_early(diff_id_known);
-        let source = BinarySource { path: binary, name: name.to_string(), chunks: self.chunks.clone(), slot, diff_id };
+        let source = BinarySource {
+            path: binary,
+            name: name.to_string(),
+            chunks: self.chunks.clone(),
+            slot: slot.clone(),
+            diff_id,
+        };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
                 binary_layer_uploading(registries, target, source, session).await?
@@ -157,7 +163,14 @@ impl Builder {
         if let Some(id) = build_id {
             layer::save_record(&cache, &id, name, &layer);
         }
-        Ok((layer, streamed, config))
+        // Written while the image goes up; best effort, like the records.
+        let memo = self.chunks.clone();
+        let saving = tokio::task::spawn_blocking(move || {
+            if let Err(e) = memo.save_slot(&slot, &saved_chunks_path(&slot)) {
+                tracing::debug!(error = %e, "cannot keep the layer's chunks for later processes");
+            }
+        });
+        Ok((layer, streamed, config, Some(saving)))
     }
 
     /// Open the upload session of the binary's layer while go finishes the binary, so the layer
@@ -169,18 +182,32 @@ impl Builder {
         Some(AbortOnDrop(tokio::spawn(async move { registries.open_upload(&target).await })))
     }
 
-    /// Compress the chunks of the linker's output into the memo while go finishes the binary.
-    fn compress_ahead(&self, linker_output: PathBuf, name: &str) -> WantedWhileAlive {
+    /// While go finishes the binary: read the chunks an earlier process kept for this slot
+    /// (unless the memo has them), then, if `compress`, compress the rest of the linker's
+    /// output into the memo. Returns how many chunks were read once both are done or stopped.
+    fn prepare_layer_ahead(
+        &self,
+        linker_output: PathBuf,
+        name: &str,
+        slot: &str,
+        compress: bool,
+    ) -> (WantedWhileAlive, tokio::task::JoinHandle<usize>) {
         let wanted = Arc::new(AtomicBool::new(true));
-        let (memo, name, flag) = (self.chunks.clone(), name.to_string(), wanted.clone());
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
-                Ok(chunks) => tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead"),
-                Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
+        let (memo, name, slot, flag) = (self.chunks.clone(), name.to_string(), slot.to_string(), wanted.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let loaded = memo.load_slot(&slot, &saved_chunks_path(&slot));
+            if compress && flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
+                    Ok(chunks) => {
+                        tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
+                }
             }
+            loaded
         });
-        WantedWhileAlive(wanted)
+        (WantedWhileAlive(wanted), task)
     }
 
     /// Upload a platform's config as soon as its newly compressed binary layer's diff ID is
@@ -300,9 +327,8 @@ impl Builder {
                     Ok(linker_output) = link_seen => {
                         // Only with a core to spare: taking one from another go build (a second
                         // platform still linking) delays that build by more than it saves here.
-                        if gobuild::running_go_builds() < layer::compression_workers() {
-                            ahead = Some(self.compress_ahead(linker_output, artifact.binary_name()));
-                        }
+                        let compress = gobuild::running_go_builds() < layer::compression_workers();
+                        ahead = Some(self.prepare_layer_ahead(linker_output, artifact.binary_name(), &slot, compress));
                         // Parsed only now: the first parse compiles oci-client's reference
                         // grammar (tens of milliseconds), which must not delay starting go.
                         let target = registry::parse_reference(&artifact.image_name).ok();
@@ -320,7 +346,14 @@ impl Builder {
                     }
                 };
                 // The layer is made now, from the finished binary: no new chunks ahead of it.
-                drop(ahead);
+                // Without the linker's close (go did not relink: the layer is likely recorded
+                // already) the saved chunks are not read at all.
+                if let Some((wanted, preparing)) = ahead {
+                    drop(wanted);
+                    if let Ok(loaded @ 1..) = preparing.await {
+                        tracing::debug!(chunks = loaded, "chunks of this slot's last layer read from the cache");
+                    }
+                }
                 let upload_target =
                     upload_target.unwrap_or_else(|| registry::parse_reference(&artifact.image_name).ok());
                 let config_early =
@@ -335,9 +368,9 @@ impl Builder {
                 );
                 // Nothing is published before go has exited successfully; a failure drops the
                 // layer's work (and its uploads) with it.
-                let (layer, streamed, config) =
+                let (layer, streamed, config, saving) =
                     if exited { layer_work.await? } else { tokio::try_join!(layer_work, &mut compile)?.0 };
-                Ok::<_, KodevError>((platform.clone(), layer, streamed, config))
+                Ok::<_, KodevError>((platform.clone(), layer, streamed, config, saving))
             }
         }));
         let (base, binaries) = match resolved_base {
@@ -354,7 +387,7 @@ impl Builder {
 
         let mut manifests = Vec::new();
         for base_image in &base.images {
-            let (_, binary, _, _) = binaries
+            let (_, binary, ..) = binaries
                 .iter()
                 .find(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
                 .ok_or_else(|| KodevError::build(format!("no binary was built for {}", base_image.platform)))?;
@@ -366,9 +399,11 @@ impl Builder {
         let publish_started = Instant::now();
         let mut streamed = Vec::new();
         let mut early = Vec::new();
-        for (_, layer, upload, config) in binaries {
+        let mut savings = Vec::new();
+        for (_, layer, upload, config, saving) in binaries {
             streamed.extend(upload.map(|upload| StreamedBlob { digest: layer.digest, upload }));
             early.extend(config);
+            savings.extend(saving);
         }
         let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag, streamed, early).await?;
         let push_ms = publish_started.elapsed().as_millis() as u64;
@@ -392,6 +427,8 @@ impl Builder {
             push_ms,
             duration_ms: started.elapsed().as_millis() as u64,
         });
+        // Before returning: a one-shot build's process exits right after.
+        futures::future::join_all(savings).await;
         Ok(BuildOutcome { image: built, push })
     }
 }
@@ -494,6 +531,16 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// The chunks of a new layer being written to the cache (see `ChunkMemo::save_slot`).
+type SavingChunks = tokio::task::JoinHandle<()>;
+
+/// Where a slot's chunks are kept between processes.
+fn saved_chunks_path(slot: &str) -> PathBuf {
+    use sha2::Digest;
+    let key = hex::encode(sha2::Sha256::digest(slot.as_bytes()));
+    base::cache_dir().join("chunks").join(&key[..32])
 }
 
 /// An upload session being opened.
