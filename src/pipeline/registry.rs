@@ -53,7 +53,105 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 }
 
 pub fn parse_reference(reference: &str) -> Result<Reference> {
+    if let Some(parsed) = parse_plain_reference(reference) {
+        return Ok(parsed);
+    }
     reference.parse::<Reference>().map_err(|e| KodevError::Usage(format!("invalid image reference {reference:?}: {e}")))
+}
+
+/// The usual references (`host[:port]/path[:tag][@sha256:hex]`, ASCII) read by hand, as
+/// oci-client reads them. oci-client's parser compiles a large regular expression on first use:
+/// 32 ms of CPU, which a one-shot build spends while go needs the cores. Anything this does not
+/// recognise goes to oci-client's parser, which also words the errors.
+fn parse_plain_reference(reference: &str) -> Option<Reference> {
+    fn alnum(c: u8) -> bool {
+        c.is_ascii_lowercase() || c.is_ascii_digit()
+    }
+    // [a-z0-9]+ joined by ".", "_", "__" or any run of "-".
+    fn path_component(part: &str) -> bool {
+        let bytes = part.as_bytes();
+        let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else { return false };
+        if !alnum(first) || !alnum(last) {
+            return false;
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if alnum(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let run = bytes[i..].iter().take_while(|c| !alnum(**c)).count();
+            let separator = &part[i..i + run];
+            if !(separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|c| c == b'-')) {
+                return false;
+            }
+            i += run;
+        }
+        true
+    }
+    // Dot-separated labels of letters, digits and inner hyphens, then an optional port.
+    fn domain(part: &str) -> bool {
+        let (host, port) = match part.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (part, None),
+        };
+        let label = |l: &str| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        };
+        host.split('.').all(label) && port.is_none_or(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+    }
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => {
+            let hex = digest.strip_prefix("sha256:")?;
+            (hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit())).then_some(())?;
+            (rest, Some(digest))
+        }
+        None => (reference, None),
+    };
+    let (name, tag) = match rest.rfind(':') {
+        Some(colon) if rest.rfind('/').is_none_or(|slash| colon > slash) => (&rest[..colon], Some(&rest[colon + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let b = tag.as_bytes();
+        let word = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
+        if b.is_empty() || b.len() > 128 || !word(&b[0]) || !b.iter().all(|c| word(c) || *c == b'.' || *c == b'-') {
+            return None;
+        }
+    }
+    let mut parts = name.split('/');
+    let first = parts.next()?;
+    let others: Vec<&str> = parts.collect();
+    let valid =
+        others.iter().all(|p| path_component(p)) && (path_component(first) || (!others.is_empty() && domain(first)));
+    if !valid {
+        return None;
+    }
+    // Docker's normalisation, as oci-client applies it.
+    let (mut registry, mut repository) = match name.split_once('/') {
+        Some((left, right)) if left.contains('.') || left.contains(':') || left == "localhost" => {
+            (left.to_string(), right.to_string())
+        }
+        _ => ("docker.io".to_string(), name.to_string()),
+    };
+    if registry == "index.docker.io" {
+        registry = "docker.io".to_string();
+    }
+    if registry == "docker.io" && !repository.contains('/') {
+        repository = format!("library/{repository}");
+    }
+    if repository.len() > 255 {
+        return None;
+    }
+    Some(match (tag, digest) {
+        (Some(tag), Some(digest)) => Reference::with_tag_and_digest(registry, repository, tag.into(), digest.into()),
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest.into()),
+        (tag, None) => Reference::with_tag(registry, repository, tag.unwrap_or("latest").into()),
+    })
 }
 
 /// Render an error with its causes, so "connection refused" is not hidden behind "request failed".
@@ -394,6 +492,60 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_references_read_by_hand_as_oci_client_reads_them() {
+        let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let upper = format!("sha256:{}", "0123456789ABCDEF".repeat(4));
+        let read_by_hand = [
+            "busybox".to_string(),
+            "busybox:1.36".into(),
+            "library/busybox".into(),
+            "docker.io/busybox".into(),
+            "index.docker.io/library/busybox:latest".into(),
+            "localhost/app".into(),
+            "localhost:5000/app:dev".into(),
+            "127.0.0.1:5000/base/static:v1".into(),
+            "ghcr.io/org/sub/repo:Tag_1.2-rc".into(),
+            format!("gcr.io/distroless/static:nonroot@{digest}"),
+            format!("app@{digest}"),
+            format!("ko.local/hello@{upper}"),
+            "registry.example.com/a.b_c__d-e---f/g:t".into(),
+            "test.com:5000".into(),
+            "test.com:tag".into(),
+            "UPPER/repo".into(),
+            "my-registry.io:443/x/y/z".into(),
+        ];
+        for reference in &read_by_hand {
+            let expected: Reference = reference.parse().unwrap_or_else(|e| panic!("{reference}: {e}"));
+            assert_eq!(parse_plain_reference(reference).as_ref(), Some(&expected), "{reference}");
+            assert_eq!(parse_plain_reference(reference).unwrap().whole(), expected.whole(), "{reference}");
+        }
+        // Left to oci-client: what it refuses, and what this does not try to read (Unicode tags,
+        // other digest algorithms, IPv6 hosts).
+        let left = [
+            "",
+            "Busybox",
+            "a//b",
+            "a/",
+            "/a",
+            "-a/b",
+            "a_/b",
+            "a:b:c",
+            "a@sha256:abc",
+            "a:-tag",
+            "a:tæg",
+            "a@sha512:00",
+            "[::1]:5000/app",
+            "host:port/app",
+            "a..b/c",
+        ];
+        for reference in left {
+            assert_eq!(parse_plain_reference(reference), None, "{reference}");
+        }
+        assert!(parse_reference("Busybox").is_err());
+        assert!(parse_reference("a:tæg").is_ok(), "oci-client reads what this leaves");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_server_errors_but_not_client_errors() {
