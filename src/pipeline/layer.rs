@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -691,17 +691,19 @@ impl ChunkMemo {
                 .filter_map(|key| inner.members.get(key).map(|member| (*key, member.clone())))
                 .collect()
         };
-        let header = saved_chunks_header()?;
-        let size = header.len() + entries.iter().map(|(_, m)| SAVED_ENTRY_HEAD + m.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(&header);
+        // Written through a buffer, not gathered first: the memo already holds these bytes.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut out = io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?);
+        out.write_all(&saved_chunks_header()?)?;
         for (key, member) in entries {
-            out.extend_from_slice(&key);
-            out.extend_from_slice(blake3::hash(&member).as_bytes());
-            out.extend_from_slice(&u32::try_from(member.len()).map_err(io::Error::other)?.to_le_bytes());
-            out.extend_from_slice(&member);
+            out.write_all(&key)?;
+            out.write_all(blake3::hash(&member).as_bytes())?;
+            out.write_all(&u32::try_from(member.len()).map_err(io::Error::other)?.to_le_bytes())?;
+            out.write_all(&member)?;
         }
-        super::base::write_atomically(path, &out)
+        out.into_inner().map_err(|e| e.into_error())?.persist(path).map_err(|e| e.error)?;
+        Ok(())
     }
 
     /// Take in the chunks `save_slot` wrote for `slot`, unless this memo already holds that
