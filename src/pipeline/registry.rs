@@ -547,6 +547,37 @@ mod tests {
         assert!(parse_reference("a:tæg").is_ok(), "oci-client reads what this leaves");
     }
 
+    /// Whatever the hand reader accepts, oci-client accepts and reads the same way: it never
+    /// lets through a reference oci-client would refuse.
+    #[test]
+    fn the_hand_reader_never_accepts_what_oci_client_refuses() {
+        let alphabet = b"ab0Z9.-_:/@";
+        let mut state = 0x243f_6a88_85a3_08d3_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for _ in 0..60_000 {
+            let len = 1 + (next() % 24) as usize;
+            let mut reference: String =
+                (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char).collect();
+            if next() % 4 == 0 {
+                reference = format!("{}@sha256:{}", reference.trim_end_matches('@'), "ab12".repeat(16));
+            }
+            if let Some(read) = parse_plain_reference(&reference) {
+                accepted += 1;
+                let expected: Reference = reference
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{reference:?} read by hand, refused by oci-client: {e}"));
+                assert_eq!(read, expected, "{reference:?}");
+            }
+        }
+        assert!(accepted > 1_000, "the generator makes enough valid references ({accepted})");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_server_errors_but_not_client_errors() {
         let calls = std::sync::atomic::AtomicU32::new(0);
