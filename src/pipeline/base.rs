@@ -142,11 +142,20 @@ fn cache_path(kind: &str, digest: &str) -> PathBuf {
 
 /// Write `data` at `path` through a temporary file and a rename, so readers never see half a file.
 pub fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |out| out.write_all(data))
+}
+
+/// Like [`write_atomically`], with the content written by `write` through a buffer, for
+/// content not gathered in one slice.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    std::io::Write::write_all(&mut tmp, data)?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    let mut out = std::io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?);
+    write(&mut out)?;
+    out.into_inner().map_err(|e| e.into_error())?.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

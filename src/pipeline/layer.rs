@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -691,19 +691,18 @@ impl ChunkMemo {
                 .filter_map(|key| inner.members.get(key).map(|member| (*key, member.clone())))
                 .collect()
         };
-        // Written through a buffer, not gathered first: the memo already holds these bytes.
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut out = io::BufWriter::new(tempfile::NamedTempFile::new_in(dir)?);
-        out.write_all(&saved_chunks_header()?)?;
-        for (key, member) in entries {
-            out.write_all(&key)?;
-            out.write_all(blake3::hash(&member).as_bytes())?;
-            out.write_all(&u32::try_from(member.len()).map_err(io::Error::other)?.to_le_bytes())?;
-            out.write_all(&member)?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        let header = saved_chunks_header()?;
+        // Written piece by piece, not gathered first: the memo already holds these bytes.
+        super::base::write_atomically_with(path, |out| {
+            out.write_all(&header)?;
+            for (key, member) in entries {
+                out.write_all(&key)?;
+                out.write_all(blake3::hash(&member).as_bytes())?;
+                out.write_all(&u32::try_from(member.len()).map_err(io::Error::other)?.to_le_bytes())?;
+                out.write_all(&member)?;
+            }
+            Ok(())
+        })
     }
 
     /// Take in the chunks `save_slot` wrote for `slot`, unless this memo already holds that

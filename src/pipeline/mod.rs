@@ -300,6 +300,8 @@ impl Builder {
             debug,
         };
 
+        // Usually read by hand in microseconds (see `parse_reference`); None for an OCI layout name.
+        let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
         let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
@@ -307,6 +309,7 @@ impl Builder {
             let slot = out_dir.display().to_string();
             let slots = slots.clone();
             let config_parts = (shared_base.clone(), kodata.clone(), edits.clone());
+            let upload_target = upload_target.as_ref();
             async move {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
@@ -318,7 +321,6 @@ impl Builder {
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
-                let mut upload_target = None;
                 let mut layer_session = None;
                 let mut exited = false;
                 let binary = tokio::select! {
@@ -329,11 +331,7 @@ impl Builder {
                         // platform still linking) delays that build by more than it saves here.
                         let compress = gobuild::running_go_builds() < layer::compression_workers();
                         ahead = Some(self.prepare_layer_ahead(linker_output, artifact.binary_name(), &slot, compress));
-                        // Parsed only now: the first parse compiles oci-client's reference
-                        // grammar (tens of milliseconds), which must not delay starting go.
-                        let target = registry::parse_reference(&artifact.image_name).ok();
-                        layer_session = self.open_layer_session(target.as_ref());
-                        upload_target = Some(target);
+                        layer_session = self.open_layer_session(upload_target);
                         tokio::select! {
                             biased;
                             built = &mut compile => { exited = true; built? }
@@ -354,18 +352,9 @@ impl Builder {
                         tracing::debug!(chunks = loaded, "chunks of this slot's last layer read from the cache");
                     }
                 }
-                let upload_target =
-                    upload_target.unwrap_or_else(|| registry::parse_reference(&artifact.image_name).ok());
-                let config_early =
-                    |diff_id| self.upload_config_early(upload_target.as_ref(), platform, config_parts, diff_id);
-                let layer_work = self.binary_layer(
-                    binary,
-                    artifact.binary_name(),
-                    slot,
-                    upload_target.as_ref(),
-                    config_early,
-                    layer_session,
-                );
+                let config_early = |diff_id| self.upload_config_early(upload_target, platform, config_parts, diff_id);
+                let layer_work =
+                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target, config_early, layer_session);
                 // Nothing is published before go has exited successfully; a failure drops the
                 // layer's work (and its uploads) with it.
                 let (layer, streamed, config, saving) =
