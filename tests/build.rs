@@ -583,3 +583,84 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     let fresh = stdout_ref(&out);
     assert_eq!(reused.split('@').nth(1), fresh.split('@').nth(1), "same source, same digest");
 }
+
+/// A `go` that writes down, for each `go build`, its GOARCH and GOMAXPROCS, then runs the real go.
+fn recording_go(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let real_go = which("go").expect("go");
+    let log = dir.join("go-builds.log");
+    let script = dir.join("go");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = build ]; then echo \"$GOARCH ${{GOMAXPROCS:-unset}}\" >> '{}'; fi\nexec '{}' \"$@\"\n",
+            log.display(),
+            real_go.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+fn take_lines(log: &std::path::Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_string).collect();
+    lines.sort();
+    std::fs::remove_file(log).ok();
+    lines
+}
+
+#[test]
+fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(
+        app.path(),
+        &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host),
+        "      platforms: [linux/amd64, linux/arm64]\n",
+    );
+    let tools = tempfile::tempdir().unwrap();
+    let (go, log) = recording_go(tools.path());
+    let cache = tempfile::tempdir().unwrap();
+    let build_with = |cache: &std::path::Path, tag: &str, extra_env: Option<(&str, &str)>| {
+        let mut cmd = kodev();
+        cmd.env("KODEV_CACHE_DIR", cache).env("KO_GO_PATH", &go).env_remove("GOMAXPROCS");
+        if let Some((k, v)) = extra_env {
+            cmd.env(k, v);
+        }
+        stdout_ref(&run(cmd.arg("build").arg("-f").arg(&skaffold).args([
+            "-d",
+            &format!("{}/cores", fx.registry.host),
+            "-t",
+            tag,
+        ])))
+    };
+
+    // First build: nothing built yet, so go keeps its default.
+    build_with(cache.path(), "first", None);
+    assert_eq!(take_lines(&log), ["amd64 unset", "arm64 unset"]);
+
+    // After an edit both platforms relink: each go gets its share of the cores.
+    let main_go = app.path().join("main.go");
+    let edited =
+        std::fs::read_to_string(&main_go).unwrap().replace("\"listen address\"", "\"the address to listen on\"");
+    std::fs::write(&main_go, edited).unwrap();
+    let shared = build_with(cache.path(), "edit", None);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let share = (cores / 2).max(1);
+    assert_eq!(take_lines(&log), [format!("amd64 {share}"), format!("arm64 {share}")]);
+
+    // The same source built with go's defaults (an empty cache) is the same image.
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let fresh = build_with(fresh_cache.path(), "edit", None);
+    assert_eq!(take_lines(&log), ["amd64 unset", "arm64 unset"]);
+    assert_eq!(shared.split('@').nth(1), fresh.split('@').nth(1), "the share does not change the image");
+
+    // The user's GOMAXPROCS wins.
+    std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap().replace("to listen on", "to serve on"))
+        .unwrap();
+    build_with(cache.path(), "user", Some(("GOMAXPROCS", "3")));
+    assert_eq!(take_lines(&log), ["amd64 3", "arm64 3"]);
+}

@@ -304,6 +304,14 @@ impl Builder {
         let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+        // Cores are divided between the platforms only when each of them relinks a binary it
+        // built before: then they have the same packages to compile. A platform with nothing
+        // built yet may have the whole standard library to compile while the others are done
+        // at once, and it would then be held to its share.
+        let relinking_all = platforms
+            .iter()
+            .all(|platform| gobuild::output_dir(artifact, platform, debug).join(artifact.binary_name()).is_file());
+        let gomaxprocs = if relinking_all { gobuild::gomaxprocs_share(artifact, platforms.len()) } else { None };
         let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
             let out_dir = gobuild::output_dir(artifact, platform, debug);
             let slot = out_dir.display().to_string();
@@ -317,7 +325,8 @@ impl Builder {
                 let (linked, link_seen) = tokio::sync::oneshot::channel();
                 let (placed, in_place) = tokio::sync::oneshot::channel();
                 let milestones = gobuild::Milestones { linked, placed };
-                let compile = gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(milestones));
+                let compile =
+                    gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(milestones), gomaxprocs);
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
