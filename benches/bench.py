@@ -4,7 +4,8 @@
 Runs on one machine against a real local docker-registry and reports medians over several
 runs, with ratios measured in the same run:
 
-  floor      bare `go build` of the same edit, same flags and env (parallel per platform)
+  floor      bare `go build` of the same edit, same flags and env (parallel per platform);
+             on several platforms also with the cores shared through GOMAXPROCS, as kodev does
   cold       `kodev build` with an empty kodev cache and a fresh repository
   warm       `kodev build` after a one-line edit
   dev        `kodev dev` from the file write to the `pushed` event
@@ -165,13 +166,18 @@ def timed(cmd, env=None, cwd=None):
     return time.perf_counter() - start
 
 
-def go_floor(app, platforms, out):
-    """The go builds kodev would run, in parallel, bare."""
+def go_floor(app, platforms, out, share_cores=False):
+    """The go builds kodev would run, in parallel, bare. With `share_cores`, each gets its share
+    of the cores through GOMAXPROCS, as kodev gives builds that relink together: the floor of
+    the same trick done by hand."""
     procs = []
     start = time.perf_counter()
     for i, p in enumerate(platforms):
         os_, arch = p.split("/")[:2]
         env = dict(os.environ, CGO_ENABLED="0", GOOS=os_, GOARCH=arch)
+        if share_cores:
+            cores = os.cpu_count() or 1
+            env["GOMAXPROCS"] = str(max(1, cores // min(len(platforms), cores)))
         procs.append(subprocess.Popen([GO, "build", "-trimpath", "-o", str(out / f"bin{i}"), "."], cwd=app, env=env))
     for proc in procs:
         if proc.wait() != 0:
@@ -206,13 +212,17 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
                     raise SystemExit("kodev dev stalled")
 
     wait(lambda e: e["event"] == "watching", 0)
-    latencies, uploaded, floors = [], [], []
+    latencies, uploaded, floors, shared_floors = [], [], [], []
     for _ in range(runs):
         # kodev may still be refreshing its view of the Go packages (`go list -deps`) after the
         # last push: let it finish, so the floor build has the machine to itself too.
         time.sleep(0.5)
         floor_editor.edit()
         floors.append(go_floor(floor_app, platforms, floor_out))
+        if len(platforms) > 1:
+            time.sleep(0.5)
+            floor_editor.edit()
+            shared_floors.append(go_floor(floor_app, platforms, floor_out, share_cores=True))
         time.sleep(0.5)
         with cond:
             since = len(events)
@@ -227,7 +237,7 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
     proc.stdin.write("q\n")
     proc.stdin.flush()
     proc.wait(timeout=30)
-    return latencies, uploaded, rss, floors
+    return latencies, uploaded, rss, floors, shared_floors
 
 
 def peak_rss(pid):
@@ -343,12 +353,13 @@ def main():
                 shutil.rmtree(floor_app, ignore_errors=True)
                 shutil.copytree(app, floor_app)
                 go_floor(floor_app, platforms, out)  # its own packages in the Go build cache
-                latencies, uploaded, rss, dev_floor = dev_latency(args.kodev, app, registry, args.dev_runs, editor, env,
+                latencies, uploaded, rss, dev_floor, shared_floor = dev_latency(args.kodev, app, registry, args.dev_runs, editor, env,
                                                                   platforms, floor_app, out)
                 size = (out / "bin0").stat().st_size
                 row.update(binary_mb=size / 1e6, floor=median(floor), cold=median(cold), warm=median(warm),
                            ko=median(ko) if ko else None, same=median(same), ko_same=median(ko_same) if ko_same else None,
-                           dev=median(latencies), dev_floor=median(dev_floor), uploaded=median(uploaded), rss=rss)
+                           dev=median(latencies), dev_floor=median(dev_floor),
+                           shared_floor=median(shared_floor) if shared_floor else None, uploaded=median(uploaded), rss=rss)
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         idle = None if args.skip_idle else idle_watch(args.kodev, registry, dict(os.environ, KODEV_CACHE_DIR=str(work / "cache-idle")))
@@ -372,11 +383,14 @@ def main():
               f"{secs(r['cold'])} | {secs(r['warm'])} | {secs(r['ko'])} | {ratio(r['warm'], r['ko'])} | "
               f"{secs(r['same'])} | {secs(r['ko_same'])} | {ratio(r['same'], r['ko_same'])} |")
     print("\n`kodev dev`, from the file write to the `pushed` event; each run paired with a bare go build of")
-    print("the same kind of edit, run just before it:\n")
-    print("| app | platforms | go build (floor) | kodev dev edit→pushed | dev/floor | uploaded per rebuild | peak RSS kodev dev |")
-    print("|---|---|---|---|---|---|---|")
+    print("the same kind of edit, run just before it (on several platforms also one whose go builds share")
+    print("the cores through GOMAXPROCS, as kodev's do):\n")
+    print("| app | platforms | go build (floor) | kodev dev edit→pushed | dev/floor | go build, cores shared | dev/that floor | "
+          "uploaded per rebuild | peak RSS kodev dev |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['app']} | {r['platforms']} | {secs(r['dev_floor'])} | {secs(r['dev'])} | {ratio(r['dev'], r['dev_floor'])} | "
+              f"{secs(r['shared_floor'])} | {ratio(r['dev'], r['shared_floor'])} | "
               f"{r['uploaded'] / 1e6:.1f} MB | {r['rss'] / 1e6:.0f} MB |")
     if idle:
         print(f"\nidle `kodev dev` watching 10,000 files: {idle[0]:.2f}% CPU, {idle[1] / 1e6:.0f} MB RSS")
