@@ -170,6 +170,15 @@ fn an_unchanged_binary_still_reaches_every_target_whole() {
     assert_eq!(pushed["layers"].as_array().unwrap().last().unwrap()["digest"], binary_layer.as_str());
 }
 
+/// examples/hello on the two-platform base, for `platforms` (a YAML list).
+fn two_platform_hello(fx: &Fixture, dir: &std::path::Path, platforms: &str) -> std::path::PathBuf {
+    hello_app(
+        dir,
+        &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host),
+        &format!("      platforms: {platforms}\n"),
+    )
+}
+
 #[test]
 fn two_platform_index_runs_on_amd64_and_arm64() {
     if !require_tools(TOOLS) {
@@ -177,11 +186,7 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
     }
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
-    let skaffold = hello_app(
-        app.path(),
-        &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host),
-        "      platforms: [linux/arm64, linux/amd64]\n",
-    );
+    let skaffold = two_platform_hello(&fx, app.path(), "[linux/arm64, linux/amd64]");
     let out = build(&skaffold, &["-d", &format!("{}/dev", fx.registry.host), "-t", "multi"]);
     let reference = stdout_ref(&out);
     let name = format!("{}/dev/hello", fx.registry.host);
@@ -562,10 +567,7 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     let app = tempfile::tempdir().unwrap();
     let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
     stdout_ref(&build(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "a"]));
-    let main_go = app.path().join("main.go");
-    let edited =
-        std::fs::read_to_string(&main_go).unwrap().replace("\"listen address\"", "\"the address to listen on\"");
-    std::fs::write(&main_go, edited).unwrap();
+    edit_hello(app.path());
 
     // The next process starts from the chunks the last one kept in the cache...
     let out = build_logged(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "b"]);
@@ -616,11 +618,7 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     }
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
-    let skaffold = hello_app(
-        app.path(),
-        &format!("        fromImage: {}/base/multi:v1\n", fx.registry.host),
-        "      platforms: [linux/amd64, linux/arm64]\n",
-    );
+    let skaffold = two_platform_hello(&fx, app.path(), "[linux/amd64, linux/arm64]");
     let tools = tempfile::tempdir().unwrap();
     let (go, log) = recording_go(tools.path());
     let cache = tempfile::tempdir().unwrap();
@@ -643,10 +641,7 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     assert_eq!(take_lines(&log), ["amd64 unset", "arm64 unset"]);
 
     // After an edit both platforms relink: each go gets its share of the cores.
-    let main_go = app.path().join("main.go");
-    let edited =
-        std::fs::read_to_string(&main_go).unwrap().replace("\"listen address\"", "\"the address to listen on\"");
-    std::fs::write(&main_go, edited).unwrap();
+    edit_hello(app.path());
     let shared = build_with(cache.path(), "edit", None);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let share = (cores / 2).max(1);
@@ -659,6 +654,7 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     assert_eq!(shared.split('@').nth(1), fresh.split('@').nth(1), "the share does not change the image");
 
     // The user's GOMAXPROCS wins.
+    let main_go = app.path().join("main.go");
     std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap().replace("to listen on", "to serve on"))
         .unwrap();
     build_with(cache.path(), "user", Some(("GOMAXPROCS", "3")));

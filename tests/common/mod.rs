@@ -274,6 +274,15 @@ pub fn hello_app(dir: &Path, ko_block: &str, artifact_extra: &str) -> PathBuf {
     dir.join("skaffold.yaml")
 }
 
+/// Make a one-line edit to a copy of examples/hello that changes its binary.
+pub fn edit_hello(app: &Path) {
+    let main_go = app.join("main.go");
+    let source = std::fs::read_to_string(&main_go).expect("read main.go");
+    assert!(source.contains("\"listen address\""), "examples/hello changed: pick another edit");
+    std::fs::write(&main_go, source.replace("\"listen address\"", "\"the address to listen on\""))
+        .expect("write main.go");
+}
+
 /// An OCI layout made by umoci with one image per platform: a file layer, a user, env and a label.
 pub fn umoci_image(layout: &Path, tag: &str, arch: &str) {
     let image = format!("{}:{tag}", layout.display());
