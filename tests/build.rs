@@ -660,3 +660,39 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     build_with(cache.path(), "user", Some(("GOMAXPROCS", "3")));
     assert_eq!(take_lines(&log), ["amd64 3", "arm64 3"]);
 }
+
+#[test]
+fn chunk_files_left_half_written_by_a_killed_process_are_removed() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let cache = tempfile::tempdir().unwrap();
+    let chunks = cache.path().join("chunks");
+    std::fs::create_dir_all(&chunks).unwrap();
+    // What a process killed while keeping its layer's chunks leaves: a temporary file never renamed.
+    let stale = chunks.join(".tmpKILLED");
+    let in_progress = chunks.join(".tmpWRITING");
+    std::fs::write(&stale, vec![7u8; 1 << 20]).unwrap();
+    std::fs::write(&in_progress, b"another process is writing this").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(an_hour_ago).unwrap();
+
+    let out = run(kodev().env("KODEV_CACHE_DIR", cache.path()).arg("build").arg("-f").arg(&skaffold).args([
+        "-d",
+        &format!("{}/swept", fx.registry.host),
+        "-t",
+        "a",
+    ]));
+    stdout_ref(&out);
+    assert!(!stale.exists(), "a leftover of a killed process is removed");
+    assert!(in_progress.exists(), "a recent temporary file may be another process's write: kept");
+    let kept: Vec<String> = std::fs::read_dir(&chunks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with(".tmp"))
+        .collect();
+    assert_eq!(kept.len(), 1, "this build's chunks are kept as usual: {kept:?}");
+}

@@ -166,7 +166,17 @@ impl Builder {
         // Written while the image goes up; best effort, like the records.
         let memo = self.chunks.clone();
         let saving = tokio::task::spawn_blocking(move || {
-            if let Err(e) = memo.save_slot(&slot, &saved_chunks_path(&slot)) {
+            let path = saved_chunks_path(&slot);
+            static SWEPT: std::sync::Once = std::sync::Once::new();
+            SWEPT.call_once(|| {
+                if let Some(dir) = path.parent() {
+                    let removed = base::remove_stale_temp_files(dir, base::STALE_TEMP_AGE);
+                    if removed > 0 {
+                        tracing::debug!(removed, "removed chunk files left half-written by killed processes");
+                    }
+                }
+            });
+            if let Err(e) = memo.save_slot(&slot, &path) {
                 tracing::debug!(error = %e, "cannot keep the layer's chunks for later processes");
             }
         });
