@@ -18,6 +18,7 @@ declare -A packages=(
   [curl]=curl
   [git]=git
   [openssl]=openssl
+  [python3]=python3
 )
 missing=()
 for tool in "${!packages[@]}"; do

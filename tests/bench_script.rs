@@ -1,0 +1,79 @@
+//! The benchmark script is how BENCHMARKS.md's numbers are reproduced: it must keep running
+//! end to end and print its tables. A short run of it (hello only, one build and two dev-loop
+//! edits per row, no ko) against its own real registry; the numbers are not judged, only that
+//! every row is measured.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// The cells of the markdown table row that starts with `| hello | {platforms} |` under the
+/// header line containing `header`.
+fn row<'a>(stdout: &'a str, header: &str, platforms: usize) -> Vec<&'a str> {
+    let table = stdout.split(header).nth(1).unwrap_or_else(|| panic!("no table with {header:?} in:\n{stdout}"));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| hello | {platforms} |")))
+        .unwrap_or_else(|| panic!("no hello row for {platforms} platform(s) under {header:?} in:\n{stdout}"));
+    line.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+fn ratio(cell: &str) -> f64 {
+    cell.strip_suffix('×').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a ratio: {cell:?}"))
+}
+
+fn seconds(cell: &str) -> f64 {
+    cell.strip_suffix('s').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not seconds: {cell:?}"))
+}
+
+#[test]
+fn bench_script_measures_every_row_of_its_tables() {
+    if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
+        return;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("benches/bench.py")).args([
+        "--only",
+        "hello",
+        "--runs",
+        "1",
+        "--dev-runs",
+        "2",
+        "--skip-idle",
+        "--ko",
+        "/nonexistent/ko",
+        "--kodev",
+        env!("CARGO_BIN_EXE_kodev"),
+    ]);
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("machine: "), "{stdout}");
+
+    for platforms in [1, 2] {
+        // One-shot: floor, cold, warm and unchanged measured; ko columns empty without ko.
+        let one_shot = row(&stdout, "| app | platforms | binary |", platforms);
+        assert!(one_shot[2].ends_with(" MB"), "binary size: {one_shot:?}");
+        for cell in [one_shot[3], one_shot[5], one_shot[6], one_shot[9]] {
+            assert!(seconds(cell) > 0.0, "{one_shot:?}");
+        }
+        assert_eq!(one_shot[7], "-", "no ko, no ko column: {one_shot:?}");
+
+        // Dev loop: paired floor, edit→pushed and their ratio, bytes and RSS.
+        let dev = row(&stdout, "| app | platforms | go build (floor) | kodev dev", platforms);
+        let (floor, dev_time, dev_ratio) = (seconds(dev[2]), seconds(dev[3]), ratio(dev[4]));
+        assert!(floor > 0.0 && dev_time > 0.0, "{dev:?}");
+        // The printed ratio is of the unrounded medians; the cells are rounded to 10 ms.
+        assert!((dev_ratio - dev_time / floor).abs() < 0.2, "ratio matches its cells: {dev:?}");
+        if platforms == 2 {
+            assert!(seconds(dev[5]) > 0.0 && ratio(dev[6]) > 0.0, "the shared-cores floor is measured: {dev:?}");
+        } else {
+            assert_eq!((dev[5], dev[6]), ("-", "-"), "{dev:?}");
+        }
+        let uploaded: f64 = dev[7].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
+        assert!(uploaded > 1.0, "an edit uploads at least the new binary layer: {dev:?}");
+        assert!(dev[8].ends_with(" MB"), "{dev:?}");
+    }
+}
