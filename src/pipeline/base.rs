@@ -161,13 +161,13 @@ pub fn write_atomically_with(
 
 /// How old a half-written temporary file must be before it is taken for the leftover of a
 /// process that died while writing: a live writer touches its file every few milliseconds.
-pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Remove the temporary files that [`write_atomically_with`] left in `dir` when a process was
 /// killed mid-write (they are never renamed, and a kept layer's chunks are megabytes). Files
-/// younger than `older_than` may be another process's write in progress and are left alone.
-/// Returns how many were removed; a directory that cannot be read removes nothing.
-pub fn remove_stale_temp_files(dir: &Path, older_than: std::time::Duration) -> usize {
+/// younger than [`STALE_TEMP_AGE`] may be another process's write in progress and are left
+/// alone. Returns how many were removed; a directory that cannot be read removes nothing.
+pub fn remove_stale_temp_files(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let now = std::time::SystemTime::now();
     entries
@@ -175,7 +175,7 @@ pub fn remove_stale_temp_files(dir: &Path, older_than: std::time::Duration) -> u
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(".tmp"))
         .filter(|entry| {
             let modified = entry.metadata().and_then(|m| m.modified());
-            modified.is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= older_than))
+            modified.is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= STALE_TEMP_AGE))
         })
         .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
         .count()

@@ -170,7 +170,7 @@ impl Builder {
             static SWEPT: std::sync::Once = std::sync::Once::new();
             SWEPT.call_once(|| {
                 if let Some(dir) = path.parent() {
-                    let removed = base::remove_stale_temp_files(dir, base::STALE_TEMP_AGE);
+                    let removed = base::remove_stale_temp_files(dir);
                     if removed > 0 {
                         tracing::debug!(removed, "removed chunk files left half-written by killed processes");
                     }
