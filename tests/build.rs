@@ -33,6 +33,11 @@ fn build(skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
     run(kodev().arg("build").arg("-f").arg(skaffold).args(args))
 }
 
+/// `kodev build` with its cache in `cache` rather than the tests' shared one.
+fn build_in_cache(cache: &std::path::Path, skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
+    run(kodev().env("KODEV_CACHE_DIR", cache).arg("build").arg("-f").arg(skaffold).args(args))
+}
+
 /// `kodev build` with kodev's debug log on stderr (which says how each layer went up).
 fn build_logged(skaffold: &std::path::Path, args: &[&str]) -> std::process::Output {
     run(kodev().env("KODEV_LOG", "kodev=debug").arg("build").arg("-f").arg(skaffold).args(args))
@@ -134,7 +139,7 @@ fn an_unchanged_binary_still_reaches_every_target_whole() {
     }
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
-    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let skaffold = single_platform_hello(&fx, app.path());
     let first = stdout_ref(&build(&skaffold, &["-d", &format!("{}/one", fx.registry.host), "-t", "a"]));
     let digest = first.split('@').nth(1).unwrap().to_string();
 
@@ -168,6 +173,11 @@ fn an_unchanged_binary_still_reaches_every_target_whole() {
     let binary_layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
     let pushed: Value = serde_json::from_slice(&std::fs::read(copied.path().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(pushed["layers"].as_array().unwrap().last().unwrap()["digest"], binary_layer.as_str());
+}
+
+/// examples/hello on the one-platform base.
+fn single_platform_hello(fx: &Fixture, dir: &std::path::Path) -> std::path::PathBuf {
+    hello_app(dir, &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "")
 }
 
 /// examples/hello on the two-platform base, for `platforms` (a YAML list).
@@ -552,7 +562,7 @@ fn platform_all_takes_every_platform_of_the_base_and_a_missing_one_is_named() {
     assert!(!String::from_utf8_lossy(&tags.stdout).contains("s390x"));
 
     // A single-platform base cannot serve another platform.
-    let single = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let single = single_platform_hello(&fx, app.path());
     let out = build(&single, &["-d", &format!("{}/dev", fx.registry.host), "-t", "arm", "--platform", "linux/arm64"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no platform linux/arm64"));
@@ -565,7 +575,7 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     }
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
-    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let skaffold = single_platform_hello(&fx, app.path());
     stdout_ref(&build(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "a"]));
     edit_hello(app.path());
 
@@ -576,12 +586,7 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     assert!(stderr.contains("chunks of this slot's last layer read from the cache"), "{stderr}");
     // ...and makes byte for byte the image a build with an empty cache makes.
     let empty_cache = tempfile::tempdir().unwrap();
-    let out = run(kodev().env("KODEV_CACHE_DIR", empty_cache.path()).arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/fresh", fx.registry.host),
-        "-t",
-        "b",
-    ]));
+    let out = build_in_cache(empty_cache.path(), &skaffold, &["-d", &format!("{}/fresh", fx.registry.host), "-t", "b"]);
     let fresh = stdout_ref(&out);
     assert_eq!(reused.split('@').nth(1), fresh.split('@').nth(1), "same source, same digest");
 }
@@ -668,7 +673,7 @@ fn chunk_files_left_half_written_by_a_killed_process_are_removed() {
     }
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
-    let skaffold = hello_app(app.path(), &format!("        fromImage: {}/base/single:v1\n", fx.registry.host), "");
+    let skaffold = single_platform_hello(&fx, app.path());
     let cache = tempfile::tempdir().unwrap();
     let chunks = cache.path().join("chunks");
     std::fs::create_dir_all(&chunks).unwrap();
@@ -680,12 +685,7 @@ fn chunk_files_left_half_written_by_a_killed_process_are_removed() {
     let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options().write(true).open(&stale).unwrap().set_modified(an_hour_ago).unwrap();
 
-    let out = run(kodev().env("KODEV_CACHE_DIR", cache.path()).arg("build").arg("-f").arg(&skaffold).args([
-        "-d",
-        &format!("{}/swept", fx.registry.host),
-        "-t",
-        "a",
-    ]));
+    let out = build_in_cache(cache.path(), &skaffold, &["-d", &format!("{}/swept", fx.registry.host), "-t", "a"]);
     stdout_ref(&out);
     assert!(!stale.exists(), "a leftover of a killed process is removed");
     assert!(in_progress.exists(), "a recent temporary file may be another process's write: kept");
