@@ -176,8 +176,7 @@ def go_floor(app, platforms, out, share_cores=False):
         os_, arch = p.split("/")[:2]
         env = dict(os.environ, CGO_ENABLED="0", GOOS=os_, GOARCH=arch)
         if share_cores:
-            cores = os.cpu_count() or 1
-            env["GOMAXPROCS"] = str(max(1, cores // min(len(platforms), cores)))
+            env["GOMAXPROCS"] = str(max(1, (os.cpu_count() or 1) // len(platforms)))
         procs.append(subprocess.Popen([GO, "build", "-trimpath", "-o", str(out / f"bin{i}"), "."], cwd=app, env=env))
     for proc in procs:
         if proc.wait() != 0:
@@ -353,8 +352,8 @@ def main():
                 shutil.rmtree(floor_app, ignore_errors=True)
                 shutil.copytree(app, floor_app)
                 go_floor(floor_app, platforms, out)  # its own packages in the Go build cache
-                latencies, uploaded, rss, dev_floor, shared_floor = dev_latency(args.kodev, app, registry, args.dev_runs, editor, env,
-                                                                  platforms, floor_app, out)
+                latencies, uploaded, rss, dev_floor, shared_floor = dev_latency(
+                    args.kodev, app, registry, args.dev_runs, editor, env, platforms, floor_app, out)
                 size = (out / "bin0").stat().st_size
                 row.update(binary_mb=size / 1e6, floor=median(floor), cold=median(cold), warm=median(warm),
                            ko=median(ko) if ko else None, same=median(same), ko_same=median(ko_same) if ko_same else None,
