@@ -32,6 +32,13 @@ pub enum EventKind {
     Compiled {
         platform: String,
         duration_ms: u64,
+        /// Built by replaying go's last compile and link of the main package (see `relink`).
+        relinked: bool,
+    },
+    /// go confirmed (or not) that a relinked binary is the one `go build` makes.
+    RelinkChecked {
+        platform: String,
+        same_as_go: bool,
     },
     Layer {
         platform: String,

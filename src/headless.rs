@@ -28,6 +28,15 @@ pub fn short_digest(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
+/// How a platform's binary was built, for the log.
+pub fn compiled_as(relinked: bool) -> &'static str {
+    if relinked {
+        "relinked (main package only) done"
+    } else {
+        "go build done"
+    }
+}
+
 /// One event as a readable line (no trailing newline).
 pub fn render_text(event: &Event) -> String {
     let who = if event.artifact.is_empty() { String::new() } else { format!("[{}] ", event.artifact) };
@@ -37,7 +46,13 @@ pub fn render_text(event: &Event) -> String {
             format!("building for {}{}", platforms.join(", "), if *debug { " (debug)" } else { "" })
         }
         EventKind::BuildLog { platform, line } => format!("{platform} | {line}"),
-        EventKind::Compiled { platform, duration_ms } => format!("{platform} go build done in {duration_ms} ms"),
+        EventKind::Compiled { platform, duration_ms, relinked } => {
+            format!("{platform} {} in {duration_ms} ms", compiled_as(*relinked))
+        }
+        EventKind::RelinkChecked { platform, same_as_go } => format!(
+            "{platform} relinked binary {}",
+            if *same_as_go { "confirmed by go build -n" } else { "differs from go build's" }
+        ),
         EventKind::Layer { platform, kind, digest, size, uploaded } => format!(
             "{platform} layer {kind:<6} {} {:>9} {}",
             short_digest(digest),

@@ -97,7 +97,7 @@ impl Engine {
         rx: UnboundedReceiver<EngineMessage>,
     ) -> Result<Engine> {
         let plan = config::load(&settings.options)?;
-        let builder = Arc::new(Builder::new(&plan));
+        let builder = Arc::new(Builder::for_dev(&plan));
         let events = EventSink::new(event_tx, "");
         let limit = if plan.concurrency == 0 { Semaphore::MAX_PERMITS } else { plan.concurrency };
         let deps = resolve_all_deps(&plan, &events).await;
@@ -333,7 +333,7 @@ impl Engine {
                 }
                 self.deps = resolve_all_deps(&plan, &self.events).await;
                 self.slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
-                self.builder = Arc::new(Builder::new(&plan));
+                self.builder = Arc::new(Builder::for_dev(&plan));
                 self.plan = plan;
                 self.announce(EventKind::ConfigReloaded);
                 self.schedule_all();

@@ -10,7 +10,9 @@ use tokio::process::Command;
 use crate::config::{go_binary, Artifact};
 use crate::error::{KodevError, Result};
 use crate::event::{EventKind, EventSink};
+use crate::pipeline::relink::{self, Relinker};
 use crate::platform::Platform;
+use std::sync::Arc;
 
 /// Process groups of `go build`s still running.
 static RUNNING_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
@@ -259,20 +261,53 @@ fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Op
 /// Build one platform's binary into `out_dir`; the `go` process dies with the future.
 /// `milestones` (if given) hear of the linker's output and of the finished binary before go exits.
 /// `gomaxprocs` (see `gomaxprocs_share`) is set in go's environment.
+#[allow(clippy::too_many_arguments)]
 pub async fn go_build(
     artifact: &Artifact,
     platform: &Platform,
     debug: bool,
     out_dir: &Path,
     events: &EventSink,
-    milestones: Option<Milestones>,
+    mut milestones: Option<Milestones>,
     gomaxprocs: Option<usize>,
+    relinker: Option<&Arc<Relinker>>,
 ) -> Result<PathBuf> {
     let output = out_dir.join(artifact.binary_name());
-    let args = build_args(artifact, debug, &output);
     let started = Instant::now();
+    let mut env = build_env(artifact, platform);
+    env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
+    if let Some((relinker, recipe)) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
+        let linked = milestones.take().map(|m| m.linked);
+        let relinked = match go_scratch_root().and_then(|root| ScratchDir::create(&root)) {
+            Some(scratch) => recipe.relink(&output, &scratch.0, &env, linked).await,
+            None => Err(relink::RelinkFailed("no scratch directory".to_string())),
+        };
+        match relinked {
+            Ok(()) => {
+                tracing::debug!(platform = %platform, "relinked without go");
+                let duration_ms = started.elapsed().as_millis() as u64;
+                events.send(EventKind::Compiled { platform: platform.to_string(), duration_ms, relinked: true });
+                relinker.to_check(artifact, platform, debug, &output, &env);
+                return Ok(output);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "relinking failed; running go build");
+                relinker.forget(&output);
+            }
+        }
+    }
+    let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
+    let capture = relinker.is_some() && scratch.is_some();
+    if capture {
+        args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
+        let godebug = match std::env::var("GODEBUG") {
+            Ok(user) if !user.is_empty() => format!("{user},{}", relink::CAPTURE_GODEBUG),
+            _ => relink::CAPTURE_GODEBUG.to_string(),
+        };
+        env.push(("GODEBUG".to_string(), godebug));
+    }
     let _milestone_watch = match (&scratch, milestones) {
         (Some(scratch), Some(milestones)) => watch_milestones(&scratch.0, &output, milestones),
         _ => None,
@@ -281,9 +316,8 @@ pub async fn go_build(
     command
         .args(&args)
         .current_dir(&artifact.work_dir)
-        .envs(build_env(artifact, platform))
+        .envs(env)
         .envs(scratch.as_ref().map(|dir| ("GOTMPDIR", dir.0.clone())))
-        .envs(gomaxprocs.map(|n| ("GOMAXPROCS", n.to_string())))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -306,7 +340,11 @@ pub async fn go_build(
             if let Some(stream) = stream {
                 let mut lines = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    events.send(EventKind::BuildLog { platform: platform_name.clone(), line: line.clone() });
+                    // A capturing build's commands and hashes are not the user's log; what
+                    // go says of its own (downloads, errors) is.
+                    if !capture || line.starts_with("go: ") {
+                        events.send(EventKind::BuildLog { platform: platform_name.clone(), line: line.clone() });
+                    }
                     lines_seen.push(line);
                 }
             }
@@ -324,10 +362,28 @@ pub async fn go_build(
         group.finished();
     }
     if !status.success() {
+        if capture {
+            // The capture's output buries go's errors: the same build again says them plainly.
+            return Box::pin(go_build(artifact, platform, debug, out_dir, events, None, gomaxprocs, None)).await;
+        }
         let shown = err_lines.join("\n");
         return Err(KodevError::build(format!("go build of {} for {platform} failed:\n{shown}", artifact.import_path)));
     }
-    events.send(EventKind::Compiled { platform: platform_name, duration_ms: started.elapsed().as_millis() as u64 });
+    if let Some(relinker) = relinker.filter(|_| capture) {
+        // Off the build's path: the recipe is for the next edit. The kept work directory
+        // goes once it has been read.
+        let (relinker, output, go_dir, scratch) =
+            (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
+        tokio::task::spawn_blocking(move || {
+            match relink::Recipe::capture(&err_lines, &go_dir) {
+                Some(recipe) => relinker.keep(&output, recipe),
+                None => relinker.forget(&output),
+            }
+            drop(scratch);
+        });
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    events.send(EventKind::Compiled { platform: platform_name, duration_ms, relinked: false });
     Ok(output)
 }
 

@@ -7,6 +7,7 @@ pub mod image;
 pub mod layer;
 pub mod publish;
 pub mod registry;
+pub mod relink;
 pub mod tarball;
 pub mod upload;
 
@@ -47,6 +48,8 @@ pub struct Builder {
     bases: std::sync::Mutex<HashMap<BaseKey, SharedBase>>,
     /// Compressed chunks of the latest binary layers, for the next build of the same binaries.
     chunks: Arc<ChunkMemo>,
+    /// In `kodev dev`: go's recipes for relinking after an edit of the main package alone.
+    relinker: Option<Arc<relink::Relinker>>,
 }
 
 /// The result of one artifact's build.
@@ -91,7 +94,14 @@ impl Builder {
                 index_lock: Arc::new(Mutex::new(())),
             },
         };
-        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default() }
+        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker: None }
+    }
+
+    /// A builder for `kodev dev`: it also relinks edits of the main package without the go
+    /// command (see `relink`), unless `KODEV_RELINK=0`.
+    pub fn for_dev(plan: &Plan) -> Self {
+        let relink = std::env::var("KODEV_RELINK").map_or(true, |v| v != "0");
+        Builder { relinker: relink.then(Arc::default), ..Builder::new(plan) }
     }
 
     /// Base images are resolved once per session and kept in memory; one that failed to
@@ -335,8 +345,16 @@ impl Builder {
                 let (linked, link_seen) = tokio::sync::oneshot::channel();
                 let (placed, in_place) = tokio::sync::oneshot::channel();
                 let milestones = gobuild::Milestones { linked, placed };
-                let compile =
-                    gobuild::go_build(artifact, platform, debug, &out_dir, events, Some(milestones), gomaxprocs);
+                let compile = gobuild::go_build(
+                    artifact,
+                    platform,
+                    debug,
+                    &out_dir,
+                    events,
+                    Some(milestones),
+                    gomaxprocs,
+                    self.relinker.as_ref(),
+                );
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
@@ -435,6 +453,9 @@ impl Builder {
             push_ms,
             duration_ms: started.elapsed().as_millis() as u64,
         });
+        if let Some(relinker) = &self.relinker {
+            relinker.check_pushed(events);
+        }
         // Before returning: a one-shot build's process exits right after.
         futures::future::join_all(savings).await;
         Ok(BuildOutcome { image: built, push })

@@ -251,12 +251,17 @@ fn apply_event(state: &mut State, event: Event) {
                 a.push_log(&platform, &line);
             }
         }
-        EventKind::Compiled { platform, duration_ms } => {
+        EventKind::Compiled { platform, duration_ms, relinked } => {
             if let Some(a) = state.artifact_mut(&image) {
                 if let Some((_, s)) = a.platforms.iter_mut().find(|(p, _)| *p == platform) {
                     *s = PlatformState::Pushing;
                 }
-                a.push_log(&platform, &format!("go build done in {duration_ms} ms"));
+                a.push_log(&platform, &format!("{} in {duration_ms} ms", crate::headless::compiled_as(relinked)));
+            }
+        }
+        EventKind::RelinkChecked { platform, same_as_go } => {
+            if let Some(a) = state.artifact_mut(&image).filter(|_| !same_as_go) {
+                a.push_log(&platform, "the relinked binary differs from go build's: the next build runs go");
             }
         }
         EventKind::Layer { platform, kind, digest, size, uploaded } => {

@@ -1,0 +1,811 @@
+//! Relinking after an edit of the main package's files alone, without the go command.
+//!
+//! Before it compiles anything, `go build` loads the package graph and hashes the sources of
+//! every package to check its cache: 70–110 ms for hello on two cores, more for a large module,
+//! all of it before the edit's compile starts. In `kodev dev` most edits touch only the main
+//! package. For those, kodev replays what go itself did the last time — the main package's
+//! compile and the link, with go's own recorded arguments — after working out the build IDs go
+//! would give, the same way go does. The binary is byte for byte the one `go build` makes.
+//!
+//! The recipe is captured from a `go build -x -work` run with `GODEBUG=gocachehash=1`, which
+//! prints the exact text go hashes into each action ID. Only the main package's file hashes
+//! and, from them, its content ID change after an edit; everything else in the text stays as
+//! go wrote it. A recipe is used only while every other input go read is as it was (the same
+//! size, modification time and inode), the main package's directory lists the same files, and
+//! the edited files' package clause, imports and `//go:` directives are unchanged. Anything
+//! else goes through `go build` again, which captures a new recipe.
+//!
+//! After each relink, `go build -n` confirms that go agrees the binary is up to date (it
+//! computes the same build ID from the sources). If it ever does not, relinking is turned
+//! off for the session and the next build runs go.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// The `GODEBUG` setting that makes go print what it hashes into action IDs.
+pub const CAPTURE_GODEBUG: &str = "gocachehash=1";
+/// The `go build` flags that make it print its commands and keep its work directory.
+pub const CAPTURE_FLAGS: [&str; 2] = ["-x", "-work"];
+
+/// What identifies a file or directory as unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified_ns: i128,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        len: metadata.len(),
+        modified_ns: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        inode: metadata.ino(),
+    })
+}
+
+/// A command go ran, as `-x` printed it.
+#[derive(Debug, Clone)]
+struct ToolRun {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    tool: PathBuf,
+    args: Vec<String>,
+}
+
+/// What go did to build one binary, enough to redo the main package's compile and the link.
+#[derive(Debug)]
+pub struct Recipe {
+    main_import_path: String,
+    compile: ToolRun,
+    link: ToolRun,
+    /// The files go wrote into `$WORK/b001` for the tools (import and embed configuration).
+    work_files: Vec<(String, Vec<u8>)>,
+    /// What go hashed into the main package's compile action ID and the link's, write by write.
+    compile_text: Vec<Vec<u8>>,
+    link_text: Vec<Vec<u8>>,
+    /// The main package's input files: (index of their `file` write, name in the package dir).
+    main_files: Vec<(usize, String)>,
+    /// Every other input that must be as it was (None: must still be missing).
+    inputs: Vec<(PathBuf, Option<Stamp>)>,
+    main_dir: PathBuf,
+    /// The main package directory's names that can join the package.
+    main_listing: BTreeSet<String>,
+    main_signatures: HashMap<String, crate::dev::deps::GraphSignature>,
+    /// Whether the listing counts every file (the package embeds some) or only source files.
+    listing_all: bool,
+}
+
+/// A Go-quoted string (`strconv.Quote`) back to its bytes.
+fn go_unquote(quoted: &str) -> Option<Vec<u8>> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?.as_bytes();
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        if inner[i] != b'\\' {
+            out.push(inner[i]);
+            i += 1;
+            continue;
+        }
+        let escape = *inner.get(i + 1)?;
+        let simple = match escape {
+            b'a' => Some(7),
+            b'b' => Some(8),
+            b'f' => Some(12),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'v' => Some(11),
+            b'\\' | b'"' | b'\'' => Some(escape),
+            _ => None,
+        };
+        if let Some(byte) = simple {
+            out.push(byte);
+            i += 2;
+            continue;
+        }
+        let digits = match escape {
+            b'x' => 2,
+            b'u' => 4,
+            b'U' => 8,
+            _ => return None,
+        };
+        let hex = std::str::from_utf8(inner.get(i + 2..i + 2 + digits)?).ok()?;
+        let value = u32::from_str_radix(hex, 16).ok()?;
+        if escape == b'x' {
+            out.push(value as u8);
+        } else {
+            let mut utf8 = [0u8; 4];
+            out.extend_from_slice(char::from_u32(value)?.encode_utf8(&mut utf8).as_bytes());
+        }
+        i += 2 + digits;
+    }
+    Some(out)
+}
+
+/// One `-x` command line into its words: go quotes a word (`strconv.Quote`) when it has spaces
+/// or shell syntax in it, and an environment value with single quotes.
+fn split_command(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_end();
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches(' ');
+        if rest.starts_with('"') {
+            let bytes = rest.as_bytes();
+            let mut end = 1;
+            while end < bytes.len() && bytes[end] != b'"' {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            let word = go_unquote(rest.get(..=end)?)?;
+            words.push(String::from_utf8(word).ok()?);
+            rest = rest.get(end + 1..)?;
+        } else {
+            let end = rest.find(' ').unwrap_or(rest.len());
+            words.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    Some(words)
+}
+
+/// A tool run line (`[NAME=value ...] /goroot/pkg/tool/os_arch/tool args...`), in `dir`.
+fn tool_run(line: &str, dir: &Path) -> Option<ToolRun> {
+    let words = split_command(line)?;
+    let mut env = Vec::new();
+    let mut words = words.into_iter();
+    let tool = loop {
+        let word = words.next()?;
+        match word.split_once('=') {
+            Some((name, value)) if !word.starts_with('/') && !name.is_empty() => {
+                let value = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).unwrap_or(value);
+                env.push((name.to_string(), value.to_string()));
+            }
+            _ => break PathBuf::from(word),
+        }
+    };
+    Some(ToolRun { dir: dir.to_path_buf(), env, tool, args: words.collect() })
+}
+
+/// The name of a go tool (`compile`, `link`, `asm`…) if the word is one's path.
+fn tool_name(word: &str) -> Option<&str> {
+    let (dir, name) = word.rsplit_once('/')?;
+    dir.rsplit_once('/').is_some_and(|(parent, _)| parent.ends_with("/pkg/tool")).then_some(name)
+}
+
+/// The bytes of each write into the hash named `name`, from its last complete run in the
+/// `gocachehash` output, checked against the digest go printed at its end.
+fn hashed_text(lines: &[String], name: &str) -> Option<Vec<Vec<u8>>> {
+    let head = format!("HASH[{name}]");
+    let prefix = format!("{head}: ");
+    let (mut writes, mut done) = (None::<Vec<Vec<u8>>>, None);
+    for line in lines {
+        if *line == head {
+            writes = Some(Vec::new());
+        } else if let Some(rest) = line.strip_prefix(&prefix) {
+            let current = writes.as_mut()?;
+            if rest.starts_with('"') {
+                current.push(go_unquote(rest)?);
+            } else {
+                let digest = hex::encode(Sha256::digest(current.concat()));
+                if digest != rest {
+                    return None;
+                }
+                done = writes.take();
+            }
+        }
+    }
+    done
+}
+
+/// go's `HashToString`: the first 15 bytes of a hash in 20 characters of URL-safe base64.
+fn hash_to_string(hash: &[u8]) -> String {
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(20);
+    for three in hash[..15].chunks(3) {
+        let v = u32::from(three[0]) << 16 | u32::from(three[1]) << 8 | u32::from(three[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(B64[(v >> shift & 0x3f) as usize] as char);
+        }
+    }
+    out
+}
+
+fn text_id(text: &[Vec<u8>]) -> String {
+    let mut hasher = Sha256::new();
+    for write in text {
+        hasher.update(write);
+    }
+    hash_to_string(&hasher.finalize())
+}
+
+/// Source file names go may add to a package (besides embedded files).
+fn is_source_name(name: &str) -> bool {
+    const EXTENSIONS: [&str; 20] = [
+        ".go", ".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx", ".m", ".s", ".S", ".sx", ".f", ".F", ".for",
+        ".f90", ".syso", ".swig", ".swigcxx",
+    ];
+    EXTENSIONS.iter().any(|ext| name.ends_with(ext))
+}
+
+fn listing(dir: &Path, all: bool) -> Option<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+        // go skips names starting with '.' or '_' when it lists a package.
+        if !name.starts_with(['.', '_']) && (all || is_source_name(&name)) {
+            names.insert(name);
+        }
+    }
+    Some(names)
+}
+
+fn signature(path: &Path) -> Option<crate::dev::deps::GraphSignature> {
+    std::fs::read_to_string(path).ok().map(|source| crate::dev::deps::graph_signature(&source))
+}
+
+/// Where the git state that go stamps into a binary lives, for a main package directory.
+fn git_state_files(main_dir: &Path) -> Option<Vec<PathBuf>> {
+    let git = main_dir.ancestors().map(|dir| dir.join(".git")).find(|git| git.exists())?;
+    // A worktree's `.git` is a file pointing elsewhere: not followed.
+    if !git.is_dir() {
+        return None;
+    }
+    let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+    let mut files = vec![git.join("HEAD"), git.join("packed-refs")];
+    if let Some(reference) = head.trim().strip_prefix("ref: ") {
+        files.push(git.join(reference));
+    }
+    Some(files)
+}
+
+impl Recipe {
+    /// Read a recipe from a capturing `go build`'s output (`CAPTURE_FLAGS`, `CAPTURE_GODEBUG`),
+    /// while its kept work directory still exists. None when this build cannot be replayed:
+    /// go did not compile the main package (nothing changed), the package has assembly or cgo,
+    /// an input changed while go ran, or the output is not what kodev expects.
+    pub fn capture(lines: &[String], go_dir: &Path) -> Option<Recipe> {
+        let work = lines.iter().find_map(|line| line.strip_prefix("WORK="))?;
+        let mut dir = go_dir.to_path_buf();
+        let (mut compile, mut link) = (None, None);
+        for line in lines {
+            if let Some(cd) = line.strip_prefix("cd ") {
+                // Relative to go's own directory (`cd .` before the link).
+                dir = go_dir.join(cd);
+                continue;
+            }
+            if !line.contains("$WORK/b001/") {
+                continue;
+            }
+            let Some(run) = tool_run(line, &dir) else { continue };
+            match tool_name(&run.tool.to_string_lossy()) {
+                Some("compile") if run.args.starts_with(&["-o".into(), "$WORK/b001/_pkg_.a".into()]) => {
+                    compile = Some(run)
+                }
+                Some("link") if run.args.starts_with(&["-o".into(), "$WORK/b001/exe/a.out".into()]) => link = Some(run),
+                // Assembly, cgo, coverage: more than kodev replays.
+                Some(_) => return None,
+                None => {}
+            }
+        }
+        let (compile, link) = (compile?, link?);
+        if compile.args.iter().any(|a| a.starts_with("-toolexec")) {
+            return None;
+        }
+        let main_import_path = lines.iter().find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))?.to_string();
+        let compile_text = hashed_text(lines, &format!("build {main_import_path}"))?;
+        let link_text = hashed_text(lines, &format!("link {main_import_path}"))?;
+        // The IDs go gave the tools must be the ones its text hashes to.
+        let compile_id = text_id(&compile_text);
+        let given = compile.args.iter().position(|a| a == "-buildid").and_then(|i| compile.args.get(i + 1))?;
+        let link_id = text_id(&link_text);
+        let link_given = link.args.iter().find_map(|a| a.strip_prefix("-buildid="))?;
+        if *given != format!("{compile_id}/{compile_id}")
+            || !link_given.starts_with(&format!("{link_id}/{compile_id}/"))
+        {
+            return None;
+        }
+        let mut main_files = Vec::new();
+        for (index, write) in compile_text.iter().enumerate() {
+            let Some(line) = write.strip_prefix(b"file ") else { continue };
+            let line = std::str::from_utf8(line).ok()?.strip_suffix('\n')?;
+            main_files.push((index, line.rsplit_once(' ')?.0.to_string()));
+        }
+        let main_dir = compile.dir.clone();
+        // Files embedded from subdirectories: a new file there could join the embed.
+        if main_files.is_empty() || main_files.iter().any(|(_, name)| name.contains('/')) {
+            return None;
+        }
+        let listing_all = main_files.iter().any(|(_, name)| !name.ends_with(".go"));
+        // A binary stamped with a clean git state would be stamped modified after an edit.
+        let modinfo = compile_text.iter().find(|w| w.starts_with(b"modinfo "));
+        let stamped = modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs=").is_some());
+        if stamped && modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs=git").is_none()) {
+            return None;
+        }
+        if stamped && modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs.modified=true").is_none()) {
+            return None;
+        }
+
+        let goroot = compile.tool.ancestors().nth(4)?.to_path_buf();
+        let main_paths: BTreeSet<PathBuf> = main_files.iter().map(|(_, name)| main_dir.join(name)).collect();
+        let mut inputs = Vec::new();
+        let mut dirs = BTreeSet::new();
+        for line in lines {
+            let Some(rest) = line.strip_prefix("HASH /") else { continue };
+            let (path, digest) = rest.rsplit_once(": ")?;
+            let path = PathBuf::from(format!("/{path}"));
+            if main_paths.contains(&path) {
+                continue;
+            }
+            let before = stamp(&path)?;
+            // Outside GOROOT, the file must still be what go hashed (it may have changed while
+            // go ran); GOROOT's sources do not change under a toolchain.
+            if !path.starts_with(&goroot) && hex::encode(Sha256::digest(std::fs::read(&path).ok()?)) != digest {
+                return None;
+            }
+            if let Some(parent) = path.parent().filter(|p| *p != main_dir) {
+                dirs.insert(parent.to_path_buf());
+            }
+            inputs.push((path, Some(before)));
+        }
+        for dir in dirs {
+            let dir_stamp = stamp(&dir);
+            inputs.push((dir, dir_stamp));
+        }
+        let mut watched: Vec<PathBuf> = vec![compile.tool.clone(), link.tool.clone(), crate::config::go_binary()];
+        for dir in main_dir.ancestors() {
+            watched.extend(["go.work", "go.work.sum"].map(|name| dir.join(name)));
+            if dir.join("go.mod").is_file() {
+                watched.extend(["go.mod", "go.sum", "vendor/modules.txt"].map(|name| dir.join(name)));
+            }
+        }
+        if let Some(env_file) = go_env_file() {
+            watched.push(env_file);
+        }
+        if stamped {
+            watched.extend(git_state_files(&main_dir)?);
+        }
+        inputs.extend(watched.into_iter().map(|path| {
+            let found = stamp(&path);
+            (path, found)
+        }));
+
+        let mut work_files = Vec::new();
+        for entry in std::fs::read_dir(Path::new(work).join("b001")).ok()? {
+            let entry = entry.ok()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().ok()?.is_file() && name != "_pkg_.a" {
+                work_files.push((name, std::fs::read(entry.path()).ok()?));
+            }
+        }
+        let main_listing = listing(&main_dir, listing_all)?;
+        let mut main_signatures = HashMap::new();
+        for (_, name) in &main_files {
+            if name.ends_with(".go") {
+                main_signatures.insert(name.clone(), signature(&main_dir.join(name))?);
+            }
+        }
+        Some(Recipe {
+            main_import_path,
+            compile,
+            link,
+            work_files,
+            compile_text,
+            link_text,
+            main_files,
+            inputs,
+            main_dir,
+            main_listing,
+            main_signatures,
+            listing_all,
+        })
+    }
+
+    /// The main package's compile text for the files as they are now, or None when something
+    /// go would see differently has changed since the recipe was captured.
+    fn current_compile_text(&self) -> Option<Vec<Vec<u8>>> {
+        if self.inputs.iter().any(|(path, before)| stamp(path) != *before) {
+            return None;
+        }
+        if listing(&self.main_dir, self.listing_all)? != self.main_listing {
+            return None;
+        }
+        let mut text = self.compile_text.clone();
+        for (index, name) in &self.main_files {
+            let path = self.main_dir.join(name);
+            let bytes = std::fs::read(&path).ok()?;
+            if name.ends_with(".go") {
+                let now = crate::dev::deps::graph_signature(std::str::from_utf8(&bytes).ok()?);
+                if self.main_signatures.get(name) != Some(&now) {
+                    return None;
+                }
+            }
+            text[*index] = format!("file {name} {}\n", hash_to_string(&Sha256::digest(&bytes))).into_bytes();
+        }
+        Some(text)
+    }
+
+    /// Whether the recipe still applies to the sources as they are now.
+    pub fn applies(&self) -> bool {
+        self.current_compile_text().is_some()
+    }
+}
+
+/// go's per-user settings file (`go env -w`), whose changes reach every build.
+fn go_env_file() -> Option<PathBuf> {
+    if let Some(file) = std::env::var_os("GOENV") {
+        return (!file.is_empty() && file != "off").then(|| PathBuf::from(file));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    Some(config.join("go").join("env"))
+}
+
+/// What a relink did not get done: the build then runs go.
+#[derive(Debug)]
+pub struct RelinkFailed(pub String);
+
+impl std::fmt::Display for RelinkFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn failed(what: impl std::fmt::Display) -> RelinkFailed {
+    RelinkFailed(what.to_string())
+}
+
+async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Result<(), RelinkFailed> {
+    let args: Vec<String> = run.args.iter().map(|a| a.replace("$WORK", &work.to_string_lossy())).collect();
+    let output = tokio::process::Command::new(&run.tool)
+        .args(&args)
+        .current_dir(&run.dir)
+        .envs(env.iter().cloned())
+        .envs(run.env.iter().cloned())
+        .env("PWD", &run.dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| failed(format!("cannot run {}: {e}", run.tool.display())))?;
+    if !output.status.success() {
+        return Err(failed(format!(
+            "{} failed: {}",
+            run.tool.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Where an ELF file's GNU build ID note's ID stands (after its 16-byte header), which go
+/// hashes as zeros; None for other files.
+fn host_build_id(file: &File) -> Option<Range<u64>> {
+    let mut ident = [0u8; 64];
+    file.read_exact_at(&mut ident, 0).ok()?;
+    if ident[..4] != *b"\x7fELF" {
+        return None;
+    }
+    let (wide, little) = (ident[4] == 2, ident[5] == 1);
+    let read = |bytes: &[u8]| -> u64 {
+        let mut value = 0u64;
+        for (i, b) in bytes.iter().enumerate() {
+            let shift = if little { i } else { bytes.len() - 1 - i } * 8;
+            value |= u64::from(*b) << shift;
+        }
+        value
+    };
+    let (shoff, shentsize, shnum, shstrndx) = if wide {
+        (read(&ident[0x28..0x30]), read(&ident[0x3a..0x3c]), read(&ident[0x3c..0x3e]), read(&ident[0x3e..0x40]))
+    } else {
+        (read(&ident[0x20..0x24]), read(&ident[0x2e..0x30]), read(&ident[0x30..0x32]), read(&ident[0x32..0x34]))
+    };
+    let mut table = vec![0u8; (shentsize * shnum) as usize];
+    file.read_exact_at(&mut table, shoff).ok()?;
+    let section = |i: u64| -> Option<(u64, u64, u64)> {
+        let entry = table.get((i * shentsize) as usize..((i + 1) * shentsize) as usize)?;
+        let name = read(&entry[0..4]);
+        Some(if wide {
+            (name, read(&entry[0x18..0x20]), read(&entry[0x20..0x28]))
+        } else {
+            (name, read(&entry[0x10..0x14]), read(&entry[0x14..0x18]))
+        })
+    };
+    let (_, names_at, names_len) = section(shstrndx)?;
+    let mut names = vec![0u8; names_len as usize];
+    file.read_exact_at(&mut names, names_at).ok()?;
+    const WANTED: &[u8] = b".note.gnu.build-id\0";
+    (0..shnum).filter_map(section).find_map(|(name, offset, size)| {
+        let at = name as usize;
+        (names.get(at..at + WANTED.len()) == Some(WANTED) && size >= 16).then(|| offset + 16..offset + size)
+    })
+}
+
+/// go's `FindAndHash`: where `id` occurs in the file (left to right, not overlapping), and the
+/// SHA-256 of the file with each occurrence, and its GNU build ID, read as zeros.
+fn find_and_hash(file: &File, id: &[u8]) -> io::Result<(Vec<u64>, [u8; 32])> {
+    const BLOCK: usize = 1 << 20;
+    let len = file.metadata()?.len();
+    let blanked = host_build_id(file);
+    let finder = memchr::memmem::Finder::new(id);
+    let zeros = vec![0u8; id.len()];
+    let mut hasher = Sha256::new();
+    let mut offsets = Vec::new();
+    // buf[..carried] holds the end of the previous block, not hashed yet: an occurrence may
+    // start there and end in the next block.
+    let mut buf = vec![0u8; BLOCK + id.len()];
+    let (mut carried, mut buf_offset, mut read) = (0usize, 0u64, 0u64);
+    loop {
+        let n = (len - read).min((buf.len() - carried) as u64) as usize;
+        file.read_exact_at(&mut buf[carried..carried + n], read)?;
+        if let Some(blank) = &blanked {
+            let (from, to) = (blank.start.max(read), blank.end.min(read + n as u64));
+            if from < to {
+                buf[carried + (from - read) as usize..carried + (to - read) as usize].fill(0);
+            }
+        }
+        read += n as u64;
+        let filled = carried + n;
+        let mut start = 0;
+        while let Some(i) = finder.find(&buf[start..filled]) {
+            hasher.update(&buf[start..start + i]);
+            hasher.update(&zeros);
+            offsets.push(buf_offset + (start + i) as u64);
+            start += i + id.len();
+        }
+        if read == len {
+            hasher.update(&buf[start..filled]);
+            break;
+        }
+        let keep_from = start.max(filled.saturating_sub(id.len() - 1));
+        hasher.update(&buf[start..keep_from]);
+        buf.copy_within(keep_from..filled, 0);
+        carried = filled - keep_from;
+        buf_offset += keep_from as u64;
+    }
+    Ok((offsets, hasher.finalize().into()))
+}
+
+/// What go does after a tool writes its output: hash it with the placeholder ID read as zeros,
+/// and write `placeholder` with its last part replaced by that hash at every place it stands.
+/// Returns the new ID.
+fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<String> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let (offsets, hash) = find_and_hash(&file, placeholder.as_bytes())?;
+    let kept = placeholder.rfind('/').unwrap_or(0);
+    let id = format!("{}/{}", &placeholder[..kept], hash_to_string(&hash));
+    for at in offsets {
+        file.write_all_at(id.as_bytes(), at)?;
+    }
+    Ok(id)
+}
+
+impl Recipe {
+    /// Compile the main package as it is now and link it into `output` (replaced atomically),
+    /// the way go would. `scratch` holds the work directory; `env` is the build's environment
+    /// on top of kodev's. `linked` hears of the linker's output as the linker closes it.
+    pub async fn relink(
+        &self,
+        output: &Path,
+        scratch: &Path,
+        env: &[(String, String)],
+        linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
+    ) -> Result<(), RelinkFailed> {
+        let compile_text = self.current_compile_text().ok_or_else(|| failed("the recipe no longer applies"))?;
+        let b001 = scratch.join("b001");
+        std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
+        for (name, bytes) in &self.work_files {
+            std::fs::write(b001.join(name), bytes).map_err(failed)?;
+        }
+        let action = text_id(&compile_text);
+        let mut compile = self.compile.clone();
+        let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
+        compile.args[at + 1] = format!("{action}/{action}");
+        run_tool(&compile, scratch, env).await?;
+        let archive = b001.join("_pkg_.a");
+        let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
+        let (_, content) = main_id.split_once('/').ok_or_else(|| failed("bad build ID"))?;
+
+        let main_file_line = format!("packagefile {}=", self.main_import_path);
+        let link_text: Vec<Vec<u8>> = self
+            .link_text
+            .iter()
+            .map(|write| {
+                if write.starts_with(main_file_line.as_bytes()) {
+                    format!("{main_file_line}{content}\n").into_bytes()
+                } else if write.starts_with(b"packagemain ") {
+                    format!("packagemain {main_id}\n").into_bytes()
+                } else {
+                    write.clone()
+                }
+            })
+            .collect();
+        let link_action = text_id(&link_text);
+        let placeholder = format!("{link_action}/{main_id}/{link_action}");
+        let mut link = self.link.clone();
+        for arg in &mut link.args {
+            if arg.starts_with("-buildid=") {
+                *arg = format!("-buildid={placeholder}");
+            }
+        }
+        run_tool(&link, scratch, env).await?;
+        let linker_output = b001.join("exe").join("a.out");
+        if let Some(linked) = linked {
+            let _ = linked.send(linker_output.clone());
+        }
+        let stamping = linker_output.clone();
+        tokio::task::spawn_blocking(move || stamp_content_id(&stamping, &placeholder))
+            .await
+            .map_err(failed)?
+            .map_err(failed)?;
+        std::fs::rename(&linker_output, output).map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// Recipes of the binaries a `kodev dev` session builds, by output path.
+#[derive(Default)]
+pub struct Relinker {
+    recipes: Mutex<HashMap<PathBuf, Arc<Recipe>>>,
+    /// Set when go once disagreed with a relinked binary: no more relinking this session.
+    off: std::sync::atomic::AtomicBool,
+    /// Relinked binaries to confirm with go once their image is pushed.
+    unchecked: Mutex<Vec<Check>>,
+}
+
+/// A `go build -n` that tells whether go would relink a binary kodev relinked.
+struct Check {
+    platform: String,
+    work_dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Relinker {
+    /// The recipe for `output` if it applies to the sources as they are now.
+    pub fn usable(&self, output: &Path) -> Option<Arc<Recipe>> {
+        if self.off.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
+        let recipe = recipes.get(output)?.clone();
+        if recipe.applies() {
+            Some(recipe)
+        } else {
+            recipes.remove(output);
+            None
+        }
+    }
+
+    pub fn keep(&self, output: &Path, recipe: Recipe) {
+        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).insert(output.to_path_buf(), Arc::new(recipe));
+    }
+
+    pub fn forget(&self, output: &Path) {
+        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).remove(output);
+    }
+
+    /// Remember to confirm a relinked binary with go (see `check_pushed`).
+    pub fn to_check(
+        &self,
+        artifact: &crate::config::Artifact,
+        platform: &crate::platform::Platform,
+        debug: bool,
+        output: &Path,
+        env: &[(String, String)],
+    ) {
+        let mut args = crate::pipeline::gobuild::build_args(artifact, debug, output);
+        args.insert(1, "-n".to_string());
+        let check =
+            Check { platform: platform.to_string(), work_dir: artifact.work_dir.clone(), args, env: env.to_vec() };
+        self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).push(check);
+    }
+
+    /// Ask go, in the background, whether each binary relinked since the last call is the one
+    /// it would build: `relink_checked` says so; if go disagrees, relinking stops for the session.
+    pub fn check_pushed(self: &Arc<Self>, events: &crate::event::EventSink) {
+        let checks = std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|e| e.into_inner()));
+        for check in checks {
+            let (relinker, events) = (self.clone(), events.clone());
+            tokio::spawn(async move {
+                let output = tokio::process::Command::new(crate::config::go_binary())
+                    .args(&check.args)
+                    .current_dir(&check.work_dir)
+                    .envs(check.env)
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await;
+                let Some(output) = output.ok().filter(|o| o.status.success()) else {
+                    tracing::debug!("go build -n failed; the relinked binary is not confirmed");
+                    return;
+                };
+                let lines: Vec<String> = String::from_utf8_lossy(&output.stderr).lines().map(str::to_string).collect();
+                let same_as_go = go_agrees(&lines);
+                if !same_as_go {
+                    relinker.turn_off();
+                    events.send(crate::event::EventKind::Error {
+                        message: format!(
+                            "the binary kodev relinked for {} is not the one go build makes; relinking is off \
+                             for this session and the next build runs go (please report this)",
+                            check.platform
+                        ),
+                    });
+                }
+                events.send(crate::event::EventKind::RelinkChecked { platform: check.platform, same_as_go });
+            });
+        }
+    }
+
+    pub fn turn_off(&self) {
+        self.off.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Whether `go build -n` (`dry_run_lines`) would leave the binary as it is: it prints a link
+/// when go would relink.
+pub fn go_agrees(dry_run_lines: &[String]) -> bool {
+    !dry_run_lines.iter().any(|line| line.split(' ').any(|word| tool_name(word) == Some("link")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_quoted_strings_are_read_back() {
+        assert_eq!(go_unquote(r#""a\tb\n\"c\"\\""#).unwrap(), b"a\tb\n\"c\"\\");
+        assert_eq!(go_unquote(r#""0w\xaf\f""#).unwrap(), b"0w\xaf\x0c");
+        assert_eq!(go_unquote(r#""\u00e9""#).unwrap(), "é".as_bytes());
+        assert!(go_unquote(r#""\q""#).is_none());
+    }
+
+    #[test]
+    fn command_lines_are_split_like_go_joined_them() {
+        let words = split_command(r#"/g/pkg/tool/linux_amd64/compile -o $WORK/b001/_pkg_.a -trimpath "/src/a b=>x;$WORK/b001=>" -p main ./main.go"#).unwrap();
+        assert_eq!(words[4], "/src/a b=>x;$WORK/b001=>");
+        assert_eq!(words.last().unwrap(), "./main.go");
+        let run = tool_run("GOROOT='' /g/pkg/tool/linux_amd64/link -o $WORK/b001/exe/a.out", Path::new("/d")).unwrap();
+        assert_eq!(run.env, vec![("GOROOT".to_string(), String::new())]);
+        assert_eq!(tool_name(&run.tool.to_string_lossy()), Some("link"));
+        assert_eq!(tool_name("/usr/bin/link"), None);
+    }
+
+    #[test]
+    fn hash_to_string_matches_go() {
+        // HashToString of SHA-256("") in go: the first 15 bytes, URL-safe base64.
+        assert_eq!(hash_to_string(&Sha256::digest(b"")), "47DEQpj8HBSa-_TImW-5");
+    }
+
+    #[test]
+    fn hashed_text_must_hash_to_what_go_printed() {
+        let digest = hex::encode(Sha256::digest(b"go1.x\ncompile\n"));
+        let lines: Vec<String> = vec![
+            "HASH[build m]".into(),
+            r#"HASH[build m]: "go1.x\n""#.into(),
+            r#"HASH[build other]: "noise""#.into(),
+            r#"HASH[build m]: "compile\n""#.into(),
+            format!("HASH[build m]: {digest}"),
+        ];
+        assert_eq!(hashed_text(&lines, "build m").unwrap(), vec![b"go1.x\n".to_vec(), b"compile\n".to_vec()]);
+        let mut wrong = lines.clone();
+        wrong[4] = format!("HASH[build m]: {}", hex::encode(Sha256::digest(b"other")));
+        assert!(hashed_text(&wrong, "build m").is_none());
+    }
+
+    #[test]
+    fn a_dry_run_that_links_means_go_disagrees() {
+        assert!(go_agrees(&["touch /c/bin/app".to_string()]));
+        assert!(!go_agrees(&["/usr/local/go/pkg/tool/linux_amd64/link -o $WORK/b001/exe/a.out".to_string()]));
+    }
+}
