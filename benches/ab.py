@@ -29,9 +29,9 @@ import subprocess
 import bench
 
 
-def start_dev(kodev, app, host, repo, cache):
+def start_dev(kodev, app, host, repo, cache, extra_env):
     env = dict(os.environ, NO_COLOR="1", KODEV_CACHE_DIR=str(cache),
-               PATH=os.environ["PATH"] + ":/usr/local/go/bin")
+               PATH=os.environ["PATH"] + ":/usr/local/go/bin", **extra_env)
     proc = subprocess.Popen([kodev, "dev", "--no-tui", "--output", "json", "-d", f"{host}/{repo}", "-t", "dev"],
                             cwd=app, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -50,6 +50,21 @@ def wait_for(lines, since, event, timeout=300):
     raise SystemExit(f"kodev dev did not report {event}")
 
 
+def settle_relinks(lines, since):
+    """Wait for go's confirmation of each binary kodev relinked without it (a background check
+    the next floor build must not share the machine with); stop if go disagreed."""
+    events = [json.loads(line) for line in lines[since:]]
+    for platform in {e["platform"] for e in events if e["event"] == "compiled" and e.get("relinked")}:
+        deadline = time.time() + 300
+        while not (checked := [e for e in map(json.loads, lines[since:])
+                               if e["event"] == "relink_checked" and e["platform"] == platform]):
+            if time.time() > deadline:
+                raise SystemExit("kodev dev did not report relink_checked")
+            time.sleep(0.005)
+        if not checked[0]["same_as_go"]:
+            raise SystemExit(f"kodev relinked a binary go would build differently ({platform})")
+
+
 def event_time(event):
     return datetime.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
 
@@ -61,6 +76,9 @@ def main():
     ap.add_argument("--app", choices=["hello", "large"], default="hello")
     ap.add_argument("--platforms", type=int, choices=[1, 2], default=1)
     ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment for a's kodev only (e.g. KODEV_RELINK=0 to compare with one binary)")
+    ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
     platforms = ["linux/amd64", "linux/arm64"][:args.platforms]
     work = Path(tempfile.mkdtemp(prefix="kodev-ab-"))
@@ -86,8 +104,9 @@ def main():
         editors = {name: bench.Editor(app) for name, app in apps.items()}
         for editor in editors.values():
             editor.n = random.randrange(10**6, 10**7)
-        for name, kodev in (("a", Path(args.a).resolve()), ("b", Path(args.b).resolve())):
-            procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}")))
+        for name, kodev, extra in (("a", Path(args.a).resolve(), args.a_env), ("b", Path(args.b).resolve(), args.b_env)):
+            extra_env = dict(entry.split("=", 1) for entry in extra)
+            procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}", extra_env)))
         for _, _, lines in procs:
             wait_for(lines, 0, "watching")
         ratios = {"a": [], "b": []}
@@ -103,6 +122,7 @@ def main():
                 editors[name].edit()
                 pushed = wait_for(lines, since, "pushed")
                 ratios[name].append((event_time(pushed) - started) / floor)
+                settle_relinks(lines, since)
             print(f"round {round_ + 1}: a {ratios['a'][-1]:.3f}  b {ratios['b'][-1]:.3f}", flush=True)
         for name in ("a", "b"):
             r = ratios[name]

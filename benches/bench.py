@@ -211,7 +211,7 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
                     raise SystemExit("kodev dev stalled")
 
     wait(lambda e: e["event"] == "watching", 0)
-    latencies, uploaded, floors, shared_floors = [], [], [], []
+    latencies, uploaded, floors, shared_floors, relinked_edits = [], [], [], [], []
     for _ in range(runs):
         # kodev may still be refreshing its view of the Go packages (`go list -deps`) after the
         # last push: let it finish, so the floor build has the machine to itself too.
@@ -232,11 +232,24 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
         t1 = time.mktime(time.strptime(pushed["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0." + pushed["time"][20:23])
         latencies.append(t1 - t0)
         uploaded.append(pushed["bytes_uploaded"])
+        relinked_edits.append(settle_relinks(events, since, wait))
     rss = peak_rss(proc.pid)
     proc.stdin.write("q\n")
     proc.stdin.flush()
     proc.wait(timeout=30)
-    return latencies, uploaded, rss, floors, shared_floors
+    return latencies, uploaded, rss, floors, shared_floors, relinked_edits
+
+
+def settle_relinks(events, since, wait):
+    """After a push: wait for go's confirmation of each binary kodev relinked without it (the
+    check runs in the background, and the next floor build must have the machine to itself), and
+    stop if go disagreed. Returns whether every platform of this edit was relinked."""
+    compiled = [e for _, e in events[since:] if e["event"] == "compiled"]
+    for platform in {e["platform"] for e in compiled if e.get("relinked")}:
+        _, checked = wait(lambda e: e["event"] == "relink_checked" and e["platform"] == platform, since)
+        if not checked["same_as_go"]:
+            raise SystemExit(f"kodev relinked a binary go would build differently ({platform})")
+    return bool(compiled) and all(e.get("relinked") for e in compiled)
 
 
 def peak_rss(pid):
@@ -352,13 +365,14 @@ def main():
                 shutil.rmtree(floor_app, ignore_errors=True)
                 shutil.copytree(app, floor_app)
                 go_floor(floor_app, platforms, out)  # its own packages in the Go build cache
-                latencies, uploaded, rss, dev_floor, shared_floor = dev_latency(
+                latencies, uploaded, rss, dev_floor, shared_floor, relinked = dev_latency(
                     args.kodev, app, registry, args.dev_runs, editor, env, platforms, floor_app, out)
                 size = (out / "bin0").stat().st_size
                 row.update(binary_mb=size / 1e6, floor=median(floor), cold=median(cold), warm=median(warm),
                            ko=median(ko) if ko else None, same=median(same), ko_same=median(ko_same) if ko_same else None,
                            dev=median(latencies), dev_floor=median(dev_floor),
-                           shared_floor=median(shared_floor) if shared_floor else None, uploaded=median(uploaded), rss=rss)
+                           shared_floor=median(shared_floor) if shared_floor else None, uploaded=median(uploaded), rss=rss,
+                           relinked=f"{sum(relinked)}/{len(relinked)}")
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         idle = None if args.skip_idle else idle_watch(args.kodev, registry, dict(os.environ, KODEV_CACHE_DIR=str(work / "cache-idle")))
@@ -385,11 +399,11 @@ def main():
     print("the same kind of edit, run just before it (on several platforms also one whose go builds share")
     print("the cores through GOMAXPROCS, as kodev's do):\n")
     print("| app | platforms | go build (floor) | kodev dev edit→pushed | dev/floor | go build, cores shared | dev/that floor | "
-          "uploaded per rebuild | peak RSS kodev dev |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "edits relinked without go | uploaded per rebuild | peak RSS kodev dev |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['app']} | {r['platforms']} | {secs(r['dev_floor'])} | {secs(r['dev'])} | {ratio(r['dev'], r['dev_floor'])} | "
-              f"{secs(r['shared_floor'])} | {ratio(r['dev'], r['shared_floor'])} | "
+              f"{secs(r['shared_floor'])} | {ratio(r['dev'], r['shared_floor'])} | {r['relinked']} | "
               f"{r['uploaded'] / 1e6:.1f} MB | {r['rss'] / 1e6:.0f} MB |")
     if idle:
         print(f"\nidle `kodev dev` watching 10,000 files: {idle[0]:.2f}% CPU, {idle[1] / 1e6:.0f} MB RSS")

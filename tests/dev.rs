@@ -36,15 +36,21 @@ impl DevSession {
 
     /// Start on a copy of the fixture that `prepare` may change first.
     fn start_with(extra: &[&str], images: &[&str], prepare: impl FnOnce(&Path)) -> DevSession {
-        Self::start_full(extra, images, prepare, None)
+        Self::start_full(extra, images, prepare, None, &[])
     }
 
     /// Start with kodev's debug log written to `log`.
     fn start_logged(extra: &[&str], images: &[&str], log: &Path) -> DevSession {
-        Self::start_full(extra, images, |_| {}, Some(log))
+        Self::start_full(extra, images, |_| {}, Some(log), &[])
     }
 
-    fn start_full(extra: &[&str], images: &[&str], prepare: impl FnOnce(&Path), log: Option<&Path>) -> DevSession {
+    fn start_full(
+        extra: &[&str],
+        images: &[&str],
+        prepare: impl FnOnce(&Path),
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> DevSession {
         let registry = Registry::start();
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
@@ -55,6 +61,7 @@ impl DevSession {
         let mut command = kodev();
         command
             .env("KODEV_CACHE_DIR", &cache)
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
             .args(extra)
@@ -565,4 +572,112 @@ fn a_new_import_joins_the_graph_and_body_edits_do_not_read_it_again() {
     dev.wait_for("beta pushed after a body edit", |e| e["event"] == "pushed" && e["artifact"] == "beta");
     dev.drain_quiet(QUIET);
     assert_eq!(graph_reads(), reads + 1, "read again only for the new package's first edit");
+}
+
+/// go's flags for the relinking test: stamp the git state even where the machine's go
+/// configuration turns that off.
+const STAMP_GIT: &str = "-buildvcs=true";
+
+/// The image a one-shot `kodev build` (which always runs go) makes of `dir` as it is now, in a
+/// cache of its own: `alpha`'s digest.
+fn one_shot_alpha_digest(dir: &Path, host: &str) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(kodev().env("KODEV_CACHE_DIR", cache.path()).env("GOFLAGS", STAMP_GIT).current_dir(dir).args([
+        "build",
+        "-b",
+        "alpha",
+        "-d",
+        &format!("{host}/check"),
+        "-t",
+        "check",
+    ]));
+    assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let reference = stdout.lines().find(|l| l.contains("/alpha")).unwrap_or_else(|| panic!("alpha in {stdout}"));
+    reference.rsplit_once('@').expect("a digest").1.trim().to_string()
+}
+
+/// One edit of alpha: how its binary was built, and the digest pushed.
+fn alpha_rebuilt(dev: &mut DevSession, what: &str) -> (bool, String) {
+    let mark = dev.seen.len();
+    let pushed =
+        dev.wait_for(what, |e| (e["event"] == "pushed" || e["event"] == "build_failed") && e["artifact"] == "alpha");
+    assert_eq!(pushed["event"], "pushed", "{what}: {pushed}");
+    let compiled = dev.seen[mark..].iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
+    let relinked = compiled.unwrap_or_else(|| panic!("{what}: no compiled event"))["relinked"] == true;
+    if relinked {
+        let checked = dev.wait_for("go's check of the relinked binary", |e| {
+            e["event"] == "relink_checked" && e["artifact"] == "alpha"
+        });
+        assert_eq!(checked["same_as_go"], true, "{what}: go agrees with the relinked binary");
+    }
+    (relinked, pushed["digest"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn main_package_edits_relink_without_go_and_give_go_builds_image() {
+    if !require_tools(&["docker-registry", "go", "git"]) {
+        return;
+    }
+    // In a git work tree, as most projects are: go stamps the revision and whether the tree
+    // was modified into the binary, and the relinked binary must carry the same stamp.
+    let in_git = |dir: &Path| {
+        for args in [
+            &["init", "-q"][..],
+            &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"],
+            &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fixture"],
+        ] {
+            run_ok(Command::new("git").args(args).current_dir(dir));
+        }
+    };
+    let mut dev = DevSession::start_full(&[], &["alpha"], in_git, None, &[("GOFLAGS", STAMP_GIT)]);
+    let host = dev._registry.host.clone();
+    let main = dev.path("cmd/alpha/main.go");
+
+    // The first edit runs go (the tree was clean: go's recipe then stamped it unmodified).
+    edit(&main, "\"alpha\"", "\"alpha 1\"");
+    let (relinked, _) = alpha_rebuilt(&mut dev, "alpha after the first edit");
+    assert!(!relinked, "the first edit after a clean tree goes through go");
+
+    // An edit of the main package alone is relinked, and is go's image to the byte.
+    edit(&main, "\"alpha 1\"", "\"alpha, relinked\"");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a main-only edit");
+    assert!(relinked, "a main-only edit is relinked without go: {:#?}", dev.seen);
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "the same image as go build's");
+
+    // An edit of a package main imports goes through go, with the right result.
+    edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hi, \"");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a shared package's edit");
+    assert!(!relinked, "a dependency's edit runs go");
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+
+    // So does a new import in main (the package graph changes)…
+    edit(&main, "\"fmt\"\n", "\"fmt\"\n\t\"os\"\n");
+    edit(&main, "\"alpha, relinked\"", "\"alpha\" + os.Getenv(\"X\")");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a new import");
+    assert!(!relinked, "a new import runs go");
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+
+    // …and a new file in main's directory, which joins the package.
+    std::fs::write(dev.path("cmd/alpha/extra.go"), "package main\n\nvar extra = \"x\"\n").unwrap();
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a new file");
+    assert!(!relinked, "a new file runs go");
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+
+    // A compile error while relinking is reported by go, as always.
+    edit(&main, "func main() {", "func main() { undefinedName()");
+    let failed = dev.wait_for("alpha's compile error", |e| e["event"] == "build_failed" && e["artifact"] == "alpha");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("main.go") && error.contains("undefinedName"), "go's own error: {error}");
+
+    // Fixed (back to sources go has in its cache): a mistake in the edit does not change what
+    // go would do, so the recipe still holds.
+    edit(&main, "func main() { undefinedName()", "func main() {");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha fixed");
+    assert!(relinked, "the fix is relinked");
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+    edit(&main, "os.Getenv(\"X\")", "os.Getenv(\"Y\")");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after another main-only edit");
+    assert!(relinked, "main-only edits go on relinking");
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
 }

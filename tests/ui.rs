@@ -41,7 +41,10 @@ fn started(state: &mut State, artifact: &str, platforms: &[&str], debug: bool) {
 
 fn pushed(state: &mut State, artifact: &str, platforms: &[&str], debug: bool) {
     for p in platforms {
-        update(state, event(artifact, EventKind::Compiled { platform: p.to_string(), duration_ms: 812 }));
+        update(
+            state,
+            event(artifact, EventKind::Compiled { platform: p.to_string(), duration_ms: 812, relinked: false }),
+        );
         for (kind, digest, size, uploaded) in [
             (LayerKind::Base, "sha256:1111111111111111aaaa", 2_345_678, false),
             (LayerKind::Kodata, "sha256:2222222222222222bbbb", 1_024, false),
@@ -95,7 +98,10 @@ fn events_drive_platform_states() {
     assert_eq!(state.artifacts[0].platforms[0].1, PlatformState::Queued);
     started(&mut state, "api", &["linux/amd64", "linux/arm64"], false);
     assert!(state.artifacts[0].platforms.iter().all(|(_, s)| *s == PlatformState::Building));
-    update(&mut state, event("api", EventKind::Compiled { platform: "linux/arm64".into(), duration_ms: 5 }));
+    update(
+        &mut state,
+        event("api", EventKind::Compiled { platform: "linux/arm64".into(), duration_ms: 5, relinked: false }),
+    );
     assert_eq!(state.artifacts[0].platforms[1].1, PlatformState::Pushing);
     assert_eq!(state.artifacts[0].platforms[0].1, PlatformState::Building);
     update(&mut state, event("api", EventKind::BuildCancelled));
@@ -171,7 +177,10 @@ fn the_log_is_bounded() {
 fn snapshot_first_build() {
     let mut state = two_artifacts();
     started(&mut state, "api", &["linux/amd64", "linux/arm64"], false);
-    update(&mut state, event("api", EventKind::Compiled { platform: "linux/amd64".into(), duration_ms: 640 }));
+    update(
+        &mut state,
+        event("api", EventKind::Compiled { platform: "linux/amd64".into(), duration_ms: 640, relinked: false }),
+    );
     insta::assert_snapshot!("first_build", screen(&state, 80, 24));
 }
 
@@ -229,7 +238,7 @@ fn snapshot_pushing() {
     let mut state = two_artifacts();
     started(&mut state, "api", &["linux/amd64", "linux/arm64"], false);
     for p in ["linux/amd64", "linux/arm64"] {
-        update(&mut state, event("api", EventKind::Compiled { platform: p.into(), duration_ms: 700 }));
+        update(&mut state, event("api", EventKind::Compiled { platform: p.into(), duration_ms: 700, relinked: false }));
     }
     let screen = screen(&state, 80, 24);
     assert!(screen.contains("compiled · archiving and pushing"), "{screen}");

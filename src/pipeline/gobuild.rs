@@ -276,11 +276,12 @@ pub async fn go_build(
     let started = Instant::now();
     let mut env = build_env(artifact, platform);
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
+    let mut capture_allowed = true;
     if let Some((relinker, recipe)) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
         let linked = milestones.take().map(|m| m.linked);
         let relinked = match go_scratch_root().and_then(|root| ScratchDir::create(&root)) {
             Some(scratch) => recipe.relink(&output, &scratch.0, &env, linked).await,
-            None => Err(relink::RelinkFailed("no scratch directory".to_string())),
+            None => Err(relink::failed("no scratch directory")),
         };
         match relinked {
             Ok(()) => {
@@ -289,6 +290,10 @@ pub async fn go_build(
                 events.send(EventKind::Compiled { platform: platform.to_string(), duration_ms, relinked: true });
                 relinker.to_check(artifact, platform, debug, &output, &env);
                 return Ok(output);
+            }
+            Err(e) if e.compile_error => {
+                tracing::debug!(error = %e, "the edit does not compile; go build says why");
+                capture_allowed = false;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "relinking failed; running go build");
@@ -299,7 +304,7 @@ pub async fn go_build(
     let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let capture = relinker.is_some() && scratch.is_some();
+    let capture = capture_allowed && relinker.is_some() && scratch.is_some();
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
         let godebug = match std::env::var("GODEBUG") {
@@ -376,8 +381,17 @@ pub async fn go_build(
             (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
         tokio::task::spawn_blocking(move || {
             match relink::Recipe::capture(&err_lines, &go_dir) {
-                Some(recipe) => relinker.keep(&output, recipe),
-                None => relinker.forget(&output),
+                Ok(recipe) => {
+                    tracing::debug!(output = %output.display(), "recipe for relinking captured");
+                    relinker.keep(&output, recipe)
+                }
+                // go found the main package in its cache (an edit undone): the recipe kept, if
+                // any, still tells whether it applies.
+                Err(why @ relink::NOT_COMPILED) => tracing::debug!(why, "no new recipe"),
+                Err(why) => {
+                    tracing::debug!(output = %output.display(), why, "this go build cannot be replayed");
+                    relinker.forget(&output)
+                }
             }
             drop(scratch);
         });

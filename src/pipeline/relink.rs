@@ -34,6 +34,9 @@ pub const CAPTURE_GODEBUG: &str = "gocachehash=1";
 /// The `go build` flags that make it print its commands and keep its work directory.
 pub const CAPTURE_FLAGS: [&str; 2] = ["-x", "-work"];
 
+/// Why a go build gave no recipe when the main package came from go's cache.
+pub const NOT_COMPILED: &str = "go did not compile the main package";
+
 /// What identifies a file or directory as unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
@@ -267,11 +270,11 @@ fn git_state_files(main_dir: &Path) -> Option<Vec<PathBuf>> {
 
 impl Recipe {
     /// Read a recipe from a capturing `go build`'s output (`CAPTURE_FLAGS`, `CAPTURE_GODEBUG`),
-    /// while its kept work directory still exists. None when this build cannot be replayed:
+    /// while its kept work directory still exists. Says why when this build cannot be replayed:
     /// go did not compile the main package (nothing changed), the package has assembly or cgo,
     /// an input changed while go ran, or the output is not what kodev expects.
-    pub fn capture(lines: &[String], go_dir: &Path) -> Option<Recipe> {
-        let work = lines.iter().find_map(|line| line.strip_prefix("WORK="))?;
+    pub fn capture(lines: &[String], go_dir: &Path) -> Result<Recipe, &'static str> {
+        let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
         let (mut compile, mut link) = (None, None);
         for line in lines {
@@ -290,65 +293,93 @@ impl Recipe {
                 }
                 Some("link") if run.args.starts_with(&["-o".into(), "$WORK/b001/exe/a.out".into()]) => link = Some(run),
                 // Assembly, cgo, coverage: more than kodev replays.
-                Some(_) => return None,
+                Some(_) => return Err("the main package needs more tools than compile and link"),
                 None => {}
             }
         }
-        let (compile, link) = (compile?, link?);
+        let (compile, link) = (compile.ok_or(NOT_COMPILED)?, link.ok_or("go did not link")?);
         if compile.args.iter().any(|a| a.starts_with("-toolexec")) {
-            return None;
+            return Err("-toolexec");
         }
-        let main_import_path = lines.iter().find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))?.to_string();
-        let compile_text = hashed_text(lines, &format!("build {main_import_path}"))?;
-        let link_text = hashed_text(lines, &format!("link {main_import_path}"))?;
+        let main_import_path = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))
+            .ok_or("no link hash")?
+            .to_string();
+        let compile_text = hashed_text(lines, &format!("build {main_import_path}")).ok_or("no compile hash text")?;
+        let link_text = hashed_text(lines, &format!("link {main_import_path}")).ok_or("no link hash text")?;
         // The IDs go gave the tools must be the ones its text hashes to.
         let compile_id = text_id(&compile_text);
-        let given = compile.args.iter().position(|a| a == "-buildid").and_then(|i| compile.args.get(i + 1))?;
+        let given = compile
+            .args
+            .iter()
+            .position(|a| a == "-buildid")
+            .and_then(|i| compile.args.get(i + 1))
+            .ok_or("compile has no -buildid")?;
         let link_id = text_id(&link_text);
-        let link_given = link.args.iter().find_map(|a| a.strip_prefix("-buildid="))?;
+        let link_given = link.args.iter().find_map(|a| a.strip_prefix("-buildid=")).ok_or("link has no -buildid")?;
         if *given != format!("{compile_id}/{compile_id}")
             || !link_given.starts_with(&format!("{link_id}/{compile_id}/"))
         {
-            return None;
+            return Err("the tools' build IDs are not what the hashed text gives");
         }
         let mut main_files = Vec::new();
         for (index, write) in compile_text.iter().enumerate() {
             let Some(line) = write.strip_prefix(b"file ") else { continue };
-            let line = std::str::from_utf8(line).ok()?.strip_suffix('\n')?;
-            main_files.push((index, line.rsplit_once(' ')?.0.to_string()));
+            let line = std::str::from_utf8(line).ok().and_then(|l| l.strip_suffix('\n')).ok_or("odd file line")?;
+            main_files.push((index, line.rsplit_once(' ').ok_or("odd file line")?.0.to_string()));
         }
-        let main_dir = compile.dir.clone();
+        // The main package's directory: where go read its first file (the file hashes name
+        // absolute paths; the compile may run elsewhere, with relative ones).
+        let hashed_files: Vec<(&str, &str)> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("HASH ")?.rsplit_once(": "))
+            .filter(|(p, _)| p.starts_with('/'))
+            .collect();
+        let (first_index, first_name) = main_files.first().ok_or("no main package files")?;
+        let first_hash =
+            std::str::from_utf8(&compile_text[*first_index]).ok().and_then(|l| l.trim_end().rsplit_once(' '));
+        let main_dir = hashed_files
+            .iter()
+            .find_map(|(path, digest)| {
+                let dir = path.strip_suffix(first_name.as_str())?.strip_suffix('/')?;
+                let b64 = hash_to_string(&hex::decode(digest).ok().filter(|d| d.len() == 32)?);
+                (Some(b64.as_str()) == first_hash.map(|(_, h)| h)).then(|| PathBuf::from(dir))
+            })
+            .ok_or("the main package's directory is not among go's inputs")?;
         // Files embedded from subdirectories: a new file there could join the embed.
         if main_files.is_empty() || main_files.iter().any(|(_, name)| name.contains('/')) {
-            return None;
+            return Err("no files, or files embedded from subdirectories");
         }
         let listing_all = main_files.iter().any(|(_, name)| !name.ends_with(".go"));
         // A binary stamped with a clean git state would be stamped modified after an edit.
         let modinfo = compile_text.iter().find(|w| w.starts_with(b"modinfo "));
         let stamped = modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs=").is_some());
         if stamped && modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs=git").is_none()) {
-            return None;
+            return Err("stamped by a version control system other than git");
         }
         if stamped && modinfo.is_some_and(|m| memchr::memmem::find(m, b"vcs.modified=true").is_none()) {
-            return None;
+            return Err("stamped with a clean git tree, which an edit changes");
         }
 
-        let goroot = compile.tool.ancestors().nth(4)?.to_path_buf();
+        let goroot = compile.tool.ancestors().nth(4).ok_or("no GOROOT")?.to_path_buf();
         let main_paths: BTreeSet<PathBuf> = main_files.iter().map(|(_, name)| main_dir.join(name)).collect();
         let mut inputs = Vec::new();
         let mut dirs = BTreeSet::new();
         for line in lines {
             let Some(rest) = line.strip_prefix("HASH /") else { continue };
-            let (path, digest) = rest.rsplit_once(": ")?;
+            let (path, digest) = rest.rsplit_once(": ").ok_or("odd file hash line")?;
             let path = PathBuf::from(format!("/{path}"));
             if main_paths.contains(&path) {
                 continue;
             }
-            let before = stamp(&path)?;
+            let before = stamp(&path).ok_or("an input is gone")?;
             // Outside GOROOT, the file must still be what go hashed (it may have changed while
             // go ran); GOROOT's sources do not change under a toolchain.
-            if !path.starts_with(&goroot) && hex::encode(Sha256::digest(std::fs::read(&path).ok()?)) != digest {
-                return None;
+            if !path.starts_with(&goroot)
+                && std::fs::read(&path).map(|b| hex::encode(Sha256::digest(b))).ok().as_deref() != Some(digest)
+            {
+                return Err("an input changed while go ran");
             }
             if let Some(parent) = path.parent().filter(|p| *p != main_dir) {
                 dirs.insert(parent.to_path_buf());
@@ -370,7 +401,7 @@ impl Recipe {
             watched.push(env_file);
         }
         if stamped {
-            watched.extend(git_state_files(&main_dir)?);
+            watched.extend(git_state_files(&main_dir).ok_or("no git directory")?);
         }
         inputs.extend(watched.into_iter().map(|path| {
             let found = stamp(&path);
@@ -378,21 +409,23 @@ impl Recipe {
         }));
 
         let mut work_files = Vec::new();
-        for entry in std::fs::read_dir(Path::new(work).join("b001")).ok()? {
-            let entry = entry.ok()?;
+        let unreadable = "go's work directory cannot be read";
+        for entry in std::fs::read_dir(Path::new(work).join("b001")).map_err(|_| unreadable)? {
+            let entry = entry.map_err(|_| unreadable)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type().ok()?.is_file() && name != "_pkg_.a" {
-                work_files.push((name, std::fs::read(entry.path()).ok()?));
+            if entry.file_type().map_err(|_| unreadable)?.is_file() && name != "_pkg_.a" {
+                work_files.push((name, std::fs::read(entry.path()).map_err(|_| unreadable)?));
             }
         }
-        let main_listing = listing(&main_dir, listing_all)?;
+        let main_listing = listing(&main_dir, listing_all).ok_or("the main package's directory cannot be read")?;
         let mut main_signatures = HashMap::new();
         for (_, name) in &main_files {
             if name.ends_with(".go") {
-                main_signatures.insert(name.clone(), signature(&main_dir.join(name))?);
+                main_signatures
+                    .insert(name.clone(), signature(&main_dir.join(name)).ok_or("a main file cannot be read")?);
             }
         }
-        Some(Recipe {
+        Ok(Recipe {
             main_import_path,
             compile,
             link,
@@ -452,16 +485,21 @@ fn go_env_file() -> Option<PathBuf> {
 
 /// What a relink did not get done: the build then runs go.
 #[derive(Debug)]
-pub struct RelinkFailed(pub String);
+pub struct RelinkFailed {
+    pub why: String,
+    /// The compiler refused the sources (a mistake in the edit): the recipe still holds, and
+    /// go is run only to report the errors its usual way.
+    pub compile_error: bool,
+}
 
 impl std::fmt::Display for RelinkFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.why)
     }
 }
 
-fn failed(what: impl std::fmt::Display) -> RelinkFailed {
-    RelinkFailed(what.to_string())
+pub fn failed(what: impl std::fmt::Display) -> RelinkFailed {
+    RelinkFailed { why: what.to_string(), compile_error: false }
 }
 
 async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Result<(), RelinkFailed> {
@@ -478,11 +516,10 @@ async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Resul
         .await
         .map_err(|e| failed(format!("cannot run {}: {e}", run.tool.display())))?;
     if !output.status.success() {
-        return Err(failed(format!(
-            "{} failed: {}",
-            run.tool.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        return Err(RelinkFailed {
+            why: format!("{} failed: {}", run.tool.display(), String::from_utf8_lossy(&output.stderr).trim()),
+            compile_error: tool_name(&run.tool.to_string_lossy()) == Some("compile"),
+        });
     }
     Ok(())
 }
