@@ -102,8 +102,6 @@ def main():
         out.mkdir()
         bench.go_floor(apps["floor"], platforms, out)  # warm the Go build cache
         editors = {name: bench.Editor(app) for name, app in apps.items()}
-        for editor in editors.values():
-            editor.n = random.randrange(10**6, 10**7)
         for name, kodev, extra in (("a", Path(args.a).resolve(), args.a_env), ("b", Path(args.b).resolve(), args.b_env)):
             extra_env = dict(entry.split("=", 1) for entry in extra)
             procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}", extra_env)))

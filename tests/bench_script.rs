@@ -72,8 +72,12 @@ fn bench_script_measures_every_row_of_its_tables() {
         } else {
             assert_eq!((dev[5], dev[6]), ("-", "-"), "{dev:?}");
         }
-        let uploaded: f64 = dev[7].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
+        // The first edit runs go (and records how); the next one is relinked without it.
+        let (relinked, edits) = dev[7].split_once('/').expect("relinked edits as k/n");
+        assert_eq!(edits, "2", "{dev:?}");
+        assert!(relinked.parse::<u32>().unwrap() >= 1, "the second edit is relinked: {dev:?}");
+        let uploaded: f64 = dev[8].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
         assert!(uploaded > 1.0, "an edit uploads at least the new binary layer: {dev:?}");
-        assert!(dev[8].ends_with(" MB"), "{dev:?}");
+        assert!(dev[9].ends_with(" MB"), "{dev:?}");
     }
 }
