@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import random
 import shutil
 import statistics
 import tempfile
@@ -51,18 +50,16 @@ def wait_for(lines, since, event, timeout=300):
 
 
 def settle_relinks(lines, since):
-    """Wait for go's confirmation of each binary kodev relinked without it (a background check
-    the next floor build must not share the machine with); stop if go disagreed."""
-    events = [json.loads(line) for line in lines[since:]]
-    for platform in {e["platform"] for e in events if e["event"] == "compiled" and e.get("relinked")}:
+    """bench.settle_relinks over this script's raw event lines."""
+    def wait(pred, start):
         deadline = time.time() + 300
-        while not (checked := [e for e in map(json.loads, lines[since:])
-                               if e["event"] == "relink_checked" and e["platform"] == platform]):
-            if time.time() > deadline:
-                raise SystemExit("kodev dev did not report relink_checked")
+        while time.time() < deadline:
+            for line in lines[start:]:
+                if pred(event := json.loads(line)):
+                    return None, event
             time.sleep(0.005)
-        if not checked[0]["same_as_go"]:
-            raise SystemExit(f"kodev relinked a binary go would build differently ({platform})")
+        raise SystemExit("kodev dev did not report relink_checked")
+    bench.settle_relinks([(None, json.loads(line)) for line in lines], since, wait)
 
 
 def event_time(event):

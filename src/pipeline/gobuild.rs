@@ -277,18 +277,18 @@ pub async fn go_build(
     let mut env = build_env(artifact, platform);
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
     let mut capture_allowed = true;
-    if let Some((relinker, recipe)) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
+    if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
         let linked = milestones.take().map(|m| m.linked);
         let relinked = match go_scratch_root().and_then(|root| ScratchDir::create(&root)) {
-            Some(scratch) => recipe.relink(&output, &scratch.0, &env, linked).await,
+            Some(scratch) => recipe.relink(&text, &output, &scratch.0, &env, linked).await,
             None => Err(relink::failed("no scratch directory")),
         };
         match relinked {
-            Ok(()) => {
+            Ok(action) => {
                 tracing::debug!(platform = %platform, "relinked without go");
                 let duration_ms = started.elapsed().as_millis() as u64;
                 events.send(EventKind::Compiled { platform: platform.to_string(), duration_ms, relinked: true });
-                relinker.to_check(artifact, platform, debug, &output, &env);
+                relinker.to_check(recipe, action, artifact, platform, debug, &output, &env);
                 return Ok(output);
             }
             Err(e) if e.compile_error => {

@@ -334,7 +334,7 @@ impl Recipe {
         let hashed_files: Vec<(&str, &str)> = lines
             .iter()
             .filter_map(|l| l.strip_prefix("HASH ")?.rsplit_once(": "))
-            .filter(|(p, _)| p.starts_with('/'))
+            .filter(|(path, _)| path.starts_with('/'))
             .collect();
         let (first_index, first_name) = main_files.first().ok_or("no main package files")?;
         let first_hash =
@@ -348,8 +348,8 @@ impl Recipe {
             })
             .ok_or("the main package's directory is not among go's inputs")?;
         // Files embedded from subdirectories: a new file there could join the embed.
-        if main_files.is_empty() || main_files.iter().any(|(_, name)| name.contains('/')) {
-            return Err("no files, or files embedded from subdirectories");
+        if main_files.iter().any(|(_, name)| name.contains('/')) {
+            return Err("files embedded from subdirectories");
         }
         let listing_all = main_files.iter().any(|(_, name)| !name.ends_with(".go"));
         // A binary stamped with a clean git state would be stamped modified after an edit.
@@ -366,10 +366,8 @@ impl Recipe {
         let main_paths: BTreeSet<PathBuf> = main_files.iter().map(|(_, name)| main_dir.join(name)).collect();
         let mut inputs = Vec::new();
         let mut dirs = BTreeSet::new();
-        for line in lines {
-            let Some(rest) = line.strip_prefix("HASH /") else { continue };
-            let (path, digest) = rest.rsplit_once(": ").ok_or("odd file hash line")?;
-            let path = PathBuf::from(format!("/{path}"));
+        for (path, digest) in hashed_files {
+            let path = PathBuf::from(path);
             if main_paths.contains(&path) {
                 continue;
             }
@@ -443,7 +441,7 @@ impl Recipe {
 
     /// The main package's compile text for the files as they are now, or None when something
     /// go would see differently has changed since the recipe was captured.
-    fn current_compile_text(&self) -> Option<Vec<Vec<u8>>> {
+    pub fn current_compile_text(&self) -> Option<Vec<Vec<u8>>> {
         if self.inputs.iter().any(|(path, before)| stamp(path) != *before) {
             return None;
         }
@@ -463,11 +461,6 @@ impl Recipe {
             text[*index] = format!("file {name} {}\n", hash_to_string(&Sha256::digest(&bytes))).into_bytes();
         }
         Some(text)
-    }
-
-    /// Whether the recipe still applies to the sources as they are now.
-    pub fn applies(&self) -> bool {
-        self.current_compile_text().is_some()
     }
 }
 
@@ -627,23 +620,24 @@ fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<String> {
 }
 
 impl Recipe {
-    /// Compile the main package as it is now and link it into `output` (replaced atomically),
-    /// the way go would. `scratch` holds the work directory; `env` is the build's environment
-    /// on top of kodev's. `linked` hears of the linker's output as the linker closes it.
+    /// Compile the main package from `compile_text` (`current_compile_text`) and link it into
+    /// `output` (replaced atomically), the way go would. `scratch` holds the work directory;
+    /// `env` is the build's environment on top of kodev's. `linked` hears of the linker's
+    /// output as the linker closes it. Returns the compile's action ID.
     pub async fn relink(
         &self,
+        compile_text: &[Vec<u8>],
         output: &Path,
         scratch: &Path,
         env: &[(String, String)],
         linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
-    ) -> Result<(), RelinkFailed> {
-        let compile_text = self.current_compile_text().ok_or_else(|| failed("the recipe no longer applies"))?;
+    ) -> Result<String, RelinkFailed> {
         let b001 = scratch.join("b001");
         std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
         for (name, bytes) in &self.work_files {
             std::fs::write(b001.join(name), bytes).map_err(failed)?;
         }
-        let action = text_id(&compile_text);
+        let action = text_id(compile_text);
         let mut compile = self.compile.clone();
         let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
         compile.args[at + 1] = format!("{action}/{action}");
@@ -685,7 +679,7 @@ impl Recipe {
             .map_err(failed)?
             .map_err(failed)?;
         std::fs::rename(&linker_output, output).map_err(failed)?;
-        Ok(())
+        Ok(action)
     }
 }
 
@@ -701,6 +695,9 @@ pub struct Relinker {
 
 /// A `go build -n` that tells whether go would relink a binary kodev relinked.
 struct Check {
+    recipe: Arc<Recipe>,
+    /// The main package's action ID the binary was relinked with.
+    action: String,
     platform: String,
     work_dir: PathBuf,
     args: Vec<String>,
@@ -708,18 +705,20 @@ struct Check {
 }
 
 impl Relinker {
-    /// The recipe for `output` if it applies to the sources as they are now.
-    pub fn usable(&self, output: &Path) -> Option<Arc<Recipe>> {
+    /// The recipe for `output` and its compile text for the sources as they are now, if it
+    /// applies to them.
+    pub fn usable(&self, output: &Path) -> Option<(Arc<Recipe>, Vec<Vec<u8>>)> {
         if self.off.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
         let recipe = recipes.get(output)?.clone();
-        if recipe.applies() {
-            Some(recipe)
-        } else {
-            recipes.remove(output);
-            None
+        match recipe.current_compile_text() {
+            Some(text) => Some((recipe, text)),
+            None => {
+                recipes.remove(output);
+                None
+            }
         }
     }
 
@@ -731,9 +730,12 @@ impl Relinker {
         self.recipes.lock().unwrap_or_else(|e| e.into_inner()).remove(output);
     }
 
-    /// Remember to confirm a relinked binary with go (see `check_pushed`).
+    /// Remember to confirm a binary relinked with `recipe` and `action` (see `check_pushed`).
+    #[allow(clippy::too_many_arguments)]
     pub fn to_check(
         &self,
+        recipe: Arc<Recipe>,
+        action: String,
         artifact: &crate::config::Artifact,
         platform: &crate::platform::Platform,
         debug: bool,
@@ -742,8 +744,8 @@ impl Relinker {
     ) {
         let mut args = crate::pipeline::gobuild::build_args(artifact, debug, output);
         args.insert(1, "-n".to_string());
-        let check =
-            Check { platform: platform.to_string(), work_dir: artifact.work_dir.clone(), args, env: env.to_vec() };
+        let (platform, work_dir, env) = (platform.to_string(), artifact.work_dir.clone(), env.to_vec());
+        let check = Check { recipe, action, platform, work_dir, args, env };
         self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).push(check);
     }
 
@@ -768,6 +770,14 @@ impl Relinker {
                 };
                 let lines: Vec<String> = String::from_utf8_lossy(&output.stderr).lines().map(str::to_string).collect();
                 let same_as_go = go_agrees(&lines);
+                // go reads the sources as they are now: after a newer edit it would relink,
+                // which says nothing of the binary being checked.
+                let sources_moved =
+                    check.recipe.current_compile_text().map(|text| text_id(&text)) != Some(check.action.clone());
+                if !same_as_go && sources_moved {
+                    tracing::debug!(platform = check.platform, "sources changed before go's check; not conclusive");
+                    return;
+                }
                 if !same_as_go {
                     relinker.turn_off();
                     events.send(crate::event::EventKind::Error {
