@@ -629,7 +629,8 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     let cache = tempfile::tempdir().unwrap();
     let build_with = |cache: &std::path::Path, tag: &str, extra_env: Option<(&str, &str)>| {
         let mut cmd = kodev();
-        cmd.env("KODEV_CACHE_DIR", cache).env("KO_GO_PATH", &go).env_remove("GOMAXPROCS");
+        // go's own builds are the subject here, not relinking without go.
+        cmd.env("KODEV_CACHE_DIR", cache).env("KO_GO_PATH", &go).env_remove("GOMAXPROCS").env("KODEV_RELINK", "0");
         if let Some((k, v)) = extra_env {
             cmd.env(k, v);
         }
@@ -664,6 +665,78 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
         .unwrap();
     build_with(cache.path(), "user", Some(("GOMAXPROCS", "3")));
     assert_eq!(take_lines(&log), ["amd64 3", "arm64 3"]);
+}
+
+#[test]
+fn one_shot_builds_relink_main_package_edits_from_the_last_builds_recipe() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = single_platform_hello(&fx, app.path());
+    let tools = tempfile::tempdir().unwrap();
+    let (go, log) = recording_go(tools.path());
+    let cache = tempfile::tempdir().unwrap();
+    let build_with = |cache: &std::path::Path, go: &std::path::Path, env: &[(&str, &str)]| {
+        let mut cmd = kodev();
+        cmd.env("KODEV_CACHE_DIR", cache).env("KO_GO_PATH", go).env_remove("GOFLAGS").envs(env.iter().copied());
+        let out = run(cmd.arg("build").arg("-f").arg(&skaffold).args(["-d", &format!("{}/relink", fx.registry.host)]));
+        let reference = stdout_ref(&out);
+        (reference.split('@').nth(1).expect("a digest").to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // The image go makes of the sources as they are now (relinking off, a cache of its own).
+    let gos_image = || {
+        let fresh = tempfile::tempdir().unwrap();
+        let (digest, _) = build_with(fresh.path(), &go, &[("KODEV_RELINK", "0")]);
+        assert_eq!(take_lines(&log).len(), 1, "go built it");
+        digest
+    };
+
+    // The first build runs go, which leaves its recipe beside the binary. (A recipe is read
+    // from go compiling the main package: sources no other test built, so that go's cache
+    // does not have it.)
+    let main_go = app.path().join("main.go");
+    let nonce = format!("\nvar buildNonce = \"{:?}\"\n", std::time::SystemTime::now());
+    std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap() + &nonce).unwrap();
+    build_with(cache.path(), &go, &[]);
+    assert_eq!(take_lines(&log), ["amd64 unset"]);
+
+    // The next process relinks an edit of main.go without go, into go's image.
+    edit_hello(app.path());
+    let (relinked, stderr) = build_with(cache.path(), &go, &[]);
+    assert!(take_lines(&log).is_empty(), "no go build: {stderr}");
+    assert!(stderr.contains("relinked (main package only)"), "{stderr}");
+    assert_eq!(relinked, gos_image(), "the relinked image is go's");
+
+    // With nothing changed, the binary is seen to be up to date without go, and kept.
+    let (unchanged, stderr) = build_with(cache.path(), &go, &[]);
+    assert!(take_lines(&log).is_empty(), "no go build: {stderr}");
+    assert!(!stderr.contains("relinked"), "{stderr}");
+    assert_eq!(unchanged, relinked);
+
+    // A recipe is for the environment that made it: another GOFLAGS (here a build tag that
+    // brings in a file) runs go, and so does another go command.
+    std::fs::write(
+        app.path().join("tagged.go"),
+        "//go:build extra\n\npackage main\n\nfunc init() { println(\"extra\") }\n",
+    )
+    .unwrap();
+    let (tagged, _) = build_with(cache.path(), &go, &[("GOFLAGS", "-tags=extra")]);
+    assert_eq!(take_lines(&log).len(), 1, "another GOFLAGS runs go");
+    assert_ne!(tagged, relinked, "the tagged file is in");
+    std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap().replace("to listen on", "to serve on"))
+        .unwrap();
+    let other_tools = tempfile::tempdir().unwrap();
+    let (other_go, other_log) = recording_go(other_tools.path());
+    build_with(cache.path(), &other_go, &[]);
+    assert_eq!(take_lines(&other_log).len(), 1, "another go command runs go");
+    assert!(take_lines(&log).is_empty());
+
+    // Relinking can be turned off.
+    std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap().replace("to serve on", "to bind")).unwrap();
+    let (_, stderr) = build_with(cache.path(), &other_go, &[("KODEV_RELINK", "0")]);
+    assert_eq!(take_lines(&other_log).len(), 1, "KODEV_RELINK=0 runs go: {stderr}");
 }
 
 #[test]

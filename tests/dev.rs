@@ -578,19 +578,14 @@ fn a_new_import_joins_the_graph_and_body_edits_do_not_read_it_again() {
 /// configuration turns that off.
 const STAMP_GIT: &str = "-buildvcs=true";
 
-/// The image a one-shot `kodev build` (which always runs go) makes of `dir` as it is now, in a
-/// cache of its own: `alpha`'s digest.
+/// The image go makes of `dir` as it is now (a one-shot `kodev build` that does not relink, in
+/// a cache of its own): `alpha`'s digest.
 fn one_shot_alpha_digest(dir: &Path, host: &str) -> String {
     let cache = tempfile::tempdir().unwrap();
-    let out = run(kodev().env("KODEV_CACHE_DIR", cache.path()).env("GOFLAGS", STAMP_GIT).current_dir(dir).args([
-        "build",
-        "-b",
-        "alpha",
-        "-d",
-        &format!("{host}/check"),
-        "-t",
-        "check",
-    ]));
+    let mut go_only = kodev();
+    go_only.env("KODEV_CACHE_DIR", cache.path()).env("GOFLAGS", STAMP_GIT).env("KODEV_RELINK", "0");
+    let out =
+        run(go_only.current_dir(dir).args(["build", "-b", "alpha", "-d", &format!("{host}/check"), "-t", "check"]));
     assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let reference = stdout.lines().find(|l| l.contains("/alpha")).unwrap_or_else(|| panic!("alpha in {stdout}"));

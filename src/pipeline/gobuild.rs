@@ -126,6 +126,18 @@ pub fn gomaxprocs_share(artifact: &Artifact, builds: usize) -> Option<usize> {
     Some((cores / builds.min(cores)).max(1))
 }
 
+/// Whether go reads some sources from elsewhere (`-overlay`): its file hashes then do not say
+/// what the files on disk hold, and a recipe cannot tell when they change.
+fn uses_overlay(artifact: &Artifact) -> bool {
+    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
+    artifact
+        .flags
+        .iter()
+        .map(String::as_str)
+        .chain(goflags.split_whitespace())
+        .any(|f| f.trim_start_matches('-').starts_with("overlay"))
+}
+
 /// Where an artifact's binary for a platform is built, kept between builds: go checks the
 /// build ID of an existing output and skips the link when nothing changed.
 pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> PathBuf {
@@ -278,6 +290,13 @@ pub async fn go_build(
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
     let mut capture_allowed = true;
     if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
+        if recipe.already_built(&text, &output) {
+            // What go would find too: nothing to link (its check, without loading the packages).
+            tracing::debug!(platform = %platform, "the binary is up to date");
+            let duration_ms = started.elapsed().as_millis() as u64;
+            events.send(EventKind::Compiled { platform: platform.to_string(), duration_ms, relinked: false });
+            return Ok(output);
+        }
         let linked = milestones.take().map(|m| m.linked);
         let relinked = match go_scratch_root().and_then(|root| ScratchDir::create(&root)) {
             Some(scratch) => recipe.relink(&text, &output, &scratch.0, &env, linked).await,
@@ -304,7 +323,7 @@ pub async fn go_build(
     let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let capture = capture_allowed && relinker.is_some() && scratch.is_some();
+    let capture = capture_allowed && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
         let godebug = match std::env::var("GODEBUG") {
@@ -377,10 +396,10 @@ pub async fn go_build(
     if let Some(relinker) = relinker.filter(|_| capture) {
         // Off the build's path: the recipe is for the next edit. The kept work directory
         // goes once it has been read.
-        let (relinker, output, go_dir, scratch) =
-            (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
-        tokio::task::spawn_blocking(move || {
-            match relink::Recipe::capture(&err_lines, &go_dir) {
+        let (kept_by, output, go_dir, scratch) = (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
+        let relinker = kept_by.clone();
+        kept_by.capturing(tokio::task::spawn_blocking(move || {
+            match relink::Recipe::capture(&err_lines, &go_dir, &output) {
                 Ok(recipe) => {
                     tracing::debug!(output = %output.display(), "recipe for relinking captured");
                     relinker.keep(&output, recipe)
@@ -394,7 +413,7 @@ pub async fn go_build(
                 }
             }
             drop(scratch);
-        });
+        }));
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     events.send(EventKind::Compiled { platform: platform_name, duration_ms, relinked: false });

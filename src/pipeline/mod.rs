@@ -48,7 +48,7 @@ pub struct Builder {
     bases: std::sync::Mutex<HashMap<BaseKey, SharedBase>>,
     /// Compressed chunks of the latest binary layers, for the next build of the same binaries.
     chunks: Arc<ChunkMemo>,
-    /// In `kodev dev`: go's recipes for relinking after an edit of the main package alone.
+    /// go's recipes for relinking after an edit of the main package alone.
     relinker: Option<Arc<relink::Relinker>>,
 }
 
@@ -83,6 +83,12 @@ fn kodata_allowed_root(artifact: &Artifact) -> PathBuf {
     git_root.unwrap_or_else(|| artifact.context.clone())
 }
 
+/// Edits of the main package alone are relinked without the go command (see `relink`), unless
+/// `KODEV_RELINK=0`.
+fn relinking_on() -> bool {
+    std::env::var("KODEV_RELINK").map_or(true, |v| v != "0")
+}
+
 impl Builder {
     pub fn new(plan: &Plan) -> Self {
         let registries = Arc::new(Registries::new(plan.insecure_registries.clone()));
@@ -94,14 +100,15 @@ impl Builder {
                 index_lock: Arc::new(Mutex::new(())),
             },
         };
-        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker: None }
+        let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(false)));
+        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker }
     }
 
-    /// A builder for `kodev dev`: it also relinks edits of the main package without the go
-    /// command (see `relink`), unless `KODEV_RELINK=0`.
+    /// A builder for `kodev dev`: each binary it relinks is confirmed by `go build -n` in the
+    /// background once pushed (see `relink`).
     pub fn for_dev(plan: &Plan) -> Self {
-        let relink = std::env::var("KODEV_RELINK").map_or(true, |v| v != "0");
-        Builder { relinker: relink.then(Arc::default), ..Builder::new(plan) }
+        let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(true)));
+        Builder { relinker, ..Builder::new(plan) }
     }
 
     /// Base images are resolved once per session and kept in memory; one that failed to
@@ -458,6 +465,9 @@ impl Builder {
         }
         // Before returning: a one-shot build's process exits right after.
         futures::future::join_all(savings).await;
+        if let Some(relinker) = &self.relinker {
+            relinker.settle().await;
+        }
         Ok(BuildOutcome { image: built, push })
     }
 }

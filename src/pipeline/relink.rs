@@ -27,6 +27,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The `GODEBUG` setting that makes go print what it hashes into action IDs.
@@ -38,10 +39,10 @@ pub const CAPTURE_FLAGS: [&str; 2] = ["-x", "-work"];
 pub const NOT_COMPILED: &str = "go did not compile the main package";
 
 /// What identifies a file or directory as unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
     len: u64,
-    modified_ns: i128,
+    modified_ns: i64,
     inode: u64,
 }
 
@@ -49,13 +50,27 @@ fn stamp(path: &Path) -> Option<Stamp> {
     let metadata = std::fs::metadata(path).ok()?;
     Some(Stamp {
         len: metadata.len(),
-        modified_ns: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        modified_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
         inode: metadata.ino(),
     })
 }
 
+/// Byte strings as hex in a saved recipe (go's texts are mostly, not always, UTF-8).
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(texts: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(texts.iter().map(hex::encode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts.iter().map(|t| hex::decode(t).map_err(serde::de::Error::custom)).collect()
+    }
+}
+
 /// A command go ran, as `-x` printed it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct ToolRun {
     dir: PathBuf,
     env: Vec<(String, String)>,
@@ -64,15 +79,25 @@ struct ToolRun {
 }
 
 /// What go did to build one binary, enough to redo the main package's compile and the link.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Recipe {
+    /// `RECIPE_FORMAT` and the kodev version that wrote it: a saved recipe of another is not read.
+    format: String,
+    /// The environment go ran in, as far as it can change a build (`go_environment`), and the
+    /// go command kodev ran.
+    environment: Vec<(String, String)>,
+    go: PathBuf,
     main_import_path: String,
     compile: ToolRun,
     link: ToolRun,
     /// The files go wrote into `$WORK/b001` for the tools (import and embed configuration).
-    work_files: Vec<(String, Vec<u8>)>,
+    work_file_names: Vec<String>,
+    #[serde(with = "hex_bytes")]
+    work_file_contents: Vec<Vec<u8>>,
     /// What go hashed into the main package's compile action ID and the link's, write by write.
+    #[serde(with = "hex_bytes")]
     compile_text: Vec<Vec<u8>>,
+    #[serde(with = "hex_bytes")]
     link_text: Vec<Vec<u8>>,
     /// The main package's input files: (index of their `file` write, name in the package dir).
     main_files: Vec<(usize, String)>,
@@ -270,10 +295,12 @@ fn git_state_files(main_dir: &Path) -> Option<Vec<PathBuf>> {
 
 impl Recipe {
     /// Read a recipe from a capturing `go build`'s output (`CAPTURE_FLAGS`, `CAPTURE_GODEBUG`),
-    /// while its kept work directory still exists. Says why when this build cannot be replayed:
-    /// go did not compile the main package (nothing changed), the package has assembly or cgo,
-    /// an input changed while go ran, or the output is not what kodev expects.
-    pub fn capture(lines: &[String], go_dir: &Path) -> Result<Recipe, &'static str> {
+    /// while its kept work directory still exists; `output` is the binary it built. Says why
+    /// when this build cannot be replayed: go did not compile the main package (nothing
+    /// changed), the package has assembly or cgo, an input changed while go ran, or the output
+    /// is not what kodev expects — including build IDs that kodev's way of computing them does
+    /// not give, so that a recipe is only kept when kodev can redo what go did.
+    pub fn capture(lines: &[String], go_dir: &Path, output: &Path) -> Result<Recipe, &'static str> {
         let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
         let (mut compile, mut link) = (None, None);
@@ -388,7 +415,14 @@ impl Recipe {
             let dir_stamp = stamp(&dir);
             inputs.push((dir, dir_stamp));
         }
-        let mut watched: Vec<PathBuf> = vec![compile.tool.clone(), link.tool.clone(), crate::config::go_binary()];
+        let mut watched: Vec<PathBuf> = vec![
+            compile.tool.clone(),
+            link.tool.clone(),
+            resolved_go(),
+            goroot.join("go.env"),
+            // go builds with this profile when it appears (`-pgo=auto`).
+            main_dir.join("default.pgo"),
+        ];
         for dir in main_dir.ancestors() {
             watched.extend(["go.work", "go.work.sum"].map(|name| dir.join(name)));
             if dir.join("go.mod").is_file() {
@@ -406,14 +440,30 @@ impl Recipe {
             (path, found)
         }));
 
-        let mut work_files = Vec::new();
+        let (mut work_file_names, mut work_file_contents) = (Vec::new(), Vec::new());
         let unreadable = "go's work directory cannot be read";
-        for entry in std::fs::read_dir(Path::new(work).join("b001")).map_err(|_| unreadable)? {
+        let b001 = Path::new(work).join("b001");
+        for entry in std::fs::read_dir(&b001).map_err(|_| unreadable)? {
             let entry = entry.map_err(|_| unreadable)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type().map_err(|_| unreadable)?.is_file() && name != "_pkg_.a" {
-                work_files.push((name, std::fs::read(entry.path()).map_err(|_| unreadable)?));
+                work_file_contents.push(std::fs::read(entry.path()).map_err(|_| unreadable)?);
+                work_file_names.push(name);
             }
+        }
+        // The content IDs go stamped into the archive and the binary must be what kodev computes.
+        let archive_id = go_build_id(&b001.join("_pkg_.a")).ok_or("the archive has no build ID")?;
+        if archive_id.rsplit_once('/').map(|(action, _)| action) != Some(compile_id.as_str())
+            || !content_id_holds(&b001.join("_pkg_.a"), &archive_id)
+        {
+            return Err("the archive's content ID is not what kodev computes");
+        }
+        let binary_id = go_build_id(output).ok_or("the binary has no build ID")?;
+        let link_prefix = link_given.rsplit_once('/').map(|(prefix, _)| prefix).ok_or("odd link build ID")?;
+        if binary_id.rsplit_once('/').map(|(prefix, _)| prefix) != Some(link_prefix)
+            || !content_id_holds(output, &binary_id)
+        {
+            return Err("the binary's content ID is not what kodev computes");
         }
         let main_listing = listing(&main_dir, listing_all).ok_or("the main package's directory cannot be read")?;
         let mut main_signatures = HashMap::new();
@@ -424,10 +474,14 @@ impl Recipe {
             }
         }
         Ok(Recipe {
+            format: recipe_format(),
+            environment: go_environment(),
+            go: resolved_go(),
             main_import_path,
             compile,
             link,
-            work_files,
+            work_file_names,
+            work_file_contents,
             compile_text,
             link_text,
             main_files,
@@ -462,6 +516,43 @@ impl Recipe {
         }
         Some(text)
     }
+}
+
+/// The go command kodev runs, as a path: found on PATH the way it is run when only its name is
+/// known, so that its stamp and a change of PATH are seen.
+fn resolved_go() -> PathBuf {
+    let go = crate::config::go_binary();
+    if go.components().count() > 1 {
+        return go;
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(&go)).find(|path| path.is_file()));
+    on_path.unwrap_or(go)
+}
+
+/// Bumped when a saved recipe's meaning changes.
+const RECIPE_FORMAT: u32 = 1;
+
+fn recipe_format() -> String {
+    format!("{RECIPE_FORMAT} kodev {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The variables of kodev's environment that can change what go builds, or where it finds its
+/// tools and settings: a recipe saved by one process applies in another only if they agree.
+fn go_environment() -> Vec<(String, String)> {
+    // Not PATH: it often differs between shells, and what it means to a build (which go runs)
+    // is compared on its own.
+    const NAMED: [&str; 9] =
+        ["CC", "CXX", "FC", "AR", "PKG_CONFIG", "GCCGO", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
+    let mut found: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            let counts = name.starts_with("GO") || name.starts_with("CGO_") || NAMED.contains(&name.as_str());
+            counts.then(|| (name, value.to_string_lossy().into_owned()))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// go's per-user settings file (`go env -w`), whose changes reach every build.
@@ -517,9 +608,9 @@ async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Resul
     Ok(())
 }
 
-/// Where an ELF file's GNU build ID note's ID stands (after its 16-byte header), which go
-/// hashes as zeros; None for other files.
-fn host_build_id(file: &File) -> Option<Range<u64>> {
+/// An ELF section's offset and size, by name; and whether the file is little-endian. None for
+/// other files.
+fn elf_section(file: &File, wanted: &[u8]) -> Option<(u64, u64, bool)> {
     let mut ident = [0u8; 64];
     file.read_exact_at(&mut ident, 0).ok()?;
     if ident[..4] != *b"\x7fELF" {
@@ -553,11 +644,52 @@ fn host_build_id(file: &File) -> Option<Range<u64>> {
     let (_, names_at, names_len) = section(shstrndx)?;
     let mut names = vec![0u8; names_len as usize];
     file.read_exact_at(&mut names, names_at).ok()?;
-    const WANTED: &[u8] = b".note.gnu.build-id\0";
     (0..shnum).filter_map(section).find_map(|(name, offset, size)| {
         let at = name as usize;
-        (names.get(at..at + WANTED.len()) == Some(WANTED) && size >= 16).then(|| offset + 16..offset + size)
+        (names.get(at..at + wanted.len()) == Some(wanted)).then_some((offset, size, little))
     })
+}
+
+/// Where an ELF file's GNU build ID note's ID stands (after its 16-byte header), which go
+/// hashes as zeros; None for other files.
+fn host_build_id(file: &File) -> Option<Range<u64>> {
+    let (offset, size, _) = elf_section(file, b".note.gnu.build-id\0")?;
+    (size >= 16).then(|| offset + 16..offset + size)
+}
+
+/// The go build ID of a binary (its `.note.go.buildid`) or of a package archive (the
+/// `build id "…"` line of its header).
+fn go_build_id(path: &Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    if let Some((offset, size, little)) = elf_section(&file, b".note.go.buildid\0") {
+        let mut note = vec![0u8; size.min(4096) as usize];
+        file.read_exact_at(&mut note, offset).ok()?;
+        let field = |at: usize| -> Option<usize> {
+            let bytes: [u8; 4] = note.get(at..at + 4)?.try_into().ok()?;
+            Some(if little { u32::from_le_bytes(bytes) } else { u32::from_be_bytes(bytes) } as usize)
+        };
+        let (name_len, id_len) = (field(0)?, field(4)?);
+        if name_len != 4 || note.get(12..16) != Some(b"Go\0\0") {
+            return None;
+        }
+        return String::from_utf8(note.get(16..16 + id_len)?.to_vec()).ok();
+    }
+    let mut head = vec![0u8; 4096];
+    let n = file.read_at(&mut head, 0).ok()?;
+    let head = &head[..n];
+    const MARK: &[u8] = b"\nbuild id \"";
+    let from = memchr::memmem::find(head, MARK)? + MARK.len();
+    let len = memchr::memchr(b'"', &head[from..])?;
+    String::from_utf8(head[from..from + len].to_vec()).ok()
+}
+
+/// Whether the last part of a file's build ID `id` is the hash go computes for it: the file's
+/// SHA-256 with `id` (and a GNU build ID) read as zeros.
+fn content_id_holds(path: &Path, id: &str) -> bool {
+    let Some((_, content)) = id.rsplit_once('/') else { return false };
+    File::open(path)
+        .and_then(|file| find_and_hash(&file, id.as_bytes()))
+        .is_ok_and(|(_, hash)| hash_to_string(&hash) == content)
 }
 
 /// go's `FindAndHash`: where `id` occurs in the file (left to right, not overlapping), and the
@@ -620,32 +752,10 @@ fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<String> {
 }
 
 impl Recipe {
-    /// Compile the main package from `compile_text` (`current_compile_text`) and link it into
-    /// `output` (replaced atomically), the way go would. `scratch` holds the work directory;
-    /// `env` is the build's environment on top of kodev's. `linked` hears of the linker's
-    /// output as the linker closes it. Returns the compile's action ID.
-    pub async fn relink(
-        &self,
-        compile_text: &[Vec<u8>],
-        output: &Path,
-        scratch: &Path,
-        env: &[(String, String)],
-        linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
-    ) -> Result<String, RelinkFailed> {
-        let b001 = scratch.join("b001");
-        std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
-        for (name, bytes) in &self.work_files {
-            std::fs::write(b001.join(name), bytes).map_err(failed)?;
-        }
-        let action = text_id(compile_text);
-        let mut compile = self.compile.clone();
-        let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
-        compile.args[at + 1] = format!("{action}/{action}");
-        run_tool(&compile, scratch, env).await?;
-        let archive = b001.join("_pkg_.a");
-        let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
-        let (_, content) = main_id.split_once('/').ok_or_else(|| failed("bad build ID"))?;
-
+    /// The link's action ID when the main package's archive has build ID `main_id`
+    /// (`action/content`).
+    fn link_action(&self, main_id: &str) -> Option<String> {
+        let (_, content) = main_id.split_once('/')?;
         let main_file_line = format!("packagefile {}=", self.main_import_path);
         let link_text: Vec<Vec<u8>> = self
             .link_text
@@ -660,7 +770,46 @@ impl Recipe {
                 }
             })
             .collect();
-        let link_action = text_id(&link_text);
+        Some(text_id(&link_text))
+    }
+
+    /// Whether `output` is already the binary this recipe gives for `compile_text`, the way go
+    /// tells a binary is up to date: its build ID names the same main package action and the
+    /// link action that follows from it.
+    pub fn already_built(&self, compile_text: &[Vec<u8>], output: &Path) -> bool {
+        let Some(id) = go_build_id(output) else { return false };
+        let parts: Vec<&str> = id.split('/').collect();
+        let [link_action, main_action, main_content, _] = parts[..] else { return false };
+        main_action == text_id(compile_text)
+            && self.link_action(&format!("{main_action}/{main_content}")).as_deref() == Some(link_action)
+    }
+
+    /// Compile the main package from `compile_text` (`current_compile_text`) and link it into
+    /// `output` (replaced atomically), the way go would. `scratch` holds the work directory;
+    /// `env` is the build's environment on top of kodev's. `linked` hears of the linker's
+    /// output as the linker closes it. Returns the compile's action ID.
+    pub async fn relink(
+        &self,
+        compile_text: &[Vec<u8>],
+        output: &Path,
+        scratch: &Path,
+        env: &[(String, String)],
+        linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
+    ) -> Result<String, RelinkFailed> {
+        let b001 = scratch.join("b001");
+        std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
+        for (name, bytes) in self.work_file_names.iter().zip(&self.work_file_contents) {
+            std::fs::write(b001.join(name), bytes).map_err(failed)?;
+        }
+        let action = text_id(compile_text);
+        let mut compile = self.compile.clone();
+        let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
+        compile.args[at + 1] = format!("{action}/{action}");
+        run_tool(&compile, scratch, env).await?;
+        let archive = b001.join("_pkg_.a");
+        let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
+
+        let link_action = self.link_action(&main_id).ok_or_else(|| failed("bad build ID"))?;
         let placeholder = format!("{link_action}/{main_id}/{link_action}");
         let mut link = self.link.clone();
         for arg in &mut link.args {
@@ -683,14 +832,22 @@ impl Recipe {
     }
 }
 
-/// Recipes of the binaries a `kodev dev` session builds, by output path.
+/// Recipes of the binaries kodev builds, by output path. Each is also saved beside its binary,
+/// so that the next process (another `kodev build`, a new `kodev dev` session) starts with it.
 #[derive(Default)]
 pub struct Relinker {
     recipes: Mutex<HashMap<PathBuf, Arc<Recipe>>>,
-    /// Set when go once disagreed with a relinked binary: no more relinking this session.
+    /// Set when go once disagreed with a relinked binary: no more relinking.
     off: std::sync::atomic::AtomicBool,
+    /// `kodev dev` confirms each relinked binary with go once it is pushed. A one-shot build
+    /// does not: that would cost what relinking saves. It trusts a recipe whose build IDs
+    /// kodev recomputed when it was captured.
+    check_with_go: bool,
     /// Relinked binaries to confirm with go once their image is pushed.
     unchecked: Mutex<Vec<Check>>,
+    /// Recipes still being read from go's output: a one-shot build waits for them, so that the
+    /// next process finds them saved.
+    capturing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A `go build -n` that tells whether go would relink a binary kodev relinked.
@@ -704,7 +861,54 @@ struct Check {
     env: Vec<(String, String)>,
 }
 
+fn saved_recipe_path(output: &Path) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!(".{name}.relink.json"))
+}
+
+/// The recipe saved for `output`, if it was written by this kodev for the same environment.
+fn load_recipe(output: &Path) -> Option<Recipe> {
+    let bytes = std::fs::read(saved_recipe_path(output)).ok()?;
+    let recipe: Recipe = serde_json::from_slice(&bytes)
+        .map_err(|e| tracing::debug!(error = %e, "a saved recipe cannot be read"))
+        .ok()?;
+    let applies =
+        recipe.format == recipe_format() && recipe.environment == go_environment() && recipe.go == resolved_go();
+    if !applies {
+        tracing::debug!(output = %output.display(), "the saved recipe is for another kodev or environment");
+    }
+    applies.then_some(recipe)
+}
+
+/// Written whole or not at all: a reader never sees half a recipe.
+fn save_recipe(output: &Path, recipe: &Recipe) -> io::Result<()> {
+    let path = saved_recipe_path(output);
+    let mut file = tempfile::NamedTempFile::new_in(path.parent().unwrap_or(Path::new(".")))?;
+    serde_json::to_writer(io::BufWriter::new(&mut file), recipe)?;
+    file.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Written when go disagrees with a relinked binary: relinking stays off with this toolchain.
+fn disagreement_marker() -> PathBuf {
+    crate::pipeline::base::cache_dir().join("relink-disagreed")
+}
+
+fn toolchain_identity() -> String {
+    let go = resolved_go();
+    format!("{} {:?}", go.display(), stamp(&go))
+}
+
 impl Relinker {
+    /// `check_with_go`: confirm each relinked binary with `go build -n` after its push.
+    pub fn new(check_with_go: bool) -> Relinker {
+        let disagreed = std::fs::read_to_string(disagreement_marker()).is_ok_and(|t| t == toolchain_identity());
+        if disagreed {
+            tracing::debug!(marker = %disagreement_marker().display(), "go once disagreed with a relinked binary: relinking is off");
+        }
+        Relinker { off: disagreed.into(), check_with_go, ..Relinker::default() }
+    }
+
     /// The recipe for `output` and its compile text for the sources as they are now, if it
     /// applies to them.
     pub fn usable(&self, output: &Path) -> Option<(Arc<Recipe>, Vec<Vec<u8>>)> {
@@ -712,22 +916,45 @@ impl Relinker {
             return None;
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
-        let recipe = recipes.get(output)?.clone();
+        let recipe = match recipes.get(output) {
+            Some(recipe) => recipe.clone(),
+            None => {
+                let loaded = Arc::new(load_recipe(output)?);
+                recipes.insert(output.to_path_buf(), loaded.clone());
+                loaded
+            }
+        };
         match recipe.current_compile_text() {
             Some(text) => Some((recipe, text)),
             None => {
                 recipes.remove(output);
+                let _ = std::fs::remove_file(saved_recipe_path(output));
                 None
             }
         }
     }
 
     pub fn keep(&self, output: &Path, recipe: Recipe) {
+        if let Err(e) = save_recipe(output, &recipe) {
+            tracing::debug!(error = %e, "the recipe is not saved for the next process");
+        }
         self.recipes.lock().unwrap_or_else(|e| e.into_inner()).insert(output.to_path_buf(), Arc::new(recipe));
     }
 
     pub fn forget(&self, output: &Path) {
         self.recipes.lock().unwrap_or_else(|e| e.into_inner()).remove(output);
+        let _ = std::fs::remove_file(saved_recipe_path(output));
+    }
+
+    /// Hold on to a recipe being read (see `settle`).
+    pub fn capturing(&self, task: tokio::task::JoinHandle<()>) {
+        self.capturing.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    }
+
+    /// Wait until every recipe being read is kept (or refused).
+    pub async fn settle(&self) {
+        let tasks = std::mem::take(&mut *self.capturing.lock().unwrap_or_else(|e| e.into_inner()));
+        futures::future::join_all(tasks).await;
     }
 
     /// Remember to confirm a binary relinked with `recipe` and `action` (see `check_pushed`).
@@ -742,6 +969,9 @@ impl Relinker {
         output: &Path,
         env: &[(String, String)],
     ) {
+        if !self.check_with_go {
+            return;
+        }
         let mut args = crate::pipeline::gobuild::build_args(artifact, debug, output);
         args.insert(1, "-n".to_string());
         let (platform, work_dir, env) = (platform.to_string(), artifact.work_dir.clone(), env.to_vec());
@@ -756,7 +986,7 @@ impl Relinker {
         for check in checks {
             let (relinker, events) = (self.clone(), events.clone());
             tokio::spawn(async move {
-                let output = tokio::process::Command::new(crate::config::go_binary())
+                let output = tokio::process::Command::new(resolved_go())
                     .args(&check.args)
                     .current_dir(&check.work_dir)
                     .envs(check.env)
@@ -783,8 +1013,10 @@ impl Relinker {
                     events.send(crate::event::EventKind::Error {
                         message: format!(
                             "the binary kodev relinked for {} is not the one go build makes; relinking is off \
-                             for this session and the next build runs go (please report this)",
-                            check.platform
+                             with this Go toolchain (delete {} to turn it back on) and the next build runs go \
+                             (please report this)",
+                            check.platform,
+                            disagreement_marker().display()
                         ),
                     });
                 }
@@ -793,9 +1025,13 @@ impl Relinker {
         }
     }
 
+    /// No more relinking with this toolchain, in this process or the next (go disagreed).
     pub fn turn_off(&self) {
         self.off.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for (output, _) in self.recipes.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            let _ = std::fs::remove_file(saved_recipe_path(&output));
+        }
+        let _ = std::fs::write(disagreement_marker(), toolchain_identity());
     }
 }
 
