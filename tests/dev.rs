@@ -665,9 +665,9 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("main.go") && error.contains("undefinedName"), "go's own error: {error}");
 
-    // Fixed (back to sources go has in its cache): a mistake in the edit does not change what
-    // go would do, so the recipe still holds.
-    edit(&main, "func main() { undefinedName()", "func main() {");
+    // Fixed: a mistake in the edit does not change what go would do, so the recipe still holds.
+    // (Fixed into new sources: back to the last build's, the binary would simply be up to date.)
+    edit(&main, "func main() { undefinedName()", "func main() { _ = len(os.Args)");
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha fixed");
     assert!(relinked, "the fix is relinked");
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
