@@ -60,6 +60,8 @@ fn bench_script_measures_every_row_of_its_tables() {
             assert!(seconds(cell) > 0.0, "{one_shot:?}");
         }
         assert_eq!(one_shot[7], "-", "no ko, no ko column: {one_shot:?}");
+        // The warm build follows a cold one that ran go and saved its recipe: it is relinked.
+        assert_eq!(one_shot[12], "1/1", "the warm build is relinked without go: {one_shot:?}");
 
         // Dev loop: paired floor, edit→pushed and their ratio, bytes and RSS.
         let dev = row(&stdout, "| app | platforms | go build (floor) | kodev dev", platforms);
