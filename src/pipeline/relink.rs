@@ -2,10 +2,10 @@
 //!
 //! Before it compiles anything, `go build` loads the package graph and hashes the sources of
 //! every package to check its cache: 70–110 ms for hello on two cores, more for a large module,
-//! all of it before the edit's compile starts. In `kodev dev` most edits touch only the main
-//! package. For those, kodev replays what go itself did the last time — the main package's
-//! compile and the link, with go's own recorded arguments — after working out the build IDs go
-//! would give, the same way go does. The binary is byte for byte the one `go build` makes.
+//! all of it before the edit's compile starts. Most edits touch only the main package. For
+//! those, kodev replays what go itself did the last time — the main package's compile and the
+//! link, with go's own recorded arguments — after working out the build IDs go would give, the
+//! same way go does. The binary is byte for byte the one `go build` makes.
 //!
 //! The recipe is captured from a `go build -x -work` run with `GODEBUG=gocachehash=1`, which
 //! prints the exact text go hashes into each action ID. Only the main package's file hashes
@@ -15,9 +15,14 @@
 //! the edited files' package clause, imports and `//go:` directives are unchanged. Anything
 //! else goes through `go build` again, which captures a new recipe.
 //!
-//! After each relink, `go build -n` confirms that go agrees the binary is up to date (it
-//! computes the same build ID from the sources). If it ever does not, relinking is turned
-//! off for the session and the next build runs go.
+//! A recipe is saved beside its binary for the next process, and applies only in the same
+//! environment with the same go command. It is kept only if kodev's computation gives the
+//! content IDs go wrote into the archive and the binary of the build it was read from.
+//!
+//! In `kodev dev`, after each relink, `go build -n` confirms that go agrees the binary is up to
+//! date (it computes the same build ID from the sources). If it ever does not, relinking is
+//! turned off with that toolchain and the next build runs go. A one-shot build has no idle
+//! moment for that check and goes without it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
