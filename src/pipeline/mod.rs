@@ -90,7 +90,18 @@ fn relinking_on() -> bool {
 }
 
 impl Builder {
+    /// A builder for one-shot builds.
     pub fn new(plan: &Plan) -> Self {
+        Builder::with_relink_checks(plan, false)
+    }
+
+    /// A builder for `kodev dev`: each binary it relinks is confirmed by `go build -n` in the
+    /// background once pushed (see `relink`).
+    pub fn for_dev(plan: &Plan) -> Self {
+        Builder::with_relink_checks(plan, true)
+    }
+
+    fn with_relink_checks(plan: &Plan, check_with_go: bool) -> Self {
         let registries = Arc::new(Registries::new(plan.insecure_registries.clone()));
         let publisher = match &plan.target {
             PublishTarget::Registry => Publisher::Registry(registries.clone()),
@@ -100,15 +111,8 @@ impl Builder {
                 index_lock: Arc::new(Mutex::new(())),
             },
         };
-        let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(false)));
+        let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(check_with_go)));
         Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker }
-    }
-
-    /// A builder for `kodev dev`: each binary it relinks is confirmed by `go build -n` in the
-    /// background once pushed (see `relink`).
-    pub fn for_dev(plan: &Plan) -> Self {
-        let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(true)));
-        Builder { relinker, ..Builder::new(plan) }
     }
 
     /// Base images are resolved once per session and kept in memory; one that failed to

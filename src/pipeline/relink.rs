@@ -1091,6 +1091,26 @@ mod tests {
         assert!(hashed_text(&wrong, "build m").is_none());
     }
 
+    /// An archive the way go stamps one: its content ID is the hash of the file with the whole
+    /// build ID (every place it stands) read as zeros.
+    #[test]
+    fn an_archives_build_id_is_read_and_its_content_id_checked() {
+        let action = "d3977FiM4DZHr4WF5Lhl";
+        let zeros = "\0".repeat(action.len() + 1 + 20);
+        let body = |id: &str| {
+            format!("!<arch>\n__.PKGDEF       0     `\ngo object linux amd64\nbuild id \"{id}\"\nmain\n\0\0{id}\0code")
+        };
+        let content = hash_to_string(&Sha256::digest(body(&zeros)));
+        let id = format!("{action}/{content}");
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("_pkg_.a");
+        std::fs::write(&archive, body(&id)).unwrap();
+        assert_eq!(go_build_id(&archive).as_deref(), Some(id.as_str()));
+        assert!(content_id_holds(&archive, &id));
+        std::fs::write(&archive, body(&id).replace("code", "kode")).unwrap();
+        assert!(!content_id_holds(&archive, &id), "another content, another ID");
+    }
+
     #[test]
     fn a_dry_run_that_links_means_go_disagrees() {
         assert!(go_agrees(&["touch /c/bin/app".to_string()]));
