@@ -740,6 +740,75 @@ fn one_shot_builds_relink_main_package_edits_from_the_last_builds_recipe() {
 }
 
 #[test]
+fn a_recipe_naming_a_package_gos_cache_lost_gives_way_to_go() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = single_platform_hello(&fx, app.path());
+    // A package of this test's own (no other build shares its compiled form in go's cache).
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    std::fs::create_dir_all(app.path().join("lib")).unwrap();
+    std::fs::write(
+        app.path().join("lib/lib.go"),
+        format!("package lib\n\nfunc Nonce() string {{ return {nonce:?} }}\n"),
+    )
+    .unwrap();
+    let main_go = app.path().join("main.go");
+    let source = std::fs::read_to_string(&main_go).unwrap();
+    let source = source.replace("\"runtime\"\n", "\"runtime\"\n\n\t\"example.com/hello/lib\"\n");
+    std::fs::write(&main_go, source.replace("flag.Parse()", "flag.Parse()\n\t_ = lib.Nonce()")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let build = || {
+        let out = run(kodev()
+            .env("KODEV_CACHE_DIR", cache.path())
+            .env("KODEV_LOG", "kodev=debug")
+            .arg("build")
+            .arg("-f")
+            .arg(&skaffold)
+            .args(["-d", &format!("{}/lost", fx.registry.host)]));
+        (stdout_ref(&out), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // The first build compiles lib and main in one go run, and names lib by its place in that
+    // run's work directory (gone since); the recipe names it in go's cache, and the edit relinks.
+    build();
+    edit_hello(app.path());
+    let (_, stderr) = build();
+    assert!(stderr.contains("relinked without go"), "{stderr}");
+
+    // go's cache loses lib's compiled form (trimmed, or `go clean -cache`), which the recipe names.
+    let go = which("go").expect("go");
+    let export = run(Command::new(&go)
+        .args(["list", "-export", "-trimpath", "-f", "{{.Export}}", "./lib"])
+        .env("CGO_ENABLED", "0")
+        .current_dir(app.path()));
+    let export = String::from_utf8_lossy(&export.stdout).trim().to_string();
+    std::fs::remove_file(&export).unwrap_or_else(|e| panic!("{export}: {e}"));
+    let main_source = std::fs::read_to_string(&main_go).unwrap();
+    std::fs::write(&main_go, main_source.replace("to listen on", "to serve on")).unwrap();
+    let (image, stderr) = build();
+    assert!(stderr.contains("recipe dropped"), "go built it, the recipe is dropped: {stderr}");
+    let fresh = tempfile::tempdir().unwrap();
+    let out = run(kodev()
+        .env("KODEV_CACHE_DIR", fresh.path())
+        .env("KODEV_RELINK", "0")
+        .arg("build")
+        .arg("-f")
+        .arg(&skaffold)
+        .args(["-d", &format!("{}/lost", fx.registry.host)]));
+    assert_eq!(image.split('@').nth(1), stdout_ref(&out).split('@').nth(1), "go's image");
+
+    // The next build records a new recipe, and the edit after it is relinked again.
+    std::fs::write(&main_go, main_source.replace("to listen on", "to bind")).unwrap();
+    let (_, stderr) = build();
+    assert!(stderr.contains("recipe for relinking captured"), "{stderr}");
+    std::fs::write(&main_go, main_source.replace("to listen on", "to accept on")).unwrap();
+    let (_, stderr) = build();
+    assert!(stderr.contains("relinked without go"), "{stderr}");
+}
+
+#[test]
 fn chunk_files_left_half_written_by_a_killed_process_are_removed() {
     if !require_tools(TOOLS) {
         return;

@@ -645,6 +645,15 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a shared package's edit");
     assert!(!relinked, "a dependency's edit runs go");
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+    // The next main-only edit relinks again (go's run for alpha, or beta's, compiled the
+    // dependency; a recipe names it where go's cache keeps it, see tests/build.rs).
+    edit(&main, "\"alpha, relinked\"", "\"alpha, relinked again\"");
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a main-only edit after a dependency's");
+    assert!(relinked, "relinked after a dependency's edit: {:#?}", dev.seen);
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+    edit(&main, "\"alpha, relinked again\"", "\"alpha, relinked\"");
+    let (relinked, _) = alpha_rebuilt(&mut dev, "alpha edited back");
+    assert!(relinked, "edited back, and relinked: {:#?}", dev.seen);
 
     // So does a new import in main (the package graph changes)…
     edit(&main, "\"fmt\"\n", "\"fmt\"\n\t\"os\"\n");

@@ -288,7 +288,8 @@ pub async fn go_build(
     let started = Instant::now();
     let mut env = build_env(artifact, platform);
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
-    let mut capture_allowed = true;
+    // Set when the compiler refused the sources while relinking: go then runs only to say why.
+    let mut relink_refused = false;
     if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
         if recipe.already_built(&text, &output) {
             // What go would find too: nothing to link (its check, without loading the packages).
@@ -312,7 +313,7 @@ pub async fn go_build(
             }
             Err(e) if e.compile_error => {
                 tracing::debug!(error = %e, "the edit does not compile; go build says why");
-                capture_allowed = false;
+                relink_refused = true;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "relinking failed; running go build");
@@ -323,7 +324,7 @@ pub async fn go_build(
     let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let capture = capture_allowed && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
+    let capture = !relink_refused && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
         let godebug = match std::env::var("GODEBUG") {
@@ -392,6 +393,12 @@ pub async fn go_build(
         }
         let shown = err_lines.join("\n");
         return Err(KodevError::build(format!("go build of {} for {platform} failed:\n{shown}", artifact.import_path)));
+    }
+    if let Some(relinker) = relinker.filter(|_| relink_refused) {
+        // go built what the compiler refused: the recipe was at fault, not the sources (go's
+        // cache lost a package the recipe names, say). The next build records a new one.
+        tracing::debug!(output = %output.display(), "go built what the relink could not compile; recipe dropped");
+        relinker.forget(&output);
     }
     if let Some(relinker) = relinker.filter(|_| capture) {
         // Off the build's path: the recipe is for the next edit. The kept work directory

@@ -279,6 +279,50 @@ fn listing(dir: &Path, all: bool) -> Option<BTreeSet<String>> {
     Some(names)
 }
 
+/// An import configuration line's package and archive path.
+fn packagefile(line: &str) -> Option<(&str, &str)> {
+    line.strip_prefix("packagefile ")?.split_once('=')
+}
+
+/// An import configuration with the packages go compiled in the same run (which it names by
+/// their place in its work directory, gone by the next build) named by their place in go's
+/// cache instead: go keeps each compiled package there under the SHA-256 of its bytes. The main
+/// package's own entry (`b001`) stays: the linker reads main from its command line.
+fn point_into_cache(config: &[u8], work: &str) -> Result<Vec<u8>, &'static str> {
+    let Ok(text) = std::str::from_utf8(config) else { return Ok(config.to_vec()) };
+    let in_work = format!("{work}/");
+    let main_archive = format!("{work}/b001/");
+    if !text
+        .lines()
+        .filter_map(packagefile)
+        .any(|(_, path)| path.starts_with(&in_work) && !path.starts_with(&main_archive))
+    {
+        return Ok(config.to_vec());
+    }
+    // go's cache, from a package this run did not compile: `<cache>/xx/<sha256>-d`.
+    let cache = text
+        .lines()
+        .filter_map(packagefile)
+        .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten())
+        .ok_or("every package was compiled in this go run")?;
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        match packagefile(line.trim_end_matches('\n')) {
+            Some((package, path)) if path.starts_with(&in_work) && !path.starts_with(&main_archive) => {
+                let bytes = std::fs::read(path).map_err(|_| "a package go compiled is gone")?;
+                let hash = hex::encode(Sha256::digest(bytes));
+                let cached = cache.join(&hash[..2]).join(format!("{hash}-d"));
+                if !cached.is_file() {
+                    return Err("a package go compiled is not in its cache");
+                }
+                out.push_str(&format!("packagefile {package}={}\n", cached.display()));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    Ok(out.into_bytes())
+}
+
 fn signature(path: &Path) -> Option<crate::dev::deps::GraphSignature> {
     std::fs::read_to_string(path).ok().map(|source| crate::dev::deps::graph_signature(&source))
 }
@@ -452,7 +496,8 @@ impl Recipe {
             let entry = entry.map_err(|_| unreadable)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type().map_err(|_| unreadable)?.is_file() && name != "_pkg_.a" {
-                work_file_contents.push(std::fs::read(entry.path()).map_err(|_| unreadable)?);
+                let content = std::fs::read(entry.path()).map_err(|_| unreadable)?;
+                work_file_contents.push(point_into_cache(&content, work)?);
                 work_file_names.push(name);
             }
         }
@@ -606,7 +651,13 @@ async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Resul
         .map_err(|e| failed(format!("cannot run {}: {e}", run.tool.display())))?;
     if !output.status.success() {
         return Err(RelinkFailed {
-            why: format!("{} failed: {}", run.tool.display(), String::from_utf8_lossy(&output.stderr).trim()),
+            // The compiler reports on stdout, the linker on stderr.
+            why: format!(
+                "{} failed: {}{}",
+                run.tool.display(),
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
             compile_error: tool_name(&run.tool.to_string_lossy()) == Some("compile"),
         });
     }
