@@ -667,6 +667,19 @@ fn platforms_relinking_together_share_the_cores_and_give_the_same_image() {
     assert_eq!(take_lines(&log), ["amd64 3", "arm64 3"]);
 }
 
+/// The digest of the image go makes of the sources as they are now: `kodev build` without
+/// relinking, in a cache of its own (and through `go`, if given).
+fn gos_digest(skaffold: &std::path::Path, repo: &str, go: Option<&std::path::Path>) -> String {
+    let fresh = tempfile::tempdir().unwrap();
+    let mut cmd = kodev();
+    cmd.env("KODEV_CACHE_DIR", fresh.path()).env("KODEV_RELINK", "0").env_remove("GOFLAGS");
+    if let Some(go) = go {
+        cmd.env("KO_GO_PATH", go);
+    }
+    let reference = stdout_ref(&run(cmd.arg("build").arg("-f").arg(skaffold).args(["-d", repo])));
+    reference.split('@').nth(1).expect("a digest").to_string()
+}
+
 #[test]
 fn one_shot_builds_relink_main_package_edits_from_the_last_builds_recipe() {
     if !require_tools(TOOLS) {
@@ -685,10 +698,8 @@ fn one_shot_builds_relink_main_package_edits_from_the_last_builds_recipe() {
         let reference = stdout_ref(&out);
         (reference.split('@').nth(1).expect("a digest").to_string(), String::from_utf8_lossy(&out.stderr).to_string())
     };
-    // The image go makes of the sources as they are now (relinking off, a cache of its own).
     let gos_image = || {
-        let fresh = tempfile::tempdir().unwrap();
-        let (digest, _) = build_with(fresh.path(), &go, &[("KODEV_RELINK", "0")]);
+        let digest = gos_digest(&skaffold, &format!("{}/relink", fx.registry.host), Some(&go));
         assert_eq!(take_lines(&log).len(), 1, "go built it");
         digest
     };
@@ -789,15 +800,8 @@ fn a_recipe_naming_a_package_gos_cache_lost_gives_way_to_go() {
     std::fs::write(&main_go, main_source.replace("to listen on", "to serve on")).unwrap();
     let (image, stderr) = build();
     assert!(stderr.contains("recipe dropped"), "go built it, the recipe is dropped: {stderr}");
-    let fresh = tempfile::tempdir().unwrap();
-    let out = run(kodev()
-        .env("KODEV_CACHE_DIR", fresh.path())
-        .env("KODEV_RELINK", "0")
-        .arg("build")
-        .arg("-f")
-        .arg(&skaffold)
-        .args(["-d", &format!("{}/lost", fx.registry.host)]));
-    assert_eq!(image.split('@').nth(1), stdout_ref(&out).split('@').nth(1), "go's image");
+    let gos = gos_digest(&skaffold, &format!("{}/lost", fx.registry.host), None);
+    assert_eq!(image.split('@').nth(1), Some(gos.as_str()), "go's image");
 
     // The next build records a new recipe, and the edit after it is relinked again.
     std::fs::write(&main_go, main_source.replace("to listen on", "to bind")).unwrap();

@@ -31,18 +31,30 @@ pub struct GoPackage {
     pub name: String,
 }
 
+/// Where `go` is found on PATH, the way running it by name finds it.
+fn go_on_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join("go")).find(|path| path.is_file())
+}
+
 /// The `go` binary: `KO_GO_PATH`, else `go` on PATH, else the standard install location.
 pub fn go_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KO_GO_PATH").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join("go").is_file()))
-        .unwrap_or(false);
-    if !on_path && Path::new("/usr/local/go/bin/go").is_file() {
+    if go_on_path().is_none() && Path::new("/usr/local/go/bin/go").is_file() {
         return PathBuf::from("/usr/local/go/bin/go");
     }
     PathBuf::from("go")
+}
+
+/// `go_binary` as a path even when it is run by name (found on PATH): what a stamp of the go
+/// command, or a comparison between processes, needs.
+pub fn go_binary_path() -> PathBuf {
+    let go = go_binary();
+    if go.components().count() > 1 {
+        return go;
+    }
+    go_on_path().unwrap_or(go)
 }
 
 /// The nearest go.mod at or above `dir`.

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::error::{KodevError, Result};
 use crate::platform::{Platform, PlatformRequest};
-pub use gopkg::{go_binary, go_list_packages, GoPackage};
+pub use gopkg::{go_binary, go_binary_path, go_list_packages, GoPackage};
 use gopkg::{main_package_from_go_mod, relative_package_arg};
 use skaffold::{ArtifactConfig, KoDependencies, ProfileSelection, SkaffoldConfig, TagPolicy};
 

@@ -290,25 +290,18 @@ fn packagefile(line: &str) -> Option<(&str, &str)> {
 /// package's own entry (`b001`) stays: the linker reads main from its command line.
 fn point_into_cache(config: &[u8], work: &str) -> Result<Vec<u8>, &'static str> {
     let Ok(text) = std::str::from_utf8(config) else { return Ok(config.to_vec()) };
-    let in_work = format!("{work}/");
-    let main_archive = format!("{work}/b001/");
-    if !text
-        .lines()
-        .filter_map(packagefile)
-        .any(|(_, path)| path.starts_with(&in_work) && !path.starts_with(&main_archive))
-    {
-        return Ok(config.to_vec());
-    }
+    let (in_work, main_archive) = (format!("{work}/"), format!("{work}/b001/"));
+    let from_this_run = |path: &str| path.starts_with(&in_work) && !path.starts_with(&main_archive);
     // go's cache, from a package this run did not compile: `<cache>/xx/<sha256>-d`.
     let cache = text
         .lines()
         .filter_map(packagefile)
-        .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten())
-        .ok_or("every package was compiled in this go run")?;
+        .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten());
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         match packagefile(line.trim_end_matches('\n')) {
-            Some((package, path)) if path.starts_with(&in_work) && !path.starts_with(&main_archive) => {
+            Some((package, path)) if from_this_run(path) => {
+                let cache = cache.ok_or("every package was compiled in this go run")?;
                 let bytes = std::fs::read(path).map_err(|_| "a package go compiled is gone")?;
                 let hash = hex::encode(Sha256::digest(bytes));
                 let cached = cache.join(&hash[..2]).join(format!("{hash}-d"));
@@ -467,7 +460,7 @@ impl Recipe {
         let mut watched: Vec<PathBuf> = vec![
             compile.tool.clone(),
             link.tool.clone(),
-            resolved_go(),
+            crate::config::go_binary_path(),
             goroot.join("go.env"),
             // go builds with this profile when it appears (`-pgo=auto`).
             main_dir.join("default.pgo"),
@@ -526,7 +519,7 @@ impl Recipe {
         Ok(Recipe {
             format: recipe_format(),
             environment: go_environment(),
-            go: resolved_go(),
+            go: crate::config::go_binary_path(),
             main_import_path,
             compile,
             link,
@@ -566,18 +559,6 @@ impl Recipe {
         }
         Some(text)
     }
-}
-
-/// The go command kodev runs, as a path: found on PATH the way it is run when only its name is
-/// known, so that its stamp and a change of PATH are seen.
-fn resolved_go() -> PathBuf {
-    let go = crate::config::go_binary();
-    if go.components().count() > 1 {
-        return go;
-    }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(&go)).find(|path| path.is_file()));
-    on_path.unwrap_or(go)
 }
 
 /// Bumped when a saved recipe's meaning changes.
@@ -928,8 +909,9 @@ fn load_recipe(output: &Path) -> Option<Recipe> {
     let recipe: Recipe = serde_json::from_slice(&bytes)
         .map_err(|e| tracing::debug!(error = %e, "a saved recipe cannot be read"))
         .ok()?;
-    let applies =
-        recipe.format == recipe_format() && recipe.environment == go_environment() && recipe.go == resolved_go();
+    let applies = recipe.format == recipe_format()
+        && recipe.environment == go_environment()
+        && recipe.go == crate::config::go_binary_path();
     if !applies {
         tracing::debug!(output = %output.display(), "the saved recipe is for another kodev or environment");
     }
@@ -951,7 +933,7 @@ fn disagreement_marker() -> PathBuf {
 }
 
 fn toolchain_identity() -> String {
-    let go = resolved_go();
+    let go = crate::config::go_binary_path();
     format!("{} {:?}", go.display(), stamp(&go))
 }
 
@@ -1042,7 +1024,7 @@ impl Relinker {
         for check in checks {
             let (relinker, events) = (self.clone(), events.clone());
             tokio::spawn(async move {
-                let output = tokio::process::Command::new(resolved_go())
+                let output = tokio::process::Command::new(crate::config::go_binary())
                     .args(&check.args)
                     .current_dir(&check.work_dir)
                     .envs(check.env)
