@@ -35,6 +35,15 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo is required (install Rust with
 
 go version
 cargo --version
+df -h . | tail -1 | awk '{print "disk free here: " $4}'
+
+# Every test's scratch files (and go's work directories) go under one directory,
+# removed at the end even if a test process died without cleaning up.
+TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/kodev-tests.XXXXXX")"
+export TMPDIR
+trap 'rm -rf "$TMPDIR" || true' EXIT
+# Incremental compilation only helps repeated builds; a test run builds once.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

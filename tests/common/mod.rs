@@ -225,9 +225,22 @@ pub fn kodev() -> Command {
     cmd
 }
 
+/// One kodev cache per test process. A static is never dropped, so the directory is
+/// removed when the process exits; left behind, each one held up to 250 MB of binaries.
 fn cache_dir() -> PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path().to_path_buf()
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove_cache_dir() {
+        if let Some(dir) = DIR.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        // SAFETY: registers a plain function with no arguments, once per process.
+        unsafe { libc::atexit(remove_cache_dir) };
+        dir
+    })
+    .clone()
 }
 
 pub fn skopeo_inspect(reference: &str, raw: bool, config: bool) -> Value {
