@@ -39,7 +39,9 @@ df -h . | tail -1 | awk '{print "disk free here: " $4}'
 
 # Every test's scratch files (and go's work directories) go under one directory,
 # removed at the end even if a test process died without cleaning up.
-TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/kodev-tests.XXXXXX")"
+# (Lowercase on purpose: podman names images after paths under it.)
+TMPDIR="${TMPDIR:-/tmp}/kodev-tests-$$-$(date +%s)"
+mkdir -p "$TMPDIR"
 export TMPDIR
 trap 'rm -rf "$TMPDIR" || true' EXIT
 # Incremental compilation only helps repeated builds; a test run builds once.
