@@ -291,6 +291,7 @@ pub async fn go_build(
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
     if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "recipe and compile text ready");
         if recipe.already_built(&text, &output) {
             // What go would find too: nothing to link (its check, without loading the packages).
             tracing::debug!(platform = %platform, "the binary is up to date");

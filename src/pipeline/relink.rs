@@ -833,6 +833,7 @@ impl Recipe {
         env: &[(String, String)],
         linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
     ) -> Result<String, RelinkFailed> {
+        let started = std::time::Instant::now();
         let b001 = scratch.join("b001");
         std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
         for (name, bytes) in self.work_file_names.iter().zip(&self.work_file_contents) {
@@ -845,6 +846,7 @@ impl Recipe {
         run_tool(&compile, scratch, env).await?;
         let archive = b001.join("_pkg_.a");
         let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
 
         let link_action = self.link_action(&main_id).ok_or_else(|| failed("bad build ID"))?;
         let placeholder = format!("{link_action}/{main_id}/{link_action}");
@@ -855,6 +857,7 @@ impl Recipe {
             }
         }
         run_tool(&link, scratch, env).await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "linked");
         let linker_output = b001.join("exe").join("a.out");
         if let Some(linked) = linked {
             let _ = linked.send(linker_output.clone());
