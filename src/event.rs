@@ -40,6 +40,12 @@ pub enum EventKind {
         platform: String,
         same_as_go: bool,
     },
+    /// A recipe for relinking this platform's binary was recorded in the background (go had
+    /// built it without compiling the main package): the next edit of the main package is
+    /// relinked without the go command.
+    RelinkReady {
+        platform: String,
+    },
     Layer {
         platform: String,
         kind: LayerKind,

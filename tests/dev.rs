@@ -609,6 +609,42 @@ fn alpha_rebuilt(dev: &mut DevSession, what: &str) -> (bool, String) {
     (relinked, pushed["digest"].as_str().unwrap().to_string())
 }
 
+/// A user who built the project with go (or ko) before: go finds the main package in its
+/// cache, prints no compile, and kodev has no recipe. The session records one in the
+/// background, so the very first edit is relinked.
+#[test]
+fn the_first_edit_relinks_when_go_had_built_the_sources_before() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let check_registry = Registry::start();
+    let host = check_registry.host.clone();
+    // Sources no other test builds, compiled once by go before the session starts.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let unique = format!("alpha {nanos}");
+    let mut dev = DevSession::start_full(
+        &[],
+        &["alpha"],
+        |dir| {
+            edit(&dir.join("cmd/alpha/main.go"), "\"alpha\"", &format!("\"{unique}\""));
+            one_shot_alpha_digest(dir, &host);
+        },
+        None,
+        &[("GOFLAGS", STAMP_GIT)],
+    );
+    let first = dev.seen.iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
+    assert_eq!(first.expect("alpha compiled")["relinked"], false, "the session's first build runs go");
+    // Only the background build says this: a go build that compiles the main package records
+    // its recipe without a word.
+    dev.wait_for("alpha's recipe recorded in the background", |e| {
+        e["event"] == "relink_ready" && e["artifact"] == "alpha"
+    });
+    edit(&dev.path("cmd/alpha/main.go"), &unique, &format!("{unique}, edited"));
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after the first edit");
+    assert!(relinked, "the first edit is relinked without go: {:#?}", dev.seen);
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "the relinked image is go's");
+}
+
 #[test]
 fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     if !require_tools(&["docker-registry", "go", "git"]) {

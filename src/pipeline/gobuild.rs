@@ -288,6 +288,9 @@ pub async fn go_build(
     let started = Instant::now();
     let mut env = build_env(artifact, platform);
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
+    if let Some(relinker) = relinker {
+        relinker.stop_recaptures();
+    }
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
     if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
@@ -326,6 +329,14 @@ pub async fn go_build(
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
     let capture = !relink_refused && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
+    let recapture = relinker.filter(|r| capture && r.recaptures_wanted(&output)).map(|_| relink::Recapture {
+        artifact: artifact.clone(),
+        platform: platform.clone(),
+        debug,
+        env: env.clone(),
+        output: output.clone(),
+        main_action: String::new(),
+    });
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
         let godebug = match std::env::var("GODEBUG") {
@@ -412,9 +423,15 @@ pub async fn go_build(
                     tracing::debug!(output = %output.display(), "recipe for relinking captured");
                     relinker.keep(&output, recipe)
                 }
-                // go found the main package in its cache (an edit undone): the recipe kept, if
-                // any, still tells whether it applies.
-                Err(why @ relink::NOT_COMPILED) => tracing::debug!(why, "no new recipe"),
+                // go found the main package in its cache: the recipe kept, if any, still tells
+                // whether it applies; without one, `kodev dev` records one in the background.
+                Err(why @ relink::NOT_COMPILED) => {
+                    tracing::debug!(why, "no new recipe");
+                    if let (Some(mut job), Some(main_action)) = (recapture, relink::main_action_in_cache(&err_lines)) {
+                        job.main_action = main_action;
+                        relinker.to_recapture(job);
+                    }
+                }
                 Err(why) => {
                     tracing::debug!(output = %output.display(), why, "this go build cannot be replayed");
                     relinker.forget(&output)
@@ -426,6 +443,80 @@ pub async fn go_build(
     let duration_ms = started.elapsed().as_millis() as u64;
     events.send(EventKind::Compiled { platform: platform_name, duration_ms, relinked: false });
     Ok(output)
+}
+
+/// Record a recipe for a binary go built without compiling its main package (see
+/// `relink::Recapture`), in the background: go compiles the main package again once kodev
+/// removed it from go's cache, and links a copy of the binary. Killed with its go when the
+/// task is aborted (a new build starts). `RelinkReady` tells when the recipe is kept.
+pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: EventSink) {
+    let Some(scratch) = go_scratch_root().and_then(|root| ScratchDir::create(&root)) else { return };
+    let go = |args: Vec<String>| {
+        let mut command = Command::new(go_binary());
+        command
+            .args(args)
+            .current_dir(&job.artifact.work_dir)
+            .envs(job.env.iter().cloned())
+            .env("GOTMPDIR", &scratch.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        command
+    };
+    let gocache = go(vec!["env".into(), "GOCACHE".into()]).stdout(Stdio::piped()).output().await;
+    let Some(gocache) =
+        gocache.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
+        return;
+    };
+    // go's cache entry of the main package's compile: without it go compiles the package again.
+    let entry =
+        Path::new(&gocache).join(job.main_action.get(..2).unwrap_or_default()).join(format!("{}-a", job.main_action));
+    if let Err(e) = std::fs::remove_file(&entry) {
+        tracing::debug!(entry = %entry.display(), error = %e, "no recipe recorded: go's cache entry is not there");
+        return;
+    }
+    let copy = scratch.0.join("copy").join(job.artifact.binary_name());
+    let mut args = build_args(&job.artifact, job.debug, &copy);
+    args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
+    let godebug = match job
+        .env
+        .iter()
+        .find(|(k, _)| k == "GODEBUG")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("GODEBUG").ok())
+    {
+        Some(user) if !user.is_empty() => format!("{user},{}", relink::CAPTURE_GODEBUG),
+        _ => relink::CAPTURE_GODEBUG.to_string(),
+    };
+    let Ok(child) = go(args).env("GODEBUG", godebug).spawn() else { return };
+    let mut group = child.id().map(BuildGroup::new);
+    let finished = child.wait_with_output().await;
+    if let Some(group) = group.as_mut() {
+        group.finished();
+    }
+    let Some(finished) = finished.ok().filter(|o| o.status.success()) else {
+        tracing::debug!("no recipe recorded: the background go build failed");
+        return;
+    };
+    let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
+    let (go_dir, output, platform) = (job.artifact.work_dir.clone(), job.output.clone(), job.platform.to_string());
+    let kept = tokio::task::spawn_blocking(move || {
+        let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output);
+        drop(scratch);
+        kept
+    })
+    .await;
+    match kept {
+        Ok(Ok(())) => {
+            tracing::debug!(platform, "recipe recorded in the background");
+            events.send(EventKind::RelinkReady { platform });
+        }
+        Ok(Err(why)) => tracing::debug!(why, "no recipe recorded in the background"),
+        Err(e) => tracing::debug!(error = %e, "recording a recipe failed"),
+    }
 }
 
 #[cfg(test)]

@@ -465,7 +465,7 @@ impl Builder {
             duration_ms: started.elapsed().as_millis() as u64,
         });
         if let Some(relinker) = &self.relinker {
-            relinker.check_pushed(events);
+            relinker.check_pushed(&artifact.image, events);
         }
         // Before returning: a one-shot build's process exits right after.
         futures::future::join_all(savings).await;

@@ -237,6 +237,14 @@ fn hashed_text(lines: &[String], name: &str) -> Option<Vec<Vec<u8>>> {
     done
 }
 
+/// The main package's full action ID (hex) from a capturing build's output: the name of its
+/// entry in go's cache, `<GOCACHE>/<first two digits>/<id>-a`.
+pub fn main_action_in_cache(lines: &[String]) -> Option<String> {
+    let main = lines.iter().find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))?;
+    let text = hashed_text(lines, &format!("build {main}"))?;
+    Some(hex::encode(Sha256::digest(text.concat())))
+}
+
 /// go's `HashToString`: the first 15 bytes of a hash in 20 characters of URL-safe base64.
 fn hash_to_string(hash: &[u8]) -> String {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -888,10 +896,31 @@ pub struct Relinker {
     /// Recipes still being read from go's output: a one-shot build waits for them, so that the
     /// next process finds them saved.
     capturing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Binaries go built without compiling their main package, to record a recipe for once
+    /// their image is pushed (see `Recapture`).
+    recaptures: Mutex<Vec<Recapture>>,
+    /// Those background builds while they run: the next build stops them.
+    recapturing: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+/// A binary whose go build printed no compile of the main package (go had it in its cache:
+/// the user built these sources before), so no recipe, and the first edit would run go. In
+/// `kodev dev` one go build in the background, once the image is pushed, records the recipe:
+/// kodev removes the main package's entry from go's cache (`main_action`, see
+/// `main_action_in_cache`), and go compiles it again, the same bytes, and links a copy.
+pub struct Recapture {
+    pub artifact: crate::config::Artifact,
+    pub platform: crate::platform::Platform,
+    pub debug: bool,
+    pub env: Vec<(String, String)>,
+    pub output: PathBuf,
+    pub main_action: String,
 }
 
 /// A `go build -n` that tells whether go would relink a binary kodev relinked.
 struct Check {
+    /// The artifact's image, as in skaffold.yaml.
+    image: String,
     recipe: Arc<Recipe>,
     /// The main package's action ID the binary was relinked with.
     action: String,
@@ -998,6 +1027,45 @@ impl Relinker {
         futures::future::join_all(tasks).await;
     }
 
+    /// Whether binaries built by go without a recipe get one in the background (`kodev dev`).
+    pub fn recaptures_wanted(&self, output: &Path) -> bool {
+        self.check_with_go
+            && !self.off.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.recipes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(output)
+    }
+
+    /// Record a recipe for a binary once its image is pushed (see `Recapture`).
+    pub fn to_recapture(&self, job: Recapture) {
+        let mut jobs = self.recaptures.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|queued| queued.output != job.output);
+        jobs.push(job);
+    }
+
+    /// Keep the recipe of a background build (see `Recapture`) that linked `copy`, if that
+    /// is `output` byte for byte (the sources did not change meanwhile).
+    pub fn keep_recaptured(
+        &self,
+        lines: &[String],
+        go_dir: &Path,
+        copy: &Path,
+        output: &Path,
+    ) -> Result<(), &'static str> {
+        let recipe = Recipe::capture(lines, go_dir, copy)?;
+        if go_build_id(copy).is_none() || go_build_id(copy) != go_build_id(output) {
+            return Err("the binary changed meanwhile");
+        }
+        self.keep(output, recipe);
+        Ok(())
+    }
+
+    /// A build is starting: background builds that record recipes give it the machine (it
+    /// records a recipe itself if it compiles the main package).
+    pub fn stop_recaptures(&self) {
+        for running in self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            running.abort();
+        }
+    }
+
     /// Remember to confirm a binary relinked with `recipe` and `action` (see `check_pushed`).
     #[allow(clippy::too_many_arguments)]
     pub fn to_check(
@@ -1016,14 +1084,21 @@ impl Relinker {
         let mut args = crate::pipeline::gobuild::build_args(artifact, debug, output);
         args.insert(1, "-n".to_string());
         let (platform, work_dir, env) = (platform.to_string(), artifact.work_dir.clone(), env.to_vec());
-        let check = Check { recipe, action, platform, work_dir, args, env };
+        let check = Check { image: artifact.image.clone(), recipe, action, platform, work_dir, args, env };
         self.unchecked.lock().unwrap_or_else(|e| e.into_inner()).push(check);
     }
 
-    /// Ask go, in the background, whether each binary relinked since the last call is the one
-    /// it would build: `relink_checked` says so; if go disagrees, relinking stops for the session.
-    pub fn check_pushed(self: &Arc<Self>, events: &crate::event::EventSink) {
-        let checks = std::mem::take(&mut *self.unchecked.lock().unwrap_or_else(|e| e.into_inner()));
+    /// `image` (as in skaffold.yaml) was pushed. Ask go, in the background, whether each of its
+    /// binaries relinked since is the one it would build: `relink_checked` says so; if go
+    /// disagrees, relinking stops for the session. Record the recipes it lacks (`Recapture`).
+    /// Other artifacts' binaries wait for their own push.
+    pub fn check_pushed(self: &Arc<Self>, image: &str, events: &crate::event::EventSink) {
+        let jobs = take_where(&self.recaptures, |job| job.artifact.image == image);
+        for job in jobs {
+            let running = tokio::spawn(crate::pipeline::gobuild::recapture(job, self.clone(), events.clone()));
+            self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).push(running.abort_handle());
+        }
+        let checks = take_where(&self.unchecked, |check| check.image == image);
         for check in checks {
             let (relinker, events) = (self.clone(), events.clone());
             tokio::spawn(async move {
@@ -1074,6 +1149,14 @@ impl Relinker {
         }
         let _ = std::fs::write(disagreement_marker(), toolchain_identity());
     }
+}
+
+/// Take the items `wanted` picks out of `list`, leaving the others.
+fn take_where<T>(list: &Mutex<Vec<T>>, wanted: impl Fn(&T) -> bool) -> Vec<T> {
+    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+    let (taken, left) = std::mem::take(&mut *list).into_iter().partition(|item| wanted(item));
+    *list = left;
+    taken
 }
 
 /// Whether `go build -n` (`dry_run_lines`) would leave the binary as it is: it prints a link

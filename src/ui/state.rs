@@ -264,6 +264,11 @@ fn apply_event(state: &mut State, event: Event) {
                 a.push_log(&platform, "the relinked binary differs from go build's: the next build runs go");
             }
         }
+        EventKind::RelinkReady { platform } => {
+            if let Some(a) = state.artifact_mut(&image) {
+                a.push_log(&platform, "ready to relink edits of the main package");
+            }
+        }
         EventKind::Layer { platform, kind, digest, size, uploaded } => {
             if let Some(a) = state.artifact_mut(&image) {
                 a.layers.push(LayerView { platform, kind, digest, size, uploaded });
