@@ -227,8 +227,10 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
     wait(lambda e: e["event"] == "watching", 0)
     latencies, uploaded, floors, shared_floors, relinked_edits = [], [], [], [], []
     for _ in range(runs):
-        # kodev may still be refreshing its view of the Go packages (`go list -deps`) after the
-        # last push: let it finish, so the floor build has the machine to itself too.
+        # kodev may still be running go in the background after the last push (`go list -deps`
+        # for its view of the packages; at the start, the build that records a recipe for the
+        # first edit): let it finish, so the floor build has the machine to itself too.
+        wait_for_no_children(proc.pid)
         time.sleep(0.5)
         floor_editor.edit()
         floors.append(go_floor(floor_app, platforms, floor_out))
@@ -264,6 +266,26 @@ def settle_relinks(events, since, wait):
         if not checked["same_as_go"]:
             raise SystemExit(f"kodev relinked a binary go would build differently ({platform})")
     return bool(compiled) and all(e.get("relinked") for e in compiled)
+
+
+def wait_for_no_children(pid, limit=60):
+    """Until process `pid` has had no child process for a moment (or `limit` seconds passed)."""
+    deadline, quiet_since = time.time() + limit, None
+    while time.time() < deadline:
+        # Children are listed under the thread that started them.
+        busy = False
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                busy = busy or (task / "children").read_text().strip() != ""
+            except OSError:
+                pass
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.time()
+        elif time.time() - quiet_since > 0.3:
+            return
+        time.sleep(0.05)
 
 
 def peak_rss(pid):
