@@ -673,6 +673,9 @@ fn gos_digest(skaffold: &std::path::Path, repo: &str, go: Option<&std::path::Pat
     let fresh = tempfile::tempdir().unwrap();
     let mut cmd = kodev();
     cmd.env("KODEV_CACHE_DIR", fresh.path()).env("KODEV_RELINK", "0").env_remove("GOFLAGS");
+    // go as it runs by default: kodev turns its async preemption off otherwise, which must
+    // not change a byte.
+    cmd.env("GODEBUG", "asyncpreemptoff=0");
     if let Some(go) = go {
         cmd.env("KO_GO_PATH", go);
     }

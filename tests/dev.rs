@@ -584,6 +584,8 @@ fn one_shot_alpha_digest(dir: &Path, host: &str) -> String {
     let cache = tempfile::tempdir().unwrap();
     let mut go_only = kodev();
     go_only.env("KODEV_CACHE_DIR", cache.path()).env("GOFLAGS", STAMP_GIT).env("KODEV_RELINK", "0");
+    // go as it runs by default (kodev turns its async preemption off otherwise).
+    go_only.env("GODEBUG", "asyncpreemptoff=0");
     let out =
         run(go_only.current_dir(dir).args(["build", "-b", "alpha", "-d", &format!("{host}/check"), "-t", "check"]));
     assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));

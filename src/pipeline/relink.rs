@@ -632,6 +632,7 @@ async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Resul
         .current_dir(&run.dir)
         .envs(env.iter().cloned())
         .envs(run.env.iter().cloned())
+        .env("GODEBUG", crate::pipeline::gobuild::go_godebug(env))
         .env("PWD", &run.dir)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
