@@ -855,6 +855,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
         }
     };
     let stop_hashing = AtomicBool::new(false);
+    let started = std::time::Instant::now();
     let (diff_id, compressed, digest) = std::thread::scope(|scope| {
         // The diff ID on a thread of its own: it reads every byte, the cutter only a quarter.
         let diff = scope.spawn(|| -> io::Result<String> {
@@ -871,6 +872,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
                 offset += len as u64;
             }
             let diff_id = format!("sha256:{}", hex::encode(hasher.finalize()));
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "diff ID hashed");
             if let Some(report) = on_diff_id {
                 report(&diff_id);
             }
@@ -891,6 +893,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
                 compressed.extend_from_slice(&part);
                 i += 1;
             }
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, chunks = i, "every chunk handed out");
             Ok((compressed, format!("sha256:{}", hex::encode(hasher.finalize()))))
         });
         if emitted.is_err() {
