@@ -313,6 +313,28 @@ fn escaping_kodata_symlink_is_refused_and_nothing_is_tagged() {
 }
 
 #[test]
+fn a_build_trims_cache_entries_unused_for_five_days() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    let cache = tempfile::tempdir().unwrap();
+    // Another image's binary, last used six days ago.
+    let stale = cache.path().join("bin/0123456789abcdef01234567");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("hello"), b"an old binary").unwrap();
+    let six_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(6 * 24 * 3600);
+    std::fs::File::open(&stale).unwrap().set_modified(six_days_ago).unwrap();
+
+    stdout_ref(&build_in_cache(cache.path(), &skaffold, &["-t", "trim"]));
+    assert!(!stale.exists(), "a binary unused for six days is removed");
+    let binaries: Vec<_> = std::fs::read_dir(cache.path().join("bin")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(binaries.len(), 1, "this build's binary stays: {binaries:?}");
+    assert!(cache.path().join("trim.txt").is_file(), "the next process does not look again today");
+}
+
+#[test]
 fn oci_layout_output_reads_with_skopeo_and_runs_with_podman() {
     if !require_tools(&["skopeo", "podman", "runc"]) {
         return;

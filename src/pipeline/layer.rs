@@ -124,7 +124,10 @@ fn record_path(cache: &Path, build_id: &str, name: &str) -> PathBuf {
 }
 
 pub fn load_record(cache: &Path, build_id: &str, name: &str) -> Option<LayerRecord> {
-    serde_json::from_slice(&std::fs::read(record_path(cache, build_id, name)).ok()?).ok()
+    let path = record_path(cache, build_id, name);
+    let record = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    super::trim::mark_used(&path);
+    Some(record)
 }
 
 /// Best effort: a record that cannot be written only costs a compression next time.

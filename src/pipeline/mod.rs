@@ -9,6 +9,7 @@ pub mod publish;
 pub mod registry;
 pub mod relink;
 pub mod tarball;
+pub mod trim;
 pub mod upload;
 
 use std::collections::HashMap;
@@ -112,6 +113,14 @@ impl Builder {
             },
         };
         let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(check_with_go)));
+        // Off every build's path; a one-shot build may exit before it is done, which only
+        // leaves the rest for the next day's trim.
+        std::thread::spawn(|| {
+            let removed = trim::trim(&base::cache_dir(), std::time::SystemTime::now());
+            if removed > 0 {
+                tracing::debug!(removed, "cache entries unused for five days removed");
+            }
+        });
         Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker }
     }
 
@@ -145,6 +154,7 @@ impl Builder {
         session: Option<OpeningUpload>,
     ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>, Option<SavingChunks>)> {
         let cache = base::cache_dir();
+        trim::mark_used(&saved_chunks_path(&slot));
         let build_id = layer::go_build_id(&binary);
         if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
             let present = match (&self.publisher, target) {
@@ -353,6 +363,7 @@ impl Builder {
                 let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
+                trim::mark_used(&out_dir);
                 let (linked, link_seen) = tokio::sync::oneshot::channel();
                 let (placed, in_place) = tokio::sync::oneshot::channel();
                 let milestones = gobuild::Milestones { linked, placed };
