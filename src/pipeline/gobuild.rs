@@ -289,6 +289,22 @@ fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Op
     Some(watcher)
 }
 
+/// The go command with `args` in `dir`, with the build's `env` on top of kodev's and `scratch`
+/// as its `GOTMPDIR`. In a process group of its own, so that a cancelled build takes go's
+/// compilers and linker with it (see `BuildGroup`); killed when dropped.
+fn go_command(args: &[String], dir: &Path, env: &[(String, String)], scratch: Option<&Path>) -> Command {
+    let mut command = Command::new(go_binary());
+    command
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().cloned())
+        .envs(scratch.map(|dir| ("GOTMPDIR", dir)))
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    command
+}
+
 /// Build one platform's binary into `out_dir`; the `go` process dies with the future.
 /// `milestones` (if given) hear of the linker's output and of the finished binary before go exits.
 /// `gomaxprocs` (see `gomaxprocs_share`) is set in go's environment.
@@ -366,18 +382,8 @@ pub async fn go_build(
         (Some(scratch), Some(milestones)) => watch_milestones(&scratch.0, &output, milestones),
         _ => None,
     };
-    let mut command = Command::new(go_binary());
-    command
-        .args(&args)
-        .current_dir(&artifact.work_dir)
-        .envs(env)
-        .envs(scratch.as_ref().map(|dir| ("GOTMPDIR", dir.0.clone())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a cancelled build takes go's compilers and linker with it.
-        .process_group(0)
-        .kill_on_drop(true);
+    let mut command = go_command(&args, &artifact.work_dir, &env, scratch.as_ref().map(|dir| dir.0.as_path()));
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
     tracing::debug!(platform = %platform, "starting go build");
     let mut child = command.spawn().map_err(|e| {
         KodevError::build(format!("cannot run {}: {e}; install Go or set KO_GO_PATH", go_binary().display()))
@@ -468,21 +474,8 @@ pub async fn go_build(
 /// task is aborted (a new build starts). `RelinkReady` tells when the recipe is kept.
 pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: EventSink) {
     let Some(scratch) = go_scratch_root().and_then(|root| ScratchDir::create(&root)) else { return };
-    let go = |args: Vec<String>| {
-        let mut command = Command::new(go_binary());
-        command
-            .args(args)
-            .current_dir(&job.artifact.work_dir)
-            .envs(job.env.iter().cloned())
-            .env("GOTMPDIR", &scratch.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        command
-    };
-    let gocache = go(vec!["env".into(), "GOCACHE".into()]).stdout(Stdio::piped()).output().await;
+    let go = |args: &[String]| go_command(args, &job.artifact.work_dir, &job.env, Some(&scratch.0));
+    let gocache = go(&["env".into(), "GOCACHE".into()]).stdout(Stdio::piped()).output().await;
     let Some(gocache) =
         gocache.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     else {
@@ -499,7 +492,9 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
     let mut args = build_args(&job.artifact, job.debug, &copy);
     args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
     let godebug = format!("{},{}", go_godebug(&job.env), relink::CAPTURE_GODEBUG);
-    let Ok(child) = go(args).env("GODEBUG", godebug).spawn() else { return };
+    let Ok(child) = go(&args).env("GODEBUG", godebug).stdout(Stdio::null()).stderr(Stdio::piped()).spawn() else {
+        return;
+    };
     let mut group = child.id().map(BuildGroup::new);
     let finished = child.wait_with_output().await;
     if let Some(group) = group.as_mut() {

@@ -113,13 +113,17 @@ impl Builder {
             },
         };
         let relinker = relinking_on().then(|| Arc::new(relink::Relinker::new(check_with_go)));
-        // Off every build's path; a one-shot build may exit before it is done, which only
-        // leaves the rest for the next day's trim.
-        std::thread::spawn(|| {
-            let removed = trim::trim(&base::cache_dir(), std::time::SystemTime::now());
-            if removed > 0 {
-                tracing::debug!(removed, "cache entries unused for five days removed");
-            }
+        // Once per process (a reloaded config makes a new builder), off every build's path; a
+        // one-shot build may exit before it is done, which only leaves the rest for the next
+        // day's trim.
+        static TRIMMING: std::sync::Once = std::sync::Once::new();
+        TRIMMING.call_once(|| {
+            std::thread::spawn(|| {
+                let removed = trim::trim(&base::cache_dir(), std::time::SystemTime::now());
+                if removed > 0 {
+                    tracing::debug!(removed, "cache entries unused for five days removed");
+                }
+            });
         });
         Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker }
     }

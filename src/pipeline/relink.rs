@@ -1052,7 +1052,8 @@ impl Relinker {
         output: &Path,
     ) -> Result<(), &'static str> {
         let recipe = Recipe::capture(lines, go_dir, copy)?;
-        if go_build_id(copy).is_none() || go_build_id(copy) != go_build_id(output) {
+        let copied = go_build_id(copy);
+        if copied.is_none() || copied != go_build_id(output) {
             return Err("the binary changed meanwhile");
         }
         self.keep(output, recipe);
