@@ -13,11 +13,12 @@ runs, with ratios measured in the same run:
   ko         `ko build` after the same edit (warm), same base image in the same registry
   unchanged  `kodev build` and `ko build` again with nothing changed since their last build
 
-for one and two platforms, on examples/hello and on a generated large app (>= 15 MB binary,
-many packages). Also: bytes uploaded per rebuild, peak RSS of `kodev dev`, and idle CPU/RSS
+for one and two platforms, on examples/hello, on a generated large app (>= 15 MB binary,
+many packages, mostly data) and on a real one: ko's own source at the pinned version (873
+packages, 47 MB binary, mostly code). Also: bytes uploaded per rebuild, peak RSS of `kodev dev`, and idle CPU/RSS
 of `kodev dev` watching a tree of 10,000 files.
 
-Usage: python3 benches/bench.py [--runs N] [--ko PATH] [--kodev PATH] [--only hello|large]
+Usage: python3 benches/bench.py [--runs N] [--ko PATH] [--kodev PATH] [--only hello|large|ko-src]
 Needs: go, docker-registry, umoci, skopeo (the README's test command installs them);
 ko: GOBIN=/tmp/kobin go install github.com/google/ko@v0.18.0
 """
@@ -38,6 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GO = shutil.which("go") or "/usr/local/go/bin/go"
+# The peer's version, and the real app's: ko's own source at that version.
+KO_VERSION = "v0.18.0"
 
 
 def sh(cmd, **kw):
@@ -122,6 +125,26 @@ def generate_large_app(dest, packages=160, entries=2500):
         "package main\n\nimport (\n\t\"fmt\"\n\t\"os\"\n\n" + "\n".join(imports) + "\n)\n\n// edit 0\n\nfunc main() {\n\ttotal := 0\n"
         + "\n".join(calls) + "\n\tfmt.Println(total)\n}\n"
     )
+    return dest
+
+
+def copy_ko_source(dest):
+    """ko's own source at KO_VERSION, from the module cache (`go mod download` fetches it and its
+    dependencies once): a real command of 873 packages, mostly code. Its .ko.yaml is left out:
+    it names a base image on Docker Hub and ldflags from the environment, and here both tools
+    build on the same local base like the other apps. Returns None when it cannot be had."""
+    got = subprocess.run([GO, "mod", "download", "-json", f"github.com/google/ko@{KO_VERSION}"],
+                         capture_output=True, text=True, cwd=dest.parent)
+    if got.returncode != 0:
+        print(f"ko-src skipped: cannot download github.com/google/ko@{KO_VERSION}: {got.stdout}{got.stderr}", file=sys.stderr)
+        return None
+    shutil.copytree(json.loads(got.stdout)["Dir"], dest)
+    subprocess.run(["chmod", "-R", "u+w", str(dest)], check=True)
+    (dest / ".ko.yaml").unlink(missing_ok=True)
+    main_go = dest / "main.go"
+    main_go.write_text(main_go.read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+    # Its dependencies into the module cache, so the builds measured below need no network.
+    subprocess.run([GO, "mod", "download"], cwd=dest, check=True)
     return dest
 
 
@@ -341,7 +364,7 @@ def main():
     ap.add_argument("--dev-runs", type=int, default=15)
     ap.add_argument("--kodev", default=str(ROOT / "target/release/kodev"))
     ap.add_argument("--ko", default=shutil.which("ko") or "/tmp/kobin/ko")
-    ap.add_argument("--only", choices=["hello", "large"])
+    ap.add_argument("--only", choices=["hello", "large", "ko-src"])
     ap.add_argument("--skip-idle", action="store_true")
     args = ap.parse_args()
     if not Path(args.kodev).exists():
@@ -360,6 +383,10 @@ def main():
             apps["hello"] = hello
         if args.only in (None, "large"):
             apps["large"] = generate_large_app(work / "large")
+        if args.only in (None, "ko-src"):
+            real = copy_ko_source(work / "ko-src")
+            if real:
+                apps["ko-src"] = real
         for name, app in apps.items():
             for platforms in (["linux/amd64"], ["linux/amd64", "linux/arm64"]):
                 write_skaffold(app, base, platforms)
