@@ -128,6 +128,12 @@ def generate_large_app(dest, packages=160, entries=2500):
     return dest
 
 
+def add_edit_marker(app):
+    """The comment `Editor` rewrites, above `func main` in the app's main.go."""
+    main_go = app / "main.go"
+    main_go.write_text(main_go.read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+
+
 def copy_ko_source(dest):
     """ko's own source at KO_VERSION, from the module cache (`go mod download` fetches it and its
     dependencies once): a real command of 873 packages, mostly code. Its .ko.yaml is left out:
@@ -141,8 +147,7 @@ def copy_ko_source(dest):
     shutil.copytree(json.loads(got.stdout)["Dir"], dest)
     subprocess.run(["chmod", "-R", "u+w", str(dest)], check=True)
     (dest / ".ko.yaml").unlink(missing_ok=True)
-    main_go = dest / "main.go"
-    main_go.write_text(main_go.read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+    add_edit_marker(dest)
     # Its dependencies into the module cache, so the builds measured below need no network.
     subprocess.run([GO, "mod", "download"], cwd=dest, check=True)
     return dest
@@ -379,7 +384,7 @@ def main():
         if args.only in (None, "hello"):
             hello = work / "hello"
             shutil.copytree(ROOT / "examples/hello", hello)
-            (hello / "main.go").write_text((hello / "main.go").read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
+            add_edit_marker(hello)
             apps["hello"] = hello
         if args.only in (None, "large"):
             apps["large"] = generate_large_app(work / "large")

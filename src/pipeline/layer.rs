@@ -11,6 +11,7 @@ use std::sync::{Condvar, Mutex};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+pub use super::relink::go_build_id;
 use super::tarball::{EntryHeader, EntryKind, TarWriter};
 use crate::error::{KodevError, Result};
 
@@ -96,27 +97,6 @@ pub struct LayerRecord {
 
 /// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
 const LAYER_FORMAT: &str = "libdeflate-1/head-8K/gear-cut-96K-32K-512K/probes-8KiB/v3";
-
-/// The Go build ID of a little-endian ELF binary (the `Go` note near its start), if it has one.
-/// It names the binary's content: the same ID means the same bytes.
-pub fn go_build_id(binary: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut head = Vec::with_capacity(32 << 10);
-    File::open(binary).ok()?.take(32 << 10).read_to_end(&mut head).ok()?;
-    if !head.starts_with(b"\x7fELF") || head.get(5) != Some(&1) {
-        return None;
-    }
-    // namesz 4, descsz, type 4, "Go\0\0", then the ID.
-    const TAIL: &[u8] = b"\x04\x00\x00\x00Go\x00\x00";
-    let at = head.windows(TAIL.len()).position(|w| w == TAIL)?;
-    if at < 8 || head[at - 8..at - 4] != [4, 0, 0, 0] {
-        return None;
-    }
-    let len = u32::from_le_bytes(head[at - 4..at].try_into().ok()?) as usize;
-    let id = head.get(at + TAIL.len()..at + TAIL.len() + len)?;
-    let id = std::str::from_utf8(id).ok()?;
-    (id.contains('/') && id.chars().all(|c| c.is_ascii_graphic())).then(|| id.to_string())
-}
 
 fn record_path(cache: &Path, build_id: &str, name: &str) -> PathBuf {
     let key = hex::encode(Sha256::digest(format!("{LAYER_FORMAT}\0{name}\0{build_id}")));
@@ -1176,17 +1156,48 @@ mod tests {
         out
     }
 
-    /// A little-endian ELF head carrying a Go build-ID note, then `body`.
-    fn fake_go_binary(build_id: &str, body: &[u8]) -> Vec<u8> {
-        let mut bytes = b"\x7fELF\x02\x01\x01\x00".to_vec();
-        bytes.resize(0xf78, 0);
-        bytes.extend_from_slice(&4u32.to_le_bytes());
-        bytes.extend_from_slice(&(build_id.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&4u32.to_le_bytes());
-        bytes.extend_from_slice(b"Go\0\0");
-        bytes.extend_from_slice(build_id.as_bytes());
+    /// A 64-bit ELF file whose `.note.go.buildid` section holds `build_id`, then `body`; `little`
+    /// picks the byte order.
+    fn fake_elf(build_id: &str, body: &[u8], little: bool) -> Vec<u8> {
+        // An unsigned field of `width` bytes in the file's byte order.
+        let field = |value: u64, width: usize| {
+            let bytes = value.to_le_bytes()[..width].to_vec();
+            if little {
+                bytes
+            } else {
+                bytes.into_iter().rev().collect()
+            }
+        };
+        let (u16b, u32b, u64b) = (|v: u16| field(v.into(), 2), |v: u32| field(v.into(), 4), |v: u64| field(v, 8));
+        const NOTE_AT: usize = 0xf78;
+        let names = b"\0.note.go.buildid\0.shstrtab\0";
+        let mut note = [u32b(4), u32b(build_id.len() as u32), u32b(4)].concat();
+        note.extend_from_slice(b"Go\0\0");
+        note.extend_from_slice(build_id.as_bytes());
+        let names_at = NOTE_AT + note.len();
+        let table_at = (names_at + names.len()).next_multiple_of(8);
+        let section = |name: u32, offset: usize, size: usize| {
+            [u32b(name), u32b(0), u64b(0), u64b(0), u64b(offset as u64), u64b(size as u64), vec![0; 24]].concat()
+        };
+        let mut bytes = b"\x7fELF\x02".to_vec();
+        bytes.push(if little { 1 } else { 2 });
+        bytes.resize(0x28, 0);
+        bytes.extend(u64b(table_at as u64)); // e_shoff
+        bytes.resize(0x3a, 0);
+        bytes.extend([u16b(64), u16b(3), u16b(2)].concat()); // e_shentsize, e_shnum, e_shstrndx
+        bytes.resize(NOTE_AT, 0);
+        bytes.extend(note);
+        bytes.extend_from_slice(names);
+        bytes.resize(table_at, 0);
+        bytes.extend(
+            [section(0, 0, 0), section(1, NOTE_AT, names_at - NOTE_AT), section(19, names_at, names.len())].concat(),
+        );
         bytes.extend_from_slice(body);
         bytes
+    }
+
+    fn fake_go_binary(build_id: &str, body: &[u8]) -> Vec<u8> {
+        fake_elf(build_id, body, true)
     }
 
     #[test]
@@ -1219,12 +1230,13 @@ mod tests {
         let path = dir.path().join("x");
         std::fs::write(&path, b"#!/bin/sh\necho not a binary\n").unwrap();
         assert_eq!(go_build_id(&path), None);
-        let mut big_endian = fake_go_binary("a/b", b"");
-        big_endian[5] = 2;
-        std::fs::write(&path, big_endian).unwrap();
-        assert_eq!(go_build_id(&path), None);
-        std::fs::write(&path, fake_go_binary("no slash", b"")).unwrap();
-        assert_eq!(go_build_id(&path), None);
+        std::fs::write(&path, fake_elf("a/b", b"", false)).unwrap();
+        assert_eq!(go_build_id(&path).as_deref(), Some("a/b"), "big-endian targets have build IDs too");
+        let mut other_note = fake_go_binary("a/b", b"");
+        let at = memchr::memmem::find(&other_note, b".note.go.buildid").unwrap();
+        other_note[at + 7] = b'G';
+        std::fs::write(&path, other_note).unwrap();
+        assert_eq!(go_build_id(&path), None, "only the Go build ID's own section");
         assert_eq!(go_build_id(&dir.path().join("missing")), None);
     }
 

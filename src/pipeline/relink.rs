@@ -704,8 +704,8 @@ fn host_build_id(file: &File) -> Option<Range<u64>> {
 }
 
 /// The go build ID of a binary (its `.note.go.buildid`) or of a package archive (the
-/// `build id "…"` line of its header).
-fn go_build_id(path: &Path) -> Option<String> {
+/// `build id "…"` line of its header). It names the file's content: the same ID, the same bytes.
+pub fn go_build_id(path: &Path) -> Option<String> {
     let file = File::open(path).ok()?;
     if let Some((offset, size, little)) = elf_section(&file, b".note.go.buildid\0") {
         let mut note = vec![0u8; size.min(4096) as usize];
