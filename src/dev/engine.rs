@@ -226,6 +226,9 @@ impl Engine {
                     if self.first_round.remove(&index) && self.first_round.is_empty() {
                         self.announce(EventKind::Watching);
                     }
+                    if self.slots.iter().all(|slot| slot.running.is_none()) {
+                        tokio::task::spawn_blocking(release_free_memory);
+                    }
                 }
                 EngineMessage::Watch(WatchMessage::Failed(message)) => self.announce(EventKind::Error { message }),
                 EngineMessage::Watch(WatchMessage::Changed(paths)) => self.on_changes(&paths).await,
@@ -340,6 +343,17 @@ impl Engine {
             }
             Err(e) => self.announce(EventKind::Error { message: format!("{e} (keeping the previous configuration)") }),
         }
+    }
+}
+
+/// Give the allocator's free pages back to the system once no build is running. Compression
+/// workers free pieces of every size in many of glibc's arenas, which keep the pages: a dev
+/// session on a 47 MB binary and two platforms held 122 MB for 42 MB in use, and grew.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes the arenas' locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -9,7 +9,7 @@ use oci_client::Reference;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
-use super::layer::{sha256_digest, Layer, LayerBytes, LayerKind};
+use super::layer::{sha256_digest, Layer, LayerKind};
 use super::registry::{parse_reference, Registries};
 use super::tarball::{EntryHeader, EntryKind, TarWriter};
 use crate::config::BaseImageRef;
@@ -63,7 +63,7 @@ pub enum BlobData {
     Memory(Bytes),
     /// In the base image's repository (and, once fetched, in the cache).
     Remote(Reference),
-    /// A layer whose bytes are made again when needed (see `LayerBytes::FromBinary`).
+    /// A layer, its bytes joined or made again only when needed (see `Layer::bytes`).
     Layer(Box<Layer>),
 }
 
@@ -93,10 +93,7 @@ impl Blob {
             descriptor: json!({"mediaType": media_type, "digest": layer.digest, "size": layer.size}),
             digest: layer.digest.clone(),
             size: layer.size,
-            data: match &layer.data {
-                LayerBytes::Memory(bytes) => BlobData::Memory(bytes.clone()),
-                LayerBytes::FromBinary { .. } => BlobData::Layer(Box::new(layer.clone())),
-            },
+            data: BlobData::Layer(Box::new(layer.clone())),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -53,25 +53,28 @@ pub struct Layer {
 /// Where a layer's compressed bytes are.
 #[derive(Debug, Clone)]
 pub enum LayerBytes {
-    Memory(Bytes),
+    /// The compressed pieces in order. A large layer's pieces are the chunk memo's own (shared,
+    /// not copied): when the layer streamed to the registry, nothing ever joins them.
+    Memory(Arc<[Bytes]>),
     /// Not made this time: the binary was built before and its layer is already where it goes.
     /// Made again from the binary (same bytes, checked) if it is needed after all.
-    FromBinary {
-        path: PathBuf,
-        name: String,
-    },
+    FromBinary { path: PathBuf, name: String },
 }
 
 impl Layer {
-    fn in_memory(kind: LayerKind, digest: String, diff_id: String, data: impl Into<Bytes>) -> Layer {
-        let data = data.into();
-        Layer { kind, digest, diff_id, size: data.len() as u64, data: LayerBytes::Memory(data) }
+    fn in_memory(kind: LayerKind, digest: String, diff_id: String, pieces: Vec<Bytes>) -> Layer {
+        let size = pieces.iter().map(|piece| piece.len() as u64).sum();
+        Layer { kind, digest, diff_id, size, data: LayerBytes::Memory(pieces.into()) }
     }
 
-    /// The compressed bytes, compressing the binary again when they were not kept.
+    /// The compressed bytes in one buffer (joined now: only uploads of the whole layer and
+    /// OCI layouts need that), compressing the binary again when they were not kept.
     pub fn bytes(&self) -> Result<Bytes> {
         match &self.data {
-            LayerBytes::Memory(data) => Ok(data.clone()),
+            LayerBytes::Memory(pieces) => Ok(match &pieces[..] {
+                [one] => one.clone(),
+                _ => Bytes::from(pieces.concat()),
+            }),
             LayerBytes::FromBinary { path, name } => {
                 let again = binary_layer(path, name)?;
                 if again.digest != self.digest {
@@ -444,15 +447,17 @@ fn compressor(level: i32) -> io::Result<libdeflater::Compressor> {
     Ok(libdeflater::Compressor::new(level))
 }
 
-/// The two compressors a worker needs, made once per worker (each holds sizeable state).
+/// The two compressors a worker needs, made once per worker (each holds sizeable state), and
+/// the buffer they write into.
 struct Compressors {
     fast: libdeflater::Compressor,
     stored: libdeflater::Compressor,
+    scratch: Vec<u8>,
 }
 
 impl Compressors {
     fn new() -> io::Result<Self> {
-        Ok(Compressors { fast: compressor(1)?, stored: compressor(0)? })
+        Ok(Compressors { fast: compressor(1)?, stored: compressor(0)?, scratch: Vec::new() })
     }
 
     /// One gzip member; a piece whose ends do not shrink is stored (see `PROBE_SIZE`).
@@ -460,12 +465,13 @@ impl Compressors {
         let incompressible = data.len() > 2 * PROBE_SIZE
             && !self.shrinks(&data[..PROBE_SIZE])?
             && !self.shrinks(&data[data.len() - PROBE_SIZE..])?;
-        gzip_with(if incompressible { &mut self.stored } else { &mut self.fast }, data)
+        let compressor = if incompressible { &mut self.stored } else { &mut self.fast };
+        let written = gzip_into(compressor, data, &mut self.scratch)?;
+        Ok(self.scratch[..written].to_vec())
     }
 
     fn shrinks(&mut self, probe: &[u8]) -> io::Result<bool> {
-        let mut out = vec![0u8; self.fast.gzip_compress_bound(probe.len())];
-        let written = self.fast.gzip_compress(probe, &mut out).map_err(gzip_error)?;
+        let written = gzip_into(&mut self.fast, probe, &mut self.scratch)?;
         Ok(written * 100 <= probe.len() * 95)
     }
 }
@@ -474,21 +480,26 @@ fn gzip_error(e: libdeflater::CompressionError) -> io::Error {
     io::Error::other(format!("gzip: {e:?}"))
 }
 
-/// One gzip member. libdeflate at level 1 runs as fast as zlib's level 1 here and makes
-/// 10–30% smaller Go binary layers (less to upload); its header is fixed (no name, mtime 0),
-/// so the same input always gives the same bytes.
-fn gzip_with(compressor: &mut libdeflater::Compressor, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut out = vec![0u8; compressor.gzip_compress_bound(data.len())];
-    let written = compressor.gzip_compress(data, &mut out).map_err(gzip_error)?;
-    out.truncate(written);
-    // Pieces are kept in the chunk memo: hold what was written, not the worst-case bound.
-    out.shrink_to_fit();
-    Ok(out)
+/// One gzip member, written into `scratch`; returns its length. libdeflate at level 1 runs as
+/// fast as zlib's level 1 here and makes 10–30% smaller Go binary layers (less to upload); its
+/// header is fixed (no name, mtime 0), so the same input always gives the same bytes. Callers
+/// copy out the pieces they keep (in the chunk memo) at their exact size: a worst-case buffer
+/// shrunk in place would leave the allocator a hole beside each kept piece, and a fresh one
+/// per chunk would be zeroed each time.
+fn gzip_into(compressor: &mut libdeflater::Compressor, data: &[u8], scratch: &mut Vec<u8>) -> io::Result<usize> {
+    let bound = compressor.gzip_compress_bound(data.len());
+    if scratch.len() < bound {
+        scratch.resize(bound, 0);
+    }
+    compressor.gzip_compress(data, &mut scratch[..bound]).map_err(gzip_error)
 }
 
 /// One gzip member of a whole small layer, compressed throughout.
 fn gzip_whole(data: &[u8]) -> io::Result<Vec<u8>> {
-    gzip_with(&mut compressor(1)?, data)
+    let mut out = Vec::new();
+    let written = gzip_into(&mut compressor(1)?, data, &mut out)?;
+    out.truncate(written);
+    Ok(out)
 }
 
 /// An uncompressed tar, readable at any offset: in memory, or a header, a file and a trailer.
@@ -816,7 +827,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
         if !sink(&compressed) {
             return Err(cancelled());
         }
-        return Ok(Layer::in_memory(kind, sha256_digest(&compressed), diff_id, compressed));
+        return Ok(Layer::in_memory(kind, sha256_digest(&compressed), diff_id, vec![compressed]));
     }
     let mut keys = Vec::new();
     let reused_bytes = std::sync::atomic::AtomicU64::new(0);
@@ -873,7 +884,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
                 if !sink(&part) {
                     return Err(cancelled());
                 }
-                compressed.extend_from_slice(&part);
+                compressed.push(part);
                 i += 1;
             }
             tracing::debug!(ms = started.elapsed().as_millis() as u64, chunks = i, "every chunk handed out");
@@ -1314,6 +1325,20 @@ mod tests {
             assert_eq!(memo.held_bytes(), 0, "{what}");
         }
         assert_eq!(ChunkMemo::default().load_slot("app/amd64", &dir.path().join("none")), 0);
+    }
+
+    #[test]
+    fn a_remembered_layer_shares_the_memos_pieces_instead_of_copying_them() {
+        let memo = ChunkMemo::default();
+        let data = noise(3_000_000, 0x2545_f491_4f6c_dd1d, |s| b'a' + (s % 16) as u8);
+        let layer = compress_layer_streaming(LayerKind::Binary, data.clone(), remembering(&memo, "app/amd64")).unwrap();
+        let LayerBytes::Memory(pieces) = &layer.data else { panic!("a new layer is in memory") };
+        assert!(pieces.len() > 1, "a layer this size is cut into chunks");
+        let held: HashSet<*const u8> = memo.lock().members.values().map(|member| member.as_ptr()).collect();
+        assert!(pieces.iter().all(|piece| held.contains(&piece.as_ptr())), "every piece is the memo's own bytes");
+        assert_eq!(memo.held_bytes() as u64, layer.size, "and the memo holds nothing else");
+        // Joined only when asked, into the same layer as compressing without a memo.
+        assert_eq!(layer.bytes().unwrap(), compress_layer(LayerKind::Binary, data).unwrap().bytes().unwrap());
     }
 
     #[test]
