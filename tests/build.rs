@@ -598,6 +598,8 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     let fx = fixture();
     let app = tempfile::tempdir().unwrap();
     let skaffold = single_platform_hello(&fx, app.path());
+    // Sources go has not compiled: the first build reads a recipe, so the next relinks.
+    make_hello_unique(app.path());
     stdout_ref(&build(&skaffold, &["-d", &format!("{}/kept", fx.registry.host), "-t", "a"]));
     edit_hello(app.path());
 
@@ -606,6 +608,13 @@ fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     let reused = stdout_ref(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("chunks of this slot's last layer read from the cache"), "{stderr}");
+    // Relinked without go: read while the linker ran, not after it.
+    assert!(stderr.contains("relinked (main package only)"), "{stderr}");
+    let while_linking = stderr
+        .split("chunks read while the linker runs chunks=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<usize>().ok());
+    assert!(while_linking.is_some_and(|n| n > 0), "{stderr}");
     // ...and makes byte for byte the image a build with an empty cache makes.
     let empty_cache = tempfile::tempdir().unwrap();
     let out = build_in_cache(empty_cache.path(), &skaffold, &["-d", &format!("{}/fresh", fx.registry.host), "-t", "b"]);
@@ -732,9 +741,8 @@ fn one_shot_builds_relink_main_package_edits_from_the_last_builds_recipe() {
     // The first build runs go, which leaves its recipe beside the binary. (A recipe is read
     // from go compiling the main package: sources no other test built, so that go's cache
     // does not have it.)
+    make_hello_unique(app.path());
     let main_go = app.path().join("main.go");
-    let nonce = format!("\nvar buildNonce = \"{:?}\"\n", std::time::SystemTime::now());
-    std::fs::write(&main_go, std::fs::read_to_string(&main_go).unwrap() + &nonce).unwrap();
     build_with(cache.path(), &go, &[]);
     assert_eq!(take_lines(&log), ["amd64 unset"]);
 

@@ -246,6 +246,9 @@ fn is_linker_output(path: &Path) -> bool {
 /// What a go build tells before it exits, when kodev can watch it (go's scratch space is
 /// kodev's): each is sent at most once, and not at all without a watch.
 pub struct Milestones {
+    /// When kodev relinks without go: its compile of the main package is done and the linker
+    /// starts, which then has one core busy for most of the build. Not sent when go builds.
+    pub linking: tokio::sync::oneshot::Sender<()>,
     /// The linker's output path, when the linker closes it. go then still hashes it and writes
     /// its final build ID into it (tens of milliseconds for a large binary) before moving it
     /// into place: time the layer's compression can use.
@@ -261,8 +264,10 @@ pub struct Milestones {
 fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Option<notify::RecommendedWatcher> {
     use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
     use notify::{EventKind, RecursiveMode, Watcher};
-    let linked = std::sync::Mutex::new(Some(milestones.linked));
-    let placed = std::sync::Mutex::new(Some(milestones.placed));
+    // go's own link start is not heard: its linker opens its output only at the end.
+    let Milestones { linking: _, linked, placed } = milestones;
+    let linked = std::sync::Mutex::new(Some(linked));
+    let placed = std::sync::Mutex::new(Some(placed));
     let wanted_output = output.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -337,9 +342,9 @@ pub async fn go_build(
             events.send(EventKind::Compiled { platform: platform.to_string(), duration_ms, relinked: false });
             return Ok(output);
         }
-        let linked = milestones.take().map(|m| m.linked);
+        let (linking, linked) = milestones.take().map(|m| (m.linking, m.linked)).unzip();
         let relinked = match go_scratch_root().and_then(|root| ScratchDir::create(&root)) {
-            Some(scratch) => recipe.relink(&text, &output, &scratch.0, &env, linked).await,
+            Some(scratch) => recipe.relink(&text, &output, &scratch.0, &env, linking, linked).await,
             None => Err(relink::failed("no scratch directory")),
         };
         match relinked {
@@ -550,7 +555,9 @@ mod tests {
         let output = out_dir.path().join("app");
         let (linked, link_seen) = tokio::sync::oneshot::channel();
         let (placed, in_place) = tokio::sync::oneshot::channel();
-        let _watch = watch_milestones(scratch.path(), &output, Milestones { linked, placed }).expect("a watch");
+        let (linking, _) = tokio::sync::oneshot::channel();
+        let _watch =
+            watch_milestones(scratch.path(), &output, Milestones { linking, linked, placed }).expect("a watch");
         let exe = scratch.path().join("go-build1/b001/exe");
         std::fs::create_dir_all(&exe).unwrap();
         // Let the recursive watch pick up the new directories, as it does for go's.

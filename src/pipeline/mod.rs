@@ -227,30 +227,59 @@ impl Builder {
         Some(AbortOnDrop(tokio::spawn(async move { registries.open_upload(&target).await })))
     }
 
+    /// When kodev's own relink starts the linker (`link_starts`), read the chunks an earlier
+    /// process kept for this slot, on a core the single-threaded linker leaves idle rather
+    /// than after the link. Nothing is read when go builds or the binary is up to date (the
+    /// sender is dropped unsent). Returns how many chunks were read.
+    fn load_chunks_while_linking(
+        &self,
+        link_starts: tokio::sync::oneshot::Receiver<()>,
+        slot: &str,
+    ) -> tokio::task::JoinHandle<usize> {
+        let (memo, slot) = (self.chunks.clone(), slot.to_string());
+        tokio::spawn(async move {
+            if link_starts.await.is_err() {
+                return 0;
+            }
+            let loaded = tokio::task::spawn_blocking(move || memo.load_slot(&slot, &saved_chunks_path(&slot)))
+                .await
+                .unwrap_or(0);
+            tracing::debug!(chunks = loaded, "chunks read while the linker runs");
+            loaded
+        })
+    }
+
     /// While go finishes the binary: read the chunks an earlier process kept for this slot
-    /// (unless the memo has them), then, if `compress`, compress the rest of the linker's
-    /// output into the memo. Returns how many chunks were read once both are done or stopped.
+    /// (unless `early_load` or the memo has them), then, if `compress`, compress the rest of
+    /// the linker's output into the memo. Returns how many chunks were read once both are
+    /// done or stopped.
     fn prepare_layer_ahead(
         &self,
         linker_output: PathBuf,
         name: &str,
         slot: &str,
         compress: bool,
+        early_load: tokio::task::JoinHandle<usize>,
     ) -> (WantedWhileAlive, tokio::task::JoinHandle<usize>) {
         let wanted = Arc::new(AtomicBool::new(true));
         let (memo, name, slot, flag) = (self.chunks.clone(), name.to_string(), slot.to_string(), wanted.clone());
-        let task = tokio::task::spawn_blocking(move || {
-            let loaded = memo.load_slot(&slot, &saved_chunks_path(&slot));
-            if compress && flag.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
-                    Ok(chunks) => {
-                        tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead")
+        let task = tokio::spawn(async move {
+            // Still reading (a link shorter than the read): wait rather than read twice.
+            let loaded_early = early_load.await.unwrap_or(0);
+            let prepared = tokio::task::spawn_blocking(move || {
+                let loaded = memo.load_slot(&slot, &saved_chunks_path(&slot));
+                if compress && flag.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
+                        Ok(chunks) => {
+                            tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
                     }
-                    Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
                 }
-            }
-            loaded
+                loaded
+            });
+            loaded_early + prepared.await.unwrap_or(0)
         });
         (WantedWhileAlive(wanted), task)
     }
@@ -368,9 +397,11 @@ impl Builder {
                 std::fs::create_dir_all(&out_dir)
                     .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
                 trim::mark_used(&out_dir);
+                let (linking, link_starts) = tokio::sync::oneshot::channel();
                 let (linked, link_seen) = tokio::sync::oneshot::channel();
                 let (placed, in_place) = tokio::sync::oneshot::channel();
-                let milestones = gobuild::Milestones { linked, placed };
+                let milestones = gobuild::Milestones { linking, linked, placed };
+                let early_load = self.load_chunks_while_linking(link_starts, &slot);
                 let compile = gobuild::go_build(
                     artifact,
                     platform,
@@ -393,7 +424,13 @@ impl Builder {
                         // Only with a core to spare: taking one from another go build (a second
                         // platform still linking) delays that build by more than it saves here.
                         let compress = gobuild::running_go_builds() < layer::compression_workers();
-                        ahead = Some(self.prepare_layer_ahead(linker_output, artifact.binary_name(), &slot, compress));
+                        ahead = Some(self.prepare_layer_ahead(
+                            linker_output,
+                            artifact.binary_name(),
+                            &slot,
+                            compress,
+                            early_load,
+                        ));
                         layer_session = self.open_layer_session(upload_target);
                         tokio::select! {
                             biased;

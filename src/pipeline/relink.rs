@@ -832,14 +832,16 @@ impl Recipe {
 
     /// Compile the main package from `compile_text` (`current_compile_text`) and link it into
     /// `output` (replaced atomically), the way go would. `scratch` holds the work directory;
-    /// `env` is the build's environment on top of kodev's. `linked` hears of the linker's
-    /// output as the linker closes it. Returns the compile's action ID.
+    /// `env` is the build's environment on top of kodev's. `linking` hears when the linker
+    /// starts, `linked` of the linker's output as the linker closes it. Returns the compile's
+    /// action ID.
     pub async fn relink(
         &self,
         compile_text: &[Vec<u8>],
         output: &Path,
         scratch: &Path,
         env: &[(String, String)],
+        linking: Option<tokio::sync::oneshot::Sender<()>>,
         linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
     ) -> Result<String, RelinkFailed> {
         let started = std::time::Instant::now();
@@ -856,6 +858,9 @@ impl Recipe {
         let archive = b001.join("_pkg_.a");
         let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
+        if let Some(linking) = linking {
+            let _ = linking.send(());
+        }
 
         let link_action = self.link_action(&main_id).ok_or_else(|| failed("bad build ID"))?;
         let placeholder = format!("{link_action}/{main_id}/{link_action}");

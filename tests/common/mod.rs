@@ -287,6 +287,14 @@ pub fn hello_app(dir: &Path, ko_block: &str, artifact_extra: &str) -> PathBuf {
     dir.join("skaffold.yaml")
 }
 
+/// Give a copy of examples/hello sources no other build had, so that go compiles its main
+/// package (rather than finding it in go's cache) and kodev reads a relink recipe from that.
+pub fn make_hello_unique(app: &Path) {
+    let main_go = app.join("main.go");
+    let nonce = format!("\nvar buildNonce = \"{:?}\"\n", std::time::SystemTime::now());
+    std::fs::write(&main_go, std::fs::read_to_string(&main_go).expect("read main.go") + &nonce).expect("write main.go");
+}
+
 /// Make a one-line edit to a copy of examples/hello that changes its binary.
 pub fn edit_hello(app: &Path) {
     let main_go = app.join("main.go");
