@@ -585,6 +585,9 @@ struct MemoInner {
     /// Chunks being compressed right now.
     in_progress: HashSet<ChunkKey>,
     slots: HashMap<String, Vec<ChunkKey>>,
+    /// Chunks compressed ahead for a slot's next layer (see `precompress_binary`), kept until
+    /// that layer settles: another slot's layer settling meanwhile must not drop them.
+    ahead: HashMap<String, HashSet<ChunkKey>>,
 }
 
 /// A chunk, either already compressed or now the caller's to compress (and then `fulfil`).
@@ -601,11 +604,23 @@ struct ClaimGuard<'a> {
 }
 
 impl ClaimGuard<'_> {
-    fn fulfil(mut self, member: Bytes) {
+    fn fulfil(self, member: Bytes) {
+        self.fulfil_for(None, member);
+    }
+
+    /// Fulfilled ahead of `slot`'s next layer: kept until that layer settles.
+    fn fulfil_ahead(self, slot: &str, member: Bytes) {
+        self.fulfil_for(Some(slot), member);
+    }
+
+    fn fulfil_for(mut self, ahead_of: Option<&str>, member: Bytes) {
         self.done = true;
         let mut inner = self.memo.lock();
         inner.in_progress.remove(&self.key);
         inner.members.insert(self.key, member);
+        if let Some(slot) = ahead_of {
+            inner.ahead.entry(slot.to_string()).or_default().insert(self.key);
+        }
         self.memo.finished.notify_all();
     }
 }
@@ -658,12 +673,15 @@ impl ChunkMemo {
         inner.members.contains_key(key) || inner.in_progress.contains(key)
     }
 
-    /// `slot`'s latest layer is made of `keys`: keep those, drop what no slot uses any more.
+    /// `slot`'s latest layer is made of `keys`: keep those, drop what no slot uses any more
+    /// (and what was compressed ahead for this layer but not used), keeping what other slots'
+    /// next layers had compressed ahead.
     fn settle(&self, slot: &str, keys: Vec<ChunkKey>) {
         let mut inner = self.lock();
         inner.slots.insert(slot.to_string(), keys);
-        let MemoInner { members, slots, .. } = &mut *inner;
-        let live: HashSet<&ChunkKey> = slots.values().flatten().collect();
+        inner.ahead.remove(slot);
+        let MemoInner { members, slots, ahead, .. } = &mut *inner;
+        let live: HashSet<&ChunkKey> = slots.values().flatten().chain(ahead.values().flatten()).collect();
         members.retain(|k, _| live.contains(k));
     }
 
@@ -949,7 +967,13 @@ fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
 /// only chunks whose input is byte for byte the same (the build ID's chunk is compressed
 /// again). Stops taking new chunks once `wanted` is false (the layer itself is being made).
 /// Returns how many chunks it compressed.
-pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, wanted: &AtomicBool) -> io::Result<usize> {
+pub fn precompress_binary(
+    binary: &Path,
+    name: &str,
+    memo: &ChunkMemo,
+    slot: &str,
+    wanted: &AtomicBool,
+) -> io::Result<usize> {
     let tar = binary_tar(binary, name)?;
     if tar.len() <= PARALLEL_THRESHOLD as u64 {
         return Ok(0);
@@ -960,7 +984,7 @@ pub fn precompress_binary(binary: &Path, name: &str, memo: &ChunkMemo, wanted: &
         }
         // Someone has it or is on it: no waiting here.
         let Some(claim) = memo.claim_if_unknown(*blake3::hash(chunk).as_bytes()) else { return Ok(false) };
-        claim.fulfil(Bytes::from(compressors.gzip(chunk)?));
+        claim.fulfil_ahead(slot, Bytes::from(compressors.gzip(chunk)?));
         Ok(true)
     };
     // One core fewer than the layer itself uses: go is still busy with the binary. (Every core
@@ -1375,7 +1399,7 @@ mod tests {
         let placeholder = fake_go_binary("aaaa/aaaa", &body);
         std::fs::write(&linker_output, &placeholder).unwrap();
         let memo = ChunkMemo::default();
-        let made = precompress_binary(&linker_output, "app", &memo, &AtomicBool::new(true)).unwrap();
+        let made = precompress_binary(&linker_output, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
         let chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap()).len();
         assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
 
@@ -1395,8 +1419,33 @@ mod tests {
 
         // No longer wanted before it starts, nothing is made.
         let stopped =
-            precompress_binary(&linker_output, "app", &ChunkMemo::default(), &AtomicBool::new(false)).unwrap();
+            precompress_binary(&linker_output, "app", &ChunkMemo::default(), "app/amd64", &AtomicBool::new(false))
+                .unwrap();
         assert_eq!(stopped, 0);
+    }
+
+    #[test]
+    fn chunks_made_ahead_for_one_platform_outlive_another_platforms_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let arm64_binary = dir.path().join("a.out");
+        let body = noise(3_000_000, 0x0bad_cafe_f00d_d00d, |s| b'a' + (s % 16) as u8);
+        std::fs::write(&arm64_binary, fake_go_binary("aaaa/aaaa", &body)).unwrap();
+        let memo = ChunkMemo::default();
+        // Two platforms link together: arm64's linker output is compressed ahead...
+        let made = precompress_binary(&arm64_binary, "app", &memo, "app/arm64", &AtomicBool::new(true)).unwrap();
+        assert!(made > 1);
+        // ...while amd64's layer is made and settles first.
+        let amd64_data = noise(3_000_000, 0x5eed_5eed_5eed_5eed, |s| b'k' + (s % 16) as u8);
+        let amd64 = compress_layer_streaming(LayerKind::Binary, amd64_data, remembering(&memo, "app/amd64")).unwrap();
+        let arm64_chunks = chunks_of(&binary_tar(&arm64_binary, "app").unwrap());
+        let ready = arm64_chunks.iter().filter(|chunk| memo.knows(blake3::hash(chunk).as_bytes())).count();
+        assert_eq!(ready, made, "amd64's layer kept what was made ahead for arm64's");
+
+        // arm64's layer then uses them; what it did not use goes once it settles.
+        std::fs::write(&arm64_binary, fake_go_binary("aaaa/bbbb", &body)).unwrap();
+        let arm64 = binary_layer_streaming(&arm64_binary, "app", remembering(&memo, "app/arm64")).unwrap();
+        assert_eq!(arm64.digest, binary_layer(&arm64_binary, "app").unwrap().digest);
+        assert_eq!(memo.held_bytes() as u64, amd64.size + arm64.size);
     }
 
     #[test]

@@ -270,7 +270,7 @@ impl Builder {
                 let loaded = memo.load_slot(&slot, &saved_chunks_path(&slot));
                 if compress && flag.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    match layer::precompress_binary(&linker_output, &name, &memo, &flag) {
+                    match layer::precompress_binary(&linker_output, &name, &memo, &slot, &flag) {
                         Ok(chunks) => {
                             tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead")
                         }
