@@ -571,12 +571,26 @@ type ChunkKey = [u8; 32];
 /// the others, so a reused member is byte for byte what compressing again would give: the
 /// digest does not depend on what was remembered. Only the chunks of the latest layer of each
 /// slot (artifact × platform × mode) are kept, and chunks made ahead of time from the linker's
-/// output (see `precompress_binary`) until the layer is made.
-#[derive(Default)]
+/// output (see `precompress_binary`) until the layer is made; beyond `MEMO_BUDGET`, only the
+/// slots built most recently.
 pub struct ChunkMemo {
     inner: Mutex<MemoInner>,
     /// Wakes those waiting for a chunk someone else is compressing.
     finished: Condvar,
+    /// Bytes of compressed chunks kept across builds (see `MEMO_BUDGET`).
+    budget: usize,
+}
+
+/// What the memo may keep in memory: a session with many artifacts would otherwise hold every
+/// one's last layer (ko's own source on two platforms is 45 MB). The slots built longest ago
+/// are dropped first; their chunks are still in the cache (see `ChunkMemo::save_slot`), read
+/// back when the slot builds again.
+const MEMO_BUDGET: usize = 256 << 20;
+
+impl Default for ChunkMemo {
+    fn default() -> Self {
+        ChunkMemo::with_budget(MEMO_BUDGET)
+    }
 }
 
 #[derive(Default)]
@@ -588,6 +602,16 @@ struct MemoInner {
     /// Chunks compressed ahead for a slot's next layer (see `precompress_binary`), kept until
     /// that layer settles: another slot's layer settling meanwhile must not drop them.
     ahead: HashMap<String, HashSet<ChunkKey>>,
+    /// When each slot was last settled or read back, on `clock`: the oldest go first.
+    last_used: HashMap<String, u64>,
+    clock: u64,
+}
+
+impl MemoInner {
+    fn touch(&mut self, slot: &str) {
+        self.clock += 1;
+        self.last_used.insert(slot.to_string(), self.clock);
+    }
 }
 
 /// A chunk, either already compressed or now the caller's to compress (and then `fulfil`).
@@ -635,6 +659,10 @@ impl Drop for ClaimGuard<'_> {
 }
 
 impl ChunkMemo {
+    fn with_budget(budget: usize) -> Self {
+        ChunkMemo { inner: Mutex::default(), finished: Condvar::new(), budget }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -680,9 +708,25 @@ impl ChunkMemo {
         let mut inner = self.lock();
         inner.slots.insert(slot.to_string(), keys);
         inner.ahead.remove(slot);
-        let MemoInner { members, slots, ahead, .. } = &mut *inner;
-        let live: HashSet<&ChunkKey> = slots.values().flatten().chain(ahead.values().flatten()).collect();
-        members.retain(|k, _| live.contains(k));
+        inner.touch(slot);
+        loop {
+            let MemoInner { members, slots, ahead, .. } = &mut *inner;
+            let live: HashSet<&ChunkKey> = slots.values().flatten().chain(ahead.values().flatten()).collect();
+            members.retain(|k, _| live.contains(k));
+            if members.values().map(Bytes::len).sum::<usize>() <= self.budget {
+                return;
+            }
+            let oldest = inner
+                .slots
+                .keys()
+                .filter(|other| *other != slot)
+                .min_by_key(|other| inner.last_used.get(*other).copied().unwrap_or(0))
+                .cloned();
+            let Some(oldest) = oldest else { return };
+            tracing::debug!(slot = %oldest, "over the memory budget: this slot's chunks are left to the cache");
+            inner.slots.remove(&oldest);
+            inner.last_used.remove(&oldest);
+        }
     }
 
     /// Bytes of compressed chunks held.
@@ -738,6 +782,7 @@ impl ChunkMemo {
         }
         let taken = keys.len();
         inner.slots.insert(slot.to_string(), keys);
+        inner.touch(slot);
         taken
     }
 }
@@ -1422,6 +1467,30 @@ mod tests {
             precompress_binary(&linker_output, "app", &ChunkMemo::default(), "app/amd64", &AtomicBool::new(false))
                 .unwrap();
         assert_eq!(stopped, 0);
+    }
+
+    #[test]
+    fn beyond_its_budget_the_memo_keeps_the_slots_built_most_recently() {
+        let layer_of = |seed: u64, memo: &ChunkMemo, slot: &str| {
+            let data = noise(3_000_000, seed, |s| b'a' + (s % 16) as u8);
+            compress_layer_streaming(LayerKind::Binary, data, remembering(memo, slot)).unwrap()
+        };
+        let size = layer_of(1, &ChunkMemo::default(), "a").size as usize;
+        // Room for two layers of this size, not three.
+        let memo = ChunkMemo::with_budget(size * 5 / 2);
+        let a = layer_of(1, &memo, "a");
+        let b = layer_of(2, &memo, "b");
+        assert_eq!(memo.held_bytes() as u64, a.size + b.size);
+        // a is built again, so b is now the one built longest ago, and goes when c comes.
+        let a = layer_of(1, &memo, "a");
+        let c = layer_of(3, &memo, "c");
+        assert_eq!(memo.held_bytes() as u64, a.size + c.size);
+        let kept: HashSet<String> = memo.lock().slots.keys().cloned().collect();
+        assert_eq!(kept, HashSet::from(["a".to_string(), "c".to_string()]));
+        // A layer larger than the whole budget is still kept for its own next build.
+        let tiny = ChunkMemo::with_budget(1);
+        let d = layer_of(4, &tiny, "d");
+        assert_eq!(tiny.held_bytes() as u64, d.size);
     }
 
     #[test]
