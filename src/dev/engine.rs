@@ -336,6 +336,7 @@ impl Engine {
                 }
                 self.deps = resolve_all_deps(&plan, &self.events).await;
                 self.slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
+                self.builder.retire();
                 self.builder = Arc::new(Builder::for_dev(&plan));
                 self.plan = plan;
                 self.announce(EventKind::ConfigReloaded);

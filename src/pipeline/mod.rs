@@ -526,6 +526,14 @@ impl Builder {
         }
         Ok(BuildOutcome { image: built, push })
     }
+
+    /// This builder is being replaced (`kodev dev` read a changed config): its background go
+    /// builds that record recipes stop, leaving the machine to the new builder's first builds.
+    pub fn retire(&self) {
+        if let Some(relinker) = &self.relinker {
+            relinker.stop_recaptures();
+        }
+    }
 }
 
 /// Set to false when dropped: a cancelled build tells its compressor to stop, and compression
