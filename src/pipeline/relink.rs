@@ -579,14 +579,24 @@ fn recipe_format() -> String {
 /// The variables of kodev's environment that can change what go builds, or where it finds its
 /// tools and settings: a recipe saved by one process applies in another only if they agree.
 fn go_environment() -> Vec<(String, String)> {
+    build_environment(std::env::vars_os())
+}
+
+/// Of `vars`, those that count for a recipe (see `go_environment`), sorted.
+fn build_environment(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Vec<(String, String)> {
     // Not PATH: it often differs between shells, and what it means to a build (which go runs)
     // is compared on its own.
     const NAMED: [&str; 9] =
         ["CC", "CXX", "FC", "AR", "PKG_CONFIG", "GCCGO", "HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"];
-    let mut found: Vec<(String, String)> = std::env::vars_os()
+    // Settings of the Go runtime, which tune how go and its tools run, never what they build.
+    // (GODEBUG still counts: some of its settings reach the go command's own decisions.)
+    const RUNTIME_ONLY: [&str; 4] = ["GOGC", "GOMAXPROCS", "GOMEMLIMIT", "GOTRACEBACK"];
+    let mut found: Vec<(String, String)> = vars
         .filter_map(|(name, value)| {
             let name = name.into_string().ok()?;
-            let counts = name.starts_with("GO") || name.starts_with("CGO_") || NAMED.contains(&name.as_str());
+            let counts = (name.starts_with("GO") && !RUNTIME_ONLY.contains(&name.as_str()))
+                || name.starts_with("CGO_")
+                || NAMED.contains(&name.as_str());
             counts.then(|| (name, value.to_string_lossy().into_owned()))
         })
         .collect();
@@ -1175,6 +1185,25 @@ pub fn go_agrees(dry_run_lines: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recipe_counts_what_go_builds_with_not_how_its_runtime_is_tuned() {
+        let vars = [
+            ("GOFLAGS", "-tags=extra"),
+            ("CGO_ENABLED", "0"),
+            ("CC", "clang"),
+            ("GODEBUG", "gotypesalias=1"),
+            ("GOMAXPROCS", "1"),
+            ("GOGC", "400"),
+            ("GOMEMLIMIT", "1GiB"),
+            ("GOTRACEBACK", "all"),
+            ("PATH", "/usr/bin"),
+            ("TERM", "xterm"),
+        ]
+        .map(|(name, value)| (name.into(), value.into()));
+        let names: Vec<String> = build_environment(vars.into_iter()).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["CC", "CGO_ENABLED", "GODEBUG", "GOFLAGS"]);
+    }
 
     #[test]
     fn go_quoted_strings_are_read_back() {
