@@ -628,16 +628,9 @@ struct ClaimGuard<'a> {
 }
 
 impl ClaimGuard<'_> {
-    fn fulfil(self, member: Bytes) {
-        self.fulfil_for(None, member);
-    }
-
-    /// Fulfilled ahead of `slot`'s next layer: kept until that layer settles.
-    fn fulfil_ahead(self, slot: &str, member: Bytes) {
-        self.fulfil_for(Some(slot), member);
-    }
-
-    fn fulfil_for(mut self, ahead_of: Option<&str>, member: Bytes) {
+    /// The chunk is compressed. `ahead_of` a slot's next layer (see `precompress_binary`), it
+    /// is kept until that layer settles.
+    fn fulfil(mut self, member: Bytes, ahead_of: Option<&str>) {
         self.done = true;
         let mut inner = self.memo.lock();
         inner.in_progress.remove(&self.key);
@@ -906,7 +899,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
             }
             Claim::Mine(claim) => {
                 let member = Bytes::from(compressors.gzip(chunk)?);
-                claim.fulfil(member.clone());
+                claim.fulfil(member.clone(), None);
                 Ok((member, key))
             }
         }
@@ -1029,7 +1022,7 @@ pub fn precompress_binary(
         }
         // Someone has it or is on it: no waiting here.
         let Some(claim) = memo.claim_if_unknown(*blake3::hash(chunk).as_bytes()) else { return Ok(false) };
-        claim.fulfil_ahead(slot, Bytes::from(compressors.gzip(chunk)?));
+        claim.fulfil(Bytes::from(compressors.gzip(chunk)?), Some(slot));
         Ok(true)
     };
     // One core fewer than the layer itself uses: go is still busy with the binary. (Every core
@@ -1528,7 +1521,7 @@ mod tests {
                 Claim::Mine(_) => panic!("the chunk was being compressed: wait for it"),
             });
             std::thread::sleep(std::time::Duration::from_millis(50));
-            first.fulfil(Bytes::from_static(b"member"));
+            first.fulfil(Bytes::from_static(b"member"), None);
             assert_eq!(waiter.join().unwrap(), Bytes::from_static(b"member"));
         });
         // Ahead of time, a chunk being compressed is skipped, and stays the holder's.
@@ -1537,7 +1530,7 @@ mod tests {
         assert!(memo.claim_if_unknown(held).is_none());
         assert!(memo.knows(&held), "skipping a chunk does not give up its holder's claim");
         assert!(memo.claim_if_unknown(key).is_none(), "a remembered chunk is not made again");
-        holder.fulfil(Bytes::from_static(b"held"));
+        holder.fulfil(Bytes::from_static(b"held"), None);
         let other = [8u8; 32];
         let Claim::Mine(abandoned) = memo.claim(other) else { panic!("nobody had the chunk") };
         std::thread::scope(|scope| {
