@@ -663,9 +663,12 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
             run_ok(Command::new("git").args(args).current_dir(dir));
         }
     };
-    let mut dev = DevSession::start_full(&[], &["alpha"], in_git, None, &[("GOFLAGS", STAMP_GIT)]);
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kodev.log");
+    let mut dev = DevSession::start_full(&[], &["alpha"], in_git, Some(&log), &[("GOFLAGS", STAMP_GIT)]);
     let host = dev._registry.host.clone();
     let main = dev.path("cmd/alpha/main.go");
+    let uncaptured = || std::fs::read_to_string(&log).unwrap().matches("go builds without capturing").count();
 
     // The first edit runs go (the tree was clean: go's recipe then stamped it unmodified).
     edit(&main, "\"alpha\"", "\"alpha 1\"");
@@ -678,11 +681,18 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     assert!(relinked, "a main-only edit is relinked without go: {:#?}", dev.seen);
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "the same image as go build's");
 
-    // An edit of a package main imports goes through go, with the right result.
+    // An edit of a package main imports goes through go, with the right result. go runs as the
+    // user would, without printing what kodev records a recipe from (that slows it down), and
+    // the recipe is recorded in the background once the image is pushed.
+    assert_eq!(uncaptured(), 0, "{}", std::fs::read_to_string(&log).unwrap());
     edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hi, \"");
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a shared package's edit");
     assert!(!relinked, "a dependency's edit runs go");
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+    assert_eq!(uncaptured(), 1, "go built without capturing: {}", std::fs::read_to_string(&log).unwrap());
+    dev.wait_for("alpha's recipe recorded after the push", |e| {
+        e["event"] == "relink_ready" && e["artifact"] == "alpha"
+    });
     // The next main-only edit relinks again (go's run for alpha, or beta's, compiled the
     // dependency; a recipe names it where go's cache keeps it, see tests/build.rs).
     edit(&main, "\"alpha, relinked\"", "\"alpha, relinked again\"");

@@ -333,7 +333,15 @@ pub async fn go_build(
     }
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
-    if let Some((relinker, (recipe, text))) = relinker.and_then(|r| Some((r, r.usable(&output)?))) {
+    let fit = relinker.map_or(relink::Fit::Unknown, |r| r.fit(&output));
+    // go will most likely take the main package from its cache: capturing would record no
+    // recipe, and its output (the text of every action ID: megabytes for a large module) slows
+    // go down by a few percent. The recipe is recorded after the push instead (`Recapture`).
+    let edited_elsewhere = matches!(fit, relink::Fit::EditedElsewhere);
+    if edited_elsewhere {
+        tracing::debug!(platform = %platform, "edited outside the main package: go builds without capturing");
+    }
+    if let (Some(relinker), relink::Fit::Usable(recipe, text)) = (relinker, fit) {
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "recipe and compile text ready");
         if recipe.already_built(&text, &output) {
             // What go would find too: nothing to link (its check, without loading the packages).
@@ -368,15 +376,17 @@ pub async fn go_build(
     let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let capture = !relink_refused && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
-    let recapture = relinker.filter(|r| capture && r.recaptures_wanted(&output)).map(|_| relink::Recapture {
-        artifact: artifact.clone(),
-        platform: platform.clone(),
-        debug,
-        env: env.clone(),
-        output: output.clone(),
-        main_action: String::new(),
-    });
+    let capture =
+        !relink_refused && !edited_elsewhere && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
+    let recapture =
+        relinker.filter(|r| (capture || edited_elsewhere) && r.recaptures_wanted(&output)).map(|_| relink::Recapture {
+            artifact: artifact.clone(),
+            platform: platform.clone(),
+            debug,
+            env: env.clone(),
+            output: output.clone(),
+            main_action: None,
+        });
     let mut godebug = go_godebug(&env);
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
@@ -456,7 +466,7 @@ pub async fn go_build(
                 Err(why @ relink::NOT_COMPILED) => {
                     tracing::debug!(why, "no new recipe");
                     if let (Some(mut job), Some(main_action)) = (recapture, relink::main_action_in_cache(&err_lines)) {
-                        job.main_action = main_action;
+                        job.main_action = Some(main_action);
                         relinker.to_recapture(job);
                     }
                 }
@@ -467,6 +477,9 @@ pub async fn go_build(
             }
             drop(scratch);
         }));
+    } else if let (Some(relinker), Some(job)) = (relinker, recapture) {
+        // Built without capturing (an edit outside the main package): recorded after the push.
+        relinker.to_recapture(job);
     }
     let duration_ms = started.elapsed().as_millis() as u64;
     events.send(EventKind::Compiled { platform: platform_name, duration_ms, relinked: false });
@@ -486,45 +499,79 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
     else {
         return;
     };
-    // go's cache entry of the main package's compile: without it go compiles the package again.
-    let entry =
-        Path::new(&gocache).join(job.main_action.get(..2).unwrap_or_default()).join(format!("{}-a", job.main_action));
-    if let Err(e) = std::fs::remove_file(&entry) {
-        tracing::debug!(entry = %entry.display(), error = %e, "no recipe recorded: go's cache entry is not there");
-        return;
-    }
+    let capture_godebug = format!("{},{}", go_godebug(&job.env), relink::CAPTURE_GODEBUG);
+    let main_action = match job.main_action {
+        Some(action) => action,
+        // The build did not capture: go tells, without building, where the main package is.
+        None => {
+            let mut args = build_args(&job.artifact, job.debug, &job.output);
+            args.insert(1, "-n".to_string());
+            let mut dry_run = go(&args);
+            dry_run.env("GODEBUG", &capture_godebug).stdout(Stdio::null()).stderr(Stdio::piped());
+            let told = dry_run.output().await.ok().filter(|out| out.status.success()).and_then(|out| {
+                let lines: Vec<String> = String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect();
+                relink::package_action(&lines, &job.artifact.import_path)
+            });
+            let Some(action) = told else {
+                tracing::debug!("no recipe recorded: go build -n did not tell where the main package is");
+                return;
+            };
+            action
+        }
+    };
     let copy = scratch.0.join("copy").join(job.artifact.binary_name());
     let mut args = build_args(&job.artifact, job.debug, &copy);
     args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
-    let godebug = format!("{},{}", go_godebug(&job.env), relink::CAPTURE_GODEBUG);
-    let Ok(child) = go(&args).env("GODEBUG", godebug).stdout(Stdio::null()).stderr(Stdio::piped()).spawn() else {
-        return;
-    };
-    let mut group = child.id().map(BuildGroup::new);
-    let finished = child.wait_with_output().await;
-    if let Some(group) = group.as_mut() {
-        group.finished();
+    let mut main_action = main_action;
+    // Another go build of these sources (the user's own, say) may put the main package back
+    // in go's cache before this one compiles it: then again, a few times at most.
+    let mut outcome = Err(relink::NOT_COMPILED);
+    for _ in 0..3 {
+        // go's cache entry of the main package's compile: without it go compiles the package again.
+        let entry = Path::new(&gocache).join(main_action.get(..2).unwrap_or_default()).join(format!("{main_action}-a"));
+        if let Err(e) = std::fs::remove_file(&entry) {
+            tracing::debug!(entry = %entry.display(), error = %e, "go's cache entry of the main package is not there");
+        }
+        // An earlier attempt's copy names the main package's build in its build ID: go would
+        // take that for the compile and skip it.
+        let _ = std::fs::remove_file(&copy);
+        let Ok(child) = go(&args).env("GODEBUG", &capture_godebug).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()
+        else {
+            return;
+        };
+        let mut group = child.id().map(BuildGroup::new);
+        let finished = child.wait_with_output().await;
+        if let Some(group) = group.as_mut() {
+            group.finished();
+        }
+        let Some(finished) = finished.ok().filter(|o| o.status.success()) else {
+            tracing::debug!("no recipe recorded: the background go build failed");
+            return;
+        };
+        let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
+        let (relinker, go_dir, copy, output) =
+            (relinker.clone(), job.artifact.work_dir.clone(), copy.clone(), job.output.clone());
+        let kept = tokio::task::spawn_blocking(move || {
+            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output);
+            (kept, relink::main_action_in_cache(&lines))
+        })
+        .await;
+        let Ok((kept, in_cache)) = kept else { return };
+        outcome = kept;
+        match (outcome, in_cache) {
+            (Err(relink::NOT_COMPILED), Some(action)) => main_action = action,
+            _ => break,
+        }
     }
-    let Some(finished) = finished.ok().filter(|o| o.status.success()) else {
-        tracing::debug!("no recipe recorded: the background go build failed");
-        return;
-    };
-    let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
-    let (go_dir, output, platform) = (job.artifact.work_dir.clone(), job.output.clone(), job.platform.to_string());
-    let kept = tokio::task::spawn_blocking(move || {
-        let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output);
-        drop(scratch);
-        kept
-    })
-    .await;
-    match kept {
-        Ok(Ok(())) => {
+    let platform = job.platform.to_string();
+    match outcome {
+        Ok(()) => {
             tracing::debug!(platform, "recipe recorded in the background");
             events.send(EventKind::RelinkReady { platform });
         }
-        Ok(Err(why)) => tracing::debug!(why, "no recipe recorded in the background"),
-        Err(e) => tracing::debug!(error = %e, "recording a recipe failed"),
+        Err(why) => tracing::debug!(why, "no recipe recorded in the background"),
     }
+    let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
 }
 
 #[cfg(test)]

@@ -241,7 +241,14 @@ fn hashed_text(lines: &[String], name: &str) -> Option<Vec<Vec<u8>>> {
 /// entry in go's cache, `<GOCACHE>/<first two digits>/<id>-a`.
 pub fn main_action_in_cache(lines: &[String]) -> Option<String> {
     let main = lines.iter().find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))?;
-    let text = hashed_text(lines, &format!("build {main}"))?;
+    package_action(lines, main)
+}
+
+/// The full action ID (hex) of the package `import_path`'s compile, from a `gocachehash`
+/// output (a `go build -n` too: it hashes what it would build, even when the binary is up to
+/// date and it has nothing to link).
+pub fn package_action(lines: &[String], import_path: &str) -> Option<String> {
+    let text = hashed_text(lines, &format!("build {import_path}"))?;
     Some(hex::encode(Sha256::digest(text.concat())))
 }
 
@@ -550,6 +557,13 @@ impl Recipe {
         if self.inputs.iter().any(|(path, before)| stamp(path) != *before) {
             return None;
         }
+        self.main_text_now()
+    }
+
+    /// The compile text with the main package's files as they are now, if the package is
+    /// still the one the recipe compiles (the same names, package clauses, imports and
+    /// directives), whatever else changed.
+    fn main_text_now(&self) -> Option<Vec<Vec<u8>>> {
         if listing(&self.main_dir, self.listing_all)? != self.main_listing {
             return None;
         }
@@ -567,6 +581,28 @@ impl Recipe {
         }
         Some(text)
     }
+
+    /// Whether the main package's files are, byte for byte, those `binary` (built by go or
+    /// relinked with this recipe) was compiled from: its build ID names the main package's
+    /// compile action. Then whatever made the recipe stale lies outside the main package (most
+    /// often in a package it imports).
+    fn main_package_unchanged(&self, binary: &Path) -> bool {
+        let Some(build_id) = go_build_id(binary) else { return false };
+        let Some(built_from) = build_id.split('/').nth(1) else { return false };
+        self.main_text_now().is_some_and(|text| text_id(&text) == built_from)
+    }
+}
+
+/// What the recipe of a binary says of the sources as they are now.
+pub enum Fit {
+    /// It applies: the recipe, and the main package's compile text for the files as they are.
+    Usable(Arc<Recipe>, Vec<Vec<u8>>),
+    /// It no longer applies, and the main package is as it was: the edit is elsewhere (a
+    /// package main imports, most often), and go will most likely take the main package from
+    /// its cache, so a capturing build would record nothing.
+    EditedElsewhere,
+    /// No recipe, or the main package changed too.
+    Unknown,
 }
 
 /// Bumped when a saved recipe's meaning changes.
@@ -920,17 +956,19 @@ pub struct Relinker {
 }
 
 /// A binary whose go build printed no compile of the main package (go had it in its cache:
-/// the user built these sources before), so no recipe, and the first edit would run go. In
-/// `kodev dev` one go build in the background, once the image is pushed, records the recipe:
-/// kodev removes the main package's entry from go's cache (`main_action`, see
-/// `main_action_in_cache`), and go compiles it again, the same bytes, and links a copy.
+/// the user built these sources before), or that go built without capturing (an edit outside
+/// the main package, see `Fit::EditedElsewhere`), so no recipe, and the next edit of the main
+/// package would run go. In `kodev dev` one go build in the background, once the image is
+/// pushed, records the recipe: kodev removes the main package's entry from go's cache
+/// (`main_action`, see `main_action_in_cache`), and go compiles it again, the same bytes, and
+/// links a copy. Without `main_action`, a `go build -n` first tells it.
 pub struct Recapture {
     pub artifact: crate::config::Artifact,
     pub platform: crate::platform::Platform,
     pub debug: bool,
     pub env: Vec<(String, String)>,
     pub output: PathBuf,
-    pub main_action: String,
+    pub main_action: Option<String>,
 }
 
 /// A `go build -n` that tells whether go would relink a binary kodev relinked.
@@ -995,27 +1033,32 @@ impl Relinker {
         Relinker { off: disagreed.into(), check_with_go, ..Relinker::default() }
     }
 
-    /// The recipe for `output` and its compile text for the sources as they are now, if it
-    /// applies to them.
-    pub fn usable(&self, output: &Path) -> Option<(Arc<Recipe>, Vec<Vec<u8>>)> {
+    /// Whether the recipe for `output` applies to the sources as they are now (see `Fit`). A
+    /// recipe that no longer applies is dropped.
+    pub fn fit(&self, output: &Path) -> Fit {
         if self.off.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
+            return Fit::Unknown;
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
         let recipe = match recipes.get(output) {
             Some(recipe) => recipe.clone(),
             None => {
-                let loaded = Arc::new(load_recipe(output)?);
+                let Some(loaded) = load_recipe(output) else { return Fit::Unknown };
+                let loaded = Arc::new(loaded);
                 recipes.insert(output.to_path_buf(), loaded.clone());
                 loaded
             }
         };
         match recipe.current_compile_text() {
-            Some(text) => Some((recipe, text)),
+            Some(text) => Fit::Usable(recipe, text),
             None => {
                 recipes.remove(output);
                 let _ = std::fs::remove_file(saved_recipe_path(output));
-                None
+                if recipe.main_package_unchanged(output) {
+                    Fit::EditedElsewhere
+                } else {
+                    Fit::Unknown
+                }
             }
         }
     }
