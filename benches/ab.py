@@ -70,7 +70,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", required=True, help="the kodev binary to compare against")
     ap.add_argument("--b", required=True, help="the kodev binary with the change")
-    ap.add_argument("--app", choices=["hello", "large"], default="hello")
+    ap.add_argument("--app", choices=["hello", "large", "ko-src"], default="hello")
+    ap.add_argument("--edit", choices=["main", "lib"], default="main",
+                    help="edit main, or a package main imports (large and ko-src, see bench.LIB_PACKAGES)")
     ap.add_argument("--platforms", type=int, choices=[1, 2], default=1)
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE",
@@ -88,8 +90,14 @@ def main():
             shutil.copytree(bench.ROOT / "examples/hello", source)
             main_go = source / "main.go"
             main_go.write_text(main_go.read_text().replace("func main() {", "// edit 0\n\nfunc main() {", 1))
-        else:
+        elif args.app == "large":
             bench.generate_large_app(source)
+        elif not bench.copy_ko_source(source):
+            raise SystemExit("ko's source cannot be had")
+        if args.edit == "lib":
+            if args.app not in bench.LIB_PACKAGES:
+                raise SystemExit(f"{args.app} has no package to edit besides main")
+            bench.LibEditor.add(source, *bench.LIB_PACKAGES[args.app])
         bench.write_skaffold(source, base, platforms)
         apps = {}
         for name in ("floor", "a", "b"):
@@ -98,7 +106,10 @@ def main():
         out = work / "floor-out"
         out.mkdir()
         bench.go_floor(apps["floor"], platforms, out)  # warm the Go build cache
-        editors = {name: bench.Editor(app) for name, app in apps.items()}
+        if args.edit == "lib":
+            editors = {name: bench.LibEditor(app, bench.LIB_PACKAGES[args.app][0]) for name, app in apps.items()}
+        else:
+            editors = {name: bench.Editor(app) for name, app in apps.items()}
         for name, kodev, extra in (("a", Path(args.a).resolve(), args.a_env), ("b", Path(args.b).resolve(), args.b_env)):
             extra_env = dict(entry.split("=", 1) for entry in extra)
             procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}", extra_env)))
@@ -108,6 +119,9 @@ def main():
         for round_ in range(args.rounds):
             # Alternate which goes first, so neither always follows the other.
             for name, _, lines in (procs if round_ % 2 == 0 else procs[::-1]):
+                # Either kodev may still run go in the background (a recipe being recorded).
+                for _, proc, _ in procs:
+                    bench.wait_for_no_children(proc.pid)
                 time.sleep(0.5)
                 editors["floor"].edit()
                 floor = bench.go_floor(apps["floor"], platforms, out)

@@ -9,7 +9,8 @@ runs, with ratios measured in the same run:
   cold       `kodev build` with an empty kodev cache and a fresh repository
   warm       `kodev build` after a one-line edit (relinked from the last build's recipe when
              the edit is confined to the main package, as here; the table counts them)
-  dev        `kodev dev` from the file write to the `pushed` event
+  dev        `kodev dev` from the file write to the `pushed` event, after edits of main and
+             after edits of a package main imports (large and ko-src)
   ko         `ko build` after the same edit (warm), same base image in the same registry
   unchanged  `kodev build` and `ko build` again with nothing changed since their last build
 
@@ -18,7 +19,8 @@ many packages, mostly data) and on a real one: ko's own source at the pinned ver
 packages, 47 MB binary, mostly code). Also: bytes uploaded per rebuild, peak RSS of `kodev dev`, and idle CPU/RSS
 of `kodev dev` watching a tree of 10,000 files.
 
-Usage: python3 benches/bench.py [--runs N] [--ko PATH] [--kodev PATH] [--only hello|large|ko-src]
+Usage: python3 benches/bench.py [--runs N] [--ko PATH] [--kodev PATH] [--only hello|large|ko-src] [--dev-runs N] [--lib-runs N]
+       [--large-packages N]
 Needs: go, docker-registry, umoci, skopeo (the README's test command installs them);
 ko: GOBIN=/tmp/kobin go install github.com/google/ko@v0.18.0
 """
@@ -193,6 +195,37 @@ class Editor:
         self.main.write_text(text)
 
 
+# The package each app's library edits go to (one main imports), and its package name.
+LIB_PACKAGES = {"large": ("internal/p007", "p007"), "ko-src": ("pkg/build", "build")}
+
+
+class LibEditor:
+    """One-line edits to a package main imports, not to main: most of a developer's edits. The
+    string an init function of that package prints changes, and its length with it. It lives in
+    a file of its own, added before the first build (`add`), so that an edit changes that
+    package's code but not what it exports: go compiles it, takes main from its cache, and
+    links. kodev cannot relink these without go."""
+
+    FILE = "zz_bench_edit.go"
+
+    def __init__(self, app, package_dir):
+        self.file = app / package_dir / self.FILE
+        self.n = random.randrange(10**6, 10**9)
+
+    @classmethod
+    def add(cls, app, package_dir, package_name):
+        (app / package_dir / cls.FILE).write_text(
+            f'package {package_name}\n\nimport "os"\n\nvar benchLibEdit = "0"\n\n'
+            "func init() {\n\tif len(os.Args) > 99 {\n\t\tprintln(\"edit\", benchLibEdit)\n\t}\n}\n")
+
+    def edit(self):
+        self.n += 1
+        text = self.file.read_text()
+        start = text.index("var benchLibEdit")
+        end = text.index("\n", start)
+        self.file.write_text(text[:start] + f'var benchLibEdit = "{"x" * (self.n % 4)}{self.n}"' + text[end:])
+
+
 def timed(cmd, env=None, cwd=None):
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=cwd)
@@ -226,10 +259,11 @@ def go_floor(app, platforms, out, share_cores=False):
     return time.perf_counter() - start
 
 
-def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, floor_out):
+def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, floor_out, lib=None, lib_runs=0):
     """Edit → pushed, each run paired with a bare go build of the same kind of edit on a copy
-    of the app (which kodev does not watch), so both are measured in the same minute."""
-    floor_editor = Editor(floor_app)
+    of the app (which kodev does not watch), so both are measured in the same minute. `runs`
+    edits of main, then `lib_runs` of the package `lib` (a directory) if given. Returns a dict
+    of lists per kind of edit ("main", "lib"), and the peak RSS."""
     proc = subprocess.Popen([kodev, "dev", "--no-tui", "--output", "json", "-d", f"{registry.host}/dev", "-t", "dev"],
                             cwd=app, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     events = []
@@ -253,35 +287,43 @@ def dev_latency(kodev, app, registry, runs, editor, env, platforms, floor_app, f
                     raise SystemExit("kodev dev stalled")
 
     wait(lambda e: e["event"] == "watching", 0)
-    latencies, uploaded, floors, shared_floors, relinked_edits = [], [], [], [], []
-    for _ in range(runs):
-        # kodev may still be running go in the background after the last push (`go list -deps`
-        # for its view of the packages; at the start, the build that records a recipe for the
-        # first edit): let it finish, so the floor build has the machine to itself too.
-        wait_for_no_children(proc.pid)
-        time.sleep(0.5)
-        floor_editor.edit()
-        floors.append(go_floor(floor_app, platforms, floor_out))
-        if len(platforms) > 1:
+
+    def measure(editor, floor_editor, runs):
+        latencies, uploaded, floors, shared_floors, relinked_edits = [], [], [], [], []
+        for _ in range(runs):
+            # kodev may still be running go in the background after the last push (`go list -deps`
+            # for its view of the packages; at the start, the build that records a recipe for the
+            # first edit): let it finish, so the floor build has the machine to itself too.
+            wait_for_no_children(proc.pid)
             time.sleep(0.5)
             floor_editor.edit()
-            shared_floors.append(go_floor(floor_app, platforms, floor_out, share_cores=True))
-        time.sleep(0.5)
-        with cond:
-            since = len(events)
-        t0 = time.time()
-        editor.edit()
-        _, pushed = wait(lambda e: e["event"] == "pushed", since)
-        # The event's own timestamp: when kodev finished, not when we read the pipe.
-        t1 = time.mktime(time.strptime(pushed["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0." + pushed["time"][20:23])
-        latencies.append(t1 - t0)
-        uploaded.append(pushed["bytes_uploaded"])
-        relinked_edits.append(settle_relinks(events, since, wait))
+            floors.append(go_floor(floor_app, platforms, floor_out))
+            if len(platforms) > 1:
+                time.sleep(0.5)
+                floor_editor.edit()
+                shared_floors.append(go_floor(floor_app, platforms, floor_out, share_cores=True))
+            time.sleep(0.5)
+            with cond:
+                since = len(events)
+            t0 = time.time()
+            editor.edit()
+            _, pushed = wait(lambda e: e["event"] == "pushed", since)
+            # The event's own timestamp: when kodev finished, not when we read the pipe.
+            t1 = time.mktime(time.strptime(pushed["time"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0." + pushed["time"][20:23])
+            latencies.append(t1 - t0)
+            uploaded.append(pushed["bytes_uploaded"])
+            relinked_edits.append(settle_relinks(events, since, wait))
+        return dict(latencies=latencies, uploaded=uploaded, floors=floors, shared_floors=shared_floors,
+                    relinked=relinked_edits)
+
+    measured = {"main": measure(editor, Editor(floor_app), runs)}
+    if lib:
+        measured["lib"] = measure(LibEditor(app, lib), LibEditor(floor_app, lib), lib_runs)
     rss = peak_rss(proc.pid)
     proc.stdin.write("q\n")
     proc.stdin.flush()
     proc.wait(timeout=30)
-    return latencies, uploaded, rss, floors, shared_floors, relinked_edits
+    return measured, rss
 
 
 def settle_relinks(events, since, wait):
@@ -367,9 +409,13 @@ def main():
     # An edit in the dev loop takes a second or two, and one moves by about ±0.05× of the
     # floor: more of them make the dev medians steadier at little cost.
     ap.add_argument("--dev-runs", type=int, default=15)
+    # Edits of a package main imports (large and ko-src; hello has none), after the main edits.
+    ap.add_argument("--lib-runs", type=int, default=15)
     ap.add_argument("--kodev", default=str(ROOT / "target/release/kodev"))
     ap.add_argument("--ko", default=shutil.which("ko") or "/tmp/kobin/ko")
     ap.add_argument("--only", choices=["hello", "large", "ko-src"])
+    # Fewer packages make a small "large" app: a quick check that the script runs, not a measure.
+    ap.add_argument("--large-packages", type=int, default=160)
     ap.add_argument("--skip-idle", action="store_true")
     args = ap.parse_args()
     if not Path(args.kodev).exists():
@@ -387,12 +433,14 @@ def main():
             add_edit_marker(hello)
             apps["hello"] = hello
         if args.only in (None, "large"):
-            apps["large"] = generate_large_app(work / "large")
+            apps["large"] = generate_large_app(work / "large", packages=args.large_packages)
         if args.only in (None, "ko-src"):
             real = copy_ko_source(work / "ko-src")
             if real:
                 apps["ko-src"] = real
         for name, app in apps.items():
+            if name in LIB_PACKAGES:
+                LibEditor.add(app, *LIB_PACKAGES[name])
             for platforms in (["linux/amd64"], ["linux/amd64", "linux/arm64"]):
                 write_skaffold(app, base, platforms)
                 editor = Editor(app)
@@ -442,15 +490,24 @@ def main():
                 shutil.rmtree(floor_app, ignore_errors=True)
                 shutil.copytree(app, floor_app)
                 go_floor(floor_app, platforms, out)  # its own packages in the Go build cache
-                latencies, uploaded, rss, dev_floor, shared_floor, relinked = dev_latency(
-                    args.kodev, app, registry, args.dev_runs, editor, env, platforms, floor_app, out)
+                lib = LIB_PACKAGES.get(name, (None,))[0]
+                measured, rss = dev_latency(args.kodev, app, registry, args.dev_runs, editor, env, platforms, floor_app, out,
+                                            lib=lib, lib_runs=args.lib_runs)
+                dev_main = measured["main"]
                 size = (out / "bin0").stat().st_size
                 row.update(binary_mb=size / 1e6, floor=median(floor), cold=median(cold), warm=median(warm),
                            ko=median(ko) if ko else None, same=median(same), ko_same=median(ko_same) if ko_same else None,
-                           dev=median(latencies), dev_floor=median(dev_floor),
-                           shared_floor=median(shared_floor) if shared_floor else None, uploaded=median(uploaded), rss=rss,
-                           relinked=f"{sum(relinked)}/{len(relinked)}",
+                           dev=median(dev_main["latencies"]), dev_floor=median(dev_main["floors"]),
+                           shared_floor=median(dev_main["shared_floors"]) if dev_main["shared_floors"] else None,
+                           uploaded=median(dev_main["uploaded"]), rss=rss,
+                           relinked=f"{sum(dev_main['relinked'])}/{len(dev_main['relinked'])}",
                            warm_relinked=f"{sum(warm_relinked)}/{len(warm_relinked)}")
+                if "lib" in measured:
+                    dev_lib = measured["lib"]
+                    row["lib"] = dict(dev=median(dev_lib["latencies"]), dev_floor=median(dev_lib["floors"]),
+                                      shared_floor=median(dev_lib["shared_floors"]) if dev_lib["shared_floors"] else None,
+                                      uploaded=median(dev_lib["uploaded"]),
+                                      relinked=f"{sum(dev_lib['relinked'])}/{len(dev_lib['relinked'])}", edits=len(dev_lib["latencies"]))
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
         idle = None if args.skip_idle else idle_watch(args.kodev, registry, dict(os.environ, KODEV_CACHE_DIR=str(work / "cache-idle")))
@@ -458,7 +515,8 @@ def main():
         registry.stop()
     ko_version = sh([args.ko, "version"]).stdout.strip() if have_ko else "not installed"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB; "
-          f"{sh([GO, 'version']).stdout.strip()}; ko {ko_version}; runs: {args.runs}, dev loop edits: {args.dev_runs} (medians)\n")
+          f"{sh([GO, 'version']).stdout.strip()}; ko {ko_version}; runs: {args.runs}, dev loop edits: {args.dev_runs} of main, "
+          f"{args.lib_runs} of a library package (medians)\n")
     def ratio(a, b):
         return f"{a / b:.2f}×" if a and b else "-"
 
@@ -483,6 +541,18 @@ def main():
         print(f"| {r['app']} | {r['platforms']} | {secs(r['dev_floor'])} | {secs(r['dev'])} | {ratio(r['dev'], r['dev_floor'])} | "
               f"{secs(r['shared_floor'])} | {ratio(r['dev'], r['shared_floor'])} | {r['relinked']} | "
               f"{r['uploaded'] / 1e6:.1f} MB | {r['rss'] / 1e6:.0f} MB |")
+    lib_rows = [r for r in results if "lib" in r]
+    if lib_rows:
+        print("\n`kodev dev` after an edit of a package main imports (not main), from the file write to the")
+        print("`pushed` event; each run paired the same way with a bare go build of the same kind of edit:\n")
+        print("| app | platforms | package edited | go build (floor) | kodev dev edit→pushed | dev/floor | go build, cores shared | "
+              "dev/that floor | edits relinked without go | uploaded per rebuild |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in lib_rows:
+            lib = r["lib"]
+            print(f"| {r['app']} | {r['platforms']} | {LIB_PACKAGES[r['app']][0]} | {secs(lib['dev_floor'])} | {secs(lib['dev'])} | "
+                  f"{ratio(lib['dev'], lib['dev_floor'])} | {secs(lib['shared_floor'])} | {ratio(lib['dev'], lib['shared_floor'])} | "
+                  f"{lib['relinked']} | {lib['uploaded'] / 1e6:.1f} MB |")
     if idle:
         print(f"\nidle `kodev dev` watching 10,000 files: {idle[0]:.2f}% CPU, {idle[1] / 1e6:.0f} MB RSS")
     shutil.rmtree(work, ignore_errors=True)

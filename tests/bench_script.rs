@@ -9,15 +9,19 @@ use std::process::Command;
 
 use common::*;
 
-/// The cells of the markdown table row that starts with `| hello | {platforms} |` under the
+/// The cells of the markdown table row that starts with `| {app} | {platforms} |` under the
 /// header line containing `header`.
-fn row<'a>(stdout: &'a str, header: &str, platforms: usize) -> Vec<&'a str> {
+fn app_row<'a>(stdout: &'a str, header: &str, app: &str, platforms: usize) -> Vec<&'a str> {
     let table = stdout.split(header).nth(1).unwrap_or_else(|| panic!("no table with {header:?} in:\n{stdout}"));
     let line = table
         .lines()
-        .find(|l| l.starts_with(&format!("| hello | {platforms} |")))
-        .unwrap_or_else(|| panic!("no hello row for {platforms} platform(s) under {header:?} in:\n{stdout}"));
+        .find(|l| l.starts_with(&format!("| {app} | {platforms} |")))
+        .unwrap_or_else(|| panic!("no {app} row for {platforms} platform(s) under {header:?} in:\n{stdout}"));
     line.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+fn row<'a>(stdout: &'a str, header: &str, platforms: usize) -> Vec<&'a str> {
+    app_row(stdout, header, "hello", platforms)
 }
 
 fn ratio(cell: &str) -> f64 {
@@ -80,5 +84,50 @@ fn bench_script_measures_every_row_of_its_tables() {
         let uploaded: f64 = dev[8].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
         assert!(uploaded > 1.0, "an edit uploads at least the new binary layer: {dev:?}");
         assert!(dev[9].ends_with(" MB"), "{dev:?}");
+    }
+}
+
+/// The dev loop after edits of a package main imports (not main): a small "large" app, whose
+/// package p007 is edited; go builds each of them (no relinking), paired with floor builds.
+#[test]
+fn bench_script_measures_edits_outside_main() {
+    if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
+        return;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("benches/bench.py")).args([
+        "--only",
+        "large",
+        "--large-packages",
+        "12",
+        "--runs",
+        "1",
+        "--dev-runs",
+        "1",
+        "--lib-runs",
+        "2",
+        "--skip-idle",
+        "--ko",
+        "/nonexistent/ko",
+        "--kodev",
+        env!("CARGO_BIN_EXE_kodev"),
+    ]);
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 of a library package"), "{stdout}");
+    for platforms in [1, 2] {
+        let lib = app_row(&stdout, "| app | platforms | package edited |", "large", platforms);
+        assert_eq!(lib[2], "internal/p007", "{lib:?}");
+        let (floor, dev_time, dev_ratio) = (seconds(lib[3]), seconds(lib[4]), ratio(lib[5]));
+        assert!(floor > 0.0 && dev_time > 0.0, "{lib:?}");
+        assert!((dev_ratio - dev_time / floor).abs() < 0.2, "ratio matches its cells: {lib:?}");
+        if platforms == 2 {
+            assert!(seconds(lib[6]) > 0.0 && ratio(lib[7]) > 0.0, "the shared-cores floor is measured: {lib:?}");
+        }
+        // go builds these: nothing of main changed, but a package it imports did.
+        assert_eq!(lib[8], "0/2", "{lib:?}");
+        let uploaded: f64 = lib[9].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
+        assert!(uploaded > 0.5, "an edit uploads the new binary layer: {lib:?}");
     }
 }
