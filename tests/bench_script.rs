@@ -24,6 +24,23 @@ fn row<'a>(stdout: &'a str, header: &str, platforms: usize) -> Vec<&'a str> {
     app_row(stdout, header, "hello", platforms)
 }
 
+/// bench.py with `args`, without ko and the idle measure, against this build of kodev: its
+/// output, once it has succeeded.
+fn run_bench(args: &[&str]) -> String {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("benches/bench.py")).args(args).args([
+        "--skip-idle",
+        "--ko",
+        "/nonexistent/ko",
+        "--kodev",
+        env!("CARGO_BIN_EXE_kodev"),
+    ]);
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "bench.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
 fn ratio(cell: &str) -> f64 {
     cell.strip_suffix('×').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("not a ratio: {cell:?}"))
 }
@@ -37,23 +54,7 @@ fn bench_script_measures_every_row_of_its_tables() {
     if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
         return;
     }
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_root().join("benches/bench.py")).args([
-        "--only",
-        "hello",
-        "--runs",
-        "1",
-        "--dev-runs",
-        "2",
-        "--skip-idle",
-        "--ko",
-        "/nonexistent/ko",
-        "--kodev",
-        env!("CARGO_BIN_EXE_kodev"),
-    ]);
-    let out = run(&mut cmd);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = run_bench(&["--only", "hello", "--runs", "1", "--dev-runs", "2"]);
     assert!(stdout.contains("machine: "), "{stdout}");
 
     for platforms in [1, 2] {
@@ -94,27 +95,8 @@ fn bench_script_measures_edits_outside_main() {
     if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
         return;
     }
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_root().join("benches/bench.py")).args([
-        "--only",
-        "large",
-        "--large-packages",
-        "12",
-        "--runs",
-        "1",
-        "--dev-runs",
-        "1",
-        "--lib-runs",
-        "2",
-        "--skip-idle",
-        "--ko",
-        "/nonexistent/ko",
-        "--kodev",
-        env!("CARGO_BIN_EXE_kodev"),
-    ]);
-    let out = run(&mut cmd);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout =
+        run_bench(&["--only", "large", "--large-packages", "12", "--runs", "1", "--dev-runs", "1", "--lib-runs", "2"]);
     assert!(stdout.contains("2 of a library package"), "{stdout}");
     for platforms in [1, 2] {
         let lib = app_row(&stdout, "| app | platforms | package edited |", "large", platforms);

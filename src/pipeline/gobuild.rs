@@ -500,7 +500,7 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         return;
     };
     let capture_godebug = format!("{},{}", go_godebug(&job.env), relink::CAPTURE_GODEBUG);
-    let main_action = match job.main_action {
+    let mut main_action = match job.main_action {
         Some(action) => action,
         // The build did not capture: go tells, without building, where the main package is.
         None => {
@@ -522,7 +522,6 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
     let copy = scratch.0.join("copy").join(job.artifact.binary_name());
     let mut args = build_args(&job.artifact, job.debug, &copy);
     args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
-    let mut main_action = main_action;
     // Another go build of these sources (the user's own, say) may put the main package back
     // in go's cache before this one compiles it: then again, a few times at most.
     let mut outcome = Err(relink::NOT_COMPILED);
