@@ -203,8 +203,9 @@ class LibEditor:
     """One-line edits to a package main imports, not to main: most of a developer's edits. The
     string an init function of that package prints changes, and its length with it. It lives in
     a file of its own, added before the first build (`add`), so that an edit changes that
-    package's code but not what it exports: go compiles it, takes main from its cache, and
-    links. kodev cannot relink these without go."""
+    package's code but not what it exports. go compiles it and the packages between it and main
+    whose inputs then change; main itself too when it imports the package directly (the large
+    app's internal/p007), not for ko's pkg/build. kodev cannot relink these without go."""
 
     FILE = "zz_bench_edit.go"
 

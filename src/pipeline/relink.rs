@@ -598,8 +598,8 @@ pub enum Fit {
     /// It applies: the recipe, and the main package's compile text for the files as they are.
     Usable(Arc<Recipe>, Vec<Vec<u8>>),
     /// It no longer applies, and the main package is as it was: the edit is elsewhere (a
-    /// package main imports, most often), and go will most likely take the main package from
-    /// its cache, so a capturing build would record nothing.
+    /// package main imports, most often), and go may well take the main package from its
+    /// cache, so a capturing build would record nothing.
     EditedElsewhere,
     /// No recipe, or the main package changed too.
     Unknown,
