@@ -334,11 +334,11 @@ pub async fn go_build(
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
     let fit = relinker.map_or(relink::Fit::Unknown, |r| r.fit(&output));
-    // go often takes the main package from its cache then, and capturing records nothing; its
-    // output (the text of every action ID: megabytes for a large module) slows go down by a few
-    // percent. When go does compile main (the edit is in a package main imports itself),
-    // reading a recipe beside the build slowed the push more than recording it after the push,
-    // as `Recapture` does (BENCHMARKS, session 17).
+    // After an edit outside the main package go often takes main from its cache, and capturing
+    // records nothing; its output (the text of every action ID: megabytes for a large module)
+    // slows go down by a few percent. When go does compile main (the edit is in a package main
+    // imports itself), reading a recipe beside the build slowed the push more than recording it
+    // after the push, as `Recapture` does (BENCHMARKS, session 17).
     let edited_elsewhere = matches!(fit, relink::Fit::EditedElsewhere);
     if edited_elsewhere {
         tracing::debug!(platform = %platform, "edited outside the main package: go builds without capturing");
