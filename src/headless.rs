@@ -31,7 +31,7 @@ pub fn short_digest(digest: &str) -> &str {
 /// How a platform's binary was built, for the log.
 pub fn compiled_as(relinked: bool) -> &'static str {
     if relinked {
-        "relinked (main package only) done"
+        "relinked without the go command, done"
     } else {
         "go build done"
     }

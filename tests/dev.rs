@@ -581,9 +581,14 @@ const STAMP_GIT: &str = "-buildvcs=true";
 /// The image go makes of `dir` as it is now (a one-shot `kodev build` that does not relink, in
 /// a cache of its own): `alpha`'s digest.
 fn one_shot_alpha_digest(dir: &Path, host: &str) -> String {
+    one_shot_alpha_digest_with(dir, host, &[])
+}
+
+fn one_shot_alpha_digest_with(dir: &Path, host: &str, env: &[(&str, &Path)]) -> String {
     let cache = tempfile::tempdir().unwrap();
     let mut go_only = kodev();
     go_only.env("KODEV_CACHE_DIR", cache.path()).env("GOFLAGS", STAMP_GIT).env("KODEV_RELINK", "0");
+    go_only.envs(env.iter().copied());
     // go as it runs by default (kodev turns its async preemption off otherwise).
     go_only.env("GODEBUG", "asyncpreemptoff=0");
     let out =
@@ -681,18 +686,38 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     assert!(relinked, "a main-only edit is relinked without go: {:#?}", dev.seen);
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "the same image as go build's");
 
-    // An edit of a package main imports goes through go, with the right result. go runs as the
-    // user would, without printing what kodev records a recipe from (that slows it down), and
-    // the recipe is recorded in the background once the image is pushed.
+    // A new import in a package main imports goes through go, with the right result. go runs
+    // as the user would, without printing what kodev records a recipe from (that slows it
+    // down), and the recipe is recorded in the background once the image is pushed, with the
+    // compile of the package go compiled again.
     assert_eq!(uncaptured(), 0, "{}", std::fs::read_to_string(&log).unwrap());
-    edit(&dev.path("internal/shared/shared.go"), "\"hello, \"", "\"hi, \"");
-    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a shared package's edit");
-    assert!(!relinked, "a dependency's edit runs go");
+    let shared = dev.path("internal/shared/shared.go");
+    let source = std::fs::read_to_string(&shared).unwrap();
+    let source = source.replace("package shared\n", "package shared\n\nimport \"strings\"\n");
+    // One write, one build.
+    std::fs::write(&shared, source.replace("\"hello, \" + who", "\"hello, \" + strings.TrimSpace(who)")).unwrap();
+    let mark = dev.seen.len();
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a new import in a shared package");
+    assert!(!relinked, "a new import in a dependency runs go");
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
     assert_eq!(uncaptured(), 1, "go built without capturing: {}", std::fs::read_to_string(&log).unwrap());
-    dev.wait_for("alpha's recipe recorded after the push", |e| {
-        e["event"] == "relink_ready" && e["artifact"] == "alpha"
-    });
+    let ready = |e: &Value| e["event"] == "relink_ready" && e["artifact"] == "alpha";
+    if !dev.seen[mark..].iter().any(ready) {
+        dev.wait_for("alpha's recipe recorded after the push", ready);
+    }
+
+    // An edit inside the shared package is then rebuilt without go: kodev compiles the package
+    // and main with go's recorded commands and keeps them in go's cache, where go's check
+    // (`relink_checked`, in `alpha_rebuilt`) finds them.
+    // (Sources no earlier run put in go's cache: kodev must compile them.)
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    edit(&shared, "\"hello, \"", &format!("\"hi {nanos}, \""));
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a shared package's edit");
+    assert!(relinked, "a dependency's edit is rebuilt without go: {:#?}", dev.seen);
+    assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "go's image, byte for byte");
+    assert_eq!(uncaptured(), 1, "{}", std::fs::read_to_string(&log).unwrap());
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("package compiled package=\"example.com/mono/internal/shared\""), "{log_text}");
     // The next main-only edit relinks again (go's run for alpha, or beta's, compiled the
     // dependency; a recipe names it where go's cache keeps it, see tests/build.rs).
     edit(&main, "\"alpha, relinked\"", "\"alpha, relinked again\"");
@@ -732,4 +757,46 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after another main-only edit");
     assert!(relinked, "main-only edits go on relinking");
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
+}
+
+/// A one-shot `kodev build` after an edit of a package main imports compiles that package and
+/// main itself with go's recorded commands, once a build recorded the package's compile, and
+/// makes the image go makes from nothing (a go build cache of its own: what kodev kept in go's
+/// cache must be go's bytes, not only go's names).
+#[test]
+fn one_shot_builds_rebuild_an_imported_packages_edit_without_go() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    // Sources go has not compiled: the first build compiles the shared package and records it.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let shared = dir.path().join("internal/shared/shared.go");
+    edit(&shared, "\"hello, \"", &format!("\"hello {nanos}, \""));
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| {
+        let out = run(kodev()
+            .env("KODEV_CACHE_DIR", cache.path())
+            .env("KODEV_LOG", "kodev=debug")
+            .env("GOFLAGS", STAMP_GIT)
+            .current_dir(dir.path())
+            .args(["build", "-b", "alpha", "-d", &format!("{}/one", registry.host), "-t", tag]));
+        assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            stdout.rsplit_once('@').expect("a digest").1.trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (_, first) = build("a");
+    assert!(first.contains("go build done"), "{first}");
+    edit(&shared, &format!("\"hello {nanos}, \""), &format!("\"hi {nanos}, \""));
+    let (digest, second) = build("b");
+    assert!(second.contains("relinked without the go command"), "{second}");
+    assert!(second.contains("package compiled package=\"example.com/mono/internal/shared\""), "{second}");
+    let fresh_go_cache = tempfile::tempdir().unwrap();
+    let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", fresh_go_cache.path())]);
+    assert_eq!(digest, reference, "go's image from an empty go build cache");
 }

@@ -339,13 +339,17 @@ pub async fn go_build(
     // slows go down by a few percent. When go does compile main (the edit is in a package main
     // imports itself), reading a recipe beside the build slowed the push more than recording it
     // after the push, as `Recapture` does (BENCHMARKS, session 17).
-    let edited_elsewhere = matches!(fit, relink::Fit::EditedElsewhere);
+    let previous = match &fit {
+        relink::Fit::EditedElsewhere(recipe) => Some(recipe.clone()),
+        _ => None,
+    };
+    let edited_elsewhere = previous.is_some();
     if edited_elsewhere {
         tracing::debug!(platform = %platform, "edited outside the main package: go builds without capturing");
     }
     if let (Some(relinker), relink::Fit::Usable(recipe, text)) = (relinker, fit) {
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "recipe and compile text ready");
-        if recipe.already_built(&text, &output) {
+        if recipe.already_built(&text, &output).await {
             // What go would find too: nothing to link (its check, without loading the packages).
             tracing::debug!(platform = %platform, "the binary is up to date");
             let duration_ms = started.elapsed().as_millis() as u64;
@@ -388,6 +392,7 @@ pub async fn go_build(
             env: env.clone(),
             output: output.clone(),
             main_action: None,
+            previous,
         });
     let mut godebug = go_godebug(&env);
     if capture {
@@ -502,6 +507,8 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         return;
     };
     let capture_godebug = format!("{},{}", go_godebug(&job.env), relink::CAPTURE_GODEBUG);
+    // go's cache entries of the other packages to compile again (see `Recapture::previous`).
+    let mut stale_packages = Vec::new();
     let mut main_action = match job.main_action {
         Some(action) => action,
         // The build did not capture: go tells, without building, where the main package is.
@@ -512,6 +519,9 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
             dry_run.env("GODEBUG", &capture_godebug).stdout(Stdio::null()).stderr(Stdio::piped());
             let told = dry_run.output().await.ok().filter(|out| out.status.success()).and_then(|out| {
                 let lines: Vec<String> = String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect();
+                if let Some(previous) = &job.previous {
+                    stale_packages = previous.packages_changed_since(&lines);
+                }
                 relink::package_action(&lines, &job.artifact.import_path)
             });
             let Some(action) = told else {
@@ -521,6 +531,7 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
             action
         }
     };
+    let previous = job.previous.clone();
     let copy = scratch.0.join("copy").join(job.artifact.binary_name());
     let mut args = build_args(&job.artifact, job.debug, &copy);
     args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
@@ -532,6 +543,11 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         let entry = Path::new(&gocache).join(main_action.get(..2).unwrap_or_default()).join(format!("{main_action}-a"));
         if let Err(e) = std::fs::remove_file(&entry) {
             tracing::debug!(entry = %entry.display(), error = %e, "go's cache entry of the main package is not there");
+        }
+        for action in &stale_packages {
+            let _ = std::fs::remove_file(
+                Path::new(&gocache).join(action.get(..2).unwrap_or_default()).join(format!("{action}-a")),
+            );
         }
         // An earlier attempt's copy names the main package's build in its build ID: go would
         // take that for the compile and skip it.
@@ -550,10 +566,10 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
             return;
         };
         let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
-        let (relinker, go_dir, copy, output) =
-            (relinker.clone(), job.artifact.work_dir.clone(), copy.clone(), job.output.clone());
+        let (relinker, go_dir, copy, output, previous) =
+            (relinker.clone(), job.artifact.work_dir.clone(), copy.clone(), job.output.clone(), previous.clone());
         let kept = tokio::task::spawn_blocking(move || {
-            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output);
+            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output, previous.as_deref());
             (kept, relink::main_action_in_cache(&lines))
         })
         .await;

@@ -3,6 +3,7 @@
 
 pub mod base;
 pub mod gobuild;
+pub mod gocache;
 pub mod image;
 pub mod layer;
 pub mod publish;

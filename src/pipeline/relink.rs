@@ -32,8 +32,11 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::pipeline::gocache;
 
 /// The `GODEBUG` setting that makes go print what it hashes into action IDs.
 pub const CAPTURE_GODEBUG: &str = "gocachehash=1";
@@ -84,7 +87,7 @@ struct ToolRun {
 }
 
 /// What go did to build one binary, enough to redo the main package's compile and the link.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipe {
     /// `RECIPE_FORMAT` and the kodev version that wrote it: a saved recipe of another is not read.
     format: String,
@@ -114,6 +117,47 @@ pub struct Recipe {
     main_signatures: HashMap<String, crate::dev::deps::GraphSignature>,
     /// Whether the listing counts every file (the package embeds some) or only source files.
     listing_all: bool,
+    /// go's build cache (`GOCACHE`), where the packages of the main module that kodev compiles
+    /// itself are kept the way go keeps them.
+    gocache: Option<PathBuf>,
+    /// The main module's other packages, each after those it imports (see `ModulePackage`).
+    packages: Vec<ModulePackage>,
+}
+
+/// A package of the main module besides main, as the captured build saw it: enough to tell
+/// when its files change, to work out its action ID again, and, when go compiled it in that
+/// build, to compile it again the way go did. An edit of such a package (most of a
+/// developer's edits) is then rebuilt without the go command: the package and those of its
+/// importers whose action IDs change, then main and the link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModulePackage {
+    import_path: String,
+    dir: PathBuf,
+    /// What go hashed into its compile action ID, write by write.
+    #[serde(with = "hex_bytes")]
+    text: Vec<Vec<u8>>,
+    /// The content ID of its archive (the last part of its build ID).
+    content_id: String,
+    /// Whether its files may change without the go command: then they are followed here, not
+    /// among the recipe's fixed inputs. Packages with cgo, assembly or embedded files are fixed.
+    editable: bool,
+    /// Its files: (index of their `file` write, name in `dir`, stamp when captured).
+    files: Vec<(usize, String, Option<Stamp>)>,
+    dir_stamp: Option<Stamp>,
+    listing: BTreeSet<String>,
+    signatures: HashMap<String, crate::dev::deps::GraphSignature>,
+    /// go's compile of it, when the captured build (or an earlier one with the same text) ran one.
+    compile: Option<PackageCompile>,
+}
+
+/// A package's compile as go ran it, in `$WORK/<work>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PackageCompile {
+    run: ToolRun,
+    work: String,
+    work_file_names: Vec<String>,
+    #[serde(with = "hex_bytes")]
+    work_file_contents: Vec<Vec<u8>>,
 }
 
 /// A Go-quoted string (`strconv.Quote`) back to its bytes.
@@ -303,15 +347,16 @@ fn packagefile(line: &str) -> Option<(&str, &str)> {
 /// their place in its work directory, gone by the next build) named by their place in go's
 /// cache instead: go keeps each compiled package there under the SHA-256 of its bytes. The main
 /// package's own entry (`b001`) stays: the linker reads main from its command line.
-fn point_into_cache(config: &[u8], work: &str) -> Result<Vec<u8>, &'static str> {
+fn point_into_cache(config: &[u8], work: &str, gocache: Option<&Path>) -> Result<Vec<u8>, &'static str> {
     let Ok(text) = std::str::from_utf8(config) else { return Ok(config.to_vec()) };
     let (in_work, main_archive) = (format!("{work}/"), format!("{work}/b001/"));
     let from_this_run = |path: &str| path.starts_with(&in_work) && !path.starts_with(&main_archive);
     // go's cache, from a package this run did not compile: `<cache>/xx/<sha256>-d`.
-    let cache = text
-        .lines()
-        .filter_map(packagefile)
-        .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten());
+    let cache = gocache.or_else(|| {
+        text.lines()
+            .filter_map(packagefile)
+            .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten())
+    });
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         match packagefile(line.trim_end_matches('\n')) {
@@ -350,6 +395,184 @@ fn git_state_files(main_dir: &Path) -> Option<Vec<PathBuf>> {
     Some(files)
 }
 
+/// go's build cache, from a `-x` line that shows go keeping a package there
+/// (`cp $WORK/b002/_pkg_.a <GOCACHE>/xx/<output ID>-d # internal`).
+fn cached_output_dir(line: &str) -> Option<PathBuf> {
+    let rest = line.strip_prefix("cp $WORK/")?.strip_suffix(" # internal")?;
+    let (_, to) = rest.split_once(' ')?;
+    let to = Path::new(to);
+    let name = to.file_name()?.to_str()?;
+    (name.len() == 66 && name.ends_with("-d")).then(|| Some(to.parent()?.parent()?.to_path_buf())).flatten()
+}
+
+/// The writes of a hashed text that name a file (`file NAME HASH`): their index, name and hash.
+fn file_writes(text: &[Vec<u8>]) -> Vec<(usize, String, String)> {
+    text.iter()
+        .enumerate()
+        .filter_map(|(index, write)| {
+            let line = std::str::from_utf8(write.strip_prefix(b"file ")?).ok()?.strip_suffix('\n')?;
+            let (name, hash) = line.rsplit_once(' ')?;
+            Some((index, name.to_string(), hash.to_string()))
+        })
+        .collect()
+}
+
+/// The writes of a hashed text that name an imported package and its content ID
+/// (`import PATH ID`), by index.
+fn import_writes(text: &[Vec<u8>]) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.iter().enumerate().filter_map(|(index, write)| {
+        let line = std::str::from_utf8(write.strip_prefix(b"import ")?).ok()?.strip_suffix('\n')?;
+        // `import "PATH"` (quoted) is the package's own path, not a dependency.
+        let (path, id) = line.split_once(' ').filter(|(path, _)| !path.starts_with('"'))?;
+        Some((index, path, id))
+    })
+}
+
+/// The main module's packages besides main, from a capturing build's output, each after those
+/// it imports (see `ModulePackage`). A package whose recorded compile does not give the build
+/// ID go wrote is kept without it (its edits then go through go).
+#[allow(clippy::too_many_arguments)]
+fn module_packages(
+    lines: &[String],
+    work: &str,
+    main_import_path: &str,
+    compile_text: &[Vec<u8>],
+    link_text: &[Vec<u8>],
+    main_dir: &Path,
+    package_runs: &HashMap<String, Vec<ToolRun>>,
+    gocache: &Path,
+) -> Result<Vec<ModulePackage>, &'static str> {
+    // go writes `module PATH@` (no version) for the main module's packages.
+    let Some(module) = compile_text
+        .iter()
+        .find_map(|w| std::str::from_utf8(w.strip_prefix(b"module ")?).ok()?.strip_suffix("@\n").map(str::to_string))
+    else {
+        return Ok(Vec::new());
+    };
+    let Some(root) = main_dir.ancestors().find(|dir| dir.join("go.mod").is_file()) else { return Ok(Vec::new()) };
+    let marker = format!("]: \"module {module}@\\n\"");
+    let mut names: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("HASH[build ")?.strip_suffix(marker.as_str()))
+        .filter(|name| *name != main_import_path)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let content_ids: HashMap<&str, &str> = link_text
+        .iter()
+        .filter_map(|w| std::str::from_utf8(w.strip_prefix(b"packagefile ")?).ok()?.strip_suffix('\n')?.split_once('='))
+        .collect();
+    // Which work directory compiled which package, when compiling was all go did there.
+    let mut compiles: HashMap<&str, (&str, &ToolRun)> = HashMap::new();
+    for (work_name, runs) in package_runs {
+        let [run] = &runs[..] else { continue };
+        let output = format!("$WORK/{work_name}/_pkg_.a");
+        let is_compile = tool_name(&run.tool.to_string_lossy()) == Some("compile")
+            && run.args.starts_with(&["-o".to_string(), output])
+            && !run.args.iter().any(|a| a.starts_with("-toolexec"));
+        let package = run.args.iter().position(|a| a == "-p").and_then(|i| run.args.get(i + 1));
+        if let (true, Some(package)) = (is_compile, package) {
+            compiles.insert(package.as_str(), (work_name.as_str(), run));
+        }
+    }
+    let mut packages = Vec::new();
+    for name in names {
+        let (Some(text), Some(content_id)) = (hashed_text(lines, &format!("build {name}")), content_ids.get(name))
+        else {
+            continue;
+        };
+        let Some(relative) = name.strip_prefix(module.as_str()).map(|r| r.trim_start_matches('/')) else { continue };
+        let dir = root.join(relative);
+        let file_lines = file_writes(&text);
+        let editable = dir.is_dir()
+            && !text.iter().any(|w| w.starts_with(b"cgo "))
+            && file_lines.iter().all(|(_, file, _)| file.ends_with(".go") && !file.contains('/'));
+        let mut files = Vec::new();
+        let mut signatures = HashMap::new();
+        for (index, file, hash) in &file_lines {
+            let path = dir.join(file);
+            let before = stamp(&path);
+            if editable {
+                let bytes = std::fs::read(&path).map_err(|_| "an input is gone")?;
+                if hash_to_string(&Sha256::digest(&bytes)) != *hash {
+                    return Err("an input changed while go ran");
+                }
+                let source = std::str::from_utf8(&bytes).map_err(|_| "a Go file that is not UTF-8")?;
+                signatures.insert(file.clone(), crate::dev::deps::graph_signature(source));
+            }
+            files.push((*index, file.clone(), before));
+        }
+        let compile = compiles.get(name).and_then(|(work_name, run)| {
+            let archive = Path::new(work).join(work_name).join("_pkg_.a");
+            let id = go_build_id(&archive)?;
+            let holds =
+                id.split_once('/') == Some((text_id(&text).as_str(), content_id)) && content_id_holds(&archive, &id);
+            if !holds {
+                tracing::debug!(package = name, "a package's compile does not give go's build ID; not replayed");
+                return None;
+            }
+            let (mut work_file_names, mut work_file_contents) = (Vec::new(), Vec::new());
+            for entry in std::fs::read_dir(Path::new(work).join(work_name)).ok()? {
+                let entry = entry.ok()?;
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().ok()?.is_file() && file_name != "_pkg_.a" {
+                    let content = std::fs::read(entry.path()).ok()?;
+                    work_file_contents.push(point_into_cache(&content, work, Some(gocache)).ok()?);
+                    work_file_names.push(file_name);
+                }
+            }
+            Some(PackageCompile {
+                run: (*run).clone(),
+                work: work_name.to_string(),
+                work_file_names,
+                work_file_contents,
+            })
+        });
+        packages.push(ModulePackage {
+            import_path: name.to_string(),
+            dir_stamp: stamp(&dir),
+            listing: if editable {
+                listing(&dir, false).ok_or("a package directory cannot be read")?
+            } else {
+                BTreeSet::new()
+            },
+            dir,
+            text,
+            content_id: content_id.to_string(),
+            editable,
+            files,
+            signatures,
+            compile,
+        });
+    }
+    Ok(in_dependency_order(packages))
+}
+
+/// `packages` ordered so that each comes after the packages of the list it imports.
+fn in_dependency_order(packages: Vec<ModulePackage>) -> Vec<ModulePackage> {
+    let index: HashMap<&str, usize> = packages.iter().enumerate().map(|(i, p)| (p.import_path.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = packages
+        .iter()
+        .map(|p| import_writes(&p.text).filter_map(|(_, path, _)| index.get(path).copied()).collect())
+        .collect();
+    let (mut order, mut placed) = (Vec::with_capacity(packages.len()), vec![false; packages.len()]);
+    fn visit(i: usize, deps: &[Vec<usize>], placed: &mut [bool], order: &mut Vec<usize>) {
+        if placed[i] {
+            return;
+        }
+        placed[i] = true;
+        for &d in &deps[i] {
+            visit(d, deps, placed, order);
+        }
+        order.push(i);
+    }
+    for i in 0..packages.len() {
+        visit(i, &deps, &mut placed, &mut order);
+    }
+    let mut slots: Vec<Option<ModulePackage>> = packages.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
 impl Recipe {
     /// Read a recipe from a capturing `go build`'s output (`CAPTURE_FLAGS`, `CAPTURE_GODEBUG`),
     /// while its kept work directory still exists; `output` is the binary it built. Says why
@@ -361,13 +584,21 @@ impl Recipe {
         let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
         let (mut compile, mut link) = (None, None);
+        // The tools go ran for the other packages, by their directory in $WORK (`b002`…).
+        let mut package_runs: HashMap<String, Vec<ToolRun>> = HashMap::new();
         for line in lines {
             if let Some(cd) = line.strip_prefix("cd ") {
                 // Relative to go's own directory (`cd .` before the link).
                 dir = go_dir.join(cd);
                 continue;
             }
-            if !line.contains("$WORK/b001/") {
+            let Some(at) = line.find("$WORK/b") else { continue };
+            let work_name: String =
+                line[at + "$WORK/".len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            if work_name != "b001" {
+                if let Some(run) = tool_run(line, &dir).filter(|run| tool_name(&run.tool.to_string_lossy()).is_some()) {
+                    package_runs.entry(work_name).or_default().push(run);
+                }
                 continue;
             }
             let Some(run) = tool_run(line, &dir) else { continue };
@@ -446,13 +677,34 @@ impl Recipe {
             return Err("stamped with a clean git tree, which an edit changes");
         }
 
+        // With a cache program (GOCACHEPROG) go's cache is not files kodev can add to.
+        let gocache = lines
+            .iter()
+            .find_map(|line| cached_output_dir(line))
+            .filter(|_| std::env::var_os("GOCACHEPROG").is_none_or(|p| p.is_empty()));
+        let packages = match &gocache {
+            Some(gocache) => module_packages(
+                lines,
+                work,
+                &main_import_path,
+                &compile_text,
+                &link_text,
+                &main_dir,
+                &package_runs,
+                gocache,
+            )?,
+            None => Vec::new(),
+        };
+        let editable: Vec<&ModulePackage> = packages.iter().filter(|p| p.editable).collect();
+        let editable_dirs: BTreeSet<&Path> = editable.iter().map(|p| p.dir.as_path()).collect();
         let goroot = compile.tool.ancestors().nth(4).ok_or("no GOROOT")?.to_path_buf();
-        let main_paths: BTreeSet<PathBuf> = main_files.iter().map(|(_, name)| main_dir.join(name)).collect();
+        let mut followed: BTreeSet<PathBuf> = main_files.iter().map(|(_, name)| main_dir.join(name)).collect();
+        followed.extend(editable.iter().flat_map(|p| p.files.iter().map(|(_, name, _)| p.dir.join(name))));
         let mut inputs = Vec::new();
         let mut dirs = BTreeSet::new();
         for (path, digest) in hashed_files {
             let path = PathBuf::from(path);
-            if main_paths.contains(&path) {
+            if followed.contains(&path) {
                 continue;
             }
             let before = stamp(&path).ok_or("an input is gone")?;
@@ -463,7 +715,7 @@ impl Recipe {
             {
                 return Err("an input changed while go ran");
             }
-            if let Some(parent) = path.parent().filter(|p| *p != main_dir) {
+            if let Some(parent) = path.parent().filter(|p| *p != main_dir && !editable_dirs.contains(p)) {
                 dirs.insert(parent.to_path_buf());
             }
             inputs.push((path, Some(before)));
@@ -505,7 +757,7 @@ impl Recipe {
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type().map_err(|_| unreadable)?.is_file() && name != "_pkg_.a" {
                 let content = std::fs::read(entry.path()).map_err(|_| unreadable)?;
-                work_file_contents.push(point_into_cache(&content, work)?);
+                work_file_contents.push(point_into_cache(&content, work, gocache.as_deref())?);
                 work_file_names.push(name);
             }
         }
@@ -548,16 +800,26 @@ impl Recipe {
             main_listing,
             main_signatures,
             listing_all,
+            gocache,
+            packages,
         })
     }
 
-    /// The main package's compile text for the files as they are now, or None when something
-    /// go would see differently has changed since the recipe was captured.
-    pub fn current_compile_text(&self) -> Option<Vec<Vec<u8>>> {
+    /// The sources as they are now (see `Sources`), or None when something go would see
+    /// differently has changed since the recipe was captured: a fixed input, a package's list
+    /// of files, a file's package clause, imports or directives.
+    pub fn current_sources(&self) -> Option<Sources> {
         if self.inputs.iter().any(|(path, before)| stamp(path) != *before) {
             return None;
         }
-        self.main_text_now()
+        let main_text = self.main_text_now()?;
+        let mut edited = Vec::new();
+        for (index, package) in self.packages.iter().enumerate().filter(|(_, p)| p.editable) {
+            if let Some(text) = package.text_now()? {
+                edited.push((index, text));
+            }
+        }
+        Some(Sources { main_text, edited })
     }
 
     /// The compile text with the main package's files as they are now, if the package is
@@ -582,6 +844,32 @@ impl Recipe {
         Some(text)
     }
 
+    /// The action IDs (hex), as go computes them now (`dry_run_lines`, a `go build -n` with
+    /// `CAPTURE_GODEBUG`), of the packages whose action changed since this recipe was captured.
+    pub fn packages_changed_since(&self, dry_run_lines: &[String]) -> Vec<String> {
+        self.packages
+            .iter()
+            .filter_map(|package| {
+                let now = package_action(dry_run_lines, &package.import_path)?;
+                (now != hex::encode(Sha256::digest(package.text.concat()))).then_some(now)
+            })
+            .collect()
+    }
+
+    /// Take the recorded compiles of `previous` for the packages whose text is the same here
+    /// and whose compile this recipe lacks (go took them from its cache this time): what go
+    /// compiled for earlier edits keeps serving later ones.
+    fn adopt_compiles(&mut self, previous: &Recipe) {
+        if self.gocache != previous.gocache {
+            return;
+        }
+        for package in self.packages.iter_mut().filter(|p| p.compile.is_none()) {
+            let before =
+                previous.packages.iter().find(|p| p.import_path == package.import_path && p.text == package.text);
+            package.compile = before.and_then(|p| p.compile.clone());
+        }
+    }
+
     /// Whether the main package's files are, byte for byte, those `binary` (built by go or
     /// relinked with this recipe) was compiled from: its build ID names the main package's
     /// compile action. Then whatever made the recipe stale lies outside the main package (most
@@ -593,20 +881,72 @@ impl Recipe {
     }
 }
 
+impl ModulePackage {
+    /// The package's compile text with its files as they are now: None when it is no longer
+    /// the package the recipe knows (another list of files, or a file's package clause, imports
+    /// or directives changed); Some(None) when its files are those go hashed.
+    fn text_now(&self) -> Option<Option<Vec<Vec<u8>>>> {
+        if stamp(&self.dir) != self.dir_stamp && listing(&self.dir, false)? != self.listing {
+            return None;
+        }
+        let mut text = None::<Vec<Vec<u8>>>;
+        for (index, name, before) in &self.files {
+            let path = self.dir.join(name);
+            if stamp(&path) == *before {
+                continue;
+            }
+            let bytes = std::fs::read(&path).ok()?;
+            let now = crate::dev::deps::graph_signature(std::str::from_utf8(&bytes).ok()?);
+            if self.signatures.get(name) != Some(&now) {
+                return None;
+            }
+            let write = format!("file {name} {}\n", hash_to_string(&Sha256::digest(&bytes))).into_bytes();
+            if write != self.text[*index] {
+                text.get_or_insert_with(|| self.text.clone())[*index] = write;
+            }
+        }
+        Some(text)
+    }
+}
+
+/// The main module's sources as a recipe sees them now: the main package's compile text, and
+/// the texts of the other packages whose files changed since the recipe was captured.
+pub struct Sources {
+    main_text: Vec<Vec<u8>>,
+    /// (index in the recipe's packages, the package's text with its files as they are now).
+    edited: Vec<(usize, Vec<Vec<u8>>)>,
+}
+
+impl Sources {
+    /// Names these sources: the same sources, the same fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        for text in std::iter::once(&self.main_text).chain(self.edited.iter().map(|(_, text)| text)) {
+            for write in text {
+                hasher.update(write);
+            }
+            hasher.update(b"\0");
+        }
+        hash_to_string(&hasher.finalize())
+    }
+}
+
 /// What the recipe of a binary says of the sources as they are now.
 pub enum Fit {
-    /// It applies: the recipe, and the main package's compile text for the files as they are.
-    Usable(Arc<Recipe>, Vec<Vec<u8>>),
+    /// It applies: the recipe, and the sources as they are.
+    Usable(Arc<Recipe>, Sources),
     /// It no longer applies, and the main package is as it was: the edit is elsewhere (a
-    /// package main imports, most often), and go may well take the main package from its
-    /// cache, so a capturing build would record nothing.
-    EditedElsewhere,
+    /// package main imports, most often) and cannot be rebuilt without go (a package whose
+    /// compile the recipe does not hold, a new import…). go may well take the main package from
+    /// its cache, so a capturing build would record nothing. The recipe that no longer applies
+    /// comes along: it tells which packages go compiled again (see `Recapture`).
+    EditedElsewhere(Arc<Recipe>),
     /// No recipe, or the main package changed too.
     Unknown,
 }
 
 /// Bumped when a saved recipe's meaning changes.
-const RECIPE_FORMAT: u32 = 1;
+const RECIPE_FORMAT: u32 = 2;
 
 fn recipe_format() -> String {
     format!("{RECIPE_FORMAT} kodev {}", env!("CARGO_PKG_VERSION"))
@@ -671,7 +1011,8 @@ pub fn failed(what: impl std::fmt::Display) -> RelinkFailed {
     RelinkFailed { why: what.to_string(), compile_error: false }
 }
 
-async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Result<(), RelinkFailed> {
+/// Run a tool go ran, in `work` for `$WORK`; returns what it printed on its standard output.
+async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Result<Vec<u8>, RelinkFailed> {
     let args: Vec<String> = run.args.iter().map(|a| a.replace("$WORK", &work.to_string_lossy())).collect();
     let output = tokio::process::Command::new(&run.tool)
         .args(&args)
@@ -697,7 +1038,7 @@ async fn run_tool(run: &ToolRun, work: &Path, env: &[(String, String)]) -> Resul
             compile_error: tool_name(&run.tool.to_string_lossy()) == Some("compile"),
         });
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// An ELF section's offset and size, by name; and whether the file is little-endian. None for
@@ -843,20 +1184,136 @@ fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<String> {
     Ok(id)
 }
 
+/// What the main module's packages come to for some sources (see `Recipe::resolve`).
+struct Resolved {
+    /// The packages whose content ID changed, with their new one.
+    contents: HashMap<String, String>,
+    /// The packages whose action changed, with their archive in go's cache.
+    archives: HashMap<String, PathBuf>,
+    /// The main package's compile text, with the new content IDs of what it imports.
+    main_text: Vec<Vec<u8>>,
+}
+
+/// `text` with the content IDs of the packages in `contents` replaced in its `import` writes.
+fn with_imports(mut text: Vec<Vec<u8>>, contents: &HashMap<String, String>) -> Vec<Vec<u8>> {
+    let replaced: Vec<(usize, Vec<u8>)> = import_writes(&text)
+        .filter_map(|(index, path, _)| Some((index, format!("import {path} {}\n", contents.get(path)?).into_bytes())))
+        .collect();
+    for (index, write) in replaced {
+        text[index] = write;
+    }
+    text
+}
+
+/// An import configuration with the archives of the packages in `archives` in place of the
+/// ones it names.
+fn with_archives(config: &[u8], archives: &HashMap<String, PathBuf>) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(config) else { return config.to_vec() };
+    if archives.is_empty() {
+        return config.to_vec();
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        match packagefile(line.trim_end_matches('\n')).and_then(|(package, _)| Some((package, archives.get(package)?)))
+        {
+            Some((package, archive)) => out.push_str(&format!("packagefile {package}={}\n", archive.display())),
+            None => out.push_str(line),
+        }
+    }
+    out.into_bytes()
+}
+
+/// Write a work directory's files for a tool, with the archives in `archives` in place.
+fn write_work_files(
+    dir: &Path,
+    names: &[String],
+    contents: &[Vec<u8>],
+    archives: &HashMap<String, PathBuf>,
+) -> Result<(), RelinkFailed> {
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    for (name, bytes) in names.iter().zip(contents) {
+        std::fs::write(dir.join(name), with_archives(bytes, archives)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Record what a package of the main module came to: its archive, and its content ID when
+/// that changed.
+fn settle(
+    package: &ModulePackage,
+    id: &str,
+    archive: PathBuf,
+    contents: &mut HashMap<String, String>,
+    archives: &mut HashMap<String, PathBuf>,
+) -> Result<(), RelinkFailed> {
+    let content = id.rsplit_once('/').map(|(_, c)| c.to_string()).ok_or_else(|| failed("odd build ID"))?;
+    archives.insert(package.import_path.clone(), archive);
+    if content != package.content_id {
+        contents.insert(package.import_path.clone(), content);
+    }
+    Ok(())
+}
+
+/// Compile a package of the main module with go's recorded command, for action `action`
+/// (`action_hex` in full), against the archives of the packages in `archives`, and keep it in
+/// go's cache. Returns its build ID and its archive there.
+async fn compile_package(
+    package: &ModulePackage,
+    text: &[Vec<u8>],
+    gocache: &Path,
+    scratch: &Path,
+    env: &[(String, String)],
+    archives: &HashMap<String, PathBuf>,
+) -> Result<(String, PathBuf), RelinkFailed> {
+    let (action_hex, action) = (hex::encode(Sha256::digest(text.concat())), text_id(text));
+    let recorded =
+        package.compile.as_ref().ok_or_else(|| failed(format!("no recorded compile of {}", package.import_path)))?;
+    let started = std::time::Instant::now();
+    let work = scratch.join(&recorded.work);
+    write_work_files(&work, &recorded.work_file_names, &recorded.work_file_contents, archives)?;
+    let mut run = recorded.run.clone();
+    let at = run.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
+    run.args[at + 1] = format!("{action}/{action}");
+    let printed = run_tool(&run, scratch, env).await?;
+    let built = work.join("_pkg_.a");
+    let id = stamp_content_id(&built, &run.args[at + 1]).map_err(failed)?;
+    // A file saved again while the compiler read it would put other sources under this action
+    // ID in go's cache, for every later build: the files must still be those the text hashes.
+    for (_, name, hash) in file_writes(text) {
+        let now = std::fs::read(package.dir.join(&name)).map(|bytes| hash_to_string(&Sha256::digest(bytes)));
+        if now.ok().as_deref() != Some(hash.as_str()) {
+            return Err(failed(format!("{name} changed while it was compiled")));
+        }
+    }
+    let bytes = std::fs::read(&built).map_err(failed)?;
+    let archive = gocache::put(gocache, &action_hex, &bytes).map_err(failed)?;
+    // go keeps what the compiler printed beside it (usually nothing).
+    if let Some(key) = gocache::subkey(&action_hex, "stdout") {
+        gocache::put(gocache, &key, &printed).map_err(failed)?;
+    }
+    tracing::debug!(package = package.import_path, ms = started.elapsed().as_millis() as u64, "package compiled");
+    Ok((id, archive))
+}
+
 impl Recipe {
     /// The link's action ID when the main package's archive has build ID `main_id`
-    /// (`action/content`).
-    fn link_action(&self, main_id: &str) -> Option<String> {
+    /// (`action/content`) and the packages in `contents` have those content IDs.
+    fn link_action(&self, main_id: &str, contents: &HashMap<String, String>) -> Option<String> {
         let (_, content) = main_id.split_once('/')?;
         let main_file_line = format!("packagefile {}=", self.main_import_path);
         let link_text: Vec<Vec<u8>> = self
             .link_text
             .iter()
             .map(|write| {
+                let package = write
+                    .strip_prefix(b"packagefile ")
+                    .and_then(|rest| std::str::from_utf8(rest).ok()?.split_once('=').map(|(package, _)| package));
                 if write.starts_with(main_file_line.as_bytes()) {
                     format!("{main_file_line}{content}\n").into_bytes()
                 } else if write.starts_with(b"packagemain ") {
                     format!("packagemain {main_id}\n").into_bytes()
+                } else if let Some(new) = package.and_then(|package| Some((package, contents.get(package)?))) {
+                    format!("packagefile {}={}\n", new.0, new.1).into_bytes()
                 } else {
                     write.clone()
                 }
@@ -865,25 +1322,102 @@ impl Recipe {
         Some(text_id(&link_text))
     }
 
-    /// Whether `output` is already the binary this recipe gives for `compile_text`, the way go
+    /// Work out what the main module's packages come to for `sources`, dependencies first: a
+    /// package whose action ID changes (its files, or the content of a package it imports) is
+    /// taken from go's cache when go (or kodev) compiled it before, and otherwise compiled with
+    /// go's recorded command into `scratch` and kept in go's cache the way go keeps it. Packages
+    /// whose imports are settled are compiled side by side, as go does, up to one per core.
+    /// Without `scratch`, a package that would need compiling is an error (`already_built`).
+    async fn resolve(
+        &self,
+        sources: &Sources,
+        scratch: Option<(&Path, &[(String, String)])>,
+    ) -> Result<Resolved, RelinkFailed> {
+        let (mut contents, mut archives) = (HashMap::new(), HashMap::new());
+        if sources.edited.is_empty() {
+            return Ok(Resolved { contents, archives, main_text: sources.main_text.clone() });
+        }
+        let gocache = self.gocache.as_deref().ok_or_else(|| failed("go's cache is not known"))?;
+        let position: HashMap<&str, usize> =
+            self.packages.iter().enumerate().map(|(i, p)| (p.import_path.as_str(), i)).collect();
+        let imports: Vec<Vec<usize>> = self
+            .packages
+            .iter()
+            .map(|p| import_writes(&p.text).filter_map(|(_, path, _)| position.get(path).copied()).collect())
+            .collect();
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut settled = vec![false; self.packages.len()];
+        loop {
+            let ready: Vec<usize> =
+                (0..self.packages.len()).filter(|&i| !settled[i] && imports[i].iter().all(|&d| settled[d])).collect();
+            if ready.is_empty() {
+                break;
+            }
+            let mut to_compile = Vec::new();
+            for index in ready {
+                settled[index] = true;
+                let package = &self.packages[index];
+                let text = sources.edited.iter().find(|(i, _)| *i == index).map_or(&package.text, |(_, text)| text);
+                let text = with_imports(text.clone(), &contents);
+                if text == package.text {
+                    continue;
+                }
+                let action_hex = hex::encode(Sha256::digest(text.concat()));
+                let action = text_id(&text);
+                let cached = gocache::output_of(gocache, &action_hex)
+                    .and_then(|archive| Some((go_build_id(&archive)?, archive)))
+                    .filter(|(id, _)| id.split_once('/').is_some_and(|(a, _)| a == action));
+                match (cached, scratch) {
+                    (Some((id, archive)), _) => settle(package, &id, archive, &mut contents, &mut archives)?,
+                    (None, None) => return Err(failed(format!("{} would be compiled", package.import_path))),
+                    (None, Some(_)) => to_compile.push((package, text)),
+                }
+            }
+            let Some((scratch, env)) = scratch else { continue };
+            let archives_now = &archives;
+            // Boxed: the compiles borrow from this frame, which a `Send` future cannot name otherwise.
+            let compiles: Vec<futures::future::BoxFuture<'_, _>> = to_compile
+                .into_iter()
+                .map(|(package, text)| {
+                    async move {
+                        let built = compile_package(package, &text, gocache, scratch, env, archives_now).await;
+                        built.map(|(id, archive)| (package, id, archive))
+                    }
+                    .boxed()
+                })
+                .collect();
+            let compiled: Vec<_> = futures::stream::iter(compiles).buffer_unordered(parallel).collect().await;
+            for result in compiled {
+                let (package, id, archive) = result?;
+                settle(package, &id, archive, &mut contents, &mut archives)?;
+            }
+        }
+        let main_text = with_imports(sources.main_text.clone(), &contents);
+        Ok(Resolved { contents, archives, main_text })
+    }
+
+    /// Whether `output` is already the binary this recipe gives for `sources`, the way go
     /// tells a binary is up to date: its build ID names the same main package action and the
     /// link action that follows from it.
-    pub fn already_built(&self, compile_text: &[Vec<u8>], output: &Path) -> bool {
+    pub async fn already_built(&self, sources: &Sources, output: &Path) -> bool {
         let Some(id) = go_build_id(output) else { return false };
         let parts: Vec<&str> = id.split('/').collect();
         let [link_action, main_action, main_content, _] = parts[..] else { return false };
-        main_action == text_id(compile_text)
-            && self.link_action(&format!("{main_action}/{main_content}")).as_deref() == Some(link_action)
+        let Ok(resolved) = self.resolve(sources, None).await else { return false };
+        main_action == text_id(&resolved.main_text)
+            && self.link_action(&format!("{main_action}/{main_content}"), &resolved.contents).as_deref()
+                == Some(link_action)
     }
 
-    /// Compile the main package from `compile_text` (`current_compile_text`) and link it into
-    /// `output` (replaced atomically), the way go would. `scratch` holds the work directory;
-    /// `env` is the build's environment on top of kodev's. `linking` hears when the linker
-    /// starts, `linked` of the linker's output as the linker closes it. Returns the compile's
-    /// action ID.
+    /// Rebuild `output` (replaced atomically) for `sources` (`current_sources`) the way go
+    /// would: the edited packages and those whose action IDs change with them (see
+    /// `resolve`), the main package, and the link. `scratch` holds the work directory; `env`
+    /// is the build's environment on top of kodev's. `linking` hears when the linker starts,
+    /// `linked` of the linker's output as the linker closes it. Returns the sources'
+    /// fingerprint.
     pub async fn relink(
         &self,
-        compile_text: &[Vec<u8>],
+        sources: &Sources,
         output: &Path,
         scratch: &Path,
         env: &[(String, String)],
@@ -891,24 +1425,34 @@ impl Recipe {
         linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
     ) -> Result<String, RelinkFailed> {
         let started = std::time::Instant::now();
+        let resolved = self.resolve(sources, Some((scratch, env))).await?;
         let b001 = scratch.join("b001");
+        write_work_files(&b001, &self.work_file_names, &self.work_file_contents, &resolved.archives)?;
         std::fs::create_dir_all(b001.join("exe")).map_err(failed)?;
-        for (name, bytes) in self.work_file_names.iter().zip(&self.work_file_contents) {
-            std::fs::write(b001.join(name), bytes).map_err(failed)?;
-        }
-        let action = text_id(compile_text);
-        let mut compile = self.compile.clone();
-        let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
-        compile.args[at + 1] = format!("{action}/{action}");
-        run_tool(&compile, scratch, env).await?;
+        let action = text_id(&resolved.main_text);
         let archive = b001.join("_pkg_.a");
-        let main_id = stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?;
+        // Main's compile is in go's cache when only its imports' archives changed, not their
+        // content (go compiled it before with these inputs).
+        let action_hex = hex::encode(Sha256::digest(resolved.main_text.concat()));
+        let cached = self.gocache.as_deref().and_then(|cache| gocache::output_of(cache, &action_hex));
+        let main_id = match cached.filter(|cached| std::fs::copy(cached, &archive).is_ok()) {
+            Some(_) => go_build_id(&archive)
+                .filter(|id| id.split_once('/').is_some_and(|(a, _)| a == action))
+                .ok_or_else(|| failed("go's cached main package has another build ID"))?,
+            None => {
+                let mut compile = self.compile.clone();
+                let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
+                compile.args[at + 1] = format!("{action}/{action}");
+                run_tool(&compile, scratch, env).await?;
+                stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?
+            }
+        };
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
         if let Some(linking) = linking {
             let _ = linking.send(());
         }
 
-        let link_action = self.link_action(&main_id).ok_or_else(|| failed("bad build ID"))?;
+        let link_action = self.link_action(&main_id, &resolved.contents).ok_or_else(|| failed("bad build ID"))?;
         let placeholder = format!("{link_action}/{main_id}/{link_action}");
         let mut link = self.link.clone();
         for arg in &mut link.args {
@@ -928,7 +1472,7 @@ impl Recipe {
             .map_err(failed)?
             .map_err(failed)?;
         std::fs::rename(&linker_output, output).map_err(failed)?;
-        Ok(action)
+        Ok(sources.fingerprint())
     }
 }
 
@@ -969,6 +1513,9 @@ pub struct Recapture {
     pub env: Vec<(String, String)>,
     pub output: PathBuf,
     pub main_action: Option<String>,
+    /// The recipe that applied before the edit: the packages whose action IDs changed since
+    /// are compiled again too, so the recipe records their compiles.
+    pub previous: Option<Arc<Recipe>>,
 }
 
 /// A `go build -n` that tells whether go would relink a binary kodev relinked.
@@ -976,7 +1523,7 @@ struct Check {
     /// The artifact's image, as in skaffold.yaml.
     image: String,
     recipe: Arc<Recipe>,
-    /// The main package's action ID the binary was relinked with.
+    /// The fingerprint of the sources the binary was relinked from (`Sources::fingerprint`).
     action: String,
     platform: String,
     work_dir: PathBuf,
@@ -1040,7 +1587,7 @@ impl Relinker {
             return Fit::Unknown;
         }
         let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
-        let recipe = match recipes.get(output) {
+        let mut recipe = match recipes.get(output) {
             Some(recipe) => recipe.clone(),
             None => {
                 let Some(loaded) = load_recipe(output) else { return Fit::Unknown };
@@ -1049,13 +1596,37 @@ impl Relinker {
                 loaded
             }
         };
-        match recipe.current_compile_text() {
-            Some(text) => Fit::Usable(recipe, text),
-            None => {
+        let mut sources = recipe.current_sources();
+        let lacking = |recipe: &Recipe, sources: &Option<Sources>| {
+            sources
+                .as_ref()
+                .is_some_and(|s| s.edited.iter().any(|(index, _)| recipe.packages[*index].compile.is_none()))
+        };
+        if lacking(&recipe, &sources) {
+            // Another binary's recipe may hold the compile (the same package for the same
+            // platform, built by go for that binary).
+            let mut adopted = (*recipe).clone();
+            for other in recipes.values() {
+                adopted.adopt_compiles(other);
+            }
+            if !lacking(&adopted, &sources) {
+                tracing::debug!(output = %output.display(), "package compiles taken from another binary's recipe");
+                recipe = Arc::new(adopted);
+                recipes.insert(output.to_path_buf(), recipe.clone());
+                sources = recipe.current_sources();
+            }
+        }
+        // An edited package the recipe cannot compile needs go; it records the compile then.
+        let replayable = sources
+            .as_ref()
+            .is_some_and(|s| s.edited.iter().all(|(index, _)| recipe.packages[*index].compile.is_some()));
+        match sources {
+            Some(sources) if replayable => Fit::Usable(recipe, sources),
+            _ => {
                 recipes.remove(output);
                 let _ = std::fs::remove_file(saved_recipe_path(output));
                 if recipe.main_package_unchanged(output) {
-                    Fit::EditedElsewhere
+                    Fit::EditedElsewhere(recipe)
                 } else {
                     Fit::Unknown
                 }
@@ -1108,8 +1679,12 @@ impl Relinker {
         go_dir: &Path,
         copy: &Path,
         output: &Path,
+        previous: Option<&Recipe>,
     ) -> Result<(), &'static str> {
-        let recipe = Recipe::capture(lines, go_dir, copy)?;
+        let mut recipe = Recipe::capture(lines, go_dir, copy)?;
+        if let Some(previous) = previous {
+            recipe.adopt_compiles(previous);
+        }
         let copied = go_build_id(copy);
         if copied.is_none() || copied != go_build_id(output) {
             return Err("the binary changed meanwhile");
@@ -1179,7 +1754,7 @@ impl Relinker {
                 // go reads the sources as they are now: after a newer edit it would relink,
                 // which says nothing of the binary being checked.
                 let sources_moved =
-                    check.recipe.current_compile_text().map(|text| text_id(&text)) != Some(check.action.clone());
+                    check.recipe.current_sources().map(|sources| sources.fingerprint()) != Some(check.action.clone());
                 if !same_as_go && sources_moved {
                     tracing::debug!(platform = check.platform, "sources changed before go's check; not conclusive");
                     return;
@@ -1307,6 +1882,60 @@ mod tests {
         assert!(content_id_holds(&archive, &id));
         std::fs::write(&archive, body(&id).replace("code", "kode")).unwrap();
         assert!(!content_id_holds(&archive, &id), "another content, another ID");
+    }
+
+    fn package(import_path: &str, imports: &[&str]) -> ModulePackage {
+        let mut text = vec![format!("import \"{import_path}\"\n").into_bytes(), b"file a.go 0123\n".to_vec()];
+        text.extend(imports.iter().map(|dep| format!("import {dep} OLD\n").into_bytes()));
+        ModulePackage {
+            import_path: import_path.to_string(),
+            dir: PathBuf::from("/m").join(import_path),
+            text,
+            content_id: "C".into(),
+            editable: true,
+            files: Vec::new(),
+            dir_stamp: None,
+            listing: BTreeSet::new(),
+            signatures: HashMap::new(),
+            compile: None,
+        }
+    }
+
+    #[test]
+    fn packages_come_after_what_they_import() {
+        let packages =
+            vec![package("m/top", &["m/mid", "fmt"]), package("m/mid", &["m/low"]), package("m/low", &["strings"])];
+        let order: Vec<String> = in_dependency_order(packages).into_iter().map(|p| p.import_path).collect();
+        assert_eq!(order, ["m/low", "m/mid", "m/top"]);
+    }
+
+    #[test]
+    fn texts_and_import_configurations_take_the_new_content_ids_and_archives() {
+        let text = package("m/top", &["m/mid", "fmt"]).text;
+        // The package's own quoted path is not one of its imports.
+        let imported: Vec<&str> = import_writes(&text).map(|(_, path, _)| path).collect();
+        assert_eq!(imported, ["m/mid", "fmt"]);
+        assert_eq!(file_writes(&text), vec![(1, "a.go".to_string(), "0123".to_string())]);
+        let contents = HashMap::from([("m/mid".to_string(), "NEW".to_string())]);
+        let updated = with_imports(text.clone(), &contents);
+        assert_eq!(updated[2], b"import m/mid NEW\n");
+        assert_eq!((&updated[..2], &updated[3]), (&text[..2], &text[3]));
+
+        let config = b"# import config\npackagefile m/mid=/c/aa/old-d\npackagefile fmt=/c/bb/fmt-d\n";
+        let archives = HashMap::from([("m/mid".to_string(), PathBuf::from("/c/cc/new-d"))]);
+        assert_eq!(
+            with_archives(config, &archives),
+            b"# import config\npackagefile m/mid=/c/cc/new-d\npackagefile fmt=/c/bb/fmt-d\n"
+        );
+    }
+
+    #[test]
+    fn go_s_cache_is_found_where_go_copies_a_package_into_it() {
+        let output = "ab".repeat(32);
+        let line = format!("cp $WORK/b002/_pkg_.a /home/u/.cache/go-build/ab/{output}-d # internal");
+        assert_eq!(cached_output_dir(&line), Some(PathBuf::from("/home/u/.cache/go-build")));
+        assert_eq!(cached_output_dir("cp $WORK/b002/_pkg_.a /tmp/x # internal"), None);
+        assert_eq!(cached_output_dir("mkdir -p $WORK/b002/"), None);
     }
 
     #[test]
