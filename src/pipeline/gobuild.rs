@@ -10,6 +10,7 @@ use tokio::process::Command;
 use crate::config::{go_binary, Artifact};
 use crate::error::{KodevError, Result};
 use crate::event::{EventKind, EventSink};
+use crate::pipeline::gocache;
 use crate::pipeline::relink::{self, Relinker};
 use crate::platform::Platform;
 use std::sync::Arc;
@@ -540,14 +541,12 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
     let mut outcome = Err(relink::NOT_COMPILED);
     for _ in 0..3 {
         // go's cache entry of the main package's compile: without it go compiles the package again.
-        let entry = Path::new(&gocache).join(main_action.get(..2).unwrap_or_default()).join(format!("{main_action}-a"));
+        let entry = gocache::entry_path(Path::new(&gocache), &main_action);
         if let Err(e) = std::fs::remove_file(&entry) {
             tracing::debug!(entry = %entry.display(), error = %e, "go's cache entry of the main package is not there");
         }
         for action in &stale_packages {
-            let _ = std::fs::remove_file(
-                Path::new(&gocache).join(action.get(..2).unwrap_or_default()).join(format!("{action}-a")),
-            );
+            let _ = std::fs::remove_file(gocache::entry_path(Path::new(&gocache), action));
         }
         // An earlier attempt's copy names the main package's build in its build ID: go would
         // take that for the compile and skip it.

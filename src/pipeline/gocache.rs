@@ -18,10 +18,15 @@ fn file_in(cache: &Path, id_hex: &str, kind: &str) -> PathBuf {
     cache.join(id_hex.get(..2).unwrap_or_default()).join(format!("{id_hex}-{kind}"))
 }
 
+/// Where go keeps the entry of action `action_hex`: without it, go runs the action again.
+pub fn entry_path(cache: &Path, action_hex: &str) -> PathBuf {
+    file_in(cache, action_hex, "a")
+}
+
 /// The file go keeps as the output of action `action_hex`, if its entry is there and its
 /// output has the size the entry names.
 pub fn output_of(cache: &Path, action_hex: &str) -> Option<PathBuf> {
-    let entry = std::fs::read(file_in(cache, action_hex, "a")).ok()?;
+    let entry = std::fs::read(entry_path(cache, action_hex)).ok()?;
     if entry.len() != ENTRY_SIZE || !entry.starts_with(b"v1 ") || entry[ENTRY_SIZE - 1] != b'\n' {
         return None;
     }
@@ -71,7 +76,7 @@ pub fn put(cache: &Path, action_hex: &str, bytes: &[u8]) -> std::io::Result<Path
     if entry.len() != ENTRY_SIZE {
         return Err(std::io::Error::other("an action ID that is not a SHA-256"));
     }
-    write_whole(&file_in(cache, action_hex, "a"), entry.as_bytes())?;
+    write_whole(&entry_path(cache, action_hex), entry.as_bytes())?;
     Ok(path)
 }
 
