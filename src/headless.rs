@@ -53,7 +53,7 @@ pub fn render_text(event: &Event) -> String {
             "{platform} relinked binary {}",
             if *same_as_go { "confirmed by go build -n" } else { "differs from go build's" }
         ),
-        EventKind::RelinkReady { platform } => format!("{platform} ready to relink edits of the main package"),
+        EventKind::RelinkReady { platform } => format!("{platform} ready to relink edits without the go command"),
         EventKind::Layer { platform, kind, digest, size, uploaded } => format!(
             "{platform} layer {kind:<6} {} {:>9} {}",
             short_digest(digest),

@@ -266,7 +266,7 @@ fn apply_event(state: &mut State, event: Event) {
         }
         EventKind::RelinkReady { platform } => {
             if let Some(a) = state.artifact_mut(&image) {
-                a.push_log(&platform, "ready to relink edits of the main package");
+                a.push_log(&platform, "ready to relink edits without the go command");
             }
         }
         EventKind::Layer { platform, kind, digest, size, uploaded } => {
