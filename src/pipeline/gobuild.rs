@@ -335,7 +335,8 @@ pub async fn go_build(
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
     let fit = relinker.map_or(relink::Fit::Unknown, |r| r.fit(&output));
-    // After an edit outside the main package go often takes main from its cache, and capturing
+    // After an edit outside the main package that kodev cannot rebuild itself (a package whose
+    // compile no recorded build ran, a new import), go often takes main from its cache, and capturing
     // records nothing; its output (the text of every action ID: megabytes for a large module)
     // slows go down by a few percent. When go does compile main (the edit is in a package main
     // imports itself), reading a recipe beside the build slowed the push more than recording it
@@ -346,7 +347,7 @@ pub async fn go_build(
     };
     let edited_elsewhere = previous.is_some();
     if edited_elsewhere {
-        tracing::debug!(platform = %platform, "edited outside the main package: go builds without capturing");
+        tracing::debug!(platform = %platform, "an edit outside the main package that kodev cannot rebuild itself: go builds without capturing");
     }
     if let (Some(relinker), relink::Fit::Usable(recipe, text)) = (relinker, fit) {
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "recipe and compile text ready");
