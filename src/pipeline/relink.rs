@@ -1256,29 +1256,44 @@ fn settle(
     Ok(())
 }
 
-/// Compile a package of the main module with go's recorded command, for action `action`
-/// (`action_hex` in full), against the archives of the packages in `archives`, and keep it in
-/// go's cache. Returns its build ID and its archive there.
+/// Run go's recorded compile `run` for action `action` (`-buildid action/action`), then stamp
+/// the content ID into its `archive` as go does. Returns the build ID and what the compiler
+/// printed.
+async fn compile_as(
+    run: &ToolRun,
+    action: &str,
+    archive: &Path,
+    scratch: &Path,
+    env: &[(String, String)],
+) -> Result<(String, Vec<u8>), RelinkFailed> {
+    let mut run = run.clone();
+    let at = run.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
+    run.args[at + 1] = format!("{action}/{action}");
+    let printed = run_tool(&run, scratch, env).await?;
+    let id = stamp_content_id(archive, &run.args[at + 1]).map_err(failed)?;
+    Ok((id, printed))
+}
+
+/// Compile a package of the main module with go's recorded command for `text` (whose action
+/// ID is `action_hex`, `action` as go writes it), against the archives of the packages in
+/// `archives`, and keep it in go's cache. Returns its build ID and its archive there.
+#[allow(clippy::too_many_arguments)]
 async fn compile_package(
     package: &ModulePackage,
     text: &[Vec<u8>],
+    (action_hex, action): (&str, &str),
     gocache: &Path,
     scratch: &Path,
     env: &[(String, String)],
     archives: &HashMap<String, PathBuf>,
 ) -> Result<(String, PathBuf), RelinkFailed> {
-    let (action_hex, action) = (hex::encode(Sha256::digest(text.concat())), text_id(text));
     let recorded =
         package.compile.as_ref().ok_or_else(|| failed(format!("no recorded compile of {}", package.import_path)))?;
     let started = std::time::Instant::now();
     let work = scratch.join(&recorded.work);
     write_work_files(&work, &recorded.work_file_names, &recorded.work_file_contents, archives)?;
-    let mut run = recorded.run.clone();
-    let at = run.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
-    run.args[at + 1] = format!("{action}/{action}");
-    let printed = run_tool(&run, scratch, env).await?;
     let built = work.join("_pkg_.a");
-    let id = stamp_content_id(&built, &run.args[at + 1]).map_err(failed)?;
+    let (id, printed) = compile_as(&recorded.run, action, &built, scratch, env).await?;
     // A file saved again while the compiler read it would put other sources under this action
     // ID in go's cache, for every later build: the files must still be those the text hashes.
     for (_, name, hash) in file_writes(text) {
@@ -1288,9 +1303,9 @@ async fn compile_package(
         }
     }
     let bytes = std::fs::read(&built).map_err(failed)?;
-    let archive = gocache::put(gocache, &action_hex, &bytes).map_err(failed)?;
+    let archive = gocache::put(gocache, action_hex, &bytes).map_err(failed)?;
     // go keeps what the compiler printed beside it (usually nothing).
-    if let Some(key) = gocache::subkey(&action_hex, "stdout") {
+    if let Some(key) = gocache::subkey(action_hex, "stdout") {
         gocache::put(gocache, &key, &printed).map_err(failed)?;
     }
     tracing::debug!(package = package.import_path, ms = started.elapsed().as_millis() as u64, "package compiled");
@@ -1372,7 +1387,7 @@ impl Recipe {
                 match (cached, scratch) {
                     (Some((id, archive)), _) => settle(package, &id, archive, &mut contents, &mut archives)?,
                     (None, None) => return Err(failed(format!("{} would be compiled", package.import_path))),
-                    (None, Some(_)) => to_compile.push((package, text)),
+                    (None, Some(_)) => to_compile.push((package, text, action_hex, action)),
                 }
             }
             let Some((scratch, env)) = scratch else { continue };
@@ -1380,9 +1395,10 @@ impl Recipe {
             // Boxed: the compiles borrow from this frame, which a `Send` future cannot name otherwise.
             let compiles: Vec<futures::future::BoxFuture<'_, _>> = to_compile
                 .into_iter()
-                .map(|(package, text)| {
+                .map(|(package, text, action_hex, action)| {
                     async move {
-                        let built = compile_package(package, &text, gocache, scratch, env, archives_now).await;
+                        let ids = (action_hex.as_str(), action.as_str());
+                        let built = compile_package(package, &text, ids, gocache, scratch, env, archives_now).await;
                         built.map(|(id, archive)| (package, id, archive))
                     }
                     .boxed()
@@ -1441,13 +1457,7 @@ impl Recipe {
             Some(_) => go_build_id(&archive)
                 .filter(|id| id.split_once('/').is_some_and(|(a, _)| a == action))
                 .ok_or_else(|| failed("go's cached main package has another build ID"))?,
-            None => {
-                let mut compile = self.compile.clone();
-                let at = compile.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
-                compile.args[at + 1] = format!("{action}/{action}");
-                run_tool(&compile, scratch, env).await?;
-                stamp_content_id(&archive, &compile.args[at + 1]).map_err(failed)?
-            }
+            None => compile_as(&self.compile, &action, &archive, scratch, env).await?.0,
         };
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
         if let Some(linking) = linking {
@@ -1619,9 +1629,7 @@ impl Relinker {
             }
         }
         // An edited package the recipe cannot compile needs go; it records the compile then.
-        let replayable = sources
-            .as_ref()
-            .is_some_and(|s| s.edited.iter().all(|(index, _)| recipe.packages[*index].compile.is_some()));
+        let replayable = !lacking(&recipe, &sources);
         match sources {
             Some(sources) if replayable => Fit::Usable(recipe, sources),
             _ => {
