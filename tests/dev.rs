@@ -759,6 +759,59 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host));
 }
 
+/// A one-shot `kodev build` of alpha with its own kodev cache and the debug log: the digest
+/// pushed, and the log.
+fn one_shot_alpha_logged(dir: &Path, cache: &Path, host: &str, tag: &str) -> (String, String) {
+    let out = run(kodev()
+        .env("KODEV_CACHE_DIR", cache)
+        .env("KODEV_LOG", "kodev=debug")
+        .env("GOFLAGS", STAMP_GIT)
+        .current_dir(dir)
+        .args(["build", "-b", "alpha", "-d", &format!("{host}/one"), "-t", tag]));
+    assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (stdout.rsplit_once('@').expect("a digest").1.trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// One-shot builds have no background recording. When a package main imports itself is edited
+/// and no build recorded its compile (go had it in its cache), the go build that follows
+/// captures, so the next edit of that package is rebuilt without go (before, every such
+/// one-shot build ran go, and the one after it too).
+#[test]
+fn one_shot_builds_record_an_imported_packages_compile_for_its_next_edit() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let shared = dir.path().join("internal/shared/shared.go");
+    let main = dir.path().join("cmd/alpha/main.go");
+    edit(&shared, "\"hello, \"", &format!("\"hello {nanos}, \""));
+    // go alone first: the shared package is in go's cache, so kodev's first build (which
+    // compiles only main, edited next) records no compile of it.
+    one_shot_alpha_digest(dir.path(), &registry.host);
+    edit(&main, "shared.Greeting(\"alpha\")", &format!("shared.Greeting(\"alpha {nanos}\")"));
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
+    let (_, first) = build("a");
+    assert!(first.contains("go build done") && first.contains("recipe for relinking captured"), "{first}");
+
+    edit(&shared, &format!("\"hello {nanos}, \""), &format!("\"hey {nanos}, \""));
+    let (digest, second) = build("b");
+    assert!(second.contains("go builds, capturing") && second.contains("recipe for relinking captured"), "{second}");
+    assert_eq!(digest, one_shot_alpha_digest(dir.path(), &registry.host), "go's image");
+
+    edit(&shared, &format!("\"hey {nanos}, \""), &format!("\"hi {nanos}, \""));
+    let (digest, third) = build("c");
+    assert!(third.contains("relinked without the go command"), "{third}");
+    assert!(third.contains("package compiled package=\"example.com/mono/internal/shared\""), "{third}");
+    let fresh_go_cache = tempfile::tempdir().unwrap();
+    let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", fresh_go_cache.path())]);
+    assert_eq!(digest, reference, "go's image from an empty go build cache");
+}
+
 /// A one-shot `kodev build` after an edit of a package main imports compiles that package and
 /// main itself with go's recorded commands, once a build recorded the package's compile, and
 /// makes the image go makes from nothing (a go build cache of its own: what kodev kept in go's
@@ -776,20 +829,7 @@ fn one_shot_builds_rebuild_an_imported_packages_edit_without_go() {
     let shared = dir.path().join("internal/shared/shared.go");
     edit(&shared, "\"hello, \"", &format!("\"hello {nanos}, \""));
     let cache = tempfile::tempdir().unwrap();
-    let build = |tag: &str| {
-        let out = run(kodev()
-            .env("KODEV_CACHE_DIR", cache.path())
-            .env("KODEV_LOG", "kodev=debug")
-            .env("GOFLAGS", STAMP_GIT)
-            .current_dir(dir.path())
-            .args(["build", "-b", "alpha", "-d", &format!("{}/one", registry.host), "-t", tag]));
-        assert!(out.status.success(), "kodev build: {}", String::from_utf8_lossy(&out.stderr));
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        (
-            stdout.rsplit_once('@').expect("a digest").1.trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
     let (_, first) = build("a");
     assert!(first.contains("go build done"), "{first}");
     edit(&shared, &format!("\"hello {nanos}, \""), &format!("\"hi {nanos}, \""));

@@ -340,13 +340,19 @@ pub async fn go_build(
     // records nothing; its output (the text of every action ID: megabytes for a large module)
     // slows go down by a few percent. When go does compile main (the edit is in a package main
     // imports itself), reading a recipe beside the build slowed the push more than recording it
-    // after the push, as `Recapture` does (BENCHMARKS, session 17).
-    let previous = match &fit {
-        relink::Fit::EditedElsewhere(recipe) => Some(recipe.clone()),
-        _ => None,
+    // after the push, as `Recapture` does (BENCHMARKS, session 17). A one-shot build records
+    // nothing after its push, so there go captures when main imports the edited package itself:
+    // the edited package's compile is then recorded for its next edit.
+    let (previous, capture_anyway) = match &fit {
+        relink::Fit::EditedElsewhere { recipe, main_imports_edit } => {
+            (Some(recipe.clone()), *main_imports_edit && relinker.is_some_and(|r| !r.records_in_background()))
+        }
+        _ => (None, false),
     };
     let edited_elsewhere = previous.is_some();
-    if edited_elsewhere {
+    if capture_anyway {
+        tracing::debug!(platform = %platform, "an edit of a package main imports that kodev cannot rebuild itself: go builds, capturing");
+    } else if edited_elsewhere {
         tracing::debug!(platform = %platform, "an edit outside the main package that kodev cannot rebuild itself: go builds without capturing");
     }
     if let (Some(relinker), relink::Fit::Usable(recipe, text)) = (relinker, fit) {
@@ -384,8 +390,13 @@ pub async fn go_build(
     let mut args = build_args(artifact, debug, &output);
     // Declared before the process group: dropped after go is killed.
     let scratch = go_scratch_root().and_then(|root| ScratchDir::create(&root));
-    let capture =
-        !relink_refused && !edited_elsewhere && relinker.is_some() && scratch.is_some() && !uses_overlay(artifact);
+    let capture = !relink_refused
+        && (!edited_elsewhere || capture_anyway)
+        && relinker.is_some()
+        && scratch.is_some()
+        && !uses_overlay(artifact);
+    // The compiles the stale recipe recorded, for packages go finds unchanged in this build.
+    let adopt_from = previous.clone().filter(|_| capture);
     let recapture =
         relinker.filter(|r| (capture || edited_elsewhere) && r.recaptures_wanted(&output)).map(|_| relink::Recapture {
             artifact: artifact.clone(),
@@ -466,7 +477,10 @@ pub async fn go_build(
         let relinker = kept_by.clone();
         kept_by.capturing(tokio::task::spawn_blocking(move || {
             match relink::Recipe::capture(&err_lines, &go_dir, &output) {
-                Ok(recipe) => {
+                Ok(mut recipe) => {
+                    if let Some(previous) = &adopt_from {
+                        recipe.adopt_compiles(previous);
+                    }
                     tracing::debug!(output = %output.display(), "recipe for relinking captured");
                     relinker.keep(&output, recipe)
                 }

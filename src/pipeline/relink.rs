@@ -26,7 +26,7 @@
 //! turned off with that toolchain and the next build runs go. A one-shot build has no idle
 //! moment for that check and goes without it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -861,7 +861,7 @@ impl Recipe {
     /// Take the recorded compiles of `previous` for the packages whose text is the same here
     /// and whose compile this recipe lacks (go took them from its cache this time): what go
     /// compiled for earlier edits keeps serving later ones.
-    fn adopt_compiles(&mut self, previous: &Recipe) {
+    pub fn adopt_compiles(&mut self, previous: &Recipe) {
         if self.gocache != previous.gocache {
             return;
         }
@@ -876,6 +876,14 @@ impl Recipe {
     /// relinked with this recipe) was compiled from: its build ID names the main package's
     /// compile action. Then whatever made the recipe stale lies outside the main package (most
     /// often in a package it imports).
+    /// Whether main imports one of these edited packages itself (see `Fit::EditedElsewhere`).
+    fn main_imports_one_of(&self, edited: &[(usize, Vec<Vec<u8>>)]) -> bool {
+        let imported: HashSet<&str> = import_writes(&self.compile_text).map(|(_, path, _)| path).collect();
+        edited
+            .iter()
+            .any(|(index, _)| self.packages.get(*index).is_some_and(|p| imported.contains(p.import_path.as_str())))
+    }
+
     fn main_package_unchanged(&self, binary: &Path) -> bool {
         let Some(build_id) = go_build_id(binary) else { return false };
         let Some(built_from) = build_id.split('/').nth(1) else { return false };
@@ -942,7 +950,9 @@ pub enum Fit {
     /// compile the recipe does not hold, a new import…). go may well take the main package from
     /// its cache, so a capturing build would record nothing. The recipe that no longer applies
     /// comes along: it tells which packages go compiled again (see `Recapture`).
-    EditedElsewhere(Arc<Recipe>),
+    /// `main_imports_edit`: an edited package is one main imports itself. Its content ID is in
+    /// main's action text, so go compiles main again, and a capturing build records a recipe.
+    EditedElsewhere { recipe: Arc<Recipe>, main_imports_edit: bool },
     /// No recipe, or the main package changed too.
     Unknown,
 }
@@ -1636,7 +1646,8 @@ impl Relinker {
                 recipes.remove(output);
                 let _ = std::fs::remove_file(saved_recipe_path(output));
                 if recipe.main_package_unchanged(output) {
-                    Fit::EditedElsewhere(recipe)
+                    let main_imports_edit = sources.as_ref().is_some_and(|s| recipe.main_imports_one_of(&s.edited));
+                    Fit::EditedElsewhere { recipe, main_imports_edit }
                 } else {
                     Fit::Unknown
                 }
@@ -1665,6 +1676,12 @@ impl Relinker {
     pub async fn settle(&self) {
         let tasks = std::mem::take(&mut *self.capturing.lock().unwrap_or_else(|e| e.into_inner()));
         futures::future::join_all(tasks).await;
+    }
+
+    /// Whether this process records recipes in the background after a push (`kodev dev`); a
+    /// one-shot build exits after its push and records only what its own go build prints.
+    pub fn records_in_background(&self) -> bool {
+        self.check_with_go
     }
 
     /// Whether binaries built by go without a recipe get one in the background (`kodev dev`).
