@@ -812,6 +812,60 @@ fn one_shot_builds_record_an_imported_packages_compile_for_its_next_edit() {
     assert_eq!(digest, reference, "go's image from an empty go build cache");
 }
 
+/// The same when the edited package is deeper and the edit leaves main's inputs as they were
+/// (the package between it and main compiles to the same archive), so go takes main from its
+/// cache: main's compile comes from the recipe the edit made stale. Edits of main and of the
+/// deep package are then rebuilt without go, and give go's images from an empty go build cache.
+#[test]
+fn one_shot_builds_record_a_deeper_packages_compile_when_go_takes_main_from_its_cache() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let deep = dir.path().join("internal/deep/deep.go");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    // Not inlined: the shared package's archive does not change with its body.
+    std::fs::write(&deep, format!("package deep\n\n//go:noinline\nfunc Word() string {{ return \"deep {nanos}\" }}\n"))
+        .unwrap();
+    let shared = dir.path().join("internal/shared/shared.go");
+    edit(&shared, "package shared\n", "package shared\n\nimport \"example.com/mono/internal/deep\"\n");
+    edit(&shared, "\"hello, \" + who", "\"hello, \" + who + deep.Word()");
+    let main = dir.path().join("cmd/alpha/main.go");
+    // go alone first, so that kodev's first build (of an edit of main) records no compile of
+    // the other packages.
+    one_shot_alpha_digest(dir.path(), &registry.host);
+    edit(&main, "shared.Greeting(\"alpha\")", &format!("shared.Greeting(\"alpha {nanos}\")"));
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
+    let (_, first) = build("a");
+    assert!(first.contains("recipe for relinking captured"), "{first}");
+    let fresh = |what: &str, digest: &str| {
+        let go_cache = tempfile::tempdir().unwrap();
+        let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", go_cache.path())]);
+        assert_eq!(digest, reference, "{what}: go's image from an empty go build cache");
+    };
+
+    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
+    let (digest, second) = build("b");
+    assert!(second.contains("go builds, capturing") && second.contains("recipe for relinking captured"), "{second}");
+    fresh("the deep edit go built", &digest);
+
+    // main's compile, from the stale recipe, with the archives this build's link read.
+    edit(&main, &format!("\"alpha {nanos}\""), &format!("\"alpha again {nanos}\""));
+    let (digest, third) = build("c");
+    assert!(third.contains("relinked without the go command"), "{third}");
+    fresh("an edit of main after it", &digest);
+
+    edit(&deep, &format!("\"deeper {nanos}\""), &format!("\"deepest {nanos}\""));
+    let (digest, fourth) = build("d");
+    assert!(fourth.contains("relinked without the go command"), "{fourth}");
+    assert!(fourth.contains("package compiled package=\"example.com/mono/internal/deep\""), "{fourth}");
+    fresh("the next deep edit", &digest);
+}
+
 /// A one-shot `kodev build` after an edit of a package main imports compiles that package and
 /// main itself with go's recorded commands, once a build recorded the package's compile, and
 /// makes the image go makes from nothing (a go build cache of its own: what kodev kept in go's

@@ -341,17 +341,17 @@ pub async fn go_build(
     // slows go down by a few percent. When go does compile main (the edit is in a package main
     // imports itself), reading a recipe beside the build slowed the push more than recording it
     // after the push, as `Recapture` does (BENCHMARKS, session 17). A one-shot build records
-    // nothing after its push, so there go captures when main imports the edited package itself:
-    // the edited package's compile is then recorded for its next edit.
-    let (previous, capture_anyway) = match &fit {
-        relink::Fit::EditedElsewhere { recipe, main_imports_edit } => {
-            (Some(recipe.clone()), *main_imports_edit && relinker.is_some_and(|r| !r.records_in_background()))
-        }
-        _ => (None, false),
+    // nothing after its push, so there go captures: the compiles of the edited package and of
+    // those it changes are then recorded for the next edit (main's from the stale recipe when
+    // go takes main from its cache).
+    let previous = match &fit {
+        relink::Fit::EditedElsewhere(recipe) => Some(recipe.clone()),
+        _ => None,
     };
     let edited_elsewhere = previous.is_some();
+    let capture_anyway = edited_elsewhere && relinker.is_some_and(|r| !r.records_in_background());
     if capture_anyway {
-        tracing::debug!(platform = %platform, "an edit of a package main imports that kodev cannot rebuild itself: go builds, capturing");
+        tracing::debug!(platform = %platform, "an edit outside the main package that kodev cannot rebuild itself: go builds, capturing");
     } else if edited_elsewhere {
         tracing::debug!(platform = %platform, "an edit outside the main package that kodev cannot rebuild itself: go builds without capturing");
     }
@@ -476,7 +476,7 @@ pub async fn go_build(
         let (kept_by, output, go_dir, scratch) = (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
         let relinker = kept_by.clone();
         kept_by.capturing(tokio::task::spawn_blocking(move || {
-            match relink::Recipe::capture(&err_lines, &go_dir, &output) {
+            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref()) {
                 Ok(mut recipe) => {
                     if let Some(previous) = &adopt_from {
                         recipe.adopt_compiles(previous);

@@ -26,7 +26,7 @@
 //! turned off with that toolchain and the next build runs go. A one-shot build has no idle
 //! moment for that check and goes without it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -582,7 +582,16 @@ impl Recipe {
     /// changed), the package has assembly or cgo, an input changed while go ran, or the output
     /// is not what kodev expects — including build IDs that kodev's way of computing them does
     /// not give, so that a recipe is only kept when kodev can redo what go did.
-    pub fn capture(lines: &[String], go_dir: &Path, output: &Path) -> Result<Recipe, &'static str> {
+    ///
+    /// When go took main from its cache (an edit elsewhere left main's inputs as they were),
+    /// `previous`, a recipe whose compile of main has the same text, gives the compile go
+    /// would have run; without one the reason is `NOT_COMPILED`.
+    pub fn capture(
+        lines: &[String],
+        go_dir: &Path,
+        output: &Path,
+        previous: Option<&Recipe>,
+    ) -> Result<Recipe, &'static str> {
         let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
         let (mut compile, mut link) = (None, None);
@@ -614,16 +623,29 @@ impl Recipe {
                 None => {}
             }
         }
-        let (compile, link) = (compile.ok_or(NOT_COMPILED)?, link.ok_or("go did not link")?);
-        if compile.args.iter().any(|a| a.starts_with("-toolexec")) {
-            return Err("-toolexec");
-        }
+        let mut link = match (&compile, link) {
+            (_, Some(link)) => link,
+            (None, None) => return Err(NOT_COMPILED),
+            (Some(_), None) => return Err("go did not link"),
+        };
         let main_import_path = lines
             .iter()
             .find_map(|l| l.strip_prefix("HASH[link ")?.strip_suffix(']'))
             .ok_or("no link hash")?
             .to_string();
         let compile_text = hashed_text(lines, &format!("build {main_import_path}")).ok_or("no compile hash text")?;
+        let main_from_cache = match compile {
+            Some(_) => None,
+            None => Some(
+                previous
+                    .filter(|p| p.main_import_path == main_import_path && p.compile_text == compile_text)
+                    .ok_or(NOT_COMPILED)?,
+            ),
+        };
+        let compile = compile.or_else(|| main_from_cache.map(|p| p.compile.clone())).ok_or(NOT_COMPILED)?;
+        if compile.args.iter().any(|a| a.starts_with("-toolexec")) {
+            return Err("-toolexec");
+        }
         let link_text = hashed_text(lines, &format!("link {main_import_path}")).ok_or("no link hash text")?;
         // The IDs go gave the tools must be the ones its text hashes to.
         let compile_id = text_id(&compile_text);
@@ -634,7 +656,8 @@ impl Recipe {
             .and_then(|i| compile.args.get(i + 1))
             .ok_or("compile has no -buildid")?;
         let link_id = text_id(&link_text);
-        let link_given = link.args.iter().find_map(|a| a.strip_prefix("-buildid=")).ok_or("link has no -buildid")?;
+        let link_given =
+            link.args.iter().find_map(|a| a.strip_prefix("-buildid=")).ok_or("link has no -buildid")?.to_string();
         if *given != format!("{compile_id}/{compile_id}")
             || !link_given.starts_with(&format!("{link_id}/{compile_id}/"))
         {
@@ -763,10 +786,44 @@ impl Recipe {
                 work_file_names.push(name);
             }
         }
+        let archive = match main_from_cache {
+            None => b001.join("_pkg_.a"),
+            Some(previous) => {
+                let cache = gocache.as_deref().ok_or(NOT_COMPILED)?;
+                let cached = gocache::output_of(cache, &hex::encode(Sha256::digest(compile_text.concat())))
+                    .ok_or(NOT_COMPILED)?;
+                // This build's link read main from go's cache; a replay links the main it
+                // compiles, as after a build that compiled main.
+                let cached_name = cached.to_string_lossy().into_owned();
+                let main_arg =
+                    link.args.iter().rposition(|a| *a == cached_name).ok_or("the link reads main elsewhere")?;
+                link.args[main_arg] = "$WORK/b001/_pkg_.a".to_string();
+                let linked =
+                    work_file_names.iter().position(|name| name == "importcfg.link").ok_or("no link config")?;
+                let main_in_work = HashMap::from([(main_import_path.clone(), b001.join("_pkg_.a"))]);
+                work_file_contents[linked] = with_archives(&work_file_contents[linked], &main_in_work);
+                // go wrote only the link's files: the compile's come from the previous recipe,
+                // naming the archives this build's link reads (the same contents, as main's
+                // text says, but perhaps other files of go's cache).
+                let archives: HashMap<String, PathBuf> = std::str::from_utf8(&work_file_contents[linked])
+                    .map_err(|_| "odd link config")?
+                    .lines()
+                    .filter_map(packagefile)
+                    .map(|(package, path)| (package.to_string(), PathBuf::from(path)))
+                    .collect();
+                for (name, content) in previous.work_file_names.iter().zip(&previous.work_file_contents) {
+                    if !work_file_names.contains(name) {
+                        work_file_contents.push(with_archives(content, &archives));
+                        work_file_names.push(name.clone());
+                    }
+                }
+                cached
+            }
+        };
         // The content IDs go stamped into the archive and the binary must be what kodev computes.
-        let archive_id = go_build_id(&b001.join("_pkg_.a")).ok_or("the archive has no build ID")?;
+        let archive_id = go_build_id(&archive).ok_or("the archive has no build ID")?;
         if archive_id.rsplit_once('/').map(|(action, _)| action) != Some(compile_id.as_str())
-            || !content_id_holds(&b001.join("_pkg_.a"), &archive_id)
+            || !content_id_holds(&archive, &archive_id)
         {
             return Err("the archive's content ID is not what kodev computes");
         }
@@ -876,14 +933,6 @@ impl Recipe {
     /// relinked with this recipe) was compiled from: its build ID names the main package's
     /// compile action. Then whatever made the recipe stale lies outside the main package (most
     /// often in a package it imports).
-    /// Whether main imports one of these edited packages itself (see `Fit::EditedElsewhere`).
-    fn main_imports_one_of(&self, edited: &[(usize, Vec<Vec<u8>>)]) -> bool {
-        let imported: HashSet<&str> = import_writes(&self.compile_text).map(|(_, path, _)| path).collect();
-        edited
-            .iter()
-            .any(|(index, _)| self.packages.get(*index).is_some_and(|p| imported.contains(p.import_path.as_str())))
-    }
-
     fn main_package_unchanged(&self, binary: &Path) -> bool {
         let Some(build_id) = go_build_id(binary) else { return false };
         let Some(built_from) = build_id.split('/').nth(1) else { return false };
@@ -949,10 +998,9 @@ pub enum Fit {
     /// package main imports, most often) and cannot be rebuilt without go (a package whose
     /// compile the recipe does not hold, a new import…). go may well take the main package from
     /// its cache, so a capturing build would record nothing. The recipe that no longer applies
-    /// comes along: it tells which packages go compiled again (see `Recapture`).
-    /// `main_imports_edit`: an edited package is one main imports itself. Its content ID is in
-    /// main's action text, so go compiles main again, and a capturing build records a recipe.
-    EditedElsewhere { recipe: Arc<Recipe>, main_imports_edit: bool },
+    /// comes along: it tells which packages go compiled again (see `Recapture`), and holds
+    /// main's compile for a capturing build that takes main from go's cache (see `capture`).
+    EditedElsewhere(Arc<Recipe>),
     /// No recipe, or the main package changed too.
     Unknown,
 }
@@ -1646,8 +1694,7 @@ impl Relinker {
                 recipes.remove(output);
                 let _ = std::fs::remove_file(saved_recipe_path(output));
                 if recipe.main_package_unchanged(output) {
-                    let main_imports_edit = sources.as_ref().is_some_and(|s| recipe.main_imports_one_of(&s.edited));
-                    Fit::EditedElsewhere { recipe, main_imports_edit }
+                    Fit::EditedElsewhere(recipe)
                 } else {
                     Fit::Unknown
                 }
@@ -1708,7 +1755,7 @@ impl Relinker {
         output: &Path,
         previous: Option<&Recipe>,
     ) -> Result<(), &'static str> {
-        let mut recipe = Recipe::capture(lines, go_dir, copy)?;
+        let mut recipe = Recipe::capture(lines, go_dir, copy, None)?;
         if let Some(previous) = previous {
             recipe.adopt_compiles(previous);
         }
