@@ -8,7 +8,9 @@ runs, with ratios measured in the same run:
              on several platforms also with the cores shared through GOMAXPROCS, as kodev does
   cold       `kodev build` with an empty kodev cache and a fresh repository
   warm       `kodev build` after a one-line edit (relinked from the last build's recipe when
-             the edit is confined to the main package, as here; the table counts them)
+             the edit is confined to the main package, as here; the table counts them); and,
+             on large and ko-src, after edits of a package main imports (against ko's and the
+             floor's after the same kind of edit)
   dev        `kodev dev` from the file write to the `pushed` event, after edits of main and
              after edits of a package main imports (large and ko-src)
   ko         `ko build` after the same edit (warm), same base image in the same registry
@@ -241,6 +243,31 @@ def timed_kodev_build(cmd, platforms, env, cwd):
     done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=cwd)
     took = time.perf_counter() - start
     return took, done.stderr.count("relinked without the go command") == len(platforms)
+
+
+def one_shot_lib_edits(args, app, package_dir, platforms, cache, repo, ko_cmd, ko_env, out):
+    """One-shot builds after edits of a package main imports, each tool after its own edit and
+    the floor before them, as for edits of main. kodev starts from a cache of its own whose
+    recipe (made by a build after an edit of main) has no compile of that package: the first
+    edit runs go, which records it."""
+    editor = LibEditor(app, package_dir)
+    env = dict(os.environ, KODEV_CACHE_DIR=str(cache), PATH=os.environ["PATH"] + ":/usr/local/go/bin")
+    shutil.rmtree(cache, ignore_errors=True)
+    Editor(app).edit()
+    timed([args.kodev, "build", "-d", f"{repo}-lib", "-t", "b"], env=env, cwd=app)
+    floor, kodev, relinked, ko = [], [], [], []
+    for _ in range(args.runs):
+        editor.edit()
+        floor.append(go_floor(app, platforms, out))
+        editor.edit()
+        took, without_go = timed_kodev_build([args.kodev, "build", "-d", f"{repo}-lib", "-t", "b"], platforms, env, app)
+        kodev.append(took)
+        relinked.append(without_go)
+        if ko_cmd:
+            editor.edit()
+            ko.append(timed(ko_cmd, env=ko_env, cwd=app))
+    return dict(floor=median(floor), kodev=median(kodev), ko=median(ko) if ko else None,
+                relinked=f"{sum(relinked)}/{len(relinked)}")
 
 
 def go_floor(app, platforms, out, share_cores=False):
@@ -488,11 +515,14 @@ def main():
                     timed(ko_cmd, env=ko_env, cwd=app)
                     for _ in range(args.runs):
                         ko_same.append(timed(ko_cmd, env=ko_env, cwd=app))
+                lib = LIB_PACKAGES.get(name, (None,))[0]
+                if lib:
+                    row["lib_one_shot"] = one_shot_lib_edits(args, app, lib, platforms, work / f"cache-{name}-{len(platforms)}-lib",
+                                                             repo, ko_cmd if have_ko else None, ko_env, out)
                 floor_app = work / f"{name}-floor"
                 shutil.rmtree(floor_app, ignore_errors=True)
                 shutil.copytree(app, floor_app)
                 go_floor(floor_app, platforms, out)  # its own packages in the Go build cache
-                lib = LIB_PACKAGES.get(name, (None,))[0]
                 measured, rss = dev_latency(args.kodev, app, registry, args.dev_runs, editor, env, platforms, floor_app, out,
                                             lib=lib, lib_runs=args.lib_runs)
                 dev_main = measured["main"]
@@ -555,6 +585,17 @@ def main():
             print(f"| {r['app']} | {r['platforms']} | {LIB_PACKAGES[r['app']][0]} | {secs(lib['dev_floor'])} | {secs(lib['dev'])} | "
                   f"{ratio(lib['dev'], lib['dev_floor'])} | {secs(lib['shared_floor'])} | {ratio(lib['dev'], lib['shared_floor'])} | "
                   f"{lib['relinked']} | {lib['uploaded'] / 1e6:.1f} MB |")
+    if lib_rows:
+        print("\nOne-shot `kodev build` after an edit of a package main imports, against `ko build` after the")
+        print("same kind of edit (kodev from a recipe that had no compile of that package: the first edit runs go):\n")
+        print("| app | platforms | package edited | go build (floor) | floor/ko | kodev build | ko build | kodev/ko | "
+              "builds relinked without go |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in lib_rows:
+            shot = r["lib_one_shot"]
+            print(f"| {r['app']} | {r['platforms']} | {LIB_PACKAGES[r['app']][0]} | {secs(shot['floor'])} | "
+                  f"{ratio(shot['floor'], shot['ko'])} | {secs(shot['kodev'])} | {secs(shot['ko'])} | "
+                  f"{ratio(shot['kodev'], shot['ko'])} | {shot['relinked']} |")
     if idle:
         print(f"\nidle `kodev dev` watching 10,000 files: {idle[0]:.2f}% CPU, {idle[1] / 1e6:.0f} MB RSS")
     shutil.rmtree(work, ignore_errors=True)

@@ -88,16 +88,16 @@ fn bench_script_measures_every_row_of_its_tables() {
     }
 }
 
-/// The dev loop after edits of a package main imports (not main): a small "large" app, whose
-/// package p007 is edited; the first goes through go, the next is rebuilt without it, each paired
-/// with a floor build.
+/// The dev loop and one-shot builds after edits of a package main imports (not main): a small
+/// "large" app, whose package p007 is edited; the first goes through go, the next is rebuilt
+/// without it, each paired with a floor build.
 #[test]
 fn bench_script_measures_edits_outside_main() {
     if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
         return;
     }
     let stdout =
-        run_bench(&["--only", "large", "--large-packages", "12", "--runs", "1", "--dev-runs", "1", "--lib-runs", "2"]);
+        run_bench(&["--only", "large", "--large-packages", "12", "--runs", "2", "--dev-runs", "1", "--lib-runs", "2"]);
     assert!(stdout.contains("2 of a library package"), "{stdout}");
     for platforms in [1, 2] {
         let lib = app_row(&stdout, "| app | platforms | package edited |", "large", platforms);
@@ -113,5 +113,14 @@ fn bench_script_measures_edits_outside_main() {
         assert_eq!(lib[8], "1/2", "{lib:?}");
         let uploaded: f64 = lib[9].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
         assert!(uploaded > 0.5, "an edit uploads the new binary layer: {lib:?}");
+
+        // One-shot: the floor and kodev measured, no ko; the first build runs go and records the
+        // package's compile, the second is rebuilt without go.
+        let shot =
+            app_row(&stdout, "| app | platforms | package edited | go build (floor) | floor/ko |", "large", platforms);
+        assert_eq!(shot[2], "internal/p007", "{shot:?}");
+        assert!(seconds(shot[3]) > 0.0 && seconds(shot[5]) > 0.0, "{shot:?}");
+        assert_eq!((shot[4], shot[6], shot[7]), ("-", "-", "-"), "no ko, no ko columns: {shot:?}");
+        assert_eq!(shot[8], "1/2", "{shot:?}");
     }
 }
