@@ -599,6 +599,13 @@ fn one_shot_alpha_digest_with(dir: &Path, host: &str, env: &[(&str, &Path)]) -> 
     reference.rsplit_once('@').expect("a digest").1.trim().to_string()
 }
 
+/// alpha's digest from go alone, with a go build cache of its own: what kodev put in go's cache
+/// must be go's bytes, not only go's names.
+fn alpha_digest_from_empty_go_cache(dir: &Path, host: &str) -> String {
+    let go_cache = tempfile::tempdir().unwrap();
+    one_shot_alpha_digest_with(dir, host, &[("GOCACHE", go_cache.path())])
+}
+
 /// One edit of alpha: how its binary was built, and the digest pushed.
 fn alpha_rebuilt(dev: &mut DevSession, what: &str) -> (bool, String) {
     let mark = dev.seen.len();
@@ -807,9 +814,7 @@ fn one_shot_builds_record_an_imported_packages_compile_for_its_next_edit() {
     let (digest, third) = build("c");
     assert!(third.contains("relinked without the go command"), "{third}");
     assert!(third.contains("package compiled package=\"example.com/mono/internal/shared\""), "{third}");
-    let fresh_go_cache = tempfile::tempdir().unwrap();
-    let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", fresh_go_cache.path())]);
-    assert_eq!(digest, reference, "go's image from an empty go build cache");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
 
 /// The same when the edited package is deeper and the edit leaves main's inputs as they were
@@ -843,9 +848,11 @@ fn one_shot_builds_record_a_deeper_packages_compile_when_go_takes_main_from_its_
     let (_, first) = build("a");
     assert!(first.contains("recipe for relinking captured"), "{first}");
     let fresh = |what: &str, digest: &str| {
-        let go_cache = tempfile::tempdir().unwrap();
-        let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", go_cache.path())]);
-        assert_eq!(digest, reference, "{what}: go's image from an empty go build cache");
+        assert_eq!(
+            digest,
+            alpha_digest_from_empty_go_cache(dir.path(), &registry.host),
+            "{what}: go's image from nothing"
+        );
     };
 
     edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
@@ -890,7 +897,5 @@ fn one_shot_builds_rebuild_an_imported_packages_edit_without_go() {
     let (digest, second) = build("b");
     assert!(second.contains("relinked without the go command"), "{second}");
     assert!(second.contains("package compiled package=\"example.com/mono/internal/shared\""), "{second}");
-    let fresh_go_cache = tempfile::tempdir().unwrap();
-    let reference = one_shot_alpha_digest_with(dir.path(), &registry.host, &[("GOCACHE", fresh_go_cache.path())]);
-    assert_eq!(digest, reference, "go's image from an empty go build cache");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
