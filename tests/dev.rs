@@ -817,6 +817,54 @@ fn one_shot_builds_record_an_imported_packages_compile_for_its_next_edit() {
     assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
 
+/// A package `internal/deep` behind the shared one, whose function returns `"deep {nanos}"`. It
+/// is not inlined: the shared package's archive does not change with its body, so after an
+/// edit of it go takes main from its cache. Returns its file.
+fn add_deep_package(dir: &Path, nanos: u128) -> PathBuf {
+    let deep = dir.join("internal/deep/deep.go");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    std::fs::write(&deep, format!("package deep\n\n//go:noinline\nfunc Word() string {{ return \"deep {nanos}\" }}\n"))
+        .unwrap();
+    let shared = dir.join("internal/shared/shared.go");
+    edit(&shared, "package shared\n", "package shared\n\nimport \"example.com/mono/internal/deep\"\n");
+    edit(&shared, "\"hello, \" + who", "\"hello, \" + who + deep.Word()");
+    deep
+}
+
+/// A one-shot build with no recipe at all, of sources whose main go has in its cache, after an
+/// edit of a deeper package: nothing can give main's compile, so kodev removes main's entry
+/// from go's cache. The next build's go compiles main again and is recorded, and the edit after
+/// it is rebuilt without go (before, every such build ran go, and none was ever recorded).
+#[test]
+fn one_shot_builds_without_a_recipe_get_one_when_go_had_main_in_its_cache() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let deep = add_deep_package(dir.path(), nanos);
+    one_shot_alpha_digest(dir.path(), &registry.host);
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
+    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
+    let (_, first) = build("a");
+    assert!(first.contains("main's entry removed from go's cache"), "{first}");
+    edit(&deep, &format!("\"deeper {nanos}\""), &format!("\"deepest {nanos}\""));
+    let (digest, second) = build("b");
+    assert!(second.contains("go build done") && second.contains("recipe for relinking captured"), "{second}");
+    assert_eq!(
+        digest,
+        alpha_digest_from_empty_go_cache(dir.path(), &registry.host),
+        "go compiled main again: go's image"
+    );
+    edit(&deep, &format!("\"deepest {nanos}\""), &format!("\"deep again {nanos}\""));
+    let (digest, third) = build("c");
+    assert!(third.contains("relinked without the go command"), "{third}");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
+}
+
 /// The same when the edited package is deeper and the edit leaves main's inputs as they were
 /// (the package between it and main compiles to the same archive), so go takes main from its
 /// cache: main's compile comes from the recipe the edit made stale. Edits of main and of the
@@ -830,14 +878,7 @@ fn one_shot_builds_record_a_deeper_packages_compile_when_go_takes_main_from_its_
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let deep = dir.path().join("internal/deep/deep.go");
-    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
-    // Not inlined: the shared package's archive does not change with its body.
-    std::fs::write(&deep, format!("package deep\n\n//go:noinline\nfunc Word() string {{ return \"deep {nanos}\" }}\n"))
-        .unwrap();
-    let shared = dir.path().join("internal/shared/shared.go");
-    edit(&shared, "package shared\n", "package shared\n\nimport \"example.com/mono/internal/deep\"\n");
-    edit(&shared, "\"hello, \" + who", "\"hello, \" + who + deep.Word()");
+    let deep = add_deep_package(dir.path(), nanos);
     let main = dir.path().join("cmd/alpha/main.go");
     // go alone first, so that kodev's first build (of an edit of main) records no compile of
     // the other packages.

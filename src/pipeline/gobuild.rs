@@ -491,6 +491,10 @@ pub async fn go_build(
                     if let (Some(mut job), Some(main_action)) = (recapture, relink::main_action_in_cache(&err_lines)) {
                         job.main_action = Some(main_action);
                         relinker.to_recapture(job);
+                    } else if !relinker.records_in_background() && relink::forget_cached_main(&err_lines) {
+                        tracing::debug!(
+                            "main's entry removed from go's cache: the next go build compiles it and is recorded"
+                        );
                     }
                 }
                 Err(why) => {

@@ -290,6 +290,28 @@ pub fn main_action_in_cache(lines: &[String]) -> Option<String> {
     package_action(lines, main)
 }
 
+/// After a capturing build that linked a main package go took from its cache, when no recipe
+/// holds main's compile: removes main's entry from go's cache (the `-a` file; the archive
+/// stays), so that the next go build compiles main again, the same bytes, and is recorded. For
+/// a one-shot `kodev build`, which records nothing after its push (`kodev dev` does, see
+/// `Recapture`). Returns whether the entry was removed.
+pub fn forget_cached_main(lines: &[String]) -> bool {
+    let linked = lines.iter().any(|line| line.contains("/link -o $WORK/b001/exe/a.out "));
+    let cache = lines
+        .iter()
+        .filter_map(|line| packagefile(line))
+        .find_map(|(_, path)| {
+            let name = Path::new(path).file_name()?.to_str()?;
+            (name.len() == 66 && name.ends_with("-d"))
+                .then(|| Some(Path::new(path).parent()?.parent()?.to_path_buf()))?
+        })
+        .filter(|_| std::env::var_os("GOCACHEPROG").is_none_or(|p| p.is_empty()));
+    match (linked, cache, main_action_in_cache(lines)) {
+        (true, Some(cache), Some(action)) => std::fs::remove_file(gocache::entry_path(&cache, &action)).is_ok(),
+        _ => false,
+    }
+}
+
 /// The full action ID (hex) of the package `import_path`'s compile, from a `gocachehash`
 /// output (a `go build -n` too: it hashes what it would build, even when the binary is up to
 /// date and it has nothing to link).
