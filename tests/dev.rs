@@ -780,6 +780,16 @@ fn one_shot_alpha_logged(dir: &Path, cache: &Path, host: &str, tag: &str) -> (St
     (stdout.rsplit_once('@').expect("a digest").1.trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
+/// A registry, a copy of the two-main fixture, and a number no earlier run used (for edits that
+/// go's cache cannot already hold).
+fn monorepo_copy() -> (Registry, tempfile::TempDir, u128) {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    (registry, dir, nanos)
+}
+
 /// One-shot builds have no background recording. When a package main imports itself is edited
 /// and no build recorded its compile (go had it in its cache), the go build that follows
 /// captures, so the next edit of that package is rebuilt without go (before, every such
@@ -789,10 +799,7 @@ fn one_shot_builds_record_an_imported_packages_compile_for_its_next_edit() {
     if !require_tools(&["docker-registry", "go"]) {
         return;
     }
-    let registry = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (registry, dir, nanos) = monorepo_copy();
     let shared = dir.path().join("internal/shared/shared.go");
     let main = dir.path().join("cmd/alpha/main.go");
     edit(&shared, "\"hello, \"", &format!("\"hello {nanos}, \""));
@@ -840,10 +847,7 @@ fn one_shot_builds_without_a_recipe_get_one_when_go_had_main_in_its_cache() {
     if !require_tools(&["docker-registry", "go"]) {
         return;
     }
-    let registry = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (registry, dir, nanos) = monorepo_copy();
     let deep = add_deep_package(dir.path(), nanos);
     one_shot_alpha_digest(dir.path(), &registry.host);
     let cache = tempfile::tempdir().unwrap();
@@ -874,10 +878,7 @@ fn one_shot_builds_record_a_deeper_packages_compile_when_go_takes_main_from_its_
     if !require_tools(&["docker-registry", "go"]) {
         return;
     }
-    let registry = Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (registry, dir, nanos) = monorepo_copy();
     let deep = add_deep_package(dir.path(), nanos);
     let main = dir.path().join("cmd/alpha/main.go");
     // go alone first, so that kodev's first build (of an edit of main) records no compile of
