@@ -585,7 +585,6 @@ def main():
             print(f"| {r['app']} | {r['platforms']} | {LIB_PACKAGES[r['app']][0]} | {secs(lib['dev_floor'])} | {secs(lib['dev'])} | "
                   f"{ratio(lib['dev'], lib['dev_floor'])} | {secs(lib['shared_floor'])} | {ratio(lib['dev'], lib['shared_floor'])} | "
                   f"{lib['relinked']} | {lib['uploaded'] / 1e6:.1f} MB |")
-    if lib_rows:
         print("\nOne-shot `kodev build` after an edit of a package main imports, against `ko build` after the")
         print("same kind of edit (kodev from a recipe that had no compile of that package: the first edit runs go):\n")
         print("| app | platforms | package edited | go build (floor) | floor/ko | kodev build | ko build | kodev/ko | "

@@ -838,37 +838,6 @@ fn add_deep_package(dir: &Path, nanos: u128) -> PathBuf {
     deep
 }
 
-/// A one-shot build with no recipe at all, of sources whose main go has in its cache, after an
-/// edit of a deeper package: nothing can give main's compile, so kodev removes main's entry
-/// from go's cache. The next build's go compiles main again and is recorded, and the edit after
-/// it is rebuilt without go (before, every such build ran go, and none was ever recorded).
-#[test]
-fn one_shot_builds_without_a_recipe_get_one_when_go_had_main_in_its_cache() {
-    if !require_tools(&["docker-registry", "go"]) {
-        return;
-    }
-    let (registry, dir, nanos) = monorepo_copy();
-    let deep = add_deep_package(dir.path(), nanos);
-    one_shot_alpha_digest(dir.path(), &registry.host);
-    let cache = tempfile::tempdir().unwrap();
-    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
-    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
-    let (_, first) = build("a");
-    assert!(first.contains("main's entry removed from go's cache"), "{first}");
-    edit(&deep, &format!("\"deeper {nanos}\""), &format!("\"deepest {nanos}\""));
-    let (digest, second) = build("b");
-    assert!(second.contains("go build done") && second.contains("recipe for relinking captured"), "{second}");
-    assert_eq!(
-        digest,
-        alpha_digest_from_empty_go_cache(dir.path(), &registry.host),
-        "go compiled main again: go's image"
-    );
-    edit(&deep, &format!("\"deepest {nanos}\""), &format!("\"deep again {nanos}\""));
-    let (digest, third) = build("c");
-    assert!(third.contains("relinked without the go command"), "{third}");
-    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
-}
-
 /// The same when the edited package is deeper and the edit leaves main's inputs as they were
 /// (the package between it and main compiles to the same archive), so go takes main from its
 /// cache: main's compile comes from the recipe the edit made stale. Edits of main and of the
@@ -913,6 +882,37 @@ fn one_shot_builds_record_a_deeper_packages_compile_when_go_takes_main_from_its_
     assert!(fourth.contains("relinked without the go command"), "{fourth}");
     assert!(fourth.contains("package compiled package=\"example.com/mono/internal/deep\""), "{fourth}");
     fresh("the next deep edit", &digest);
+}
+
+/// A one-shot build with no recipe at all, of sources whose main go has in its cache, after an
+/// edit of a deeper package: nothing can give main's compile, so kodev removes main's entry
+/// from go's cache. The next build's go compiles main again and is recorded, and the edit after
+/// it is rebuilt without go (before, every such build ran go, and none was ever recorded).
+#[test]
+fn one_shot_builds_without_a_recipe_get_one_when_go_had_main_in_its_cache() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let (registry, dir, nanos) = monorepo_copy();
+    let deep = add_deep_package(dir.path(), nanos);
+    one_shot_alpha_digest(dir.path(), &registry.host);
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
+    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
+    let (_, first) = build("a");
+    assert!(first.contains("main's entry removed from go's cache"), "{first}");
+    edit(&deep, &format!("\"deeper {nanos}\""), &format!("\"deepest {nanos}\""));
+    let (digest, second) = build("b");
+    assert!(second.contains("go build done") && second.contains("recipe for relinking captured"), "{second}");
+    assert_eq!(
+        digest,
+        alpha_digest_from_empty_go_cache(dir.path(), &registry.host),
+        "go compiled main again: go's image"
+    );
+    edit(&deep, &format!("\"deepest {nanos}\""), &format!("\"deep again {nanos}\""));
+    let (digest, third) = build("c");
+    assert!(third.contains("relinked without the go command"), "{third}");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
 
 /// A one-shot `kodev build` after an edit of a package main imports compiles that package and

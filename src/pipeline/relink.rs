@@ -300,14 +300,10 @@ pub fn forget_cached_main(lines: &[String]) -> bool {
     let cache = lines
         .iter()
         .filter_map(|line| packagefile(line))
-        .find_map(|(_, path)| {
-            let name = Path::new(path).file_name()?.to_str()?;
-            (name.len() == 66 && name.ends_with("-d"))
-                .then(|| Some(Path::new(path).parent()?.parent()?.to_path_buf()))?
-        })
-        .filter(|_| std::env::var_os("GOCACHEPROG").is_none_or(|p| p.is_empty()));
+        .find_map(|(_, path)| cache_holding(Path::new(path)))
+        .filter(|_| cache_is_files());
     match (linked, cache, main_action_in_cache(lines)) {
-        (true, Some(cache), Some(action)) => std::fs::remove_file(gocache::entry_path(&cache, &action)).is_ok(),
+        (true, Some(cache), Some(action)) => std::fs::remove_file(gocache::entry_path(cache, &action)).is_ok(),
         _ => false,
     }
 }
@@ -376,11 +372,8 @@ fn point_into_cache(config: &[u8], work: &str, gocache: Option<&Path>) -> Result
     let (in_work, main_archive) = (format!("{work}/"), format!("{work}/b001/"));
     let from_this_run = |path: &str| path.starts_with(&in_work) && !path.starts_with(&main_archive);
     // go's cache, from a package this run did not compile: `<cache>/xx/<sha256>-d`.
-    let cache = gocache.or_else(|| {
-        text.lines()
-            .filter_map(packagefile)
-            .find_map(|(_, path)| path.ends_with("-d").then(|| Path::new(path).parent()?.parent()).flatten())
-    });
+    let cache =
+        gocache.or_else(|| text.lines().filter_map(packagefile).find_map(|(_, path)| cache_holding(Path::new(path))));
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
         match packagefile(line.trim_end_matches('\n')) {
@@ -424,9 +417,19 @@ fn git_state_files(main_dir: &Path) -> Option<Vec<PathBuf>> {
 fn cached_output_dir(line: &str) -> Option<PathBuf> {
     let rest = line.strip_prefix("cp $WORK/")?.strip_suffix(" # internal")?;
     let (_, to) = rest.split_once(' ')?;
-    let to = Path::new(to);
-    let name = to.file_name()?.to_str()?;
-    (name.len() == 66 && name.ends_with("-d")).then(|| Some(to.parent()?.parent()?.to_path_buf())).flatten()
+    cache_holding(Path::new(to)).map(Path::to_path_buf)
+}
+
+/// go's build cache, from the path of an output it keeps there (`<GOCACHE>/xx/<sha256>-d`).
+fn cache_holding(output: &Path) -> Option<&Path> {
+    let name = output.file_name()?.to_str()?;
+    (name.len() == 66 && name.ends_with("-d")).then(|| output.parent()?.parent()).flatten()
+}
+
+/// Whether go's build cache is files kodev can add to and remove from: not with a cache
+/// program (`GOCACHEPROG`).
+fn cache_is_files() -> bool {
+    std::env::var_os("GOCACHEPROG").is_none_or(|p| p.is_empty())
 }
 
 /// The writes of a hashed text that name a file (`file NAME HASH`): their index, name and hash.
@@ -725,10 +728,7 @@ impl Recipe {
         }
 
         // With a cache program (GOCACHEPROG) go's cache is not files kodev can add to.
-        let gocache = lines
-            .iter()
-            .find_map(|line| cached_output_dir(line))
-            .filter(|_| std::env::var_os("GOCACHEPROG").is_none_or(|p| p.is_empty()));
+        let gocache = lines.iter().find_map(|line| cached_output_dir(line)).filter(|_| cache_is_files());
         let packages = match &gocache {
             Some(gocache) => module_packages(
                 lines,
