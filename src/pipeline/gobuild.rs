@@ -250,14 +250,23 @@ pub struct Milestones {
     /// When kodev relinks without go: its compile of the main package is done and the linker
     /// starts, which then has one core busy for most of the build. Not sent when go builds.
     pub linking: tokio::sync::oneshot::Sender<()>,
-    /// The linker's output path, when the linker closes it. go then still hashes it and writes
+    /// The linker's output, when the linker closes it. go then still hashes it and writes
     /// its final build ID into it (tens of milliseconds for a large binary) before moving it
     /// into place: time the layer's compression can use.
-    pub linked: tokio::sync::oneshot::Sender<PathBuf>,
+    pub linked: tokio::sync::oneshot::Sender<LinkerOutput>,
     /// The output path, when go has moved the finished binary there. go then only removes its
     /// work directory and exits (a few milliseconds): the layer can start meanwhile, while the
     /// exit status is still awaited.
     pub placed: tokio::sync::oneshot::Sender<PathBuf>,
+}
+
+/// The linker's output, as the linker closes it.
+pub struct LinkerOutput {
+    pub path: PathBuf,
+    /// Only when kodev links (go's linker may close its output before it is done with it):
+    /// once go's content ID is written into the file, where (offsets in the binary) and its
+    /// length. Every other byte is then as the linker left it.
+    pub stamped: Option<tokio::sync::oneshot::Receiver<(Vec<u64>, usize)>>,
 }
 
 /// Watch go's scratch space (recursively, for the linker closing its output) and the output's
@@ -267,6 +276,13 @@ fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Op
     use notify::{EventKind, RecursiveMode, Watcher};
     // go's own link start is not heard: its linker opens its output only at the end.
     let Milestones { linking: _, linked, placed } = milestones;
+    type Heard = Box<dyn FnOnce(PathBuf) + Send>;
+    let linked: Heard = Box::new(move |path| {
+        let _ = linked.send(LinkerOutput { path, stamped: None });
+    });
+    let placed: Heard = Box::new(move |path| {
+        let _ = placed.send(path);
+    });
     let linked = std::sync::Mutex::new(Some(linked));
     let placed = std::sync::Mutex::new(Some(placed));
     let wanted_output = output.to_path_buf();
@@ -283,7 +299,7 @@ fn watch_milestones(scratch: &Path, output: &Path, milestones: Milestones) -> Op
         };
         if let Some(path) = path {
             if let Some(sender) = pending.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = sender.send(path);
+                sender(path);
             }
         }
     })
@@ -649,7 +665,8 @@ mod tests {
         std::fs::write(exe.join("a.out"), b"linked").unwrap();
         let wait = std::time::Duration::from_secs(5);
         let linker_output = tokio::time::timeout(wait, link_seen).await.expect("linker heard").unwrap();
-        assert_eq!(linker_output, exe.join("a.out"));
+        assert_eq!(linker_output.path, exe.join("a.out"));
+        assert!(linker_output.stamped.is_none(), "go's linker output is only a guess");
         std::fs::rename(out_dir.path().join("app-go-tmp-umask"), out_dir.path().join("other")).unwrap();
         std::fs::rename(exe.join("a.out"), &output).unwrap();
         let binary = tokio::time::timeout(wait, in_place).await.expect("rename heard").unwrap();

@@ -196,6 +196,13 @@ impl Cutter {
         Cutter { total, start: if head { HEAD_CHUNK as u64 } else { 0 }, hash: 0, head_pending: head }
     }
 
+    /// A cutter that goes on from a cut at `start` (past the head chunk): the cuts after a
+    /// cut depend only on the bytes from there on, so they are those a cutter from the start
+    /// would make.
+    fn resume(total: u64, start: u64) -> Self {
+        Cutter { total, start, hash: 0, head_pending: false }
+    }
+
     /// Hand out the head chunk first, once; false when `on_chunk` wants no more.
     fn emit_head(&mut self, on_chunk: &mut impl FnMut(u64, usize) -> bool) -> bool {
         !std::mem::take(&mut self.head_pending) || on_chunk(0, HEAD_CHUNK)
@@ -263,9 +270,17 @@ impl Cutter {
 
 /// Cut a tar into content-defined chunks, handing each `(start, len)` to `on_chunk` in order;
 /// stops early when it returns false. Reads only the bytes the cuts depend on (about a quarter).
-fn cut_chunks(tar: &impl TarBytes, mut on_chunk: impl FnMut(u64, usize) -> bool) -> io::Result<()> {
+#[cfg(test)]
+fn cut_chunks(tar: &impl TarBytes, on_chunk: impl FnMut(u64, usize) -> bool) -> io::Result<()> {
+    cut_chunks_with(tar, Cutter::new(tar.len()), on_chunk)
+}
+
+fn cut_chunks_with(
+    tar: &impl TarBytes,
+    mut cutter: Cutter,
+    mut on_chunk: impl FnMut(u64, usize) -> bool,
+) -> io::Result<()> {
     let total = tar.len();
-    let mut cutter = Cutter::new(total);
     let mut buf = vec![0u8; CUT_READ];
     let mut offset = 0;
     loop {
@@ -296,7 +311,7 @@ struct ChunkPipeline<T> {
 }
 
 struct PipelineState<T> {
-    chunks: Vec<(u64, usize)>,
+    chunks: Vec<(u64, usize, Option<ChunkKey>)>,
     next: usize,
     /// Set when the cutter is done: how it ended.
     cut: Option<std::result::Result<(), String>>,
@@ -318,13 +333,14 @@ impl<T> ChunkPipeline<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A chunk was cut; false once nobody wants more.
-    fn add_chunk(&self, start: u64, len: usize) -> bool {
+    /// A chunk was cut (with its key when it was cut and keyed ahead); false once nobody
+    /// wants more.
+    fn add_chunk(&self, start: u64, len: usize, key: Option<ChunkKey>) -> bool {
         if self.stop.load(Ordering::Relaxed) {
             return false;
         }
         let mut state = self.lock();
-        state.chunks.push((start, len));
+        state.chunks.push((start, len, key));
         state.results.push(None);
         self.work_ready.notify_one();
         true
@@ -336,17 +352,17 @@ impl<T> ChunkPipeline<T> {
         self.result_ready.notify_all();
     }
 
-    /// The next chunk for a worker: `(index, start, len)`, or None when there is no more work.
-    fn take_work(&self) -> Option<(usize, u64, usize)> {
+    /// The next chunk for a worker: `(index, start, len, key)`, or None when there is no more work.
+    fn take_work(&self) -> Option<(usize, u64, usize, Option<ChunkKey>)> {
         let mut state = self.lock();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 return None;
             }
-            if let Some(&(start, len)) = state.chunks.get(state.next) {
+            if let Some(&(start, len, key)) = state.chunks.get(state.next) {
                 let i = state.next;
                 state.next += 1;
-                return Some((i, start, len));
+                return Some((i, start, len, key));
             }
             if state.cut.is_some() {
                 return None;
@@ -358,6 +374,12 @@ impl<T> ChunkPipeline<T> {
     fn deliver(&self, i: usize, result: io::Result<T>) {
         self.lock().results[i] = Some(result);
         self.result_ready.notify_all();
+    }
+
+    /// Where chunk `i` is in the tar: `(start, len)`. Only for a chunk already cut.
+    fn chunk(&self, i: usize) -> (u64, usize) {
+        let (start, len, _) = self.lock().chunks[i];
+        (start, len)
     }
 
     /// Chunk `i`'s result, waiting for it; None past the last chunk.
@@ -384,14 +406,83 @@ impl<T> ChunkPipeline<T> {
     }
 }
 
-/// Cut `tar` into chunks on one thread while `workers` threads run `work` on each chunk's
-/// bytes (with a per-thread state from `new_worker`), and `consume` takes the results on the
-/// calling thread. Whatever `consume` leaves is cancelled when it returns.
-fn run_chunk_pipeline<T: Send, W, R>(
-    tar: &impl TarBytes,
+/// A chunk of a binary's tar, cut and keyed ahead of its layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyedChunk {
+    start: u64,
+    len: usize,
+    key: ChunkKey,
+}
+
+/// The chunks after the head chunk that compressing ahead cut and keyed from the linker's
+/// output, in order from the head chunk's end: a layer of the same bytes there can take them
+/// as they are, and cut only what follows them (see [`KeyedAhead::hold_after`]).
+#[derive(Debug, Clone, Default)]
+pub struct KeyedAhead {
+    /// The tar these were cut from: its length, where the binary starts in it, and the
+    /// binary's file (device, inode): a rename keeps it, a copy over it does not.
+    tar_len: u64,
+    binary_at: u64,
+    file: (u64, u64),
+    chunks: Vec<KeyedChunk>,
+}
+
+impl KeyedAhead {
+    /// What still holds once `len` bytes were written at each of `offsets` of the binary (go's
+    /// content ID, written after its linker is done): everything, when they all lie in the
+    /// head chunk, which a layer always cuts and keys again; otherwise nothing.
+    pub fn hold_after(self, offsets: &[u64], len: usize) -> Option<KeyedAhead> {
+        offsets.iter().all(|&at| self.binary_at + at + len as u64 <= HEAD_CHUNK as u64).then_some(self)
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// A chunk a pipeline's worker is given: where it is, its key when it was keyed ahead, and
+/// its bytes, read only when asked for.
+struct ChunkBytes<'a, B: TarBytes> {
+    tar: &'a B,
+    start: u64,
+    len: usize,
+    key: Option<ChunkKey>,
+    buf: &'a mut [u8],
+    read: bool,
+}
+
+impl<B: TarBytes> ChunkBytes<'_, B> {
+    fn bytes(&mut self) -> io::Result<&[u8]> {
+        if !self.read {
+            self.tar.read_at(self.start, &mut self.buf[..self.len])?;
+            self.read = true;
+        }
+        Ok(&self.buf[..self.len])
+    }
+
+    /// The chunk's key: as keyed ahead, else the BLAKE3 of its bytes.
+    fn key(&mut self) -> io::Result<ChunkKey> {
+        match self.key {
+            Some(key) => Ok(key),
+            None => Ok(*blake3::hash(self.bytes()?).as_bytes()),
+        }
+    }
+}
+
+/// Cut `tar` into chunks on one thread while `workers` threads run `work` on each chunk (with
+/// a per-thread state from `new_worker`), and `consume` takes the results on the calling
+/// thread. With chunks keyed `ahead`, the cuts are the head chunk, those, then the cutter's
+/// from the end of the last of them. Whatever `consume` leaves is cancelled when it returns.
+fn run_chunk_pipeline<T: Send, W, R, B: TarBytes>(
+    tar: &B,
+    ahead: &[KeyedChunk],
     workers: usize,
     new_worker: impl Fn() -> io::Result<W> + Sync,
-    work: impl Fn(&mut W, &[u8]) -> io::Result<T> + Sync,
+    work: impl Fn(&mut W, &mut ChunkBytes<'_, B>) -> io::Result<T> + Sync,
     consume: impl FnOnce(&ChunkPipeline<T>) -> R,
 ) -> R {
     use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -399,7 +490,21 @@ fn run_chunk_pipeline<T: Send, W, R>(
     let (pipeline, new_worker, work) = (&pipeline, &new_worker, &work);
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let cut = catch_unwind(AssertUnwindSafe(|| cut_chunks(tar, |start, len| pipeline.add_chunk(start, len))));
+            let cut = catch_unwind(AssertUnwindSafe(|| {
+                let cutter = match ahead.last() {
+                    Some(last) => {
+                        let given = std::iter::once((0, HEAD_CHUNK, None))
+                            .chain(ahead.iter().map(|c| (c.start, c.len, Some(c.key))))
+                            .all(|(start, len, key)| pipeline.add_chunk(start, len, key));
+                        if !given {
+                            return Ok(());
+                        }
+                        Cutter::resume(tar.len(), last.start + last.len as u64)
+                    }
+                    None => Cutter::new(tar.len()),
+                };
+                cut_chunks_with(tar, cutter, |start, len| pipeline.add_chunk(start, len, None))
+            }));
             pipeline.cut_finished(match cut {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
@@ -410,11 +515,11 @@ fn run_chunk_pipeline<T: Send, W, R>(
             scope.spawn(move || {
                 let mut state = new_worker();
                 let mut buf = vec![0u8; MAX_CHUNK];
-                while let Some((i, start, len)) = pipeline.take_work() {
+                while let Some((i, start, len, key)) = pipeline.take_work() {
                     let result = catch_unwind(AssertUnwindSafe(|| {
                         let state = state.as_mut().map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
-                        tar.read_at(start, &mut buf[..len])?;
-                        work(state, &buf[..len])
+                        let mut chunk = ChunkBytes { tar, start, len, key, buf: &mut buf, read: false };
+                        work(state, &mut chunk)
                     }))
                     .unwrap_or_else(|_| Err(io::Error::other("compressing a chunk failed")));
                     pipeline.deliver(i, result);
@@ -529,6 +634,14 @@ struct FileTar {
     file: File,
     file_len: u64,
     suffix: Vec<u8>,
+}
+
+impl FileTar {
+    fn identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    }
 }
 
 impl TarBytes for FileTar {
@@ -852,6 +965,9 @@ pub struct Streaming<'a> {
     /// Gets the diff ID as soon as the tar is hashed, usually well before the compression
     /// ends: the image config (which names it) can go up meanwhile.
     pub on_diff_id: Option<DiffIdHook<'a>>,
+    /// Chunks compressing ahead cut and keyed from these very bytes (see
+    /// [`KeyedAhead::hold_after`]): taken as they are rather than read, cut and keyed again.
+    pub keyed_ahead: Option<KeyedAhead>,
 }
 
 /// Called once with the layer's diff ID.
@@ -868,7 +984,7 @@ pub fn compress_layer(kind: LayerKind, tar: impl TarBytes) -> io::Result<Layer> 
 /// the core count, and no more than a chunk per core is held uncompressed. The compressed
 /// digest is hashed as the pieces come out, so it is ready when the last one is.
 pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: Streaming) -> io::Result<Layer> {
-    let Streaming { sink, memo, on_diff_id } = streaming;
+    let Streaming { sink, memo, on_diff_id, keyed_ahead } = streaming;
     let mut no_sink = |_: &Bytes| true;
     let sink: ChunkSink = sink.unwrap_or(&mut no_sink);
     let total = tar.len();
@@ -885,25 +1001,28 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
         }
         return Ok(Layer::in_memory(kind, sha256_digest(&compressed), diff_id, vec![compressed]));
     }
+    // Keyed chunks are of no use without the memo that holds what they were compressed to.
+    let ahead = keyed_ahead.filter(|ahead| ahead.tar_len == total && memo.is_some()).unwrap_or_default();
     let mut keys = Vec::new();
     let reused_bytes = std::sync::atomic::AtomicU64::new(0);
-    let compress_chunk = |compressors: &mut Compressors, chunk: &[u8]| -> io::Result<(Bytes, ChunkKey)> {
-        let Some((memo, _)) = memo else {
-            return Ok((Bytes::from(compressors.gzip(chunk)?), [0; 32]));
+    let compress_chunk =
+        |compressors: &mut Compressors, chunk: &mut ChunkBytes<'_, _>| -> io::Result<(Bytes, ChunkKey)> {
+            let Some((memo, _)) = memo else {
+                return Ok((Bytes::from(compressors.gzip(chunk.bytes()?)?), [0; 32]));
+            };
+            let key = chunk.key()?;
+            match memo.claim(key) {
+                Claim::Ready(member) => {
+                    reused_bytes.fetch_add(chunk.len as u64, Ordering::Relaxed);
+                    Ok((member, key))
+                }
+                Claim::Mine(claim) => {
+                    let member = Bytes::from(compressors.gzip(chunk.bytes()?)?);
+                    claim.fulfil(member.clone(), None);
+                    Ok((member, key))
+                }
+            }
         };
-        let key: ChunkKey = *blake3::hash(chunk).as_bytes();
-        match memo.claim(key) {
-            Claim::Ready(member) => {
-                reused_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                Ok((member, key))
-            }
-            Claim::Mine(claim) => {
-                let member = Bytes::from(compressors.gzip(chunk)?);
-                claim.fulfil(member.clone(), None);
-                Ok((member, key))
-            }
-        }
-    };
     let stop_hashing = AtomicBool::new(false);
     let started = std::time::Instant::now();
     let (diff_id, compressed, digest) = std::thread::scope(|scope| {
@@ -929,23 +1048,30 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
             Ok(diff_id)
         });
         // This thread hands the pieces out in order as they are finished.
-        let emitted = run_chunk_pipeline(&tar, compression_workers(), Compressors::new, compress_chunk, |pipeline| {
-            let mut compressed = Vec::new();
-            let mut hasher = Sha256::new();
-            let mut i = 0;
-            while let Some(part) = pipeline.result(i) {
-                let (part, key) = part?;
-                keys.push(key);
-                hasher.update(&part);
-                if !sink(&part) {
-                    return Err(cancelled());
+        let emitted = run_chunk_pipeline(
+            &tar,
+            &ahead.chunks,
+            compression_workers(),
+            Compressors::new,
+            compress_chunk,
+            |pipeline| {
+                let mut compressed = Vec::new();
+                let mut hasher = Sha256::new();
+                let mut i = 0;
+                while let Some(part) = pipeline.result(i) {
+                    let (part, key) = part?;
+                    keys.push(key);
+                    hasher.update(&part);
+                    if !sink(&part) {
+                        return Err(cancelled());
+                    }
+                    compressed.push(part);
+                    i += 1;
                 }
-                compressed.push(part);
-                i += 1;
-            }
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, chunks = i, "every chunk handed out");
-            Ok((compressed, format!("sha256:{}", hex::encode(hasher.finalize()))))
-        });
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, chunks = i, "every chunk handed out");
+                Ok((compressed, format!("sha256:{}", hex::encode(hasher.finalize()))))
+            },
+        );
         if emitted.is_err() {
             stop_hashing.store(true, Ordering::Relaxed);
         }
@@ -954,7 +1080,14 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
     })?;
     if let Some((memo, slot)) = memo {
         let reused_bytes = reused_bytes.load(Ordering::Relaxed);
-        tracing::debug!(chunks = keys.len(), reused_bytes, total, "layer compressed, remembered chunks reused");
+        let keyed_ahead = ahead.chunks.len();
+        tracing::debug!(
+            chunks = keys.len(),
+            keyed_ahead,
+            reused_bytes,
+            total,
+            "layer compressed, remembered chunks reused"
+        );
         memo.settle(slot, keys);
     }
     Ok(Layer::in_memory(kind, digest, diff_id, compressed))
@@ -978,9 +1111,13 @@ pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
 }
 
 /// The binary layer, handing out what it makes as it goes (see [`Streaming`]).
-pub fn binary_layer_streaming(binary: &Path, name: &str, streaming: Streaming) -> Result<Layer> {
+pub fn binary_layer_streaming(binary: &Path, name: &str, mut streaming: Streaming) -> Result<Layer> {
     binary_tar(binary, name)
-        .and_then(|tar| compress_layer_streaming(LayerKind::Binary, tar, streaming))
+        .and_then(|tar| {
+            let file = tar.identity()?;
+            streaming.keyed_ahead = streaming.keyed_ahead.take().filter(|keyed| keyed.file == file);
+            compress_layer_streaming(LayerKind::Binary, tar, streaming)
+        })
         .map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
 }
 
@@ -1004,39 +1141,55 @@ fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
 /// only a guess: the layer itself is made from the finished binary, and takes from the memo
 /// only chunks whose input is byte for byte the same (the build ID's chunk is compressed
 /// again). Stops taking new chunks once `wanted` is false (the layer itself is being made).
-/// Returns how many chunks it compressed.
+/// Returns how many chunks it compressed, and the chunks after the head chunk it cut and keyed,
+/// in order (for a layer made from bytes it knows to be these, see [`KeyedAhead::hold_after`]).
 pub fn precompress_binary(
     binary: &Path,
     name: &str,
     memo: &ChunkMemo,
     slot: &str,
     wanted: &AtomicBool,
-) -> io::Result<usize> {
+) -> io::Result<(usize, KeyedAhead)> {
     let tar = binary_tar(binary, name)?;
-    if tar.len() <= PARALLEL_THRESHOLD as u64 {
-        return Ok(0);
-    }
-    let compress_ahead = |compressors: &mut Compressors, chunk: &[u8]| -> io::Result<bool> {
-        if !wanted.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        // Someone has it or is on it: no waiting here.
-        let Some(claim) = memo.claim_if_unknown(*blake3::hash(chunk).as_bytes()) else { return Ok(false) };
-        claim.fulfil(Bytes::from(compressors.gzip(chunk)?), Some(slot));
-        Ok(true)
+    let mut keyed = KeyedAhead {
+        tar_len: tar.len(),
+        binary_at: tar.prefix.len() as u64,
+        file: tar.identity()?,
+        chunks: Vec::new(),
     };
+    if tar.len() <= PARALLEL_THRESHOLD as u64 {
+        return Ok((0, keyed));
+    }
+    // The chunk's key and whether this compressed it; None once no longer wanted.
+    let compress_ahead =
+        |compressors: &mut Compressors, chunk: &mut ChunkBytes<'_, _>| -> io::Result<Option<(ChunkKey, bool)>> {
+            if !wanted.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let key = chunk.key()?;
+            // Someone has it or is on it: no waiting here.
+            let Some(claim) = memo.claim_if_unknown(key) else { return Ok(Some((key, false))) };
+            claim.fulfil(Bytes::from(compressors.gzip(chunk.bytes()?)?), Some(slot));
+            Ok(Some((key, true)))
+        };
     // One core fewer than the layer itself uses: go is still busy with the binary. (Every core
     // was tried: no change on hello with one platform over 30 paired runs, worse with two.)
     let workers = compression_workers().saturating_sub(1).max(1);
-    run_chunk_pipeline(&tar, workers, Compressors::new, compress_ahead, |pipeline| {
+    run_chunk_pipeline(&tar, &[], workers, Compressors::new, compress_ahead, |pipeline| {
         let mut made = 0;
         let mut i = 0;
         while wanted.load(Ordering::Relaxed) {
             let Some(result) = pipeline.result(i) else { break };
-            made += usize::from(result?);
+            let Some((key, compressed)) = result? else { break };
+            made += usize::from(compressed);
+            let (start, len) = pipeline.chunk(i);
+            // The head chunk holds the build ID go writes after this read: never kept.
+            if start > 0 {
+                keyed.chunks.push(KeyedChunk { start, len, key });
+            }
             i += 1;
         }
-        Ok(made)
+        Ok((made, keyed))
     })
 }
 
@@ -1437,7 +1590,7 @@ mod tests {
         let placeholder = fake_go_binary("aaaa/aaaa", &body);
         std::fs::write(&linker_output, &placeholder).unwrap();
         let memo = ChunkMemo::default();
-        let made = precompress_binary(&linker_output, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
+        let (made, _) = precompress_binary(&linker_output, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
         let chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap()).len();
         assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
 
@@ -1456,10 +1609,66 @@ mod tests {
         assert_eq!(memo.held_bytes() as u64, layer.size, "guesses the layer did not use are dropped");
 
         // No longer wanted before it starts, nothing is made.
-        let stopped =
+        let (stopped, keyed) =
             precompress_binary(&linker_output, "app", &ChunkMemo::default(), "app/amd64", &AtomicBool::new(false))
                 .unwrap();
-        assert_eq!(stopped, 0);
+        assert_eq!((stopped, keyed.len()), (0, 0));
+    }
+
+    /// Where `id` stands in `bytes`.
+    fn offsets_of(bytes: &[u8], id: &str) -> Vec<u64> {
+        memchr::memmem::find_iter(bytes, id.as_bytes()).map(|at| at as u64).collect()
+    }
+
+    /// Write `bytes` over the start of `path` in place, as go writes its content ID (the same
+    /// file, not a new one).
+    fn write_in_place(path: &Path, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, 0).unwrap();
+    }
+
+    #[test]
+    fn chunks_keyed_ahead_make_the_layer_without_cutting_or_keying_them_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("a.out");
+        let body = noise(3_000_000, 0x7777_1234_abcd_0001, |s| b'a' + (s % 16) as u8);
+        std::fs::write(&binary, fake_go_binary("aaaa/aaaa", &body)).unwrap();
+        let memo = ChunkMemo::default();
+        let (_, keyed) = precompress_binary(&binary, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
+        let chunks = chunks_of(&binary_tar(&binary, "app").unwrap());
+        assert_eq!(keyed.len(), chunks.len() - 1, "every chunk but the head is keyed");
+
+        // The content ID goes into the head chunk: everything keyed still holds.
+        let finished = fake_go_binary("aaaa/bbbb", &body);
+        write_in_place(&binary, &finished);
+        let keyed = keyed.hold_after(&offsets_of(&finished, "aaaa/bbbb"), "aaaa/bbbb".len()).expect("in the head");
+        let fresh = binary_layer(&binary, "app").unwrap();
+        let with = |keyed: KeyedAhead| Streaming { keyed_ahead: Some(keyed), ..remembering(&memo, "app/amd64") };
+        let layer = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
+        assert_eq!((&layer.digest, &layer.diff_id), (&fresh.digest, &fresh.diff_id));
+        assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
+
+        // Only a prefix keyed (compressing ahead was stopped): the rest is cut as usual.
+        let mut prefix = keyed.clone();
+        prefix.chunks.truncate(keyed.len() / 2);
+        let layer = binary_layer_streaming(&binary, "app", with(prefix)).unwrap();
+        assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
+
+        // A byte written past the head is not seen through the keyed chunks, which are taken as
+        // they are: that is what `hold_after` is for...
+        let mut changed = finished.clone();
+        changed[2_000_000] ^= 0x55;
+        write_in_place(&binary, &changed);
+        let unseen = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
+        assert_eq!(unseen.digest, fresh.digest, "the keyed chunks were not read again");
+        assert!(keyed.clone().hold_after(&[2_000_000], 9).is_none(), "a write past the head voids them");
+        // ...and a file copied over the binary's path is another file: nothing keyed is taken.
+        let copy = dir.path().join("copy");
+        std::fs::write(&copy, &changed).unwrap();
+        std::fs::rename(&copy, &binary).unwrap();
+        let layer = binary_layer_streaming(&binary, "app", with(keyed)).unwrap();
+        assert_eq!(layer.digest, binary_layer(&binary, "app").unwrap().digest);
+        assert_ne!(layer.digest, fresh.digest);
     }
 
     #[test]
@@ -1494,7 +1703,7 @@ mod tests {
         std::fs::write(&arm64_binary, fake_go_binary("aaaa/aaaa", &body)).unwrap();
         let memo = ChunkMemo::default();
         // Two platforms link together: arm64's linker output is compressed ahead...
-        let made = precompress_binary(&arm64_binary, "app", &memo, "app/arm64", &AtomicBool::new(true)).unwrap();
+        let (made, _) = precompress_binary(&arm64_binary, "app", &memo, "app/arm64", &AtomicBool::new(true)).unwrap();
         assert!(made > 1);
         // ...while amd64's layer is made and settles first.
         let amd64_data = noise(3_000_000, 0x5eed_5eed_5eed_5eed, |s| b'k' + (s % 16) as u8);

@@ -151,13 +151,14 @@ impl Builder {
     /// and `config_early` gets the layer's diff ID as soon as it is hashed.
     async fn binary_layer(
         &self,
-        binary: PathBuf,
+        binary: FinishedBinary,
         name: &str,
         slot: String,
         target: Option<&oci_client::Reference>,
         config_early: impl FnOnce(tokio::sync::oneshot::Receiver<String>) -> Option<EarlyUpload>,
         session: Option<OpeningUpload>,
     ) -> Result<(Layer, Option<PendingUpload>, Option<EarlyUpload>, Option<SavingChunks>)> {
+        let FinishedBinary { path: binary, keyed_ahead } = binary;
         let cache = base::cache_dir();
         trim::mark_used(&saved_chunks_path(&slot));
         let build_id = layer::go_build_id(&binary);
@@ -189,6 +190,7 @@ impl Builder {
             chunks: self.chunks.clone(),
             slot: slot.clone(),
             diff_id,
+            keyed_ahead,
         };
         let (layer, streamed) = match (&self.publisher, target) {
             (Publisher::Registry(registries), Some(target)) => {
@@ -253,7 +255,7 @@ impl Builder {
     /// While go finishes the binary: read the chunks an earlier process kept for this slot
     /// (unless `early_load` or the memo has them), then, if `compress`, compress the rest of
     /// the linker's output into the memo. Returns how many chunks were read once both are
-    /// done or stopped.
+    /// done or stopped, and the chunks compressing ahead cut and keyed.
     fn prepare_layer_ahead(
         &self,
         linker_output: PathBuf,
@@ -261,7 +263,7 @@ impl Builder {
         slot: &str,
         compress: bool,
         early_load: tokio::task::JoinHandle<usize>,
-    ) -> (WantedWhileAlive, tokio::task::JoinHandle<usize>) {
+    ) -> (WantedWhileAlive, tokio::task::JoinHandle<(usize, Option<layer::KeyedAhead>)>) {
         let wanted = Arc::new(AtomicBool::new(true));
         let (memo, name, slot, flag) = (self.chunks.clone(), name.to_string(), slot.to_string(), wanted.clone());
         let task = tokio::spawn(async move {
@@ -269,18 +271,24 @@ impl Builder {
             let loaded_early = early_load.await.unwrap_or(0);
             let prepared = tokio::task::spawn_blocking(move || {
                 let loaded = memo.load_slot(&slot, &saved_chunks_path(&slot));
-                if compress && flag.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    match layer::precompress_binary(&linker_output, &name, &memo, &slot, &flag) {
-                        Ok(chunks) => {
-                            tracing::debug!(chunks, ms = started.elapsed().as_millis() as u64, "compressed ahead")
-                        }
-                        Err(e) => tracing::debug!(error = %e, "compressing ahead failed"),
+                if !compress || !flag.load(Ordering::Relaxed) {
+                    return (loaded, None);
+                }
+                let started = Instant::now();
+                match layer::precompress_binary(&linker_output, &name, &memo, &slot, &flag) {
+                    Ok((chunks, keyed)) => {
+                        let ms = started.elapsed().as_millis() as u64;
+                        tracing::debug!(chunks, keyed = keyed.len(), ms, "compressed ahead");
+                        (loaded, Some(keyed))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "compressing ahead failed");
+                        (loaded, None)
                     }
                 }
-                loaded
             });
-            loaded_early + prepared.await.unwrap_or(0)
+            let (loaded, keyed) = prepared.await.unwrap_or((0, None));
+            (loaded_early + loaded, keyed)
         });
         (WantedWhileAlive(wanted), task)
     }
@@ -416,6 +424,7 @@ impl Builder {
                 tokio::pin!(compile);
                 // Compressing starts when the linker is done; go still needs a while to finish.
                 let mut ahead = None;
+                let mut stamped = None;
                 let mut layer_session = None;
                 let mut exited = false;
                 let binary = tokio::select! {
@@ -425,8 +434,9 @@ impl Builder {
                         // Only with a core to spare: taking one from another go build (a second
                         // platform still linking) delays that build by more than it saves here.
                         let compress = gobuild::running_go_builds() < layer::compression_workers();
+                        stamped = linker_output.stamped;
                         ahead = Some(self.prepare_layer_ahead(
-                            linker_output,
+                            linker_output.path,
                             artifact.binary_name(),
                             &slot,
                             compress,
@@ -447,12 +457,25 @@ impl Builder {
                 // The layer is made now, from the finished binary: no new chunks ahead of it.
                 // Without the linker's close (go did not relink: the layer is likely recorded
                 // already) the saved chunks are not read at all.
+                let mut keyed_ahead = None;
                 if let Some((wanted, preparing)) = ahead {
                     drop(wanted);
-                    if let Ok(loaded @ 1..) = preparing.await {
-                        tracing::debug!(chunks = loaded, "chunks of this slot's last layer read from the cache");
+                    if let Ok((loaded, keyed)) = preparing.await {
+                        if loaded > 0 {
+                            tracing::debug!(chunks = loaded, "chunks of this slot's last layer read from the cache");
+                        }
+                        keyed_ahead = keyed;
                     }
                 }
+                // What compressing ahead cut and keyed stands when kodev linked the binary and
+                // wrote its content ID only where the layer cuts and keys again anyway.
+                let keyed_ahead = match (keyed_ahead, stamped) {
+                    (Some(keyed), Some(stamped)) => {
+                        stamped.await.ok().and_then(|(offsets, len)| keyed.hold_after(&offsets, len))
+                    }
+                    _ => None,
+                };
+                let binary = FinishedBinary { path: binary, keyed_ahead };
                 let config_early = |diff_id| self.upload_config_early(upload_target, platform, config_parts, diff_id);
                 let layer_work =
                     self.binary_layer(binary, artifact.binary_name(), slot, upload_target, config_early, layer_session);
@@ -547,6 +570,12 @@ impl Drop for WantedWhileAlive {
     }
 }
 
+/// A finished binary, with what compressing ahead cut and keyed of these very bytes.
+struct FinishedBinary {
+    path: PathBuf,
+    keyed_ahead: Option<layer::KeyedAhead>,
+}
+
 /// A built binary to put in a layer, with the chunk memo of its slot and who waits for its diff ID.
 struct BinarySource {
     path: PathBuf,
@@ -554,17 +583,19 @@ struct BinarySource {
     chunks: Arc<ChunkMemo>,
     slot: String,
     diff_id: tokio::sync::oneshot::Sender<String>,
+    keyed_ahead: Option<layer::KeyedAhead>,
 }
 
 impl BinarySource {
     fn layer(self, sink: layer::ChunkSink) -> Result<Layer> {
-        let BinarySource { path, name, chunks, slot, diff_id } = self;
+        let BinarySource { path, name, chunks, slot, diff_id, keyed_ahead } = self;
         let streaming = layer::Streaming {
             sink: Some(sink),
             memo: Some((&chunks, &slot)),
             on_diff_id: Some(Box::new(move |id: &str| {
                 let _ = diff_id.send(id.to_string());
             })),
+            keyed_ahead,
         };
         layer::binary_layer_streaming(&path, &name, streaming)
     }

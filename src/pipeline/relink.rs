@@ -1254,16 +1254,16 @@ fn find_and_hash(file: &File, id: &[u8]) -> io::Result<(Vec<u64>, [u8; 32])> {
 
 /// What go does after a tool writes its output: hash it with the placeholder ID read as zeros,
 /// and write `placeholder` with its last part replaced by that hash at every place it stands.
-/// Returns the new ID.
-fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<String> {
+/// Returns the new ID, and where it was written.
+fn stamp_content_id(path: &Path, placeholder: &str) -> io::Result<(String, Vec<u64>)> {
     let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
     let (offsets, hash) = find_and_hash(&file, placeholder.as_bytes())?;
     let kept = placeholder.rfind('/').unwrap_or(0);
     let id = format!("{}/{}", &placeholder[..kept], hash_to_string(&hash));
-    for at in offsets {
+    for &at in &offsets {
         file.write_all_at(id.as_bytes(), at)?;
     }
-    Ok(id)
+    Ok((id, offsets))
 }
 
 /// What the main module's packages come to for some sources (see `Recipe::resolve`).
@@ -1350,7 +1350,7 @@ async fn compile_as(
     let at = run.args.iter().position(|a| a == "-buildid").ok_or_else(|| failed("no -buildid"))?;
     run.args[at + 1] = format!("{action}/{action}");
     let printed = run_tool(&run, scratch, env).await?;
-    let id = stamp_content_id(archive, &run.args[at + 1]).map_err(failed)?;
+    let (id, _) = stamp_content_id(archive, &run.args[at + 1]).map_err(failed)?;
     Ok((id, printed))
 }
 
@@ -1520,7 +1520,7 @@ impl Recipe {
         scratch: &Path,
         env: &[(String, String)],
         linking: Option<tokio::sync::oneshot::Sender<()>>,
-        linked: Option<tokio::sync::oneshot::Sender<PathBuf>>,
+        linked: Option<tokio::sync::oneshot::Sender<crate::pipeline::gobuild::LinkerOutput>>,
     ) -> Result<String, RelinkFailed> {
         let started = std::time::Instant::now();
         let resolved = self.resolve(sources, Some((scratch, env))).await?;
@@ -1555,17 +1555,34 @@ impl Recipe {
         run_tool(&link, scratch, env).await?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "linked");
         let linker_output = b001.join("exe").join("a.out");
+        // The linker has exited: its output is final but for the content ID written next.
+        let (stamped, stamp_known) = tokio::sync::oneshot::channel();
         if let Some(linked) = linked {
-            let _ = linked.send(linker_output.clone());
+            let path = linker_output.clone();
+            let _ = linked.send(crate::pipeline::gobuild::LinkerOutput { path, stamped: Some(stamp_known) });
         }
         let stamping = linker_output.clone();
-        tokio::task::spawn_blocking(move || stamp_content_id(&stamping, &placeholder))
+        let (id, offsets) = tokio::task::spawn_blocking(move || stamp_content_id(&stamping, &placeholder))
             .await
             .map_err(failed)?
             .map_err(failed)?;
-        std::fs::rename(&linker_output, output).map_err(failed)?;
+        let _ = stamped.send((offsets, id.len()));
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "content ID stamped");
+        replace_in_background(&linker_output, output).map_err(failed)?;
         Ok(sources.fingerprint())
     }
+}
+
+/// Rename `from` over `to`, leaving the release of the file `to` held before (its blocks: tens
+/// of megabytes for a large binary, a few milliseconds of the file system's time) to a thread
+/// of its own rather than to the rename, which the layer waits for.
+fn replace_in_background(from: &Path, to: &Path) -> io::Result<()> {
+    let replaced = File::open(to).ok();
+    std::fs::rename(from, to)?;
+    if let Some(replaced) = replaced {
+        std::thread::spawn(move || drop(replaced));
+    }
+    Ok(())
 }
 
 /// Recipes of the binaries kodev builds, by output path. Each is also saved beside its binary,
