@@ -419,10 +419,10 @@ pub struct KeyedChunk {
 /// as they are, and cut only what follows them (see [`KeyedAhead::hold_after`]).
 #[derive(Debug, Clone, Default)]
 pub struct KeyedAhead {
-    /// The tar these were cut from: its length, where the binary starts in it, and the
-    /// binary's file (device, inode): a rename keeps it, a copy over it does not.
-    tar_len: u64,
+    /// The binary these were cut from: where it starts in its tar, its length, and its file
+    /// (device, inode): a rename keeps it, a copy over it does not.
     binary_at: u64,
+    binary_len: u64,
     file: (u64, u64),
     chunks: Vec<KeyedChunk>,
 }
@@ -966,7 +966,8 @@ pub struct Streaming<'a> {
     /// ends: the image config (which names it) can go up meanwhile.
     pub on_diff_id: Option<DiffIdHook<'a>>,
     /// Chunks compressing ahead cut and keyed from these very bytes (see
-    /// [`KeyedAhead::hold_after`]): taken as they are rather than read, cut and keyed again.
+    /// [`KeyedAhead::hold_after`]; `binary_layer_streaming` takes them only for the file they
+    /// were cut from): taken as they are rather than read, cut and keyed again.
     pub keyed_ahead: Option<KeyedAhead>,
 }
 
@@ -1002,7 +1003,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
         return Ok(Layer::in_memory(kind, sha256_digest(&compressed), diff_id, vec![compressed]));
     }
     // Keyed chunks are of no use without the memo that holds what they were compressed to.
-    let ahead = keyed_ahead.filter(|ahead| ahead.tar_len == total && memo.is_some()).unwrap_or_default();
+    let ahead = keyed_ahead.filter(|_| memo.is_some()).unwrap_or_default();
     let mut keys = Vec::new();
     let reused_bytes = std::sync::atomic::AtomicU64::new(0);
     let compress_chunk =
@@ -1114,8 +1115,10 @@ pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
 pub fn binary_layer_streaming(binary: &Path, name: &str, mut streaming: Streaming) -> Result<Layer> {
     binary_tar(binary, name)
         .and_then(|tar| {
-            let file = tar.identity()?;
-            streaming.keyed_ahead = streaming.keyed_ahead.take().filter(|keyed| keyed.file == file);
+            let (file, binary_len) = (tar.identity()?, tar.file_len);
+            // Only for the very file they were cut from, at the length it had then.
+            streaming.keyed_ahead =
+                streaming.keyed_ahead.take().filter(|keyed| keyed.file == file && keyed.binary_len == binary_len);
             compress_layer_streaming(LayerKind::Binary, tar, streaming)
         })
         .map_err(|e| KodevError::build(format!("cannot archive the binary {}: {e}", binary.display())))
@@ -1152,8 +1155,8 @@ pub fn precompress_binary(
 ) -> io::Result<(usize, KeyedAhead)> {
     let tar = binary_tar(binary, name)?;
     let mut keyed = KeyedAhead {
-        tar_len: tar.len(),
         binary_at: tar.prefix.len() as u64,
+        binary_len: tar.file_len,
         file: tar.identity()?,
         chunks: Vec::new(),
     };
@@ -1662,6 +1665,14 @@ mod tests {
         let unseen = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
         assert_eq!(unseen.digest, fresh.digest, "the keyed chunks were not read again");
         assert!(keyed.clone().hold_after(&[2_000_000], 9).is_none(), "a write past the head voids them");
+        // ...the same file grown in place (here within the tar's padding) is not the bytes
+        // they were cut from either...
+        let grown = [changed.as_slice(), b"more"].concat();
+        write_in_place(&binary, &grown);
+        let layer = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
+        assert_eq!(layer.digest, binary_layer(&binary, "app").unwrap().digest);
+        write_in_place(&binary, &changed);
+        std::fs::OpenOptions::new().write(true).open(&binary).unwrap().set_len(changed.len() as u64).unwrap();
         // ...and a file copied over the binary's path is another file: nothing keyed is taken.
         let copy = dir.path().join("copy");
         std::fs::write(&copy, &changed).unwrap();
