@@ -941,3 +941,67 @@ fn one_shot_builds_rebuild_an_imported_packages_edit_without_go() {
     assert!(second.contains("package compiled package=\"example.com/mono/internal/shared\""), "{second}");
     assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
+
+/// go compiles again every package that imports an edited one, even when the edit leaves what
+/// the package exports as it was (a body the compiler does not inline): the importers'
+/// archives come out the same but for their build IDs. kodev compiles only the edited package
+/// and, seeing its export data unchanged, takes its importers (here the shared package and
+/// main, which both import it) from their earlier compiles. The image is go's from an empty go
+/// build cache, and go's own check finds everything where it would have put it.
+#[test]
+fn importers_of_a_package_that_exports_the_same_are_not_compiled_again() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kodev.log");
+    // alpha alone: beside it, beta's go build could compile the shared packages first, and
+    // alpha's recipe would then hold no compile of them.
+    let mut dev = DevSession::start_full(
+        &["-b", "alpha"],
+        &["alpha"],
+        |dir| {
+            add_deep_package(dir, nanos);
+            let main = dir.join("cmd/alpha/main.go");
+            edit(&main, "\"fmt\"\n", "\"fmt\"\n\n\t\"example.com/mono/internal/deep\"\n");
+            edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\"), deep.Word()");
+        },
+        Some(&log),
+        &[],
+    );
+    let host = dev._registry.host.clone();
+    let deep = dev.path("internal/deep/deep.go");
+    let from_nothing = |dev: &DevSession, what: &str, digest: &str| {
+        assert_eq!(digest, alpha_digest_from_empty_go_cache(dev.dir.path(), &host), "{what}: go's image from nothing");
+    };
+    let log_since = |from: usize| std::fs::read_to_string(&log).unwrap()[from..].to_string();
+
+    for (round, (from, to)) in [("deep", "deeper"), ("deeper", "deepest")].into_iter().enumerate() {
+        let mark = std::fs::read_to_string(&log).unwrap().len();
+        edit(&deep, &format!("\"{from} {nanos}\""), &format!("\"{to} {nanos}\""));
+        let (relinked, digest) = alpha_rebuilt(&mut dev, &format!("alpha after deep edit {round}"));
+        assert!(relinked, "edit {round} rebuilt without go: {:#?}", dev.seen);
+        let text = log_since(mark);
+        assert!(text.contains("package compiled package=\"example.com/mono/internal/deep\""), "{text}");
+        assert!(!text.contains("package compiled package=\"example.com/mono/internal/shared\""), "{text}");
+        assert!(
+            text.contains("package taken from its earlier compile: what it imports exports the same package=\"example.com/mono/internal/shared\""),
+            "{text}"
+        );
+        assert!(text.contains("main package taken from its earlier compile"), "{text}");
+        from_nothing(&dev, &format!("deep edit {round}"), &digest);
+    }
+
+    // An edit that changes what the package exports (a new exported function) compiles its
+    // importers again.
+    let mark = std::fs::read_to_string(&log).unwrap().len();
+    let source = std::fs::read_to_string(&deep).unwrap();
+    std::fs::write(&deep, format!("{source}\nfunc Extra() int {{ return 7 }}\n")).unwrap();
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a new exported function");
+    assert!(relinked, "{:#?}", dev.seen);
+    let text = log_since(mark);
+    assert!(text.contains("package compiled package=\"example.com/mono/internal/shared\""), "{text}");
+    assert!(!text.contains("taken from its earlier compile"), "{text}");
+    from_nothing(&dev, "a new exported function", &digest);
+}

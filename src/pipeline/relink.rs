@@ -26,7 +26,7 @@
 //! turned off with that toolchain and the next build runs go. A one-shot build has no idle
 //! moment for that check and goes without it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -1274,6 +1274,92 @@ struct Resolved {
     archives: HashMap<String, PathBuf>,
     /// The main package's compile text, with the new content IDs of what it imports.
     main_text: Vec<Vec<u8>>,
+    /// The packages of `contents` whose export data is what it was when the recipe was
+    /// captured: what imports them compiles to what it did then (see `earlier_compile`).
+    exports_same: HashSet<String>,
+}
+
+/// The members of a package archive (`!<arch>`), by name.
+fn archive_members(archive: &[u8]) -> Option<Vec<(&str, &[u8])>> {
+    let mut rest = archive.strip_prefix(b"!<arch>\n")?;
+    let mut members = Vec::new();
+    while !rest.is_empty() {
+        let (header, body) = (rest.get(..60)?, &rest[60..]);
+        let name = std::str::from_utf8(&header[..16]).ok()?.trim_end();
+        let size: usize = std::str::from_utf8(&header[48..58]).ok()?.trim_end().parse().ok()?;
+        members.push((name, body.get(..size)?));
+        rest = body.get(size + (size & 1)..).unwrap_or_default();
+    }
+    Some(members)
+}
+
+/// What a compile of an importing package reads of a package archive: its `__.PKGDEF` member
+/// (the export data and its fingerprint), without the `build id` line, which names the archive
+/// rather than what it exports.
+fn export_data(archive: &[u8]) -> Option<Vec<u8>> {
+    let (_, pkgdef) = archive_members(archive)?.into_iter().find(|(name, _)| *name == "__.PKGDEF")?;
+    let first = memchr::memchr(b'\n', pkgdef)? + 1;
+    let rest = &pkgdef[first..];
+    let skip = if rest.starts_with(b"build id \"") { memchr::memchr(b'\n', rest)? + 1 } else { 0 };
+    Some([&pkgdef[..first], &rest[skip..]].concat())
+}
+
+/// The archive go's cache holds for compile text `text`, when its build ID names that text.
+fn archive_of(gocache: &Path, text: &[Vec<u8>]) -> Option<(PathBuf, String)> {
+    let archive = gocache::output_of(gocache, &hex::encode(Sha256::digest(text.concat())))?;
+    let id =
+        go_build_id(&archive).filter(|id| id.split_once('/').is_some_and(|(action, _)| action == text_id(text)))?;
+    Some((archive, id))
+}
+
+/// Whether the package compiled from `baseline` (in go's cache) exports what `archive` does.
+fn exports_as_before(gocache: &Path, baseline: &[Vec<u8>], archive: &Path) -> bool {
+    let Some((before, _)) = archive_of(gocache, baseline) else { return false };
+    let (Ok(before), Ok(now)) = (std::fs::read(before), std::fs::read(archive)) else { return false };
+    export_data(&before).is_some_and(|before| export_data(&now).as_ref() == Some(&before))
+}
+
+/// Whether compile text `text` is `baseline` but for the content IDs of imports in
+/// `exports_same`: then the compiler reads the same inputs and writes the same archive, but
+/// for the build ID (go's action ID changes with those content IDs, and go compiles again).
+fn only_same_exports_changed(text: &[Vec<u8>], baseline: &[Vec<u8>], exports_same: &HashSet<String>) -> bool {
+    if text.len() != baseline.len() || exports_same.is_empty() {
+        return false;
+    }
+    let same_exports: HashSet<usize> =
+        import_writes(baseline).filter(|(_, path, _)| exports_same.contains(*path)).map(|(i, _, _)| i).collect();
+    text.iter().zip(baseline).enumerate().all(|(i, (now, then))| now == then || same_exports.contains(&i))
+}
+
+/// The archive the compile of `text` gives, from the earlier compile of `baseline` in go's
+/// cache when only imports that export the same changed between them: that archive with the
+/// build ID `action/content` of `text` (its content ID is unchanged: go's content ID reads the
+/// build ID as zeros). Only an archive of a plain compile qualifies (no assembly packed in).
+/// Returns the new build ID and the bytes.
+fn earlier_compile(
+    gocache: &Path,
+    text: &[Vec<u8>],
+    baseline: &[Vec<u8>],
+    exports_same: &HashSet<String>,
+) -> Option<(String, Vec<u8>)> {
+    if !only_same_exports_changed(text, baseline, exports_same) {
+        return None;
+    }
+    let (archive, id) = archive_of(gocache, baseline)?;
+    let bytes = std::fs::read(archive).ok()?;
+    let names: Vec<&str> = archive_members(&bytes)?.into_iter().map(|(name, _)| name).collect();
+    if names != ["__.PKGDEF", "_go_.o"] {
+        return None;
+    }
+    let (_, content) = id.split_once('/')?;
+    let new_id = format!("{}/{content}", text_id(text));
+    let mut out = bytes.clone();
+    let mut found = 0;
+    for at in memchr::memmem::find_iter(&bytes, id.as_bytes()) {
+        out[at..at + id.len()].copy_from_slice(new_id.as_bytes());
+        found += 1;
+    }
+    (found > 0 && new_id.len() == id.len()).then_some((new_id, out))
 }
 
 /// `text` with the content IDs of the packages in `contents` replaced in its `import` writes.
@@ -1336,6 +1422,33 @@ fn settle(
     Ok(())
 }
 
+/// Keep a compile's archive in go's cache as go does, with what the compiler printed beside it
+/// (usually nothing). Returns the archive's path there.
+fn keep_compile(gocache: &Path, action_hex: &str, archive: &[u8], printed: &[u8]) -> Result<PathBuf, RelinkFailed> {
+    let kept = gocache::put(gocache, action_hex, archive).map_err(failed)?;
+    if let Some(key) = gocache::subkey(action_hex, "stdout") {
+        gocache::put(gocache, &key, printed).map_err(failed)?;
+    }
+    Ok(kept)
+}
+
+/// What the compiler printed when it compiled `text`, as go's cache keeps it.
+fn earlier_stdout(gocache: &Path, text: &[Vec<u8>]) -> Vec<u8> {
+    gocache::subkey(&hex::encode(Sha256::digest(text.concat())), "stdout")
+        .and_then(|key| gocache::output_of(gocache, &key))
+        .and_then(|path| std::fs::read(path).ok())
+        .unwrap_or_default()
+}
+
+/// Note a package whose archive (build ID `id`) has a new content but exports what the archive
+/// the recipe captured does.
+fn note_exports(gocache: &Path, package: &ModulePackage, id: &str, archive: &Path, exports_same: &mut HashSet<String>) {
+    let changed = id.rsplit_once('/').is_some_and(|(_, content)| content != package.content_id);
+    if changed && exports_as_before(gocache, &package.text, archive) {
+        exports_same.insert(package.import_path.clone());
+    }
+}
+
 /// Run go's recorded compile `run` for action `action` (`-buildid action/action`), then stamp
 /// the content ID into its `archive` as go does. Returns the build ID and what the compiler
 /// printed.
@@ -1383,11 +1496,7 @@ async fn compile_package(
         }
     }
     let bytes = std::fs::read(&built).map_err(failed)?;
-    let archive = gocache::put(gocache, action_hex, &bytes).map_err(failed)?;
-    // go keeps what the compiler printed beside it (usually nothing).
-    if let Some(key) = gocache::subkey(action_hex, "stdout") {
-        gocache::put(gocache, &key, &printed).map_err(failed)?;
-    }
+    let archive = keep_compile(gocache, action_hex, &bytes, &printed)?;
     tracing::debug!(package = package.import_path, ms = started.elapsed().as_millis() as u64, "package compiled");
     Ok((id, archive))
 }
@@ -1430,9 +1539,9 @@ impl Recipe {
         sources: &Sources,
         scratch: Option<(&Path, &[(String, String)])>,
     ) -> Result<Resolved, RelinkFailed> {
-        let (mut contents, mut archives) = (HashMap::new(), HashMap::new());
+        let (mut contents, mut archives, mut exports_same) = (HashMap::new(), HashMap::new(), HashSet::new());
         if sources.edited.is_empty() {
-            return Ok(Resolved { contents, archives, main_text: sources.main_text.clone() });
+            return Ok(Resolved { contents, archives, main_text: sources.main_text.clone(), exports_same });
         }
         let gocache = self.gocache.as_deref().ok_or_else(|| failed("go's cache is not known"))?;
         let position: HashMap<&str, usize> =
@@ -1464,10 +1573,23 @@ impl Recipe {
                 let cached = gocache::output_of(gocache, &action_hex)
                     .and_then(|archive| Some((go_build_id(&archive)?, archive)))
                     .filter(|(id, _)| id.split_once('/').is_some_and(|(a, _)| a == action));
-                match (cached, scratch) {
-                    (Some((id, archive)), _) => settle(package, &id, archive, &mut contents, &mut archives)?,
-                    (None, None) => return Err(failed(format!("{} would be compiled", package.import_path))),
-                    (None, Some(_)) => to_compile.push((package, text, action_hex, action)),
+                if let Some((id, archive)) = cached {
+                    note_exports(gocache, package, &id, &archive, &mut exports_same);
+                    settle(package, &id, archive, &mut contents, &mut archives)?;
+                } else if let Some((id, bytes)) = earlier_compile(gocache, &text, &package.text, &exports_same) {
+                    let archive = match scratch {
+                        Some(_) => keep_compile(gocache, &action_hex, &bytes, &earlier_stdout(gocache, &package.text))?,
+                        None => archive_of(gocache, &package.text).map(|(archive, _)| archive).unwrap_or_default(),
+                    };
+                    tracing::debug!(
+                        package = package.import_path,
+                        "package taken from its earlier compile: what it imports exports the same"
+                    );
+                    settle(package, &id, archive, &mut contents, &mut archives)?;
+                } else if scratch.is_some() {
+                    to_compile.push((package, text, action_hex, action));
+                } else {
+                    return Err(failed(format!("{} would be compiled", package.import_path)));
                 }
             }
             let Some((scratch, env)) = scratch else { continue };
@@ -1487,11 +1609,12 @@ impl Recipe {
             let compiled: Vec<_> = futures::stream::iter(compiles).buffer_unordered(parallel).collect().await;
             for result in compiled {
                 let (package, id, archive) = result?;
+                note_exports(gocache, package, &id, &archive, &mut exports_same);
                 settle(package, &id, archive, &mut contents, &mut archives)?;
             }
         }
         let main_text = with_imports(sources.main_text.clone(), &contents);
-        Ok(Resolved { contents, archives, main_text })
+        Ok(Resolved { contents, archives, main_text, exports_same })
     }
 
     /// Whether `output` is already the binary this recipe gives for `sources`, the way go
@@ -1533,11 +1656,30 @@ impl Recipe {
         // content (go compiled it before with these inputs).
         let action_hex = hex::encode(Sha256::digest(resolved.main_text.concat()));
         let cached = self.gocache.as_deref().and_then(|cache| gocache::output_of(cache, &action_hex));
+        let earlier = || {
+            let gocache = self.gocache.as_deref()?;
+            earlier_compile(gocache, &resolved.main_text, &sources.main_text, &resolved.exports_same)
+        };
+        // What go keeps of a compile of main this build made: its archive and what go printed.
+        let mut to_keep = None;
         let main_id = match cached.filter(|cached| std::fs::copy(cached, &archive).is_ok()) {
             Some(_) => go_build_id(&archive)
                 .filter(|id| id.split_once('/').is_some_and(|(a, _)| a == action))
                 .ok_or_else(|| failed("go's cached main package has another build ID"))?,
-            None => compile_as(&self.compile, &action, &archive, scratch, env).await?.0,
+            None => match earlier() {
+                Some((id, bytes)) => {
+                    std::fs::write(&archive, &bytes).map_err(failed)?;
+                    let printed = earlier_stdout(self.gocache.as_deref().unwrap_or(Path::new("")), &sources.main_text);
+                    tracing::debug!("main package taken from its earlier compile: what it imports exports the same");
+                    to_keep = Some((bytes, printed));
+                    id
+                }
+                None => {
+                    let (id, printed) = compile_as(&self.compile, &action, &archive, scratch, env).await?;
+                    to_keep = Some((std::fs::read(&archive).map_err(failed)?, printed));
+                    id
+                }
+            },
         };
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
         if let Some(linking) = linking {
@@ -1552,7 +1694,18 @@ impl Recipe {
                 *arg = format!("-buildid={placeholder}");
             }
         }
+        // go keeps main's compile in its cache too: a later edit of a package main imports that
+        // exports the same then takes main from it (see `earlier_compile`). Kept while the
+        // linker runs.
+        let keeping = to_keep.zip(self.gocache.clone()).map(|((bytes, printed), gocache)| {
+            tokio::task::spawn_blocking(move || keep_compile(&gocache, &action_hex, &bytes, &printed))
+        });
         run_tool(&link, scratch, env).await?;
+        if let Some(keeping) = keeping {
+            if let Err(error) = keeping.await.map_err(failed).and_then(|kept| kept) {
+                tracing::debug!(%error, "main's compile not kept in go's cache");
+            }
+        }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "linked");
         let linker_output = b001.join("exe").join("a.out");
         // The linker has exited: its output is final but for the content ID written next.
@@ -2055,5 +2208,45 @@ mod tests {
     fn a_dry_run_that_links_means_go_disagrees() {
         assert!(go_agrees(&["touch /c/bin/app".to_string()]));
         assert!(!go_agrees(&["/usr/local/go/pkg/tool/linux_amd64/link -o $WORK/b001/exe/a.out".to_string()]));
+    }
+
+    fn member(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, 644, body.len()).into_bytes();
+        out.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn archive(id: &str, exports: &str, code: &str) -> Vec<u8> {
+        let pkgdef = format!("go object linux amd64 go1.26\nbuild id \"{id}\"\n\n$$B\n{exports}$$\n");
+        let object = format!("go object linux amd64 go1.26\nbuild id \"{id}\"\n!\n{code}");
+        [b"!<arch>\n".to_vec(), member("__.PKGDEF", pkgdef.as_bytes()), member("_go_.o", object.as_bytes())].concat()
+    }
+
+    #[test]
+    fn export_data_leaves_out_the_build_id_and_the_code() {
+        let one = archive("aaaa/cccc", "func F()", "code one");
+        let other = archive("bbbb/dddd", "func F()", "code two, longer");
+        let changed = archive("aaaa/cccc", "func F(); func G()", "code one");
+        assert_eq!(export_data(&one), export_data(&other));
+        assert_ne!(export_data(&one), export_data(&changed));
+        assert!(export_data(&one).unwrap().starts_with(b"go object linux amd64 go1.26\n\n$$B\nfunc F()"));
+        let names: Vec<&str> = archive_members(&one).unwrap().into_iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["__.PKGDEF", "_go_.o"]);
+        assert_eq!(export_data(b"not an archive"), None);
+    }
+
+    #[test]
+    fn only_imports_that_export_the_same_may_differ() {
+        let write = |s: &str| s.as_bytes().to_vec();
+        let baseline = vec![write("compile\n"), write("import example.com/a AAAA\n"), write("file a.go HASH\n")];
+        let same: HashSet<String> = ["example.com/a".to_string()].into();
+        let import_changed = vec![baseline[0].clone(), write("import example.com/a BBBB\n"), baseline[2].clone()];
+        assert!(only_same_exports_changed(&import_changed, &baseline, &same));
+        assert!(!only_same_exports_changed(&import_changed, &baseline, &HashSet::new()), "a's exports changed");
+        let file_changed = vec![baseline[0].clone(), baseline[1].clone(), write("file a.go OTHER\n")];
+        assert!(!only_same_exports_changed(&file_changed, &baseline, &same), "its own file changed");
     }
 }
