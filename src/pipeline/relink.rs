@@ -1331,17 +1331,24 @@ fn only_same_exports_changed(text: &[Vec<u8>], baseline: &[Vec<u8>], exports_sam
     text.iter().zip(baseline).enumerate().all(|(i, (now, then))| now == then || same_exports.contains(&i))
 }
 
+/// A compile's outcome taken from an earlier compile (see `earlier_compile`).
+struct EarlierCompile {
+    build_id: String,
+    archive: Vec<u8>,
+    /// What the compiler printed, as go's cache keeps it beside the archive.
+    printed: Vec<u8>,
+}
+
 /// The archive the compile of `text` gives, from the earlier compile of `baseline` in go's
 /// cache when only imports that export the same changed between them: that archive with the
 /// build ID `action/content` of `text` (its content ID is unchanged: go's content ID reads the
 /// build ID as zeros). Only an archive of a plain compile qualifies (no assembly packed in).
-/// Returns the new build ID and the bytes.
 fn earlier_compile(
     gocache: &Path,
     text: &[Vec<u8>],
     baseline: &[Vec<u8>],
     exports_same: &HashSet<String>,
-) -> Option<(String, Vec<u8>)> {
+) -> Option<EarlierCompile> {
     if !only_same_exports_changed(text, baseline, exports_same) {
         return None;
     }
@@ -1359,7 +1366,11 @@ fn earlier_compile(
         out[at..at + id.len()].copy_from_slice(new_id.as_bytes());
         found += 1;
     }
-    (found > 0 && new_id.len() == id.len()).then_some((new_id, out))
+    (found > 0 && new_id.len() == id.len()).then(|| EarlierCompile {
+        build_id: new_id,
+        archive: out,
+        printed: earlier_stdout(gocache, baseline),
+    })
 }
 
 /// `text` with the content IDs of the packages in `contents` replaced in its `import` writes.
@@ -1576,16 +1587,16 @@ impl Recipe {
                 if let Some((id, archive)) = cached {
                     note_exports(gocache, package, &id, &archive, &mut exports_same);
                     settle(package, &id, archive, &mut contents, &mut archives)?;
-                } else if let Some((id, bytes)) = earlier_compile(gocache, &text, &package.text, &exports_same) {
+                } else if let Some(earlier) = earlier_compile(gocache, &text, &package.text, &exports_same) {
                     let archive = match scratch {
-                        Some(_) => keep_compile(gocache, &action_hex, &bytes, &earlier_stdout(gocache, &package.text))?,
+                        Some(_) => keep_compile(gocache, &action_hex, &earlier.archive, &earlier.printed)?,
                         None => archive_of(gocache, &package.text).map(|(archive, _)| archive).unwrap_or_default(),
                     };
                     tracing::debug!(
                         package = package.import_path,
                         "package taken from its earlier compile: what it imports exports the same"
                     );
-                    settle(package, &id, archive, &mut contents, &mut archives)?;
+                    settle(package, &earlier.build_id, archive, &mut contents, &mut archives)?;
                 } else if scratch.is_some() {
                     to_compile.push((package, text, action_hex, action));
                 } else {
@@ -1662,26 +1673,26 @@ impl Recipe {
         };
         // What go keeps of a compile of main this build made: its archive and what go printed.
         let mut to_keep = None;
-        let main_id = match cached.filter(|cached| std::fs::copy(cached, &archive).is_ok()) {
-            Some(_) => go_build_id(&archive)
-                .filter(|id| id.split_once('/').is_some_and(|(a, _)| a == action))
-                .ok_or_else(|| failed("go's cached main package has another build ID"))?,
-            None => match earlier() {
-                Some((id, bytes)) => {
-                    std::fs::write(&archive, &bytes).map_err(failed)?;
-                    let printed = earlier_stdout(self.gocache.as_deref().unwrap_or(Path::new("")), &sources.main_text);
-                    tracing::debug!("main package taken from its earlier compile: what it imports exports the same");
-                    to_keep = Some((bytes, printed));
-                    id
-                }
-                None => {
-                    let (id, printed) = compile_as(&self.compile, &action, &archive, scratch, env).await?;
-                    to_keep = Some((std::fs::read(&archive).map_err(failed)?, printed));
-                    id
-                }
-            },
+        let in_cache = cached.is_some_and(|cached| std::fs::copy(cached, &archive).is_ok());
+        let (main_id, from) = match (in_cache, if in_cache { None } else { earlier() }) {
+            (true, _) => {
+                let id = go_build_id(&archive)
+                    .filter(|id| id.split_once('/').is_some_and(|(a, _)| a == action))
+                    .ok_or_else(|| failed("go's cached main package has another build ID"))?;
+                (id, "go's cache")
+            }
+            (false, Some(earlier)) => {
+                std::fs::write(&archive, &earlier.archive).map_err(failed)?;
+                to_keep = Some((earlier.archive, earlier.printed));
+                (earlier.build_id, "its earlier compile: what it imports exports the same")
+            }
+            (false, None) => {
+                let (id, printed) = compile_as(&self.compile, &action, &archive, scratch, env).await?;
+                to_keep = Some((std::fs::read(&archive).map_err(failed)?, printed));
+                (id, "compiled")
+            }
         };
-        tracing::debug!(ms = started.elapsed().as_millis() as u64, "main package compiled");
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, from, "main package ready");
         if let Some(linking) = linking {
             let _ = linking.send(());
         }
