@@ -942,6 +942,15 @@ fn one_shot_builds_rebuild_an_imported_packages_edit_without_go() {
     assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
 }
 
+/// `add_deep_package`, with main importing the deep package itself as well. Returns its file.
+fn add_deep_package_main_imports_too(dir: &Path, nanos: u128) -> PathBuf {
+    let deep = add_deep_package(dir, nanos);
+    let main = dir.join("cmd/alpha/main.go");
+    edit(&main, "\"fmt\"\n", "\"fmt\"\n\n\t\"example.com/mono/internal/deep\"\n");
+    edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\"), deep.Word()");
+    deep
+}
+
 /// go compiles again every package that imports an edited one, even when the edit leaves what
 /// the package exports as it was (a body the compiler does not inline): the importers'
 /// archives come out the same but for their build IDs. kodev compiles only the edited package
@@ -962,10 +971,7 @@ fn importers_of_a_package_that_exports_the_same_are_not_compiled_again() {
         &["-b", "alpha"],
         &["alpha"],
         |dir| {
-            add_deep_package(dir, nanos);
-            let main = dir.join("cmd/alpha/main.go");
-            edit(&main, "\"fmt\"\n", "\"fmt\"\n\n\t\"example.com/mono/internal/deep\"\n");
-            edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\"), deep.Word()");
+            add_deep_package_main_imports_too(dir, nanos);
         },
         Some(&log),
         &[],
@@ -1004,4 +1010,32 @@ fn importers_of_a_package_that_exports_the_same_are_not_compiled_again() {
     assert!(text.contains("package compiled package=\"example.com/mono/internal/shared\""), "{text}");
     assert!(!text.contains("taken from its earlier compile"), "{text}");
     from_nothing(&dev, "a new exported function", &digest);
+}
+
+/// The same for one-shot builds: after an edit of the deep package only it is compiled, the
+/// image is go's from an empty go build cache, and the next build with nothing changed sees
+/// the binary up to date without go (its check works out the importers' build IDs the same way).
+#[test]
+fn one_shot_builds_take_importers_that_export_the_same_from_their_earlier_compile() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let (registry, dir, nanos) = monorepo_copy();
+    let deep = add_deep_package_main_imports_too(dir.path(), nanos);
+    let cache = tempfile::tempdir().unwrap();
+    let build = |tag: &str| one_shot_alpha_logged(dir.path(), cache.path(), &registry.host, tag);
+    let (_, first) = build("a");
+    assert!(first.contains("go build done") && first.contains("recipe for relinking captured"), "{first}");
+
+    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
+    let (digest, second) = build("b");
+    assert!(second.contains("relinked without the go command"), "{second}");
+    assert!(second.contains("package compiled package=\"example.com/mono/internal/deep\""), "{second}");
+    assert!(!second.contains("package compiled package=\"example.com/mono/internal/shared\""), "{second}");
+    assert!(second.contains("from=\"its earlier compile"), "{second}");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dir.path(), &registry.host), "go's image from nothing");
+
+    let (unchanged, third) = build("c");
+    assert!(third.contains("the binary is up to date") && !third.contains("relinked"), "{third}");
+    assert_eq!(unchanged, digest);
 }
