@@ -11,6 +11,8 @@ minute it was measured in.
     # ... make the change ...
     cargo build --release
     python3 benches/ab.py --a /tmp/kodev-old --b target/release/kodev --app hello --rounds 30
+
+With `--one-shot`, the same for one-shot `kodev build`s after each edit.
 """
 
 import argparse
@@ -66,6 +68,39 @@ def event_time(event):
     return datetime.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
 
 
+def one_shot_rounds(args, apps, editors, binaries, registry, work, platforms, out):
+    """One-shot `kodev build`s of a and b, alternated, each after its own edit and paired with a
+    floor build of the same kind of edit run just before it. Each binary builds its own copy of
+    the app into its own kodev cache and repository, once unmeasured first (a warm build is a
+    developer's next one: kodev's cache and the registry hold the last build of the image)."""
+    def build(name):
+        kodev, extra = binaries[name]
+        env = dict(os.environ, KODEV_CACHE_DIR=str(work / f"cache-{name}"),
+                   PATH=os.environ["PATH"] + ":/usr/local/go/bin", **dict(entry.split("=", 1) for entry in extra))
+        editors[name].edit()
+        started = time.perf_counter()
+        subprocess.run([kodev, "build", "-d", f"{registry.host}/{name}", "-t", "ab"], cwd=apps[name], env=env,
+                       check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    for name in binaries:
+        build(name)
+    times, ratios = {"a": [], "b": []}, {"a": [], "b": []}
+    for round_ in range(args.rounds):
+        for name in (("a", "b") if round_ % 2 == 0 else ("b", "a")):
+            time.sleep(0.5)
+            editors["floor"].edit()
+            floor = bench.go_floor(apps["floor"], platforms, out)
+            time.sleep(0.5)
+            times[name].append(build(name))
+            ratios[name].append(times[name][-1] / floor)
+        print(f"round {round_ + 1}: a {times['a'][-1]:.3f}s  b {times['b'][-1]:.3f}s", flush=True)
+    for name in ("a", "b"):
+        t, r = times[name], ratios[name]
+        print(f"{name}: one-shot median {statistics.median(t):.3f}s  mean {statistics.mean(t):.3f}s  "
+              f"build/floor median {statistics.median(r):.3f}  ({len(t)} builds)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", required=True, help="the kodev binary to compare against")
@@ -78,6 +113,8 @@ def main():
     ap.add_argument("--a-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for a's kodev only (e.g. KODEV_RELINK=0 to compare with one binary)")
     ap.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE")
+    ap.add_argument("--one-shot", action="store_true",
+                    help="compare one-shot `kodev build`s after each edit instead of `kodev dev`")
     args = ap.parse_args()
     platforms = ["linux/amd64", "linux/arm64"][:args.platforms]
     work = Path(tempfile.mkdtemp(prefix="kodev-ab-"))
@@ -110,7 +147,11 @@ def main():
             editors = {name: bench.LibEditor(app, bench.LIB_PACKAGES[args.app][0]) for name, app in apps.items()}
         else:
             editors = {name: bench.Editor(app) for name, app in apps.items()}
-        for name, kodev, extra in (("a", Path(args.a).resolve(), args.a_env), ("b", Path(args.b).resolve(), args.b_env)):
+        binaries = {"a": (Path(args.a).resolve(), args.a_env), "b": (Path(args.b).resolve(), args.b_env)}
+        if args.one_shot:
+            one_shot_rounds(args, apps, editors, binaries, registry, work, platforms, out)
+            return
+        for name, (kodev, extra) in binaries.items():
             extra_env = dict(entry.split("=", 1) for entry in extra)
             procs.append((name, *start_dev(kodev, apps[name], registry.host, name, work / f"cache-{name}", extra_env)))
         for _, _, lines in procs:

@@ -124,3 +124,36 @@ fn bench_script_measures_edits_outside_main() {
         assert_eq!(shot[8], "1/2", "{shot:?}");
     }
 }
+
+/// `benches/ab.py --one-shot` (alternated one-shot builds of two kodev binaries, each paired
+/// with a floor build) runs end to end and reports both, here the same binary twice.
+#[test]
+fn ab_script_compares_one_shot_builds() {
+    if !require_tools(&["python3", "docker-registry", "skopeo", "umoci", "go"]) {
+        return;
+    }
+    let kodev = env!("CARGO_BIN_EXE_kodev");
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo_root().join("benches/ab.py")).args([
+        "--a",
+        kodev,
+        "--b",
+        kodev,
+        "--app",
+        "hello",
+        "--rounds",
+        "2",
+        "--one-shot",
+    ]);
+    let out = run(&mut cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "ab.py failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["a", "b"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}: one-shot median ")))
+            .unwrap_or_else(|| panic!("no summary for {name}:\n{stdout}"));
+        let median = seconds(line.split_whitespace().nth(3).unwrap());
+        assert!(median > 0.0 && line.ends_with("(2 builds)"), "{line}");
+    }
+}
