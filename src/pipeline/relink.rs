@@ -272,7 +272,7 @@ fn hashed_text(lines: &[String], name: &str) -> Option<Vec<Vec<u8>>> {
             if rest.starts_with('"') {
                 current.push(go_unquote(rest)?);
             } else {
-                let digest = hex::encode(Sha256::digest(current.concat()));
+                let digest = action_hex_of(current);
                 if digest != rest {
                     return None;
                 }
@@ -313,7 +313,7 @@ pub fn forget_cached_main(lines: &[String]) -> bool {
 /// date and it has nothing to link).
 pub fn package_action(lines: &[String], import_path: &str) -> Option<String> {
     let text = hashed_text(lines, &format!("build {import_path}"))?;
-    Some(hex::encode(Sha256::digest(text.concat())))
+    Some(action_hex_of(&text))
 }
 
 /// go's `HashToString`: the first 15 bytes of a hash in 20 characters of URL-safe base64.
@@ -327,6 +327,11 @@ fn hash_to_string(hash: &[u8]) -> String {
         }
     }
     out
+}
+
+/// The full action ID (hex) of hashed text `text`: the name of its entry in go's cache.
+fn action_hex_of(text: &[Vec<u8>]) -> String {
+    hex::encode(Sha256::digest(text.concat()))
 }
 
 fn text_id(text: &[Vec<u8>]) -> String {
@@ -812,8 +817,7 @@ impl Recipe {
             None => b001.join("_pkg_.a"),
             Some(previous) => {
                 let cache = gocache.as_deref().ok_or(NOT_COMPILED)?;
-                let cached = gocache::output_of(cache, &hex::encode(Sha256::digest(compile_text.concat())))
-                    .ok_or(NOT_COMPILED)?;
+                let cached = gocache::output_of(cache, &action_hex_of(&compile_text)).ok_or(NOT_COMPILED)?;
                 // This build's link read main from go's cache; a replay links the main it
                 // compiles, as after a build that compiled main.
                 let cached_name = cached.to_string_lossy().into_owned();
@@ -932,7 +936,7 @@ impl Recipe {
             .iter()
             .filter_map(|package| {
                 let now = package_action(dry_run_lines, &package.import_path)?;
-                (now != hex::encode(Sha256::digest(package.text.concat()))).then_some(now)
+                (now != action_hex_of(&package.text)).then_some(now)
             })
             .collect()
     }
@@ -1306,7 +1310,7 @@ fn export_data(archive: &[u8]) -> Option<Vec<u8>> {
 
 /// The archive go's cache holds for compile text `text`, when its build ID names that text.
 fn archive_of(gocache: &Path, text: &[Vec<u8>]) -> Option<(PathBuf, String)> {
-    let archive = gocache::output_of(gocache, &hex::encode(Sha256::digest(text.concat())))?;
+    let archive = gocache::output_of(gocache, &action_hex_of(text))?;
     let id =
         go_build_id(&archive).filter(|id| id.split_once('/').is_some_and(|(action, _)| action == text_id(text)))?;
     Some((archive, id))
@@ -1360,17 +1364,15 @@ fn earlier_compile(
     }
     let (_, content) = id.split_once('/')?;
     let new_id = format!("{}/{content}", text_id(text));
-    let mut out = bytes.clone();
-    let mut found = 0;
-    for at in memchr::memmem::find_iter(&bytes, id.as_bytes()) {
-        out[at..at + id.len()].copy_from_slice(new_id.as_bytes());
-        found += 1;
+    let places: Vec<usize> = memchr::memmem::find_iter(&bytes, id.as_bytes()).collect();
+    if places.is_empty() || new_id.len() != id.len() {
+        return None;
     }
-    (found > 0 && new_id.len() == id.len()).then(|| EarlierCompile {
-        build_id: new_id,
-        archive: out,
-        printed: earlier_stdout(gocache, baseline),
-    })
+    let mut archive = bytes;
+    for at in places {
+        archive[at..at + id.len()].copy_from_slice(new_id.as_bytes());
+    }
+    Some(EarlierCompile { build_id: new_id, archive, printed: earlier_stdout(gocache, baseline) })
 }
 
 /// `text` with the content IDs of the packages in `contents` replaced in its `import` writes.
@@ -1445,7 +1447,7 @@ fn keep_compile(gocache: &Path, action_hex: &str, archive: &[u8], printed: &[u8]
 
 /// What the compiler printed when it compiled `text`, as go's cache keeps it.
 fn earlier_stdout(gocache: &Path, text: &[Vec<u8>]) -> Vec<u8> {
-    gocache::subkey(&hex::encode(Sha256::digest(text.concat())), "stdout")
+    gocache::subkey(&action_hex_of(text), "stdout")
         .and_then(|key| gocache::output_of(gocache, &key))
         .and_then(|path| std::fs::read(path).ok())
         .unwrap_or_default()
@@ -1579,7 +1581,7 @@ impl Recipe {
                 if text == package.text {
                     continue;
                 }
-                let action_hex = hex::encode(Sha256::digest(text.concat()));
+                let action_hex = action_hex_of(&text);
                 let action = text_id(&text);
                 let cached = gocache::output_of(gocache, &action_hex)
                     .and_then(|archive| Some((go_build_id(&archive)?, archive)))
@@ -1665,7 +1667,7 @@ impl Recipe {
         let archive = b001.join("_pkg_.a");
         // Main's compile is in go's cache when only its imports' archives changed, not their
         // content (go compiled it before with these inputs).
-        let action_hex = hex::encode(Sha256::digest(resolved.main_text.concat()));
+        let action_hex = action_hex_of(&resolved.main_text);
         let cached = self.gocache.as_deref().and_then(|cache| gocache::output_of(cache, &action_hex));
         let earlier = || {
             let gocache = self.gocache.as_deref()?;
