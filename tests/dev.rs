@@ -1012,6 +1012,60 @@ fn importers_of_a_package_that_exports_the_same_are_not_compiled_again() {
     from_nothing(&dev, "a new exported function", &digest);
 }
 
+/// A user who built the project with go before: the session's first go build compiles
+/// nothing, and the recipe recorded in the background holds no compile of the packages main
+/// imports. A `go build -a -n` after it prints the compile go would run for each, and the
+/// recipe records them: the very first edit of such a package is rebuilt without go (before,
+/// it ran go, which recorded the compile for the next edit), and the image is go's from an
+/// empty go build cache.
+#[test]
+fn the_first_edit_of_an_imported_package_is_rebuilt_without_go_when_go_had_built_it_before() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let check_registry = Registry::start();
+    let host = check_registry.host.clone();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("kodev.log");
+    let mut dev = DevSession::start_full(
+        &["-b", "alpha"],
+        &["alpha"],
+        |dir| {
+            add_deep_package_main_imports_too(dir, nanos);
+            one_shot_alpha_digest(dir, &host);
+        },
+        Some(&log),
+        &[("GOFLAGS", STAMP_GIT)],
+    );
+    let first = dev.seen.iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
+    assert_eq!(first.expect("alpha compiled")["relinked"], false, "the session's first build runs go");
+    dev.wait_for("alpha's recipe recorded in the background", |e| {
+        e["event"] == "relink_ready" && e["artifact"] == "alpha"
+    });
+    let deadline = Instant::now() + BUILD_DEADLINE;
+    let recorded = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(at) = text.find("package compiles recorded from go build -a -n") {
+            break text[at..].lines().next().unwrap().to_string();
+        }
+        assert!(!text.contains("no package compiles recorded"), "{text}");
+        assert!(Instant::now() < deadline, "no compiles recorded: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // deep and shared, the two packages main imports from the module.
+    assert!(recorded.contains("count=2"), "{recorded}");
+
+    let deep = dev.path("internal/deep/deep.go");
+    let mark = std::fs::read_to_string(&log).unwrap().len();
+    edit(&deep, &format!("\"deep {nanos}\""), &format!("\"deeper {nanos}\""));
+    let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after the first edit of the deep package");
+    assert!(relinked, "the first edit of an imported package is rebuilt without go: {:#?}", dev.seen);
+    let text = std::fs::read_to_string(&log).unwrap()[mark..].to_string();
+    assert!(text.contains("package compiled package=\"example.com/mono/internal/deep\""), "{text}");
+    assert_eq!(digest, alpha_digest_from_empty_go_cache(dev.dir.path(), &host), "go's image from nothing");
+}
+
 /// The same for one-shot builds: after an edit of the deep package only it is compiled, the
 /// image is go's from an empty go build cache, and the next build with nothing changed sees
 /// the binary up to date without go (its check works out the importers' build IDs the same way).

@@ -423,6 +423,13 @@ pub async fn go_build(
             main_action: None,
             previous,
         });
+    // In `kodev dev`, what the recipe this build records lacks is recorded after the push.
+    let compiles_job = relinker.filter(|r| capture && r.records_in_background()).map(|_| relink::RecordCompiles {
+        artifact: artifact.clone(),
+        debug,
+        env: env.clone(),
+        output: output.clone(),
+    });
     let mut godebug = go_godebug(&env);
     if capture {
         args.splice(1..1, relink::CAPTURE_FLAGS.iter().map(|f| f.to_string()));
@@ -498,6 +505,9 @@ pub async fn go_build(
                         recipe.adopt_compiles(previous);
                     }
                     tracing::debug!(output = %output.display(), "recipe for relinking captured");
+                    if let Some(job) = compiles_job.filter(|_| recipe.lacks_compiles()) {
+                        relinker.to_record_compiles(job);
+                    }
                     relinker.keep(&output, recipe)
                 }
                 // go found the main package in its cache: the recipe kept, if any, still tells
@@ -623,6 +633,32 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         Err(why) => tracing::debug!(why, "no recipe recorded in the background"),
     }
     let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
+    if outcome.is_ok() {
+        let relink::Recapture { artifact, debug, env, output, .. } = job;
+        record_compiles(relink::RecordCompiles { artifact, debug, env, output }, relinker).await;
+    }
+}
+
+/// Complete a recipe with the compiles it lacks (see `relink::RecordCompiles`), in the
+/// background: go prints, without building anything, the compile it would run for every
+/// package. Killed with its go when the task is aborted (a new build starts).
+pub async fn record_compiles(job: relink::RecordCompiles, relinker: Arc<Relinker>) {
+    let mut args = build_args(&job.artifact, job.debug, &job.output);
+    args.splice(1..1, ["-a".to_string(), "-n".to_string()]);
+    let mut dry_run = go_command(&args, &job.artifact.work_dir, &job.env, None);
+    dry_run.env("GODEBUG", go_godebug(&job.env)).stdout(Stdio::null()).stderr(Stdio::piped());
+    let Some(printed) = dry_run.output().await.ok().filter(|out| out.status.success()) else {
+        tracing::debug!("go build -a -n failed; no package compiles recorded");
+        return;
+    };
+    let lines: Vec<String> = String::from_utf8_lossy(&printed.stderr).lines().map(str::to_string).collect();
+    let go_dir = job.artifact.work_dir.clone();
+    let recorded = tokio::task::spawn_blocking(move || relinker.record_compiles(&job.output, &lines, &go_dir)).await;
+    match recorded {
+        Ok(Ok(count)) => tracing::debug!(count, "package compiles recorded from go build -a -n"),
+        Ok(Err(why)) => tracing::debug!(why, "no package compiles recorded from go build -a -n"),
+        Err(_) => {}
+    }
 }
 
 #[cfg(test)]

@@ -498,13 +498,8 @@ fn module_packages(
     let mut compiles: HashMap<&str, (&str, &ToolRun)> = HashMap::new();
     for (work_name, runs) in package_runs {
         let [run] = &runs[..] else { continue };
-        let output = format!("$WORK/{work_name}/_pkg_.a");
-        let is_compile = tool_name(&run.tool.to_string_lossy()) == Some("compile")
-            && run.args.starts_with(&["-o".to_string(), output])
-            && !run.args.iter().any(|a| a.starts_with("-toolexec"));
-        let package = run.args.iter().position(|a| a == "-p").and_then(|i| run.args.get(i + 1));
-        if let (true, Some(package)) = (is_compile, package) {
-            compiles.insert(package.as_str(), (work_name.as_str(), run));
+        if let Some(package) = compiled_package(run, work_name) {
+            compiles.insert(package, (work_name.as_str(), run));
         }
     }
     let mut packages = Vec::new();
@@ -578,6 +573,133 @@ fn module_packages(
         });
     }
     Ok(in_dependency_order(packages))
+}
+
+/// The package a tool run compiles into `$WORK/<work_name>/_pkg_.a`, when it is a plain compile.
+fn compiled_package<'a>(run: &'a ToolRun, work_name: &str) -> Option<&'a str> {
+    let output = format!("$WORK/{work_name}/_pkg_.a");
+    let is_compile = tool_name(&run.tool.to_string_lossy()) == Some("compile")
+        && run.args.starts_with(&["-o".to_string(), output])
+        && !run.args.iter().any(|a| a.starts_with("-toolexec"));
+    let package = run.args.iter().position(|a| a == "-p").and_then(|i| run.args.get(i + 1));
+    package.filter(|_| is_compile).map(String::as_str)
+}
+
+/// What a `go build -n` would do in one of its work directories: the tools it would run
+/// there and the files it would write for them.
+#[derive(Default)]
+struct DryRunWork {
+    runs: Vec<ToolRun>,
+    files: HashMap<String, Vec<u8>>,
+}
+
+/// A `$WORK/<dir>/<name>` path of a file go writes: the directory and the name.
+fn work_file(target: &str) -> Option<(&str, &str)> {
+    let (dir, name) = target.strip_prefix("$WORK/")?.split_once('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some((dir, name))
+}
+
+/// What a `go build -n` run in `go_dir` printed, by work directory (`b001`, `b002`…). go
+/// prints a file it would write in one of three forms (`echo -n >`, a one-line `echo`, or a
+/// `cat` here-document ending in a line `EOF`); a directory with a file written otherwise is
+/// `None`, as it cannot be redone from this.
+fn dry_run_work(lines: &[String], go_dir: &Path) -> HashMap<String, Option<DryRunWork>> {
+    let mut works: HashMap<String, Option<DryRunWork>> = HashMap::new();
+    let mut record = |target: &str, text: Option<Vec<u8>>| {
+        let Some((dir, name)) = work_file(target) else { return };
+        let work = works.entry(dir.to_string()).or_insert_with(|| Some(DryRunWork::default()));
+        match (work.as_mut(), text) {
+            (Some(work), Some(text)) => {
+                work.files.insert(name.to_string(), text);
+            }
+            _ => *work = None,
+        }
+    };
+    let mut dir = go_dir.to_path_buf();
+    let mut runs: Vec<(String, ToolRun)> = Vec::new();
+    let mut lines = lines.iter();
+    while let Some(line) = lines.next() {
+        if let Some(cd) = line.strip_prefix("cd ") {
+            dir = go_dir.join(cd);
+        } else if let Some(target) = line.strip_prefix("cat >").and_then(|r| r.strip_suffix(" << 'EOF' # internal")) {
+            let mut text = Vec::new();
+            let mut closed = false;
+            for content in lines.by_ref() {
+                if content == "EOF" {
+                    closed = true;
+                    break;
+                }
+                text.extend_from_slice(content.as_bytes());
+                text.push(b'\n');
+            }
+            record(target, closed.then_some(text));
+        } else if let Some(target) = line.strip_prefix("echo -n > ").and_then(|r| r.strip_suffix(" # internal")) {
+            record(target, Some(Vec::new()));
+        } else if let Some((text, target)) =
+            line.strip_prefix("echo '").and_then(|r| r.strip_suffix(" # internal")?.rsplit_once("' > "))
+        {
+            record(target, Some(format!("{text}\n").into_bytes()));
+        } else if let Some(at) = line.find("$WORK/b") {
+            let work_name: String =
+                line[at + "$WORK/".len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            if let Some(run) = tool_run(line, &dir).filter(|run| tool_name(&run.tool.to_string_lossy()).is_some()) {
+                runs.push((work_name, run));
+            }
+        }
+    }
+    for (work_name, run) in runs {
+        if let Some(work) = works.entry(work_name).or_insert_with(|| Some(DryRunWork::default())) {
+            work.runs.push(run);
+        }
+    }
+    works
+}
+
+/// A tool run as go would run it in any build: without the build ID it gives the tool, which
+/// kodev works out itself, and the compiler's concurrency (`-c`, which follows the cores go
+/// had and does not change what the compiler writes).
+fn command_shape(run: &ToolRun) -> (&Path, &Path, &[(String, String)], Vec<&str>) {
+    let mut args = Vec::with_capacity(run.args.len());
+    let mut words = run.args.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "-buildid" => {
+                words.next();
+            }
+            w if w.starts_with("-c=") => {}
+            w => args.push(w),
+        }
+    }
+    (&run.tool, &run.dir, &run.env, args)
+}
+
+/// The compile a `go build -n` printed for `package` (see `dry_run_work`), its import
+/// configuration naming the archives in `archives` (the link's): None unless it is a plain
+/// compile of the package's own files and nothing but its import configuration is written.
+fn dry_run_compile(
+    works: &HashMap<String, Option<DryRunWork>>,
+    package: &ModulePackage,
+    archives: &HashMap<String, PathBuf>,
+) -> Option<PackageCompile> {
+    let (work_name, work, run) = works.iter().find_map(|(name, work)| {
+        let work = work.as_ref()?;
+        let [run] = &work.runs[..] else { return None };
+        (compiled_package(run, name) == Some(package.import_path.as_str())).then_some((name, work, run))
+    })?;
+    let normal = |path: &Path| path.components().collect::<PathBuf>();
+    let compiled: BTreeSet<PathBuf> =
+        run.args.iter().skip_while(|a| *a != "-pack").skip(1).map(|file| normal(&run.dir.join(file))).collect();
+    let expected: BTreeSet<PathBuf> =
+        package.files.iter().map(|(_, name, _)| normal(&package.dir.join(name))).collect();
+    let config = work.files.get("importcfg").filter(|_| work.files.len() == 1)?;
+    let config = with_archives(config, archives);
+    let every_archive_known = std::str::from_utf8(&config).ok()?.lines().all(|line| !line.contains("$WORK/"));
+    (compiled == expected && every_archive_known).then(|| PackageCompile {
+        run: run.clone(),
+        work: work_name.clone(),
+        work_file_names: vec!["importcfg".to_string()],
+        work_file_contents: vec![config],
+    })
 }
 
 /// `packages` ordered so that each comes after the packages of the list it imports.
@@ -939,6 +1061,57 @@ impl Recipe {
                 (now != action_hex_of(&package.text)).then_some(now)
             })
             .collect()
+    }
+
+    /// Whether a package of the main module that may be edited has no recorded compile (go
+    /// took it from its cache in the builds this recipe comes from): its first edit runs go.
+    pub fn lacks_compiles(&self) -> bool {
+        self.packages.iter().any(|p| p.editable && p.compile.is_none())
+    }
+
+    /// Record the compiles this recipe lacks (see `lacks_compiles`) from a `go build -a -n` of
+    /// the same binary run in `go_dir` (`dry_run_lines`): with `-a` go prints the compile it
+    /// would run for every package, the same command it runs when it compiles one, and runs
+    /// nothing. Taken only when it prints the main package's compile as the one go ran for this
+    /// recipe. Returns how many were recorded.
+    pub fn record_compiles_from_dry_run(
+        &mut self,
+        dry_run_lines: &[String],
+        go_dir: &Path,
+    ) -> Result<usize, &'static str> {
+        let works = dry_run_work(dry_run_lines, go_dir);
+        let main = works.get("b001").and_then(Option::as_ref).ok_or("the dry run has no main package")?;
+        let main_compile = main
+            .runs
+            .iter()
+            .find(|run| compiled_package(run, "b001").is_some())
+            .ok_or("the dry run does not compile the main package")?;
+        if command_shape(main_compile) != command_shape(&self.compile) {
+            return Err("the dry run compiles the main package otherwise");
+        }
+        let link_config = self
+            .work_file_names
+            .iter()
+            .position(|name| name == "importcfg.link")
+            .and_then(|i| std::str::from_utf8(&self.work_file_contents[i]).ok())
+            .ok_or("no link configuration")?;
+        let archives: HashMap<String, PathBuf> = link_config
+            .lines()
+            .filter_map(packagefile)
+            .filter(|(_, path)| !path.starts_with("$WORK/"))
+            .map(|(package, path)| (package.to_string(), PathBuf::from(path)))
+            .collect();
+        let mut recorded = 0;
+        for package in self.packages.iter_mut().filter(|p| p.editable && p.compile.is_none()) {
+            match dry_run_compile(&works, package, &archives) {
+                Some(compile) => {
+                    package.compile = Some(compile);
+                    recorded += 1;
+                }
+                None => tracing::debug!(package = package.import_path, "the dry run gives no compile to record"),
+            }
+        }
+        Ok(recorded)
     }
 
     /// Take the recorded compiles of `previous` for the packages whose text is the same here
@@ -1496,10 +1669,12 @@ async fn compile_package(
     let recorded =
         package.compile.as_ref().ok_or_else(|| failed(format!("no recorded compile of {}", package.import_path)))?;
     let started = std::time::Instant::now();
-    let work = scratch.join(&recorded.work);
+    // A work directory of its own: compiles recorded from different go runs may name the same one.
+    let root = scratch.join(format!("pkg-{}", &action_hex[..16]));
+    let work = root.join(&recorded.work);
     write_work_files(&work, &recorded.work_file_names, &recorded.work_file_contents, archives)?;
     let built = work.join("_pkg_.a");
-    let (id, printed) = compile_as(&recorded.run, action, &built, scratch, env).await?;
+    let (id, printed) = compile_as(&recorded.run, action, &built, &root, env).await?;
     // A file saved again while the compiler read it would put other sources under this action
     // ID in go's cache, for every later build: the files must still be those the text hashes.
     for (_, name, hash) in file_writes(text) {
@@ -1772,6 +1947,20 @@ pub struct Relinker {
     recaptures: Mutex<Vec<Recapture>>,
     /// Those background builds while they run: the next build stops them.
     recapturing: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Recipes to complete with the compiles they lack once their image is pushed (see
+    /// `RecordCompiles`).
+    compiles_to_record: Mutex<Vec<RecordCompiles>>,
+}
+
+/// A binary whose recipe lacks the compiles of some of the main module's packages (go took
+/// them from its cache), so that the first edit of one would run go. In `kodev dev`, once the
+/// image is pushed, a `go build -a -n` in the background prints the compile go would run for
+/// each, and the recipe records them (`Recipe::record_compiles_from_dry_run`).
+pub struct RecordCompiles {
+    pub artifact: crate::config::Artifact,
+    pub debug: bool,
+    pub env: Vec<(String, String)>,
+    pub output: PathBuf,
 }
 
 /// A binary whose go build printed no compile of the main package (go had it in its cache:
@@ -1972,6 +2161,40 @@ impl Relinker {
         Ok(())
     }
 
+    /// Complete the recipe of `output` once its image is pushed (see `RecordCompiles`).
+    pub fn to_record_compiles(&self, job: RecordCompiles) {
+        let mut jobs = self.compiles_to_record.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|queued| queued.output != job.output);
+        jobs.push(job);
+    }
+
+    /// Record the compiles the recipe of `output` lacks from a `go build -a -n` of it
+    /// (`dry_run_lines`, run in `go_dir`), unless another recipe replaced it meanwhile.
+    /// Returns how many were recorded.
+    pub fn record_compiles(
+        &self,
+        output: &Path,
+        dry_run_lines: &[String],
+        go_dir: &Path,
+    ) -> Result<usize, &'static str> {
+        let current = self.recipes.lock().unwrap_or_else(|e| e.into_inner()).get(output).cloned();
+        let current = current.ok_or("no recipe")?;
+        let mut completed = (*current).clone();
+        let recorded = completed.record_compiles_from_dry_run(dry_run_lines, go_dir)?;
+        if recorded == 0 {
+            return Ok(0);
+        }
+        let mut recipes = self.recipes.lock().unwrap_or_else(|e| e.into_inner());
+        if !recipes.get(output).is_some_and(|now| Arc::ptr_eq(now, &current)) {
+            return Err("another recipe was kept meanwhile");
+        }
+        if let Err(e) = save_recipe(output, &completed) {
+            tracing::debug!(error = %e, "the recipe is not saved for the next process");
+        }
+        recipes.insert(output.to_path_buf(), Arc::new(completed));
+        Ok(recorded)
+    }
+
     /// A build is starting: background builds that record recipes give it the machine (it
     /// records a recipe itself if it compiles the main package).
     pub fn stop_recaptures(&self) {
@@ -2010,6 +2233,10 @@ impl Relinker {
         let jobs = take_where(&self.recaptures, |job| job.artifact.image == image);
         for job in jobs {
             let running = tokio::spawn(crate::pipeline::gobuild::recapture(job, self.clone(), events.clone()));
+            self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).push(running.abort_handle());
+        }
+        for job in take_where(&self.compiles_to_record, |job| job.artifact.image == image) {
+            let running = tokio::spawn(crate::pipeline::gobuild::record_compiles(job, self.clone()));
             self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).push(running.abort_handle());
         }
         let checks = take_where(&self.unchecked, |check| check.image == image);
@@ -2206,6 +2433,79 @@ mod tests {
             with_archives(config, &archives),
             b"# import config\npackagefile m/mid=/c/cc/new-d\npackagefile fmt=/c/bb/fmt-d\n"
         );
+    }
+
+    /// What `go build -a -n` prints, as go 1.26 does, for a module at /m.
+    fn dry_run_lines() -> Vec<String> {
+        let tool = "/go/pkg/tool/linux_amd64";
+        let lines = format!(
+            "mkdir -p $WORK/b002/\n\
+             echo '# import config' > $WORK/b002/importcfg # internal\n\
+             cd /m\n\
+             {tool}/compile -o $WORK/b002/_pkg_.a -trimpath \"/m/low=>m/low;$WORK/b002=>\" -p m/low -lang=go1.22 -complete -buildid aa/aa -goversion go1.26.8 -c=2 -nolocalimports -importcfg $WORK/b002/importcfg -pack ./low/a.go\n\
+             go tool buildid -w $WORK/b002/_pkg_.a # internal\n\
+             cat >$WORK/b003/importcfg << 'EOF' # internal\n\
+             # import config\n\
+             packagefile m/low=$WORK/b002/_pkg_.a\n\
+             packagefile fmt=$WORK/b004/_pkg_.a\n\
+             EOF\n\
+             {tool}/compile -o $WORK/b003/_pkg_.a -trimpath \"/m/mid=>m/mid;$WORK/b003=>\" -p m/mid -lang=go1.22 -complete -buildid bb/bb -goversion go1.26.8 -c=2 -nolocalimports -importcfg $WORK/b003/importcfg -pack ./mid/a.go\n\
+             echo -n > $WORK/b005/empty # internal\n\
+             cat >$WORK/b006/importcfg << 'EOF' # internal\n\
+             packagefile fmt=$WORK/b004/_pkg_.a"
+        );
+        lines.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_dry_run_gives_each_work_directory_its_tools_and_files() {
+        let works = dry_run_work(&dry_run_lines(), Path::new("/m"));
+        let low = works["b002"].as_ref().expect("b002 is read");
+        assert_eq!(low.files["importcfg"], b"# import config\n");
+        assert_eq!(low.runs.len(), 1, "only go's tools count, not its own steps");
+        assert_eq!(low.runs[0].dir, Path::new("/m"));
+        assert_eq!(compiled_package(&low.runs[0], "b002"), Some("m/low"));
+        assert_eq!(compiled_package(&low.runs[0], "b003"), None, "it writes into its own directory");
+        let mid = works["b003"].as_ref().expect("b003 is read");
+        assert_eq!(
+            mid.files["importcfg"],
+            b"# import config\npackagefile m/low=$WORK/b002/_pkg_.a\npackagefile fmt=$WORK/b004/_pkg_.a\n"
+        );
+        assert_eq!(works["b005"].as_ref().expect("b005 is read").files["empty"], b"");
+        assert!(works["b006"].is_none(), "a here-document that never ends is not taken");
+    }
+
+    #[test]
+    fn a_packages_compile_is_taken_from_a_dry_run_with_the_archives_the_link_read() {
+        let works = dry_run_work(&dry_run_lines(), Path::new("/m"));
+        let mut mid = package("m/mid", &["m/low", "fmt"]);
+        mid.dir = PathBuf::from("/m/mid");
+        mid.files = vec![(1, "a.go".to_string(), None)];
+        let archives = HashMap::from([
+            ("m/low".to_string(), PathBuf::from("/c/11/low-d")),
+            ("fmt".to_string(), PathBuf::from("/c/22/fmt-d")),
+        ]);
+        let compile = dry_run_compile(&works, &mid, &archives).expect("mid's compile");
+        assert_eq!(compile.work, "b003");
+        assert_eq!(compile.work_file_names, ["importcfg"]);
+        assert_eq!(
+            compile.work_file_contents[0],
+            b"# import config\npackagefile m/low=/c/11/low-d\npackagefile fmt=/c/22/fmt-d\n"
+        );
+        let without_fmt = HashMap::from([("m/low".to_string(), PathBuf::from("/c/11/low-d"))]);
+        assert!(dry_run_compile(&works, &mid, &without_fmt).is_none(), "an archive the link did not read");
+        mid.files.push((2, "b.go".to_string(), None));
+        assert!(dry_run_compile(&works, &mid, &archives).is_none(), "other files than the package's");
+
+        let mut other = compile.run.clone();
+        let at = other.args.iter().position(|a| a == "-buildid").unwrap();
+        other.args[at + 1] = "cc/cc".to_string();
+        for arg in other.args.iter_mut().filter(|a| a.starts_with("-c=")) {
+            *arg = "-c=4".to_string();
+        }
+        assert_eq!(command_shape(&other), command_shape(&compile.run), "build IDs and -c do not count");
+        other.args.push("-race".to_string());
+        assert_ne!(command_shape(&other), command_shape(&compile.run));
     }
 
     #[test]
