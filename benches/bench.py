@@ -208,9 +208,10 @@ class LibEditor:
     package's code but not what it exports. go compiles it and the packages between it and main
     whose inputs then change; main itself too when it imports the package directly (the large
     app's internal/p007), not for ko's pkg/build. Since session 18 kodev rebuilds these without
-    the go command too, once it has recorded the package's compile (the first edit runs go),
-    and since session 21 compiles only this package: its export data stays the same, so the
-    packages importing it come from their earlier compiles."""
+    the go command too, once it has recorded the package's compile (in a one-shot build the
+    first edit runs go; since session 22 `kodev dev` records it at the session's start from a
+    `go build -a -n`), and since session 21 compiles only this package: its export data stays
+    the same, so the packages importing it come from their earlier compiles."""
 
     FILE = "zz_bench_edit.go"
 
