@@ -635,7 +635,7 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
     let _ = tokio::task::spawn_blocking(move || drop(scratch)).await;
     if outcome.is_ok() {
         let relink::Recapture { artifact, debug, env, output, .. } = job;
-        record_compiles(relink::RecordCompiles { artifact, debug, env, output }, relinker).await;
+        relinker.start_recording_compiles(relink::RecordCompiles { artifact, debug, env, output });
     }
 }
 

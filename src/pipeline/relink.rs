@@ -1950,12 +1950,15 @@ pub struct Relinker {
     /// Recipes to complete with the compiles they lack once their image is pushed (see
     /// `RecordCompiles`).
     compiles_to_record: Mutex<Vec<RecordCompiles>>,
+    /// Those being recorded: a build that starts stops them, and they wait for the next push.
+    recording_compiles: Mutex<Vec<(tokio::task::AbortHandle, RecordCompiles)>>,
 }
 
 /// A binary whose recipe lacks the compiles of some of the main module's packages (go took
 /// them from its cache), so that the first edit of one would run go. In `kodev dev`, once the
 /// image is pushed, a `go build -a -n` in the background prints the compile go would run for
 /// each, and the recipe records them (`Recipe::record_compiles_from_dry_run`).
+#[derive(Clone)]
 pub struct RecordCompiles {
     pub artifact: crate::config::Artifact,
     pub debug: bool,
@@ -2168,6 +2171,14 @@ impl Relinker {
         jobs.push(job);
     }
 
+    /// Start recording what a recipe lacks (see `RecordCompiles`) in the background.
+    pub fn start_recording_compiles(self: &Arc<Self>, job: RecordCompiles) {
+        let running = tokio::spawn(crate::pipeline::gobuild::record_compiles(job.clone(), self.clone()));
+        let mut recording = self.recording_compiles.lock().unwrap_or_else(|e| e.into_inner());
+        recording.retain(|(handle, _)| !handle.is_finished());
+        recording.push((running.abort_handle(), job));
+    }
+
     /// Record the compiles the recipe of `output` lacks from a `go build -a -n` of it
     /// (`dry_run_lines`, run in `go_dir`), unless another recipe replaced it meanwhile.
     /// Returns how many were recorded.
@@ -2200,6 +2211,11 @@ impl Relinker {
     pub fn stop_recaptures(&self) {
         for running in self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             running.abort();
+        }
+        let recording = std::mem::take(&mut *self.recording_compiles.lock().unwrap_or_else(|e| e.into_inner()));
+        for (running, job) in recording.into_iter().filter(|(running, _)| !running.is_finished()) {
+            running.abort();
+            self.to_record_compiles(job);
         }
     }
 
@@ -2236,8 +2252,7 @@ impl Relinker {
             self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).push(running.abort_handle());
         }
         for job in take_where(&self.compiles_to_record, |job| job.artifact.image == image) {
-            let running = tokio::spawn(crate::pipeline::gobuild::record_compiles(job, self.clone()));
-            self.recapturing.lock().unwrap_or_else(|e| e.into_inner()).push(running.abort_handle());
+            self.start_recording_compiles(job);
         }
         let checks = take_where(&self.unchecked, |check| check.image == image);
         for check in checks {
