@@ -623,6 +623,25 @@ fn alpha_rebuilt(dev: &mut DevSession, what: &str) -> (bool, String) {
     (relinked, pushed["digest"].as_str().unwrap().to_string())
 }
 
+/// A session on the fixture after `change`, started once go alone had built alpha from those
+/// sources (pushing to `host`): its first build runs go, which compiles nothing. Returns once
+/// the recipe recorded in the background is kept.
+fn session_after_go_built(extra: &[&str], change: impl FnOnce(&Path), log: Option<&Path>, host: &str) -> DevSession {
+    let prepare = |dir: &Path| {
+        change(dir);
+        one_shot_alpha_digest(dir, host);
+    };
+    let mut dev = DevSession::start_full(extra, &["alpha"], prepare, log, &[("GOFLAGS", STAMP_GIT)]);
+    let first = dev.seen.iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
+    assert_eq!(first.expect("alpha compiled")["relinked"], false, "the session's first build runs go");
+    // Only the background build says this: a go build that compiles the main package records
+    // its recipe without a word.
+    dev.wait_for("alpha's recipe recorded in the background", |e| {
+        e["event"] == "relink_ready" && e["artifact"] == "alpha"
+    });
+    dev
+}
+
 /// A user who built the project with go (or ko) before: go finds the main package in its
 /// cache, prints no compile, and kodev has no recipe. The session records one in the
 /// background, so the very first edit is relinked.
@@ -636,23 +655,8 @@ fn the_first_edit_relinks_when_go_had_built_the_sources_before() {
     // Sources no other test builds, compiled once by go before the session starts.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let unique = format!("alpha {nanos}");
-    let mut dev = DevSession::start_full(
-        &[],
-        &["alpha"],
-        |dir| {
-            edit(&dir.join("cmd/alpha/main.go"), "\"alpha\"", &format!("\"{unique}\""));
-            one_shot_alpha_digest(dir, &host);
-        },
-        None,
-        &[("GOFLAGS", STAMP_GIT)],
-    );
-    let first = dev.seen.iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
-    assert_eq!(first.expect("alpha compiled")["relinked"], false, "the session's first build runs go");
-    // Only the background build says this: a go build that compiles the main package records
-    // its recipe without a word.
-    dev.wait_for("alpha's recipe recorded in the background", |e| {
-        e["event"] == "relink_ready" && e["artifact"] == "alpha"
-    });
+    let change = |dir: &Path| edit(&dir.join("cmd/alpha/main.go"), "\"alpha\"", &format!("\"{unique}\""));
+    let mut dev = session_after_go_built(&[], change, None, &host);
     edit(&dev.path("cmd/alpha/main.go"), &unique, &format!("{unique}, edited"));
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after the first edit");
     assert!(relinked, "the first edit is relinked without go: {:#?}", dev.seen);
@@ -1028,21 +1032,10 @@ fn the_first_edit_of_an_imported_package_is_rebuilt_without_go_when_go_had_built
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("kodev.log");
-    let mut dev = DevSession::start_full(
-        &["-b", "alpha"],
-        &["alpha"],
-        |dir| {
-            add_deep_package_main_imports_too(dir, nanos);
-            one_shot_alpha_digest(dir, &host);
-        },
-        Some(&log),
-        &[("GOFLAGS", STAMP_GIT)],
-    );
-    let first = dev.seen.iter().find(|e| e["event"] == "compiled" && e["artifact"] == "alpha").cloned();
-    assert_eq!(first.expect("alpha compiled")["relinked"], false, "the session's first build runs go");
-    dev.wait_for("alpha's recipe recorded in the background", |e| {
-        e["event"] == "relink_ready" && e["artifact"] == "alpha"
-    });
+    let change = |dir: &Path| {
+        add_deep_package_main_imports_too(dir, nanos);
+    };
+    let mut dev = session_after_go_built(&["-b", "alpha"], change, Some(&log), &host);
     let deadline = Instant::now() + BUILD_DEADLINE;
     let recorded = loop {
         let text = std::fs::read_to_string(&log).unwrap();
