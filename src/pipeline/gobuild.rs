@@ -643,6 +643,9 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
 /// background: go prints, without building anything, the compile it would run for every
 /// package. Killed with its go when the task is aborted (a new build starts).
 pub async fn record_compiles(job: relink::RecordCompiles, relinker: Arc<Relinker>) {
+    if !relinker.lacks_compiles(&job.output) {
+        return;
+    }
     let mut args = build_args(&job.artifact, job.debug, &job.output);
     args.splice(1..1, ["-a".to_string(), "-n".to_string()]);
     let mut dry_run = go_command(&args, &job.artifact.work_dir, &job.env, None);

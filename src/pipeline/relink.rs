@@ -2171,6 +2171,11 @@ impl Relinker {
         jobs.push(job);
     }
 
+    /// Whether the recipe kept for `output` lacks compiles (see `Recipe::lacks_compiles`).
+    pub fn lacks_compiles(&self, output: &Path) -> bool {
+        self.recipes.lock().unwrap_or_else(|e| e.into_inner()).get(output).is_some_and(|r| r.lacks_compiles())
+    }
+
     /// Start recording what a recipe lacks (see `RecordCompiles`) in the background.
     pub fn start_recording_compiles(self: &Arc<Self>, job: RecordCompiles) {
         let running = tokio::spawn(crate::pipeline::gobuild::record_compiles(job.clone(), self.clone()));
