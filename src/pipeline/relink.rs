@@ -252,6 +252,17 @@ fn tool_run(line: &str, dir: &Path) -> Option<ToolRun> {
     Some(ToolRun { dir: dir.to_path_buf(), env, tool, args: words.collect() })
 }
 
+/// A run of one of go's tools (see `tool_run`); None for the steps go takes itself (`mkdir`…).
+fn go_tool_run(line: &str, dir: &Path) -> Option<ToolRun> {
+    tool_run(line, dir).filter(|run| tool_name(&run.tool.to_string_lossy()).is_some())
+}
+
+/// The work directory (`b001`, `b002`…) that a line's first `$WORK/b…` path names.
+fn work_dir_named(line: &str) -> Option<String> {
+    let at = line.find("$WORK/b")?;
+    Some(line[at + "$WORK/".len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect())
+}
+
 /// The name of a go tool (`compile`, `link`, `asm`…) if the word is one's path.
 fn tool_name(word: &str) -> Option<&str> {
     let (dir, name) = word.rsplit_once('/')?;
@@ -639,12 +650,8 @@ fn dry_run_work(lines: &[String], go_dir: &Path) -> HashMap<String, Option<DryRu
             line.strip_prefix("echo '").and_then(|r| r.strip_suffix(" # internal")?.rsplit_once("' > "))
         {
             record(target, Some(format!("{text}\n").into_bytes()));
-        } else if let Some(at) = line.find("$WORK/b") {
-            let work_name: String =
-                line[at + "$WORK/".len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-            if let Some(run) = tool_run(line, &dir).filter(|run| tool_name(&run.tool.to_string_lossy()).is_some()) {
-                runs.push((work_name, run));
-            }
+        } else if let (Some(work_name), Some(run)) = (work_dir_named(line), go_tool_run(line, &dir)) {
+            runs.push((work_name, run));
         }
     }
     for (work_name, run) in runs {
@@ -755,11 +762,9 @@ impl Recipe {
                 dir = go_dir.join(cd);
                 continue;
             }
-            let Some(at) = line.find("$WORK/b") else { continue };
-            let work_name: String =
-                line[at + "$WORK/".len()..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let Some(work_name) = work_dir_named(line) else { continue };
             if work_name != "b001" {
-                if let Some(run) = tool_run(line, &dir).filter(|run| tool_name(&run.tool.to_string_lossy()).is_some()) {
+                if let Some(run) = go_tool_run(line, &dir) {
                     package_runs.entry(work_name).or_default().push(run);
                 }
                 continue;
