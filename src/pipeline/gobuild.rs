@@ -341,6 +341,8 @@ pub async fn go_build(
     gomaxprocs: Option<usize>,
     relinker: Option<&Arc<Relinker>>,
 ) -> Result<PathBuf> {
+    // Until the binary is made: what other platforms put in layers meanwhile gives way.
+    let _toolchain = crate::pipeline::priority::ToolchainBusy::begin();
     let output = out_dir.join(artifact.binary_name());
     let started = Instant::now();
     let mut env = build_env(artifact, platform);

@@ -490,6 +490,7 @@ fn run_chunk_pipeline<T: Send, W, R, B: TarBytes>(
     let (pipeline, new_worker, work) = (&pipeline, &new_worker, &work);
     std::thread::scope(|scope| {
         scope.spawn(move || {
+            crate::pipeline::priority::give_way_to_toolchain();
             let cut = catch_unwind(AssertUnwindSafe(|| {
                 let cutter = match ahead.last() {
                     Some(last) => {
@@ -513,6 +514,7 @@ fn run_chunk_pipeline<T: Send, W, R, B: TarBytes>(
         });
         for _ in 0..workers.max(1) {
             scope.spawn(move || {
+                crate::pipeline::priority::give_way_to_toolchain();
                 let mut state = new_worker();
                 let mut buf = vec![0u8; MAX_CHUNK];
                 while let Some((i, start, len, key)) = pipeline.take_work() {
@@ -1029,6 +1031,7 @@ pub fn compress_layer_streaming(kind: LayerKind, tar: impl TarBytes, streaming: 
     let (diff_id, compressed, digest) = std::thread::scope(|scope| {
         // The diff ID on a thread of its own: it reads every byte, the cutter only a quarter.
         let diff = scope.spawn(|| -> io::Result<String> {
+            crate::pipeline::priority::give_way_to_toolchain();
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; READ_BLOCK];
             let mut offset = 0;

@@ -6,6 +6,7 @@ pub mod gobuild;
 pub mod gocache;
 pub mod image;
 pub mod layer;
+pub mod priority;
 pub mod publish;
 pub mod registry;
 pub mod relink;
