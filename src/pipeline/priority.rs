@@ -18,27 +18,22 @@ pub struct ToolchainBusy(());
 
 impl ToolchainBusy {
     pub fn begin() -> Self {
-        TOOLCHAIN_RUNNING.fetch_add(1, Ordering::SeqCst);
+        TOOLCHAIN_RUNNING.fetch_add(1, Ordering::Relaxed);
         ToolchainBusy(())
     }
 }
 
 impl Drop for ToolchainBusy {
     fn drop(&mut self) {
-        TOOLCHAIN_RUNNING.fetch_sub(1, Ordering::SeqCst);
+        TOOLCHAIN_RUNNING.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Whether some build is running go's tools now.
-pub fn toolchain_running() -> bool {
-    TOOLCHAIN_RUNNING.load(Ordering::SeqCst) > 0
 }
 
 /// Called first on a thread that lives for one layer's work only (a thread's nice value is
 /// its own on Linux, and cannot be lowered back without privilege): lowers its priority when
 /// go's tools are running. Returns whether it did.
 pub fn give_way_to_toolchain() -> bool {
-    if !toolchain_running() {
+    if TOOLCHAIN_RUNNING.load(Ordering::Relaxed) == 0 {
         return false;
     }
     lower_this_thread()
