@@ -85,6 +85,14 @@ fn bench_script_measures_every_row_of_its_tables() {
         let uploaded: f64 = dev[8].strip_suffix(" MB").and_then(|v| v.parse().ok()).expect("uploaded MB");
         assert!(uploaded > 1.0, "an edit uploads at least the new binary layer: {dev:?}");
         assert!(dev[9].ends_with(" MB"), "{dev:?}");
+
+        // The targets table repeats the dev ratio to three places; without ko the one-shot
+        // ratio is not measured, and the verdict is on the dev loop alone.
+        let target = row(&stdout, "| app | platforms | edit | one-shot kodev/ko |", platforms);
+        assert_eq!((target[2], target[3]), ("main", "-"), "{target:?}");
+        assert!((ratio(target[4]) - dev_ratio).abs() < 0.006, "the dev ratio, unrounded: {target:?} {dev:?}");
+        let expected = if ratio(target[4]) <= 1.15 { "yes" } else { "no" };
+        assert_eq!(target[5], expected, "{target:?}");
     }
 }
 
@@ -124,6 +132,17 @@ fn bench_script_measures_edits_outside_main() {
         assert!(seconds(shot[3]) > 0.0 && seconds(shot[5]) > 0.0, "{shot:?}");
         assert_eq!((shot[4], shot[6], shot[7]), ("-", "-", "-"), "no ko, no ko columns: {shot:?}");
         assert_eq!(shot[8], "1/2", "{shot:?}");
+
+        // The targets table has a row for each kind of edit.
+        let edits: Vec<String> = stdout
+            .split("| app | platforms | edit | one-shot kodev/ko |")
+            .nth(1)
+            .expect("a targets table")
+            .lines()
+            .filter(|l| l.starts_with(&format!("| large | {platforms} |")))
+            .map(|l| l.split('|').nth(3).unwrap().trim().to_string())
+            .collect();
+        assert_eq!(edits, ["main", "internal/p007"], "{stdout}");
     }
 }
 

@@ -590,6 +590,43 @@ fn platform_all_takes_every_platform_of_the_base_and_a_missing_one_is_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no platform linux/arm64"));
 }
 
+/// A cache named with `..`, or relative to where kodev runs, is still one cache: go cleans the
+/// work directory's path in the commands it prints, so its scratch space must be named the
+/// same way for the recipe to be read, and the next build after an edit is relinked.
+#[test]
+fn a_cache_named_with_dot_dot_or_relative_still_relinks_the_next_build() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    for relative in [false, true] {
+        let app = tempfile::tempdir().unwrap();
+        let skaffold = single_platform_hello(&fx, app.path());
+        make_hello_unique(app.path());
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::create_dir(scratch.path().join("sub")).unwrap();
+        let named = if relative { "sub/../cache".into() } else { scratch.path().join("sub/../cache") };
+        let build = |tag: &str| {
+            run(kodev()
+                .current_dir(scratch.path())
+                .env("KODEV_CACHE_DIR", &named)
+                .env("KODEV_LOG", "kodev=debug")
+                .arg("build")
+                .arg("-f")
+                .arg(&skaffold)
+                .args(["-d", &format!("{}/dotdot", fx.registry.host), "-t", tag]))
+        };
+        let first = build("a");
+        assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+        edit_hello(app.path());
+        let second = build("b");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(second.status.success(), "{stderr}");
+        assert!(stderr.contains("relinked without the go command"), "relative {relative}: {stderr}");
+        assert!(scratch.path().join("cache/bin").is_dir(), "the cache is where it was named");
+    }
+}
+
 #[test]
 fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     if !require_tools(TOOLS) {

@@ -121,10 +121,16 @@ pub struct BaseImage {
     pub images: Vec<BasePlatformImage>,
 }
 
-/// The content-addressed cache directory: `KODEV_CACHE_DIR`, else `$XDG_CACHE_HOME/kodev`, else `~/.cache/kodev`.
+/// The content-addressed cache directory: `KODEV_CACHE_DIR`, else `$XDG_CACHE_HOME/kodev`, else
+/// `~/.cache/kodev`. A relative `KODEV_CACHE_DIR` is taken from the current directory: go runs
+/// in the module's, and its `-o` must name the same place.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KODEV_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
+        let dir = PathBuf::from(dir);
+        return match std::env::current_dir() {
+            Ok(cwd) if dir.is_relative() => cwd.join(dir),
+            _ => dir,
+        };
     }
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("kodev");

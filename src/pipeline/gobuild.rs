@@ -184,6 +184,11 @@ pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> Path
 /// The root of go's scratch space next to the outputs, so the finished binary is renamed into
 /// place (atomic: a reader never sees half a binary) rather than copied across file systems.
 /// None when the user chose go's scratch space (`GOTMPDIR`).
+///
+/// The path is made canonical: go prints its work directory as `GOTMPDIR` spells it, but the
+/// commands it prints with the path cleaned, and writes `$WORK` only where they match. A cache
+/// directory named with `..`, `.` or relative to the current one would leave no `$WORK/b001`
+/// in go's output, and no recipe would ever be read from it.
 fn go_scratch_root() -> Option<PathBuf> {
     if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
         return None;
@@ -192,6 +197,7 @@ fn go_scratch_root() -> Option<PathBuf> {
     DIR.get_or_init(|| {
         let dir = crate::pipeline::base::cache_dir().join("tmp").join("go");
         std::fs::create_dir_all(&dir).ok()?;
+        let dir = std::fs::canonicalize(&dir).ok()?;
         sweep_stale_work_dirs(&dir, std::time::Duration::from_secs(3600));
         Some(dir)
     })
