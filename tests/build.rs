@@ -592,29 +592,41 @@ fn platform_all_takes_every_platform_of_the_base_and_a_missing_one_is_named() {
 
 /// A cache named with `..`, or relative to where kodev runs, is still one cache: go cleans the
 /// work directory's path in the commands it prints, so its scratch space must be named the
-/// same way for the recipe to be read, and the next build after an edit is relinked.
+/// same way for the recipe to be read, and the next build after an edit is relinked. A
+/// relative `XDG_CACHE_HOME` is ignored (the XDG spec), and `~/.cache/kodev` used.
 #[test]
 fn a_cache_named_with_dot_dot_or_relative_still_relinks_the_next_build() {
     if !require_tools(TOOLS) {
         return;
     }
     let fx = fixture();
-    for relative in [false, true] {
+    // go refuses a relative XDG_CACHE_HOME for its own cache: it is given its usual one.
+    let go = which("go").expect("go");
+    let gocache = String::from_utf8(run(Command::new(go).args(["env", "GOCACHE"])).stdout).unwrap();
+    for naming in ["dot-dot", "relative", "relative XDG_CACHE_HOME"] {
         let app = tempfile::tempdir().unwrap();
         let skaffold = single_platform_hello(&fx, app.path());
         make_hello_unique(app.path());
         let scratch = tempfile::tempdir().unwrap();
         std::fs::create_dir(scratch.path().join("sub")).unwrap();
-        let named = if relative { "sub/../cache".into() } else { scratch.path().join("sub/../cache") };
         let build = |tag: &str| {
-            run(kodev()
-                .current_dir(scratch.path())
-                .env("KODEV_CACHE_DIR", &named)
-                .env("KODEV_LOG", "kodev=debug")
-                .arg("build")
-                .arg("-f")
-                .arg(&skaffold)
-                .args(["-d", &format!("{}/dotdot", fx.registry.host), "-t", tag]))
+            let mut cmd = kodev();
+            cmd.current_dir(scratch.path()).env("KODEV_LOG", "kodev=debug");
+            match naming {
+                "dot-dot" => cmd.env("KODEV_CACHE_DIR", scratch.path().join("sub/../cache")),
+                "relative" => cmd.env("KODEV_CACHE_DIR", "sub/../cache"),
+                _ => cmd
+                    .env_remove("KODEV_CACHE_DIR")
+                    .env("XDG_CACHE_HOME", "sub")
+                    .env("GOCACHE", gocache.trim())
+                    .env("HOME", scratch.path().join("home")),
+            };
+            run(cmd.arg("build").arg("-f").arg(&skaffold).args([
+                "-d",
+                &format!("{}/dotdot", fx.registry.host),
+                "-t",
+                tag,
+            ]))
         };
         let first = build("a");
         assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
@@ -622,8 +634,14 @@ fn a_cache_named_with_dot_dot_or_relative_still_relinks_the_next_build() {
         let second = build("b");
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert!(second.status.success(), "{stderr}");
-        assert!(stderr.contains("relinked without the go command"), "relative {relative}: {stderr}");
-        assert!(scratch.path().join("cache/bin").is_dir(), "the cache is where it was named");
+        assert!(stderr.contains("relinked without the go command"), "{naming}: {stderr}");
+        let cache = if naming.contains("XDG") {
+            scratch.path().join("home/.cache/kodev")
+        } else {
+            scratch.path().join("cache")
+        };
+        assert!(cache.join("bin").is_dir(), "{naming}: the cache is where it was named");
+        assert!(!scratch.path().join("sub/kodev").exists(), "a relative XDG_CACHE_HOME is not used");
     }
 }
 

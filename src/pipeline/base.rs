@@ -122,21 +122,18 @@ pub struct BaseImage {
 }
 
 /// The content-addressed cache directory: `KODEV_CACHE_DIR`, else `$XDG_CACHE_HOME/kodev`, else
-/// `~/.cache/kodev`. A relative `KODEV_CACHE_DIR` is taken from the current directory: go runs
-/// in the module's, and its `-o` must name the same place.
+/// `~/.cache/kodev`. Always absolute: go runs in the module's directory, and the `-o` kodev
+/// gives it must name the same place. A relative `KODEV_CACHE_DIR` (or `HOME`) is taken from
+/// the current directory; a relative `XDG_CACHE_HOME` is ignored, as the XDG spec says.
 pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KODEV_CACHE_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        return match std::env::current_dir() {
-            Ok(cwd) if dir.is_relative() => cwd.join(dir),
-            _ => dir,
-        };
+    let set = |name: &str| std::env::var_os(name).filter(|d| !d.is_empty()).map(PathBuf::from);
+    let dir = set("KODEV_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").filter(|d| d.is_absolute()).map(|d| d.join("kodev")))
+        .unwrap_or_else(|| set("HOME").unwrap_or_else(std::env::temp_dir).join(".cache/kodev"));
+    match std::env::current_dir() {
+        Ok(cwd) if dir.is_relative() => cwd.join(dir),
+        _ => dir,
     }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("kodev");
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    home.join(".cache/kodev")
 }
 
 fn cache_path(kind: &str, digest: &str) -> PathBuf {
