@@ -187,8 +187,8 @@ pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> Path
 ///
 /// The path is made canonical: go prints its work directory as `GOTMPDIR` spells it, but the
 /// commands it prints with the path cleaned, and writes `$WORK` only where they match. A cache
-/// directory named with `..`, `.` or relative to the current one would leave no `$WORK/b001`
-/// in go's output, and no recipe would ever be read from it.
+/// directory named with `..` or `.` (`cache_dir` is absolute, not clean) would leave no
+/// `$WORK/b001` in go's output, and no recipe would ever be read from it.
 fn go_scratch_root() -> Option<PathBuf> {
     if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
         return None;
