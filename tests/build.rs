@@ -646,6 +646,49 @@ fn a_cache_named_with_dot_dot_or_relative_still_relinks_the_next_build() {
 }
 
 #[test]
+fn a_users_gotmpdir_is_used_and_the_next_build_is_still_relinked() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    // One on the file system of kodev's cache, one on another (a tmpfs): the relinked binary
+    // is then copied into place, not renamed.
+    let same_fs = tempfile::tempdir().unwrap();
+    let other_fs = tempfile::tempdir_in("/dev/shm").expect("/dev/shm, a tmpfs, for a GOTMPDIR on another file system");
+    for gotmpdir in [same_fs.path(), other_fs.path()] {
+        let app = tempfile::tempdir().unwrap();
+        let skaffold = single_platform_hello(&fx, app.path());
+        make_hello_unique(app.path());
+        let build = |tag: &str| {
+            let mut cmd = kodev();
+            cmd.env("KODEV_LOG", "kodev=debug").env("GOTMPDIR", gotmpdir);
+            run(cmd.arg("build").arg("-f").arg(&skaffold).args([
+                "-d",
+                &format!("{}/gotmpdir", fx.registry.host),
+                "-t",
+                tag,
+            ]))
+        };
+        let first = build("a");
+        assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+        // An edit that shows in what the image prints.
+        let main_go = app.path().join("main.go");
+        let source = std::fs::read_to_string(&main_go).unwrap();
+        assert!(source.contains("\"%s (from %s/%s)\""), "examples/hello changed: pick another edit");
+        std::fs::write(&main_go, source.replace("\"%s (from %s/%s)\"", "\"%s (edited, from %s/%s)\"")).unwrap();
+        let second = build("b");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(second.status.success(), "{stderr}");
+        assert!(stderr.contains("relinked without the go command"), "{}: {stderr}", gotmpdir.display());
+        let left: Vec<_> = std::fs::read_dir(gotmpdir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "each build's scratch directory is removed after it: {left:?}");
+        // The relinked binary is the one pushed, whole, and runs with the edit in it.
+        let said = Podman::new(Some(&fx.registry.host)).run_image(&stdout_ref(&second), &["--once"]);
+        assert!(said.contains("Hello from kodev (edited, from linux/amd64)"), "{said}");
+    }
+}
+
+#[test]
 fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     if !require_tools(TOOLS) {
         return;

@@ -181,24 +181,28 @@ pub fn output_dir(artifact: &Artifact, platform: &Platform, debug: bool) -> Path
     crate::pipeline::base::cache_dir().join("bin").join(&key[..24])
 }
 
-/// The root of go's scratch space next to the outputs, so the finished binary is renamed into
-/// place (atomic: a reader never sees half a binary) rather than copied across file systems.
-/// None when the user chose go's scratch space (`GOTMPDIR`).
+/// The root of go's scratch space: next to the outputs, so the finished binary is renamed into
+/// place (atomic: a reader never sees half a binary) rather than copied across file systems;
+/// or the user's `GOTMPDIR` when set, where each build still gets a directory of its own (so
+/// relinking works there too). None when that `GOTMPDIR` cannot be used: go then says why.
 ///
 /// The path is made canonical: go prints its work directory as `GOTMPDIR` spells it, but the
 /// commands it prints with the path cleaned, and writes `$WORK` only where they match. A cache
 /// directory named with `..` or `.` (`cache_dir` is absolute, not clean) would leave no
 /// `$WORK/b001` in go's output, and no recipe would ever be read from it.
 fn go_scratch_root() -> Option<PathBuf> {
-    if std::env::var_os("GOTMPDIR").is_some_and(|d| !d.is_empty()) {
-        return None;
-    }
     static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = crate::pipeline::base::cache_dir().join("tmp").join("go");
-        std::fs::create_dir_all(&dir).ok()?;
+        let (dir, users) = match std::env::var_os("GOTMPDIR").filter(|d| !d.is_empty()) {
+            // Relative to where kodev runs, not to the app's directory where go runs.
+            Some(dir) => (std::path::absolute(dir).ok()?, true),
+            None => (crate::pipeline::base::cache_dir().join("tmp").join("go"), false),
+        };
+        if !users {
+            std::fs::create_dir_all(&dir).ok()?;
+        }
         let dir = std::fs::canonicalize(&dir).ok()?;
-        sweep_stale_work_dirs(&dir, std::time::Duration::from_secs(3600));
+        sweep_stale_work_dirs(&dir, std::time::Duration::from_secs(3600), !users);
         Some(dir)
     })
     .clone()
@@ -233,13 +237,15 @@ impl Drop for ScratchDir {
 const SCRATCH_PREFIX: &str = "kodev-";
 
 /// A killed go (a cancelled build), or a killed kodev, leaves its work directory behind; once
-/// per process, remove those old enough that no running build can own them.
-fn sweep_stale_work_dirs(dir: &Path, age: std::time::Duration) {
+/// per process, remove those old enough that no running build can own them. go's own
+/// `go-build*` directories only in kodev's root: in the user's `GOTMPDIR` they may be another
+/// go's, running for hours.
+fn sweep_stale_work_dirs(dir: &Path, age: std::time::Duration, gos_too: bool) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let stale = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e > age));
         let name = entry.file_name().to_string_lossy().to_string();
-        if stale && (name.starts_with("go-build") || name.starts_with(SCRATCH_PREFIX)) {
+        if stale && ((gos_too && name.starts_with("go-build")) || name.starts_with(SCRATCH_PREFIX)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -735,8 +741,12 @@ mod tests {
         let running = make("go-build222", 10);
         let running_scratch = make("kodev-123-5", 10);
         let other = make("something-else", 7200);
-        sweep_stale_work_dirs(root.path(), std::time::Duration::from_secs(3600));
-        assert!(!stale.exists() && !stale_scratch.exists(), "a killed build's old work dir goes");
+        // In the user's GOTMPDIR only kodev's own directories go.
+        sweep_stale_work_dirs(root.path(), std::time::Duration::from_secs(3600), false);
+        assert!(!stale_scratch.exists(), "a killed build's old scratch dir goes");
+        assert!(stale.exists(), "an old go-build dir in the user's GOTMPDIR may be another go's");
+        sweep_stale_work_dirs(root.path(), std::time::Duration::from_secs(3600), true);
+        assert!(!stale.exists(), "in kodev's own root a killed build's old work dir goes");
         assert!(running.exists() && running_scratch.exists(), "a recent one may belong to a running go");
         assert!(other.exists(), "only go's own directories are touched");
     }

@@ -1924,11 +1924,22 @@ impl Recipe {
 /// of its own rather than to the rename, which the layer waits for.
 fn replace_in_background(from: &Path, to: &Path) -> io::Result<()> {
     let replaced = File::open(to).ok();
-    std::fs::rename(from, to)?;
+    match std::fs::rename(from, to) {
+        // The user's GOTMPDIR on another file system than kodev's cache.
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices => copy_over(from, to)?,
+        moved => moved?,
+    }
     if let Some(replaced) = replaced {
         std::thread::spawn(move || drop(replaced));
     }
     Ok(())
+}
+
+/// `from` copied over `to` through a file beside it and a rename (a reader never sees half a
+/// binary), then removed.
+fn copy_over(from: &Path, to: &Path) -> io::Result<()> {
+    crate::pipeline::base::write_atomically_with(to, |out| io::copy(&mut File::open(from)?, out).map(drop))?;
+    std::fs::remove_file(from)
 }
 
 /// Recipes of the binaries kodev builds, by output path. Each is also saved beside its binary,
