@@ -252,6 +252,58 @@ fn edits_rebuild_exactly_the_artifacts_that_depend_on_them() {
 }
 
 #[test]
+fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    // A sibling module outside the tree kodev watches for skaffold.yaml, as in
+    // `replace example.com/lib => ../lib`.
+    let lib = tempfile::tempdir().unwrap();
+    std::fs::write(lib.path().join("go.mod"), "module example.com/lib\n\ngo 1.19\n").unwrap();
+    std::fs::write(lib.path().join("lib.go"), "package lib\n\nfunc Suffix() string { return \" (lib one)\" }\n")
+        .unwrap();
+    let lib_dir = lib.path().to_path_buf();
+    let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| {
+        let go_mod = dir.join("go.mod");
+        let text = std::fs::read_to_string(&go_mod).unwrap();
+        let replace = format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
+        std::fs::write(&go_mod, text + &replace).unwrap();
+        let main = dir.join("cmd/alpha/main.go");
+        edit(
+            &main,
+            "\"example.com/mono/internal/shared\"",
+            "\"example.com/lib\"\n\t\"example.com/mono/internal/shared\"",
+        );
+        edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix()");
+    });
+    dev.drain_quiet(Duration::from_millis(500));
+    let before = dev.seen.len();
+    edit(&lib_dir.join("lib.go"), "lib one", "lib two");
+    let pushed = dev.wait_for("alpha pushed after the edit of the replaced module", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha"
+    });
+    dev.drain_quiet(QUIET);
+    let since_edit = dev.seen[before..].to_vec();
+    assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta does not import the module: {since_edit:#?}");
+
+    // The image holds the edit: the same as a one-shot build from an empty cache.
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let out = run(kodev().env("KODEV_CACHE_DIR", fresh_cache.path()).current_dir(dev.dir.path()).args([
+        "build",
+        "-b",
+        "alpha",
+        "-d",
+        &format!("{}/fresh", dev._registry.host),
+        "-t",
+        "x",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let digest = pushed["digest"].as_str().unwrap();
+    assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
+}
+
+#[test]
 fn bursts_coalesce_and_failures_keep_the_loop_alive() {
     if !require_tools(&["docker-registry", "go"]) {
         return;

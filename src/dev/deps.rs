@@ -2,7 +2,8 @@
 //!
 //! With `ko.dependencies` configured: its globs, with Skaffold's semantics (relative to the
 //! context, `ignore` wins). Without: the precise default — the files of the main package's
-//! Go dependency graph inside the main module(s), plus go.mod, go.sum and kodata/.
+//! Go dependency graph inside the main module(s) and the modules replaced by a local
+//! directory (`replace example.com/lib => ../lib`), plus their go.mod, go.sum and kodata/.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub struct GoGraph {
     pub package_dirs: HashSet<PathBuf>,
     /// go.mod / go.sum of the modules involved.
     pub module_files: HashSet<PathBuf>,
+    /// The root directories of those modules: some may lie outside every watched directory
+    /// (a sibling module, a go.work member elsewhere), and need a watch of their own.
+    pub module_dirs: HashSet<PathBuf>,
     /// `<main package>/kodata`.
     pub kodata: PathBuf,
     /// The [`graph_signature`] of each Go file, read before `go list` read the graph.
@@ -136,7 +140,26 @@ struct ListedPackage {
 struct ListedModule {
     #[serde(default)]
     main: bool,
+    dir: Option<PathBuf>,
     go_mod: Option<PathBuf>,
+    replace: Option<ListedReplacement>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedReplacement {
+    /// Empty when the replacement is a directory rather than another module version.
+    #[serde(default)]
+    version: String,
+    dir: Option<PathBuf>,
+}
+
+impl ListedModule {
+    /// Whether its sources are the developer's to edit: a main module (go.work lists several),
+    /// or one replaced by a local directory. Other modules come from the read-only module cache.
+    fn is_local(&self) -> bool {
+        self.main || self.replace.as_ref().is_some_and(|r| r.version.is_empty() && r.dir.is_some())
+    }
 }
 
 /// Skaffold turns a glob like `**.go` into "any depth"; globset needs `**/*.go`.
@@ -171,6 +194,15 @@ impl Dependencies {
     pub fn package_dirs(&self) -> HashSet<PathBuf> {
         match self {
             Dependencies::Graph(graph) => graph.package_dirs.clone(),
+            Dependencies::Globs { .. } => HashSet::new(),
+        }
+    }
+
+    /// The root directories of the modules whose files these are (globs: none beyond the
+    /// context, which is always watched).
+    pub fn module_dirs(&self) -> HashSet<PathBuf> {
+        match self {
+            Dependencies::Graph(graph) => graph.module_dirs.clone(),
             Dependencies::Globs { .. } => HashSet::new(),
         }
     }
@@ -254,7 +286,8 @@ fn signatures_in(dirs: &HashSet<PathBuf>) -> HashMap<PathBuf, GraphSignature> {
     out
 }
 
-/// `go list -deps -json` of the main package, keeping the packages of the main module(s).
+/// `go list -deps -json` of the main package, keeping the packages of the main module(s) and of
+/// modules replaced by a local directory.
 /// Go files in `known_dirs` (the packages of the graph read before) get their signatures,
 /// so that edits which cannot change the graph do not make it be read again; files of
 /// packages new to the graph get theirs the next time it is read.
@@ -284,11 +317,15 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
     let stream = serde_json::Deserializer::from_slice(&output.stdout).into_iter::<ListedPackage>();
     for package in stream {
         let package = package.map_err(|e| format!("cannot read go list output: {e}"))?;
-        let in_main_module = package.module.as_ref().is_some_and(|m| m.main);
-        if package.standard || !in_main_module {
+        let local_module = package.module.as_ref().is_some_and(ListedModule::is_local);
+        if package.standard || !local_module {
             continue;
         }
         let Some(dir) = package.dir else { continue };
+        // In vendor mode a package's directory is under vendor/, not in its module's.
+        if let Some(module_dir) = package.module.as_ref().and_then(|m| m.dir.clone()).filter(|m| dir.starts_with(m)) {
+            graph.module_dirs.insert(module_dir);
+        }
         if let Some(go_mod) = package.module.as_ref().and_then(|m| m.go_mod.clone()) {
             if let Some(module_dir) = go_mod.parent() {
                 graph.module_files.insert(module_dir.join("go.sum"));

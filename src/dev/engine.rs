@@ -77,7 +77,10 @@ pub struct Engine {
     tx: UnboundedSender<EngineMessage>,
     rx: UnboundedReceiver<EngineMessage>,
     slots_limit: Arc<Semaphore>,
-    _watcher: Option<WatchHandle>,
+    watcher: WatchHandle,
+    /// Module directories outside the plan's watch roots that are watched too (see
+    /// [`Engine::watch_module_dirs`]).
+    watched_module_dirs: BTreeSet<PathBuf>,
 }
 
 fn config_files(plan: &Plan) -> Vec<PathBuf> {
@@ -117,7 +120,7 @@ impl Engine {
                 .map_err(KodevError::Usage)?;
 
         let slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
-        Ok(Engine {
+        let mut engine = Engine {
             debug: settings.debug,
             settings,
             builder,
@@ -129,9 +132,32 @@ impl Engine {
             tx,
             rx,
             slots_limit: Arc::new(Semaphore::new(limit)),
-            _watcher: Some(watcher),
+            watcher,
+            watched_module_dirs: BTreeSet::new(),
             plan,
-        })
+        };
+        engine.watch_module_dirs();
+        Ok(engine)
+    }
+
+    /// Watch the directories of the modules the artifacts' graphs reach outside the plan's
+    /// watch roots: a module replaced by a sibling directory (`replace … => ../lib`), or a
+    /// go.work member elsewhere, whose edits change the image like any other.
+    fn watch_module_dirs(&mut self) {
+        let roots = self.plan.watch_roots();
+        let wanted: BTreeSet<PathBuf> = self.deps.iter().flatten().flat_map(Dependencies::module_dirs).collect();
+        for dir in wanted {
+            let covered = roots.iter().chain(&self.watched_module_dirs).any(|root| dir.starts_with(root));
+            if covered {
+                continue;
+            }
+            // Tried once: a directory that cannot be watched is said once, not at every graph read.
+            match self.watcher.add_root(&dir) {
+                Ok(()) => tracing::debug!(dir = %dir.display(), "watching a module outside the watched directories"),
+                Err(message) => self.announce(EventKind::Error { message }),
+            }
+            self.watched_module_dirs.insert(dir);
+        }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -219,6 +245,7 @@ impl Engine {
                         Some(Ok(d)) => {
                             self.deps[index] = Some(d);
                             self.slots[index].graph_edits_read = graph_edits_before;
+                            self.watch_module_dirs();
                         }
                         Some(Err(message)) => self.announce(EventKind::Error { message }),
                         None => {}
@@ -339,6 +366,7 @@ impl Engine {
                 self.builder.retire();
                 self.builder = Arc::new(Builder::for_dev(&plan));
                 self.plan = plan;
+                self.watch_module_dirs();
                 self.announce(EventKind::ConfigReloaded);
                 self.schedule_all();
             }

@@ -29,8 +29,21 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchHandle {
-    _inner: Box<dyn std::any::Any + Send>,
+    /// None with the manual trigger, which watches nothing.
+    inner: Option<Box<dyn Watcher + Send>>,
     pub trigger: Trigger,
+}
+
+impl WatchHandle {
+    /// Watch one more directory, and what is below it, as the roots given at the start are.
+    pub fn add_root(&mut self, dir: &Path) -> Result<(), String> {
+        match &mut self.inner {
+            Some(watcher) => {
+                watcher.watch(dir, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", dir.display()))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Paths that never trigger a build: VCS metadata, kodev's own output, caches.
@@ -128,7 +141,7 @@ pub fn start(
     tx: UnboundedSender<WatchMessage>,
 ) -> Result<WatchHandle, String> {
     if trigger == Trigger::Manual {
-        return Ok(WatchHandle { _inner: Box::new(()), trigger });
+        return Ok(WatchHandle { inner: None, trigger });
     }
     let (raw_tx, raw_rx) = tokio::sync::mpsc::unbounded_channel::<RawEvent>();
     let forward = move |event: RawEvent| {
@@ -150,7 +163,7 @@ pub fn start(
                 Ok(w)
             });
             match attempt {
-                Ok(watcher) => WatchHandle { _inner: Box::new(watcher), trigger },
+                Ok(watcher) => WatchHandle { inner: Some(Box::new(watcher)), trigger },
                 Err(e) if is_resource_exhaustion(&e) => {
                     let _ = tx.send(WatchMessage::Failed(format!(
                         "cannot watch {} with inotify ({e}); falling back to polling every {} ms. Raise fs.inotify.max_user_watches or the open-file limit (ulimit -n) to use notify",
@@ -174,7 +187,7 @@ fn poll(roots: &[PathBuf], interval: Duration, forward: impl notify::EventHandle
     for root in roots {
         watcher.watch(root, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", root.display()))?;
     }
-    Ok(WatchHandle { _inner: Box::new(watcher), trigger: Trigger::Polling })
+    Ok(WatchHandle { inner: Some(Box::new(watcher)), trigger: Trigger::Polling })
 }
 
 #[cfg(test)]
