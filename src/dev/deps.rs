@@ -346,6 +346,14 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
         }
         graph.package_dirs.insert(dir);
     }
+    // go takes the first go.work in the directory it runs in or above it (or the one GOWORK
+    // names): one appearing, changing or going changes the build.
+    for dir in artifact.work_dir.ancestors() {
+        graph.module_files.extend(["go.work", "go.work.sum"].map(|name| dir.join(name)));
+    }
+    if let Some(go_work) = std::env::var_os("GOWORK").filter(|v| !v.is_empty() && v != "off") {
+        graph.module_files.insert(PathBuf::from(go_work));
+    }
     graph.signatures = signatures_before.into_iter().filter(|(path, _)| graph.files.contains(path)).collect();
     tracing::debug!(image = %artifact.image, files = graph.files.len(), "package graph read");
     Ok(graph)
@@ -417,6 +425,42 @@ func main() {
         assert!(deps.needs_refresh(&main), "a removed file");
         assert!(deps.needs_refresh(&go_mod), "go.mod");
         assert!(!deps.needs_refresh(&dir.path().join("README.md")));
+    }
+
+    /// Two local modules besides the main one: a go.work member and a directory replacement.
+    #[test]
+    fn the_graph_takes_in_workspace_members_and_modules_replaced_by_a_directory() {
+        let ws = tempfile::tempdir().unwrap();
+        let ws = ws.path().canonicalize().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = ws.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("go.work", "go 1.22\n\nuse (\n\t./app\n\t./member\n)\n");
+        write("app/go.mod", "module example.com/app\n\ngo 1.22\n\nrequire example.com/replaced v0.0.0\n\nreplace example.com/replaced => ../replaced\n");
+        write(
+            "app/main.go",
+            "package main\n\nimport (\n\t\"example.com/member\"\n\t\"example.com/replaced\"\n)\n\nfunc main() { println(member.A + replaced.B) }\n",
+        );
+        write("app/skaffold.yaml", "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n      ko:\n        main: .\n");
+        write("member/go.mod", "module example.com/member\n\ngo 1.22\n");
+        write("member/a.go", "package member\n\nconst A = \"a\"\n");
+        write("replaced/go.mod", "module example.com/replaced\n\ngo 1.22\n");
+        write("replaced/b.go", "package replaced\n\nconst B = \"b\"\n");
+        let options =
+            crate::config::LoadOptions { file: ws.join("app/skaffold.yaml"), push: Some(false), ..Default::default() };
+        let plan = crate::config::load(&options).unwrap();
+        let graph = go_graph(&plan.artifacts[0], &HashSet::new()).unwrap();
+        for file in ["app/main.go", "member/a.go", "replaced/b.go"] {
+            assert!(graph.files.contains(&ws.join(file)), "{file} in {:?}", graph.files);
+        }
+        for dir in ["app", "member", "replaced"] {
+            assert!(graph.module_dirs.contains(&ws.join(dir)), "{dir} in {:?}", graph.module_dirs);
+        }
+        for file in ["go.work", "member/go.mod", "replaced/go.mod"] {
+            assert!(graph.module_files.contains(&ws.join(file)), "{file} in {:?}", graph.module_files);
+        }
     }
 
     #[test]
