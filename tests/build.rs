@@ -688,6 +688,74 @@ fn a_users_gotmpdir_is_used_and_the_next_build_is_still_relinked() {
     }
 }
 
+/// A module replaced by a sibling directory whose go.mod changes in place (its directory and
+/// sources as they were): its `go` line decides how its code compiles (here the loop variable
+/// semantics of Go 1.22), so the next build must not relink over its old compile.
+#[test]
+fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let root = tempfile::tempdir().unwrap();
+    let (app, lib) = (root.path().join("app"), root.path().join("lib"));
+    std::fs::create_dir_all(&lib).unwrap();
+    let skaffold = single_platform_hello(&fx, &app);
+    make_hello_unique(&app);
+    std::fs::write(lib.join("go.mod"), "module example.com/lib\n\ngo 1.22\n").unwrap();
+    std::fs::write(
+        lib.join("lib.go"),
+        "package lib\n\nimport \"fmt\"\n\n// Loop is \"loop 0\" with Go 1.22's loop variables, \"loop 3\" before.\nfunc Loop() string {\n\tvar fs []func() int\n\tfor i := 0; i < 3; i++ {\n\t\tfs = append(fs, func() int { return i })\n\t}\n\treturn fmt.Sprint(\"loop \", fs[0]())\n}\n",
+    )
+    .unwrap();
+    let go_mod = app.join("go.mod");
+    let text = std::fs::read_to_string(&go_mod).unwrap();
+    // The main module's go line may not be older than a dependency's.
+    assert!(text.contains("go 1.19"), "examples/hello's go.mod changed");
+    let text = text.replace("go 1.19", "go 1.22");
+    std::fs::write(&go_mod, text + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../lib\n").unwrap();
+    let main_go = app.join("main.go");
+    let edit_main = |from: &str, to: &str| {
+        let source = std::fs::read_to_string(&main_go).unwrap();
+        assert!(source.contains(from), "examples/hello changed: pick another edit");
+        std::fs::write(&main_go, source.replacen(from, to, 1)).unwrap();
+    };
+    edit_main("\"log\"", "\"log\"\n\n\t\"example.com/lib\"");
+    edit_main("fmt.Println(message)", "fmt.Println(message, lib.Loop())");
+    let repo = format!("{}/replaced", fx.registry.host);
+    let build_in = |cache: Option<&std::path::Path>, tag: &str| {
+        let mut cmd = kodev();
+        if let Some(cache) = cache {
+            cmd.env("KODEV_CACHE_DIR", cache);
+        }
+        let out = run(cmd
+            .env("KODEV_LOG", "kodev=debug")
+            .arg("build")
+            .arg("-f")
+            .arg(&skaffold)
+            .args(["-d", &repo, "-t", tag]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    build_in(None, "a");
+    edit_main("print the greeting and exit", "print the greeting, then exit");
+    let relinked = build_in(None, "b");
+    assert!(String::from_utf8_lossy(&relinked.stderr).contains("relinked without the go command"));
+
+    // Rewritten in place, as some editors save: the directory's time does not move.
+    let mut file = std::fs::OpenOptions::new().write(true).open(lib.join("go.mod")).unwrap();
+    std::io::Write::write_all(&mut file, b"module example.com/lib\n\ngo 1.21\n").unwrap();
+    drop(file);
+    edit_main("print the greeting, then exit", "print the greeting and then exit");
+    let after = stdout_ref(&build_in(None, "c"));
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let fresh = stdout_ref(&build_in(Some(fresh_cache.path()), "d"));
+    let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
+    assert_eq!(digest(&after), digest(&fresh), "the image is the one go builds from these sources");
+    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
+    assert!(said.contains("loop 3"), "lib compiled as Go 1.21 code: {said}");
+}
+
 #[test]
 fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     if !require_tools(TOOLS) {

@@ -899,6 +899,16 @@ impl Recipe {
             }
             inputs.push((path, Some(before)));
         }
+        // The go.mod of every module the packages come from: its `go` line is in their action
+        // IDs, and a local module's (a go.work member, a directory replacement) can change in
+        // place, leaving its sources and directory as they were.
+        let module_go_mods: BTreeSet<PathBuf> = dirs
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(editable_dirs.iter().copied())
+            .filter(|dir| !dir.starts_with(&goroot))
+            .filter_map(|dir| dir.ancestors().map(|d| d.join("go.mod")).find(|go_mod| go_mod.is_file()))
+            .collect();
         for dir in dirs {
             let dir_stamp = stamp(&dir);
             inputs.push((dir, dir_stamp));
@@ -917,6 +927,8 @@ impl Recipe {
                 watched.extend(["go.mod", "go.sum", "vendor/modules.txt"].map(|name| dir.join(name)));
             }
         }
+        let others: Vec<PathBuf> = module_go_mods.into_iter().filter(|go_mod| !watched.contains(go_mod)).collect();
+        watched.extend(others);
         if let Some(env_file) = go_env_file() {
             watched.push(env_file);
         }
@@ -1209,8 +1221,8 @@ pub enum Fit {
     Unknown,
 }
 
-/// Bumped when a saved recipe's meaning changes.
-const RECIPE_FORMAT: u32 = 2;
+/// Bumped when a saved recipe's meaning changes (3: the go.mod of every module its packages come from is an input).
+const RECIPE_FORMAT: u32 = 3;
 
 fn recipe_format() -> String {
     format!("{RECIPE_FORMAT} kodev {}", env!("CARGO_PKG_VERSION"))
