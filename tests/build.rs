@@ -688,6 +688,107 @@ fn a_users_gotmpdir_is_used_and_the_next_build_is_still_relinked() {
     }
 }
 
+/// examples/hello in `root/app`, importing two modules of the developer's beside it: `member`,
+/// the other module of `root/go.work`, and `lib`, a directory replacement (`replace
+/// example.com/lib => ../lib`). `--once` prints `lib.Loop()`, `lib.Tag` and `member.Tag`.
+struct LocalModules {
+    root: tempfile::TempDir,
+    skaffold: std::path::PathBuf,
+}
+
+impl LocalModules {
+    fn new(fx: &Fixture) -> LocalModules {
+        let root = tempfile::tempdir().unwrap();
+        let path = |rel: &str| root.path().join(rel);
+        let skaffold = single_platform_hello(fx, &path("app"));
+        make_hello_unique(&path("app"));
+        // Sources no other build had, so that go compiles them and the recipe records it.
+        let nonce = format!("{:?}", std::time::SystemTime::now());
+        std::fs::create_dir_all(path("lib")).unwrap();
+        std::fs::write(path("lib/go.mod"), "module example.com/lib\n\ngo 1.22\n").unwrap();
+        std::fs::write(
+            path("lib/lib.go"),
+            format!("package lib\n\nimport \"fmt\"\n\nconst Tag = \"lib one\"\n\nvar nonce = \"{nonce}\"\n\n// Loop is \"loop 0\" with Go 1.22's loop variables, \"loop 3\" before.\nfunc Loop() string {{\n\tvar fs []func() int\n\tfor i := 0; i < 3; i++ {{\n\t\tfs = append(fs, func() int {{ return i }})\n\t}}\n\treturn fmt.Sprint(\"loop \", fs[0]())\n}}\n"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(path("member")).unwrap();
+        std::fs::write(path("member/go.mod"), "module example.com/member\n\ngo 1.22\n").unwrap();
+        std::fs::write(
+            path("member/member.go"),
+            format!("package member\n\nconst Tag = \"member one\"\n\nvar nonce = \"{nonce}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(path("go.work"), "go 1.22\n\nuse (\n\t./app\n\t./member\n)\n").unwrap();
+        let go_mod = path("app/go.mod");
+        let text = std::fs::read_to_string(&go_mod).unwrap();
+        // The main module's go line may not be older than a dependency's.
+        assert!(text.contains("go 1.19"), "examples/hello's go.mod changed");
+        let text = text.replace("go 1.19", "go 1.22");
+        std::fs::write(&go_mod, text + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../lib\n")
+            .unwrap();
+        let modules = LocalModules { root, skaffold };
+        modules.edit("app/main.go", "\"log\"", "\"log\"\n\n\t\"example.com/lib\"\n\t\"example.com/member\"");
+        modules.edit("app/main.go", "fmt.Println(message)", "fmt.Println(message, lib.Loop(), lib.Tag, member.Tag)");
+        modules
+    }
+
+    fn edit(&self, rel: &str, from: &str, to: &str) {
+        let path = self.root.path().join(rel);
+        let source = std::fs::read_to_string(&path).unwrap();
+        assert!(source.contains(from), "{rel} holds {from:?}");
+        std::fs::write(&path, source.replacen(from, to, 1)).unwrap();
+    }
+
+    /// `kodev build` with its debug log, in kodev's usual cache or in `cache`.
+    fn build(&self, fx: &Fixture, cache: Option<&std::path::Path>, tag: &str) -> std::process::Output {
+        let mut cmd = kodev();
+        if let Some(cache) = cache {
+            cmd.env("KODEV_CACHE_DIR", cache);
+        }
+        let repo = format!("{}/local-modules", fx.registry.host);
+        let out = run(cmd
+            .env("KODEV_LOG", "kodev=debug")
+            .arg("build")
+            .arg("-f")
+            .arg(&self.skaffold)
+            .args(["-d", &repo, "-t", tag]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    /// The image's digest is the one a build from an empty kodev cache gives (go builds it all).
+    fn assert_as_go_builds_it(&self, fx: &Fixture, reference: &str) {
+        let fresh_cache = tempfile::tempdir().unwrap();
+        let fresh = stdout_ref(&self.build(fx, Some(fresh_cache.path()), "fresh"));
+        let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
+        assert_eq!(digest(reference), digest(&fresh), "the image is the one go builds from these sources");
+    }
+}
+
+#[test]
+fn edits_of_a_workspace_member_and_of_a_replaced_module_are_relinked_as_go_builds_them() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let modules = LocalModules::new(&fx);
+    modules.build(&fx, None, "a");
+    for (rel, from, to, package) in [
+        ("member/member.go", "member one", "member two", "example.com/member"),
+        ("lib/lib.go", "lib one", "lib two", "example.com/lib"),
+    ] {
+        modules.edit(rel, from, to);
+        let out = modules.build(&fx, None, "b");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("relinked without the go command"), "{rel}: {stderr}");
+        assert!(stderr.contains(&format!("package compiled package=\"{package}\"")), "{rel}: {stderr}");
+        modules.assert_as_go_builds_it(&fx, &stdout_ref(&out));
+    }
+    let said = Podman::new(Some(&fx.registry.host))
+        .run_image(&format!("{}/local-modules/hello:b", fx.registry.host), &["--once"]);
+    assert!(said.contains("loop 0 lib two member two"), "{said}");
+}
+
 /// A module replaced by a sibling directory whose go.mod changes in place (its directory and
 /// sources as they were): its `go` line decides how its code compiles (here the loop variable
 /// semantics of Go 1.22), so the next build must not relink over its old compile.
@@ -697,61 +798,19 @@ fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
         return;
     }
     let fx = fixture();
-    let root = tempfile::tempdir().unwrap();
-    let (app, lib) = (root.path().join("app"), root.path().join("lib"));
-    std::fs::create_dir_all(&lib).unwrap();
-    let skaffold = single_platform_hello(&fx, &app);
-    make_hello_unique(&app);
-    std::fs::write(lib.join("go.mod"), "module example.com/lib\n\ngo 1.22\n").unwrap();
-    std::fs::write(
-        lib.join("lib.go"),
-        "package lib\n\nimport \"fmt\"\n\n// Loop is \"loop 0\" with Go 1.22's loop variables, \"loop 3\" before.\nfunc Loop() string {\n\tvar fs []func() int\n\tfor i := 0; i < 3; i++ {\n\t\tfs = append(fs, func() int { return i })\n\t}\n\treturn fmt.Sprint(\"loop \", fs[0]())\n}\n",
-    )
-    .unwrap();
-    let go_mod = app.join("go.mod");
-    let text = std::fs::read_to_string(&go_mod).unwrap();
-    // The main module's go line may not be older than a dependency's.
-    assert!(text.contains("go 1.19"), "examples/hello's go.mod changed");
-    let text = text.replace("go 1.19", "go 1.22");
-    std::fs::write(&go_mod, text + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../lib\n").unwrap();
-    let main_go = app.join("main.go");
-    let edit_main = |from: &str, to: &str| {
-        let source = std::fs::read_to_string(&main_go).unwrap();
-        assert!(source.contains(from), "examples/hello changed: pick another edit");
-        std::fs::write(&main_go, source.replacen(from, to, 1)).unwrap();
-    };
-    edit_main("\"log\"", "\"log\"\n\n\t\"example.com/lib\"");
-    edit_main("fmt.Println(message)", "fmt.Println(message, lib.Loop())");
-    let repo = format!("{}/replaced", fx.registry.host);
-    let build_in = |cache: Option<&std::path::Path>, tag: &str| {
-        let mut cmd = kodev();
-        if let Some(cache) = cache {
-            cmd.env("KODEV_CACHE_DIR", cache);
-        }
-        let out = run(cmd
-            .env("KODEV_LOG", "kodev=debug")
-            .arg("build")
-            .arg("-f")
-            .arg(&skaffold)
-            .args(["-d", &repo, "-t", tag]));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        out
-    };
-    build_in(None, "a");
-    edit_main("print the greeting and exit", "print the greeting, then exit");
-    let relinked = build_in(None, "b");
+    let modules = LocalModules::new(&fx);
+    modules.build(&fx, None, "a");
+    modules.edit("app/main.go", "print the greeting and exit", "print the greeting, then exit");
+    let relinked = modules.build(&fx, None, "b");
     assert!(String::from_utf8_lossy(&relinked.stderr).contains("relinked without the go command"));
 
     // Rewritten in place, as some editors save: the directory's time does not move.
-    let mut file = std::fs::OpenOptions::new().write(true).open(lib.join("go.mod")).unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(modules.root.path().join("lib/go.mod")).unwrap();
     std::io::Write::write_all(&mut file, b"module example.com/lib\n\ngo 1.21\n").unwrap();
     drop(file);
-    edit_main("print the greeting, then exit", "print the greeting and then exit");
-    let after = stdout_ref(&build_in(None, "c"));
-    let fresh_cache = tempfile::tempdir().unwrap();
-    let fresh = stdout_ref(&build_in(Some(fresh_cache.path()), "d"));
-    let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
-    assert_eq!(digest(&after), digest(&fresh), "the image is the one go builds from these sources");
+    modules.edit("app/main.go", "print the greeting, then exit", "print the greeting and then exit");
+    let after = stdout_ref(&modules.build(&fx, None, "c"));
+    modules.assert_as_go_builds_it(&fx, &after);
     let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
     assert!(said.contains("loop 3"), "lib compiled as Go 1.21 code: {said}");
 }

@@ -471,9 +471,64 @@ fn import_writes(text: &[Vec<u8>]) -> impl Iterator<Item = (usize, &str, &str)> 
     })
 }
 
-/// The main module's packages besides main, from a capturing build's output, each after those
-/// it imports (see `ModulePackage`). A package whose recorded compile does not give the build
-/// ID go wrote is kept without it (its edits then go through go).
+/// The directory go read a package's files from: the one directory holding every one of its
+/// `file` writes (name and hash) among the files go hashed (see [`HashedDirs`]). Two packages
+/// may have a file of the same name and content (an empty `doc.go`), not all their files.
+fn package_dir(text: &[Vec<u8>], hashed: &HashedDirs) -> Option<PathBuf> {
+    // Files embedded from a subdirectory are named with their path below the package's.
+    let files: Vec<_> = file_writes(text).into_iter().filter(|(_, name, _)| !name.contains('/')).collect();
+    let dirs_of = |(_, name, hash): &(usize, String, String)| hashed.get(&(hash.clone(), name.clone()));
+    let mut candidates: Vec<&str> = dirs_of(files.first()?)?.clone();
+    for file in &files[1..] {
+        let dirs = dirs_of(file)?;
+        candidates.retain(|dir| dirs.contains(dir));
+    }
+    match candidates[..] {
+        [dir] => Some(PathBuf::from(dir)),
+        _ => None,
+    }
+}
+
+/// The directories of the files go hashed, by the (hash, name) go writes for a file in an
+/// action's text.
+type HashedDirs<'a> = HashMap<(String, String), Vec<&'a str>>;
+
+/// [`HashedDirs`] of go's file hashes (absolute paths, with their SHA-256 in hex).
+fn hashed_dirs<'a>(hashed_files: &[(&'a str, &str)]) -> HashedDirs<'a> {
+    let mut out: HashedDirs = HashMap::new();
+    for (path, digest) in hashed_files {
+        let (Some(digest), Some((dir, name))) =
+            (hex::decode(digest).ok().filter(|d| d.len() == 32), path.rsplit_once('/'))
+        else {
+            continue;
+        };
+        out.entry((hash_to_string(&digest), name.to_string())).or_default().push(dir);
+    }
+    out
+}
+
+/// The modules replaced by a local directory (`replace example.com/lib => ../lib`), from the
+/// main package's build info (`modinfo`): a `dep` line followed by `=>` to a `(devel)` version.
+fn modules_replaced_by_directories(compile_text: &[Vec<u8>]) -> HashSet<String> {
+    let Some(modinfo) = compile_text.iter().find_map(|w| std::str::from_utf8(w.strip_prefix(b"modinfo ")?).ok()) else {
+        return HashSet::new();
+    };
+    // A quoted Go string: its tabs and newlines are written `\t` and `\n`.
+    let lines: Vec<Vec<&str>> = modinfo.split("\\n").map(|line| line.split("\\t").collect()).collect();
+    lines
+        .windows(2)
+        .filter_map(|pair| match (&pair[0][..], &pair[1][..]) {
+            (["dep", module, ..], ["=>", _, "(devel)", ..]) => Some(module.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The packages besides main whose sources are the developer's, from a capturing build's
+/// output, each after those it imports (see `ModulePackage`): those of the main module, of the
+/// other modules of a go.work, and of modules replaced by a local directory. A package whose
+/// recorded compile does not give the build ID go wrote is kept without it (its edits then go
+/// through go).
 #[allow(clippy::too_many_arguments)]
 fn module_packages(
     lines: &[String],
@@ -482,6 +537,7 @@ fn module_packages(
     compile_text: &[Vec<u8>],
     link_text: &[Vec<u8>],
     main_dir: &Path,
+    hashed: &HashedDirs,
     package_runs: &HashMap<String, Vec<ToolRun>>,
     gocache: &Path,
 ) -> Result<Vec<ModulePackage>, &'static str> {
@@ -493,14 +549,21 @@ fn module_packages(
         return Ok(Vec::new());
     };
     let Some(root) = main_dir.ancestors().find(|dir| dir.join("go.mod").is_file()) else { return Ok(Vec::new()) };
-    let marker = format!("]: \"module {module}@\\n\"");
-    let mut names: Vec<&str> = lines
+    let replaced_by_directories = modules_replaced_by_directories(compile_text);
+    // `HASH[build NAME]: "module PATH@VERSION\n"`: no version for a main module (go.work has
+    // several); a module replaced by a directory keeps the version it is required at.
+    let mut names: Vec<(&str, &str)> = lines
         .iter()
-        .filter_map(|line| line.strip_prefix("HASH[build ")?.strip_suffix(marker.as_str()))
-        .filter(|name| *name != main_import_path)
+        .filter_map(|line| {
+            let (name, module_line) = line.strip_prefix("HASH[build ")?.split_once("]: \"module ")?;
+            let (path, version) = module_line.strip_suffix("\\n\"")?.rsplit_once('@')?;
+            (version.is_empty() || replaced_by_directories.contains(path)).then_some((name, path))
+        })
+        .filter(|(name, _)| *name != main_import_path)
         .collect();
     names.sort_unstable();
     names.dedup();
+
     let content_ids: HashMap<&str, &str> = link_text
         .iter()
         .filter_map(|w| std::str::from_utf8(w.strip_prefix(b"packagefile ")?).ok()?.strip_suffix('\n')?.split_once('='))
@@ -514,13 +577,21 @@ fn module_packages(
         }
     }
     let mut packages = Vec::new();
-    for name in names {
+    for (name, package_module) in names {
         let (Some(text), Some(content_id)) = (hashed_text(lines, &format!("build {name}")), content_ids.get(name))
         else {
             continue;
         };
-        let Some(relative) = name.strip_prefix(module.as_str()).map(|r| r.trim_start_matches('/')) else { continue };
-        let dir = root.join(relative);
+        let dir = if package_module == module {
+            let Some(relative) = name.strip_prefix(module.as_str()).map(|r| r.trim_start_matches('/')) else {
+                continue;
+            };
+            root.join(relative)
+        } else {
+            // Another module's directory is not the main module's to derive: go read it there.
+            let Some(dir) = package_dir(&text, hashed) else { continue };
+            dir
+        };
         let file_lines = file_writes(&text);
         let editable = dir.is_dir()
             && !text.iter().any(|w| w.starts_with(b"cgo "))
@@ -833,17 +904,9 @@ impl Recipe {
             .filter_map(|l| l.strip_prefix("HASH ")?.rsplit_once(": "))
             .filter(|(path, _)| path.starts_with('/'))
             .collect();
-        let (first_index, first_name) = main_files.first().ok_or("no main package files")?;
-        let first_hash =
-            std::str::from_utf8(&compile_text[*first_index]).ok().and_then(|l| l.trim_end().rsplit_once(' '));
-        let main_dir = hashed_files
-            .iter()
-            .find_map(|(path, digest)| {
-                let dir = path.strip_suffix(first_name.as_str())?.strip_suffix('/')?;
-                let b64 = hash_to_string(&hex::decode(digest).ok().filter(|d| d.len() == 32)?);
-                (Some(b64.as_str()) == first_hash.map(|(_, h)| h)).then(|| PathBuf::from(dir))
-            })
-            .ok_or("the main package's directory is not among go's inputs")?;
+        let hashed = hashed_dirs(&hashed_files);
+        let main_dir =
+            package_dir(&compile_text, &hashed).ok_or("the main package's directory is not among go's inputs")?;
         // Files embedded from subdirectories: a new file there could join the embed.
         if main_files.iter().any(|(_, name)| name.contains('/')) {
             return Err("files embedded from subdirectories");
@@ -869,6 +932,7 @@ impl Recipe {
                 &compile_text,
                 &link_text,
                 &main_dir,
+                &hashed,
                 &package_runs,
                 gocache,
             )?,
@@ -2394,6 +2458,31 @@ mod tests {
         assert_eq!(run.env, vec![("GOROOT".to_string(), String::new())]);
         assert_eq!(tool_name(&run.tool.to_string_lossy()), Some("link"));
         assert_eq!(tool_name("/usr/bin/link"), None);
+    }
+
+    #[test]
+    fn only_modules_replaced_by_a_directory_are_taken_from_the_build_info() {
+        let modinfo = br#"modinfo "path\texample.com/app\nmod\texample.com/app\t(devel)\t\ndep\texample.com/lib\tv0.0.0\n=>\t../lib\t(devel)\t\ndep\texample.com/other\tv1.0.0\n=>\texample.com/fork\tv1.0.1\th1:abc=\ndep\texample.com/plain\tv1.2.0\th1:def=\n"
+"#;
+        let text = vec![b"compile\n".to_vec(), modinfo.to_vec()];
+        let replaced = modules_replaced_by_directories(&text);
+        assert_eq!(replaced, HashSet::from(["example.com/lib".to_string()]));
+    }
+
+    #[test]
+    fn a_package_directory_is_the_one_holding_all_its_files() {
+        let hash = |content: &[u8]| hex::encode(Sha256::digest(content));
+        let (doc, a) = (hash(b"package p\n"), hash(b"package p\nvar A = 1\n"));
+        // Two packages with the same doc.go; only one has a.go.
+        let hashed_files = [("/x/doc.go", doc.as_str()), ("/y/doc.go", doc.as_str()), ("/y/a.go", a.as_str())];
+        let hashed = hashed_dirs(&hashed_files);
+        let write = |name: &str, content: &[u8]| {
+            format!("file {name} {}\n", hash_to_string(&Sha256::digest(content))).into_bytes()
+        };
+        let both = vec![write("doc.go", b"package p\n"), write("a.go", b"package p\nvar A = 1\n")];
+        assert_eq!(package_dir(&both, &hashed), Some(PathBuf::from("/y")));
+        let doc_only = vec![write("doc.go", b"package p\n")];
+        assert_eq!(package_dir(&doc_only, &hashed), None, "two directories could be it");
     }
 
     #[test]
