@@ -166,6 +166,23 @@ impl Drop for DevSession {
     }
 }
 
+/// alpha as a one-shot `kodev build` with an empty kodev cache builds it from the session's
+/// sources now: its reference.
+fn alpha_from_an_empty_cache(dev: &DevSession) -> String {
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let out = run(kodev().env("KODEV_CACHE_DIR", fresh_cache.path()).current_dir(dev.dir.path()).args([
+        "build",
+        "-b",
+        "alpha",
+        "-d",
+        &format!("{}/fresh", dev._registry.host),
+        "-t",
+        "x",
+    ]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn count(events: &[Value], event: &str, artifact: &str) -> usize {
     events.iter().filter(|e| e["event"] == event && e["artifact"] == artifact).count()
 }
@@ -232,18 +249,7 @@ fn edits_rebuild_exactly_the_artifacts_that_depend_on_them() {
     // nothing in the bytes: a one-shot build with an empty cache gives the same image.
     let last_alpha = dev.seen.iter().rev().find(|e| e["event"] == "pushed" && e["artifact"] == "alpha").unwrap();
     let dev_digest = last_alpha["digest"].as_str().unwrap().to_string();
-    let fresh_cache = tempfile::tempdir().unwrap();
-    let out = run(kodev().env("KODEV_CACHE_DIR", fresh_cache.path()).current_dir(dev.dir.path()).args([
-        "build",
-        "-b",
-        "alpha",
-        "-d",
-        &format!("{}/fresh", dev._registry.host),
-        "-t",
-        "x",
-    ]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let reference = alpha_from_an_empty_cache(&dev);
     assert!(reference.ends_with(&format!("@{dev_digest}")), "{reference} vs {dev_digest}");
 
     dev.send("q");
@@ -287,18 +293,7 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta does not import the module: {since_edit:#?}");
 
     // The image holds the edit: the same as a one-shot build from an empty cache.
-    let fresh_cache = tempfile::tempdir().unwrap();
-    let out = run(kodev().env("KODEV_CACHE_DIR", fresh_cache.path()).current_dir(dev.dir.path()).args([
-        "build",
-        "-b",
-        "alpha",
-        "-d",
-        &format!("{}/fresh", dev._registry.host),
-        "-t",
-        "x",
-    ]));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let reference = alpha_from_an_empty_cache(&dev);
     let digest = pushed["digest"].as_str().unwrap();
     assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
 }
