@@ -298,6 +298,56 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
 }
 
+/// skaffold.yaml in `svc/`, in a go.work (one directory up) with a module `lib/` beside it:
+/// neither is under the directory kodev watches for skaffold.yaml.
+#[test]
+fn a_workspace_above_the_skaffold_directory_and_its_other_module_are_watched() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start_full(
+        &["-f", "svc/skaffold.yaml"],
+        &["alpha", "beta"],
+        |dir| {
+            let svc = dir.join("svc");
+            std::fs::create_dir(&svc).unwrap();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path != svc {
+                    std::fs::rename(&path, svc.join(path.file_name().unwrap())).unwrap();
+                }
+            }
+            std::fs::create_dir(dir.join("lib")).unwrap();
+            std::fs::write(dir.join("lib/go.mod"), "module example.com/lib\n\ngo 1.19\n").unwrap();
+            std::fs::write(dir.join("lib/lib.go"), "package lib\n\nconst Suffix = \" (lib one)\"\n").unwrap();
+            std::fs::write(dir.join("go.work"), "go 1.19\n\nuse (\n\t./svc\n\t./lib\n)\n").unwrap();
+            let main = svc.join("cmd/alpha/main.go");
+            edit(
+                &main,
+                "\"example.com/mono/internal/shared\"",
+                "\"example.com/lib\"\n\t\"example.com/mono/internal/shared\"",
+            );
+            edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix");
+        },
+        None,
+        &[],
+    );
+    dev.drain_quiet(Duration::from_millis(500));
+    let before = dev.seen.len();
+    edit(&dev.path("lib/lib.go"), "lib one", "lib two");
+    dev.wait_for("alpha pushed after the edit of the other module", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha"
+    });
+    dev.drain_quiet(QUIET);
+    assert_eq!(count(&dev.seen[before..], "build_started", "beta"), 0, "beta does not import lib");
+
+    // Without lib in the workspace, alpha's import of it has no module: the build says so.
+    std::fs::write(dev.path("go.work"), "go 1.19\n\nuse ./svc\n").unwrap();
+    let failed = dev
+        .wait_for("alpha failing without lib in go.work", |e| e["event"] == "build_failed" && e["artifact"] == "alpha");
+    assert!(failed["error"].as_str().unwrap().contains("example.com/lib"), "{failed}");
+}
+
 #[test]
 fn bursts_coalesce_and_failures_keep_the_loop_alive() {
     if !require_tools(&["docker-registry", "go"]) {

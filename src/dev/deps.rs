@@ -207,6 +207,19 @@ impl Dependencies {
         }
     }
 
+    /// The go.work files in effect (they exist), which may lie above every module directory.
+    pub fn workspace_files(&self) -> Vec<PathBuf> {
+        match self {
+            Dependencies::Graph(graph) => graph
+                .module_files
+                .iter()
+                .filter(|f| f.file_name().is_some_and(|n| n == "go.work") && f.is_file())
+                .cloned()
+                .collect(),
+            Dependencies::Globs { .. } => Vec::new(),
+        }
+    }
+
     /// `known_dirs`: package directories of the graph read before, if any (see [`go_graph`]).
     pub fn resolve(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Dependencies, String> {
         match &artifact.dependencies {

@@ -81,6 +81,8 @@ pub struct Engine {
     /// Module directories outside the plan's watch roots that are watched too (see
     /// [`Engine::watch_module_dirs`]).
     watched_module_dirs: BTreeSet<PathBuf>,
+    /// Directories of go.work files outside all of those, watched for their own entries.
+    watched_workspace_dirs: BTreeSet<PathBuf>,
 }
 
 fn config_files(plan: &Plan) -> Vec<PathBuf> {
@@ -134,6 +136,7 @@ impl Engine {
             slots_limit: Arc::new(Semaphore::new(limit)),
             watcher,
             watched_module_dirs: BTreeSet::new(),
+            watched_workspace_dirs: BTreeSet::new(),
             plan,
         };
         engine.watch_module_dirs();
@@ -142,21 +145,36 @@ impl Engine {
 
     /// Watch the directories of the modules the artifacts' graphs reach outside the plan's
     /// watch roots: a module replaced by a sibling directory (`replace … => ../lib`), or a
-    /// go.work member elsewhere, whose edits change the image like any other.
+    /// go.work member elsewhere, whose edits change the image like any other; and the
+    /// directory of a go.work above them all (its own entries only).
     fn watch_module_dirs(&mut self) {
         let roots = self.plan.watch_roots();
-        let wanted: BTreeSet<PathBuf> = self.deps.iter().flatten().flat_map(Dependencies::module_dirs).collect();
-        for dir in wanted {
+        let modules: BTreeSet<PathBuf> = self.deps.iter().flatten().flat_map(Dependencies::module_dirs).collect();
+        let workspaces: BTreeSet<PathBuf> = self
+            .deps
+            .iter()
+            .flatten()
+            .flat_map(Dependencies::workspace_files)
+            .filter_map(|file| file.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        let wanted = modules.into_iter().map(|dir| (dir, true)).chain(workspaces.into_iter().map(|dir| (dir, false)));
+        for (dir, recursive) in wanted {
             let covered = roots.iter().chain(&self.watched_module_dirs).any(|root| dir.starts_with(root));
-            if covered {
+            if covered || self.watched_workspace_dirs.contains(&dir) {
                 continue;
             }
             // Tried once: a directory that cannot be watched is said once, not at every graph read.
-            match self.watcher.add_root(&dir) {
-                Ok(()) => tracing::debug!(dir = %dir.display(), "watching a module outside the watched directories"),
+            match self.watcher.add_dir(&dir, recursive) {
+                Ok(()) => {
+                    tracing::debug!(dir = %dir.display(), recursive, "watching a directory outside the watched ones")
+                }
                 Err(message) => self.announce(EventKind::Error { message }),
             }
-            self.watched_module_dirs.insert(dir);
+            if recursive {
+                self.watched_module_dirs.insert(dir);
+            } else {
+                self.watched_workspace_dirs.insert(dir);
+            }
         }
     }
 

@@ -35,12 +35,12 @@ pub struct WatchHandle {
 }
 
 impl WatchHandle {
-    /// Watch one more directory, and what is below it, as the roots given at the start are.
-    pub fn add_root(&mut self, dir: &Path) -> Result<(), String> {
+    /// Watch one more directory: what is below it too when `recursive`, as for the roots given
+    /// at the start; else only its own entries.
+    pub fn add_dir(&mut self, dir: &Path, recursive: bool) -> Result<(), String> {
+        let mode = if recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
         match &mut self.inner {
-            Some(watcher) => {
-                watcher.watch(dir, RecursiveMode::Recursive).map_err(|e| format!("cannot watch {}: {e}", dir.display()))
-            }
+            Some(watcher) => watcher.watch(dir, mode).map_err(|e| format!("cannot watch {}: {e}", dir.display())),
             None => Ok(()),
         }
     }
