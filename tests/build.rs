@@ -815,6 +815,35 @@ fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
     assert!(said.contains("loop 3"), "lib compiled as Go 1.21 code: {said}");
 }
 
+/// A file go left out of the main package (`//go:build ignore`) rewritten in place without
+/// its constraint: the directory's names and time stay as they were, and go now builds it in.
+#[test]
+fn a_file_that_joins_the_package_by_losing_its_build_constraint_is_built_in() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = single_platform_hello(&fx, app.path());
+    make_hello_unique(app.path());
+    let extra = app.path().join("extra.go");
+    let source = "package main\n\nimport \"fmt\"\n\nfunc init() { fmt.Println(\"extra built in\") }\n";
+    std::fs::write(&extra, format!("//go:build ignore\n\n{source}")).unwrap();
+    let repo = format!("{}/constraint", fx.registry.host);
+    stdout_ref(&build(&skaffold, &["-d", &repo, "-t", "a"]));
+
+    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&extra).unwrap();
+    std::io::Write::write_all(&mut file, source.as_bytes()).unwrap();
+    drop(file);
+    let after = stdout_ref(&build(&skaffold, &["-d", &repo, "-t", "b"]));
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let fresh = stdout_ref(&build_in_cache(fresh_cache.path(), &skaffold, &["-d", &repo, "-t", "c"]));
+    let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
+    assert_eq!(digest(&after), digest(&fresh), "the image is the one go builds from these sources");
+    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
+    assert!(said.contains("extra built in"), "{said}");
+}
+
 #[test]
 fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     if !require_tools(TOOLS) {

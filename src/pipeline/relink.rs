@@ -945,6 +945,7 @@ impl Recipe {
         followed.extend(editable.iter().flat_map(|p| p.files.iter().map(|(_, name, _)| p.dir.join(name))));
         let mut inputs = Vec::new();
         let mut dirs = BTreeSet::new();
+        let hashed_paths: HashSet<PathBuf> = hashed_files.iter().map(|(path, _)| PathBuf::from(path)).collect();
         for (path, digest) in hashed_files {
             let path = PathBuf::from(path);
             if followed.contains(&path) {
@@ -973,6 +974,24 @@ impl Recipe {
             .filter(|dir| !dir.starts_with(&goroot))
             .filter_map(|dir| dir.ancestors().map(|d| d.join("go.mod")).find(|go_mod| go_mod.is_file()))
             .collect();
+        // The source files go left out of the packages (build constraints, another GOOS's
+        // file): rewritten in place, one can join its package with the directory as it was.
+        let source_dirs = std::iter::once(main_dir.as_path()).chain(editable_dirs.iter().copied()).chain(
+            // go's module cache is read-only, and GOROOT does not change under a toolchain.
+            dirs.iter().map(PathBuf::as_path).filter(|dir| {
+                !dir.starts_with(&goroot) && std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
+            }),
+        );
+        for dir in source_dirs {
+            for name in listing(dir, false).ok_or("a package directory cannot be read")? {
+                let path = dir.join(&name);
+                // go never builds a test file into a binary.
+                if !name.ends_with("_test.go") && !hashed_paths.contains(&path) {
+                    let found = stamp(&path);
+                    inputs.push((path, found));
+                }
+            }
+        }
         for dir in dirs {
             let dir_stamp = stamp(&dir);
             inputs.push((dir, dir_stamp));
@@ -1285,7 +1304,8 @@ pub enum Fit {
     Unknown,
 }
 
-/// Bumped when a saved recipe's meaning changes (3: the go.mod of every module its packages come from is an input).
+/// Bumped when a saved recipe's meaning changes (3: the go.mod of every module its packages come
+/// from, and the source files go left out of the packages, are inputs).
 const RECIPE_FORMAT: u32 = 3;
 
 fn recipe_format() -> String {
