@@ -844,6 +844,33 @@ fn a_file_that_joins_the_package_by_losing_its_build_constraint_is_built_in() {
     assert!(said.contains("extra built in"), "{said}");
 }
 
+/// kodev's own OCI layout (`.kodev/` beside skaffold.yaml) does not make a clean tree dirty
+/// for the default tagger: the second build is tagged with the commit like the first.
+#[test]
+fn the_oci_layout_kodev_writes_does_not_make_the_tree_dirty() {
+    if !require_tools(&["docker-registry", "skopeo", "umoci", "git"]) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = single_platform_hello(&fx, app.path());
+    let git = |args: &[&str]| {
+        run_ok(
+            Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(app.path()),
+        )
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "app"]);
+    let commit = git(&["rev-parse", "--short", "HEAD"]).trim().to_string();
+    for round in ["first", "second"] {
+        let reference = stdout_ref(&build(&skaffold, &["--push=false"]));
+        let tag = reference.split('@').next().unwrap().rsplit_once(':').unwrap().1.to_string();
+        assert_eq!(tag, commit, "{round} build: {reference}");
+    }
+    assert!(app.path().join(".kodev/oci/index.json").is_file(), "the layout is where it is expected");
+}
+
 #[test]
 fn a_one_shot_build_reuses_the_last_builds_chunks_and_gives_the_same_image() {
     if !require_tools(TOOLS) {

@@ -51,6 +51,18 @@ impl DevSession {
         log: Option<&Path>,
         env: &[(&str, &str)],
     ) -> DevSession {
+        Self::start_tagged(extra, images, prepare, log, env, Some("dev"))
+    }
+
+    /// `tag`: given with `-t`; None leaves it to the tag policy.
+    fn start_tagged(
+        extra: &[&str],
+        images: &[&str],
+        prepare: impl FnOnce(&Path),
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        tag: Option<&str>,
+    ) -> DevSession {
         let registry = Registry::start();
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
@@ -63,7 +75,8 @@ impl DevSession {
             .env("KODEV_CACHE_DIR", &cache)
             .envs(env.iter().copied())
             .current_dir(dir.path())
-            .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host), "-t", "dev"])
+            .args(["dev", "--no-tui", "--output", "json", "-d", &format!("{}/dev", registry.host)])
+            .args(tag.map(|tag| ["-t", tag]).into_iter().flatten())
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -346,6 +359,49 @@ fn a_workspace_above_the_skaffold_directory_and_its_other_module_are_watched() {
     let failed = dev
         .wait_for("alpha failing without lib in go.work", |e| e["event"] == "build_failed" && e["artifact"] == "alpha");
     assert!(failed["error"].as_str().unwrap().contains("example.com/lib"), "{failed}");
+}
+
+/// With Skaffold's default tagger (gitCommit), each build is tagged as the tree is then: an
+/// image with uncommitted edits goes up as `COMMIT-dirty`, never under the clean commit's tag.
+#[test]
+fn the_default_tag_follows_the_tree_from_build_to_build() {
+    if !require_tools(&["docker-registry", "go", "git"]) {
+        return;
+    }
+    let git = |dir: &Path, args: &[&str]| {
+        run_ok(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(dir))
+    };
+    let mut dev = DevSession::start_tagged(
+        &["--build-image", "alpha"],
+        &["alpha"],
+        |dir| {
+            git(dir, &["init", "-q"]);
+            git(dir, &["add", "-A"]);
+            git(dir, &["commit", "-qm", "fixture"]);
+        },
+        None,
+        &[],
+        None,
+    );
+    let commit = git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
+    let tag_of = |pushed: &Value| {
+        let reference = pushed["tag"].as_str().unwrap();
+        reference.split('@').next().unwrap().rsplit_once(':').unwrap().1.to_string()
+    };
+    let first = dev.seen.iter().find(|e| e["event"] == "pushed").unwrap().clone();
+    assert_eq!(tag_of(&first), commit, "a clean tree: {first}");
+
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha, edited\"");
+    let edited = dev.wait_for("alpha pushed after an edit", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    assert_eq!(tag_of(&edited), format!("{commit}-dirty"), "{edited}");
+
+    git(dev.dir.path(), &["commit", "-qam", "edit"]);
+    let committed = git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
+    dev.send("r");
+    let rebuilt = dev.wait_for("alpha pushed after the commit", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha" && *e != edited
+    });
+    assert_eq!(tag_of(&rebuilt), committed, "{rebuilt}");
 }
 
 #[test]

@@ -73,6 +73,10 @@ pub struct Artifact {
     pub labels: BTreeMap<String, String>,
     pub dependencies: Option<KoDependencies>,
     pub source_date_epoch: Option<u64>,
+    /// How `kodev dev` works the tag out again at each build (None: the tag is fixed, given
+    /// with `-t` or in the image name, or the tagger does not read the tree).
+    #[serde(skip)]
+    pub retag: Option<tag::Retag>,
 }
 
 impl Artifact {
@@ -553,10 +557,15 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
     vars.insert("IMAGE_NAME".into(), name_part.to_string());
-    let tag = match (input.tag_override, written_tag.strip_prefix(':')) {
-        (Some(t), _) => t.to_string(),
-        (None, Some(t)) if !t.is_empty() => t.to_string(),
-        _ => tag::resolve(input.tag_policy, &context, &vars).map_err(|m| err("", format!("build.tagPolicy: {m}")))?,
+    let (tag, retag) = match (input.tag_override, written_tag.strip_prefix(':')) {
+        (Some(t), _) => (t.to_string(), None),
+        (None, Some(t)) if !t.is_empty() => (t.to_string(), None),
+        _ => {
+            let tag = tag::resolve(input.tag_policy, &context, &vars)
+                .map_err(|m| err("", format!("build.tagPolicy: {m}")))?;
+            let image_vars = ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into();
+            (tag, tag::Retag::new(input.tag_policy, &context, image_vars))
+        }
     };
     naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
@@ -614,6 +623,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         labels,
         dependencies: ko.dependencies.clone(),
         source_date_epoch: ko.source_date_epoch,
+        retag,
     })
 }
 

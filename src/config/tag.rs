@@ -33,7 +33,9 @@ pub fn git_commit_tag(context: &Path, variant: &str, prefix: &str, ignore_change
     };
     let Some(base) = base.filter(|b| !b.is_empty()) else { return Ok(FALLBACK_TAG.to_string()) };
     let mut tag = format!("{prefix}{base}");
-    if !ignore_changes && git(context, &["status", "--porcelain", "--", "."]).is_some_and(|s| !s.is_empty()) {
+    // kodev's own OCI layout (`.kodev/` beside skaffold.yaml) is not a change to the sources.
+    let status = git(context, &["status", "--porcelain", "--", ".", ":(exclude,glob)**/.kodev/**"]);
+    if !ignore_changes && status.is_some_and(|s| !s.is_empty()) {
         tag.push_str("-dirty");
     }
     Ok(tag)
@@ -114,6 +116,39 @@ pub fn input_digest(context: &Path) -> String {
         }
     }
     hex::encode(hasher.finalize())
+}
+
+/// How an artifact's tag is worked out again before each build of `kodev dev`, when its tagger
+/// reads the tree or the clock (gitCommit, the default, with its `-dirty`; inputDigest;
+/// dateTime; envTemplate, whose template may read `.Git`): Skaffold tags each iteration anew,
+/// so an image with uncommitted edits is never pushed under a clean commit's tag.
+#[derive(Debug, Clone)]
+pub struct Retag {
+    policy: Option<TagPolicy>,
+    context: std::path::PathBuf,
+    /// `IMAGE_REPO` and `IMAGE_NAME`, which templates see besides the environment.
+    image_vars: BTreeMap<String, String>,
+}
+
+impl Retag {
+    /// None when the policy gives the same tag whatever the tree holds (sha256: `latest`).
+    pub fn new(policy: Option<&TagPolicy>, context: &Path, image_vars: BTreeMap<String, String>) -> Option<Retag> {
+        if policy.is_some_and(|p| p.sha256.is_some()) {
+            return None;
+        }
+        Some(Retag { policy: policy.cloned(), context: context.to_path_buf(), image_vars })
+    }
+
+    /// The tag as the tagger gives it now.
+    pub fn current(&self) -> Result<String, String> {
+        let uses_git =
+            self.policy.as_ref().and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
+        let mut vars = super::template_vars(&self.context, uses_git);
+        vars.extend(self.image_vars.clone());
+        let tag = resolve(self.policy.as_ref(), &self.context, &vars)?;
+        super::naming::validate_tag(&tag)?;
+        Ok(tag)
+    }
 }
 
 /// Resolve `build.tagPolicy` for one artifact. Errors are configuration errors.

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use super::command::Command;
 use super::deps::Dependencies;
 use super::watch::{self, Trigger, WatchHandle, WatchMessage};
-use crate::config::{self, LoadOptions, Plan};
+use crate::config::{self, Artifact, LoadOptions, Plan};
 use crate::error::{KodevError, Result};
 use crate::event::{Event, EventKind, EventSink};
 use crate::pipeline::{base::cache_dir, Builder};
@@ -208,6 +208,7 @@ impl Engine {
         let debug = self.debug;
         slot.running = Some(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
+            let artifact = retagged(artifact, &sink).await;
             let result = builder.build_artifact(&artifact, debug, &sink).await.map(|_| ());
             let deps = if refresh {
                 let artifact = artifact.clone();
@@ -391,6 +392,20 @@ impl Engine {
             Err(e) => self.announce(EventKind::Error { message: format!("{e} (keeping the previous configuration)") }),
         }
     }
+}
+
+/// The artifact with its tag as its tagger gives it now (see `Retag`): a few milliseconds of
+/// git for the default tagger. When that fails, the tag it had, and why.
+async fn retagged(mut artifact: Artifact, sink: &EventSink) -> Artifact {
+    let Some(retag) = artifact.retag.clone() else { return artifact };
+    match tokio::task::spawn_blocking(move || retag.current()).await {
+        Ok(Ok(tag)) => artifact.tag = tag,
+        Ok(Err(message)) => sink.send(EventKind::Error {
+            message: format!("build.tagPolicy: {message}; keeping the tag {}", artifact.tag),
+        }),
+        Err(e) => sink.send(EventKind::Error { message: e.to_string() }),
+    }
+    artifact
 }
 
 /// Give the allocator's free pages back to the system once no build is running. Compression
