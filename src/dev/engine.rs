@@ -208,8 +208,8 @@ impl Engine {
         let debug = self.debug;
         slot.running = Some(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let artifact = retagged(artifact, &sink).await;
-            let result = builder.build_artifact(&artifact, debug, &sink).await.map(|_| ());
+            let tag = retag_beside_the_build(&artifact, &sink);
+            let result = builder.build_artifact_tagged(&artifact, debug, &sink, tag).await.map(|_| ());
             let deps = if refresh {
                 let artifact = artifact.clone();
                 tokio::task::spawn_blocking(move || Dependencies::resolve(&artifact, &known_dirs))
@@ -394,18 +394,18 @@ impl Engine {
     }
 }
 
-/// The artifact with its tag as its tagger gives it now (see `Retag`): a few milliseconds of
-/// git for the default tagger. When that fails, the tag it had, and why.
-async fn retagged(mut artifact: Artifact, sink: &EventSink) -> Artifact {
-    let Some(retag) = artifact.retag.clone() else { return artifact };
-    match tokio::task::spawn_blocking(move || retag.current()).await {
-        Ok(Ok(tag)) => artifact.tag = tag,
-        Ok(Err(message)) => sink.send(EventKind::Error {
-            message: format!("build.tagPolicy: {message}; keeping the tag {}", artifact.tag),
-        }),
-        Err(e) => sink.send(EventKind::Error { message: e.to_string() }),
-    }
-    artifact
+/// The tag as the artifact's tagger gives it now (see `Retag`), worked out beside the build:
+/// git for the default tagger, which takes longer in a large repository. When that fails, the
+/// tag it had, and why.
+fn retag_beside_the_build(artifact: &Artifact, sink: &EventSink) -> Option<tokio::task::JoinHandle<String>> {
+    let retag = artifact.retag.clone()?;
+    let (kept, sink) = (artifact.tag.clone(), sink.clone());
+    Some(tokio::task::spawn_blocking(move || {
+        retag.current().unwrap_or_else(|message| {
+            sink.send(EventKind::Error { message: format!("build.tagPolicy: {message}; keeping the tag {kept}") });
+            kept
+        })
+    }))
 }
 
 /// Give the allocator's free pages back to the system once no build is running. Compression

@@ -342,6 +342,18 @@ impl Builder {
 
     /// Build every platform of an artifact and publish it.
     pub async fn build_artifact(&self, artifact: &Artifact, debug: bool, events: &EventSink) -> Result<BuildOutcome> {
+        self.build_artifact_tagged(artifact, debug, events, None).await
+    }
+
+    /// [`Builder::build_artifact`], published under `tag` when given: a tag worked out while the
+    /// build runs (the tagger's git or hashing costs no latency), else the artifact's own.
+    pub async fn build_artifact_tagged(
+        &self,
+        artifact: &Artifact,
+        debug: bool,
+        events: &EventSink,
+        tag: Option<tokio::task::JoinHandle<String>>,
+    ) -> Result<BuildOutcome> {
         let started = Instant::now();
         tracing::debug!(image = %artifact.image, "build starts");
         // A concrete platform list is known before the base: compile while the base resolves.
@@ -519,7 +531,11 @@ impl Builder {
             early.extend(config);
             savings.extend(saving);
         }
-        let push = self.publisher.publish(&built, &artifact.image_name, &artifact.tag, streamed, early).await?;
+        let tag = match tag {
+            Some(worked_out) => worked_out.await.unwrap_or_else(|_| artifact.tag.clone()),
+            None => artifact.tag.clone(),
+        };
+        let push = self.publisher.publish(&built, &artifact.image_name, &tag, streamed, early).await?;
         let push_ms = publish_started.elapsed().as_millis() as u64;
         for manifest in built.manifests() {
             for (kind, blob) in &manifest.layers {
