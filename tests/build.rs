@@ -688,6 +688,18 @@ fn a_users_gotmpdir_is_used_and_the_next_build_is_still_relinked() {
     }
 }
 
+/// The digest of a `name:tag@digest` reference.
+fn digest_of(reference: &str) -> &str {
+    reference.rsplit_once('@').map(|(_, digest)| digest).expect("a digest in the reference")
+}
+
+/// Write `content` over the file at `path` in place, as some editors save: the same inode,
+/// and the directory's time does not move.
+fn rewrite_in_place(path: &std::path::Path, content: &[u8]) {
+    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+    std::io::Write::write_all(&mut file, content).unwrap();
+}
+
 /// examples/hello in `root/app`, importing two modules of the developer's beside it: `member`,
 /// the other module of `root/go.work`, and `lib`, a directory replacement (`replace
 /// example.com/lib => ../lib`). `--once` prints `lib.Loop()`, `lib.Tag` and `member.Tag`.
@@ -760,8 +772,7 @@ impl LocalModules {
     fn assert_as_go_builds_it(&self, fx: &Fixture, reference: &str) {
         let fresh_cache = tempfile::tempdir().unwrap();
         let fresh = stdout_ref(&self.build(fx, Some(fresh_cache.path()), "fresh"));
-        let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
-        assert_eq!(digest(reference), digest(&fresh), "the image is the one go builds from these sources");
+        assert_eq!(digest_of(reference), digest_of(&fresh), "the image is the one go builds from these sources");
     }
 }
 
@@ -805,9 +816,7 @@ fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
     assert!(String::from_utf8_lossy(&relinked.stderr).contains("relinked without the go command"));
 
     // Rewritten in place, as some editors save: the directory's time does not move.
-    let mut file = std::fs::OpenOptions::new().write(true).open(modules.root.path().join("lib/go.mod")).unwrap();
-    std::io::Write::write_all(&mut file, b"module example.com/lib\n\ngo 1.21\n").unwrap();
-    drop(file);
+    rewrite_in_place(&modules.root.path().join("lib/go.mod"), b"module example.com/lib\n\ngo 1.21\n");
     modules.edit("app/main.go", "print the greeting, then exit", "print the greeting and then exit");
     let after = stdout_ref(&modules.build(&fx, None, "c"));
     modules.assert_as_go_builds_it(&fx, &after);
@@ -832,14 +841,11 @@ fn a_file_that_joins_the_package_by_losing_its_build_constraint_is_built_in() {
     let repo = format!("{}/constraint", fx.registry.host);
     stdout_ref(&build(&skaffold, &["-d", &repo, "-t", "a"]));
 
-    let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&extra).unwrap();
-    std::io::Write::write_all(&mut file, source.as_bytes()).unwrap();
-    drop(file);
+    rewrite_in_place(&extra, source.as_bytes());
     let after = stdout_ref(&build(&skaffold, &["-d", &repo, "-t", "b"]));
     let fresh_cache = tempfile::tempdir().unwrap();
     let fresh = stdout_ref(&build_in_cache(fresh_cache.path(), &skaffold, &["-d", &repo, "-t", "c"]));
-    let digest = |reference: &str| reference.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap();
-    assert_eq!(digest(&after), digest(&fresh), "the image is the one go builds from these sources");
+    assert_eq!(digest_of(&after), digest_of(&fresh), "the image is the one go builds from these sources");
     let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
     assert!(said.contains("extra built in"), "{said}");
 }
