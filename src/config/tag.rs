@@ -118,7 +118,7 @@ pub fn input_digest(context: &Path) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// How an artifact's tag is worked out again before each build of `kodev dev`, when its tagger
+/// How an artifact's tag is worked out again for each build of `kodev dev`, when its tagger
 /// reads the tree or the clock (gitCommit, the default, with its `-dirty`; inputDigest;
 /// dateTime; envTemplate, whose template may read `.Git`): Skaffold tags each iteration anew,
 /// so an image with uncommitted edits is never pushed under a clean commit's tag.

@@ -342,7 +342,6 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
         if let Some(go_mod) = package.module.as_ref().and_then(|m| m.go_mod.clone()) {
             if let Some(module_dir) = go_mod.parent() {
                 graph.module_files.insert(module_dir.join("go.sum"));
-                graph.module_files.insert(module_dir.join("go.work"));
             }
             graph.module_files.insert(go_mod);
         }

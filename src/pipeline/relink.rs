@@ -563,7 +563,6 @@ fn module_packages(
         .collect();
     names.sort_unstable();
     names.dedup();
-
     let content_ids: HashMap<&str, &str> = link_text
         .iter()
         .filter_map(|w| std::str::from_utf8(w.strip_prefix(b"packagefile ")?).ok()?.strip_suffix('\n')?.split_once('='))
@@ -964,25 +963,23 @@ impl Recipe {
             }
             inputs.push((path, Some(before)));
         }
-        // The go.mod of every module the packages come from: its `go` line is in their action
-        // IDs, and a local module's (a go.work member, a directory replacement) can change in
-        // place, leaving its sources and directory as they were.
-        let module_go_mods: BTreeSet<PathBuf> = dirs
-            .iter()
-            .map(PathBuf::as_path)
+        // The package directories whose files can change: not GOROOT's (fixed under a
+        // toolchain) nor go's read-only module cache.
+        let local_dirs: Vec<&Path> = std::iter::once(main_dir.as_path())
             .chain(editable_dirs.iter().copied())
-            .filter(|dir| !dir.starts_with(&goroot))
+            .chain(dirs.iter().map(PathBuf::as_path).filter(|dir| {
+                !dir.starts_with(&goroot) && std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
+            }))
+            .collect();
+        // The go.mod of every module they belong to: its `go` line is in their packages' action
+        // IDs, and it can change in place, leaving sources and directories as they were.
+        let module_go_mods: BTreeSet<PathBuf> = local_dirs
+            .iter()
             .filter_map(|dir| dir.ancestors().map(|d| d.join("go.mod")).find(|go_mod| go_mod.is_file()))
             .collect();
         // The source files go left out of the packages (build constraints, another GOOS's
         // file): rewritten in place, one can join its package with the directory as it was.
-        let source_dirs = std::iter::once(main_dir.as_path()).chain(editable_dirs.iter().copied()).chain(
-            // go's module cache is read-only, and GOROOT does not change under a toolchain.
-            dirs.iter().map(PathBuf::as_path).filter(|dir| {
-                !dir.starts_with(&goroot) && std::fs::metadata(dir).is_ok_and(|m| !m.permissions().readonly())
-            }),
-        );
-        for dir in source_dirs {
+        for dir in local_dirs {
             for name in listing(dir, false).ok_or("a package directory cannot be read")? {
                 let path = dir.join(&name);
                 // go never builds a test file into a binary.
