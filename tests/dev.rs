@@ -179,6 +179,20 @@ impl Drop for DevSession {
     }
 }
 
+/// A module `example.com/lib` in `dir`, whose `Suffix` says `(lib one)`.
+fn write_lib_module(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("go.mod"), "module example.com/lib\n\ngo 1.19\n").unwrap();
+    std::fs::write(dir.join("lib.go"), "package lib\n\nconst Suffix = \" (lib one)\"\n").unwrap();
+}
+
+/// The fixture's alpha (in `fixture_dir`) printing `lib.Suffix` after its greeting.
+fn alpha_imports_lib(fixture_dir: &Path) {
+    let main = fixture_dir.join("cmd/alpha/main.go");
+    edit(&main, "\"example.com/mono/internal/shared\"", "\"example.com/lib\"\n\t\"example.com/mono/internal/shared\"");
+    edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix");
+}
+
 /// alpha as a one-shot `kodev build` with an empty kodev cache builds it from the session's
 /// sources now: its reference.
 fn alpha_from_an_empty_cache(dev: &DevSession) -> String {
@@ -278,22 +292,14 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     // A sibling module outside the tree kodev watches for skaffold.yaml, as in
     // `replace example.com/lib => ../lib`.
     let lib = tempfile::tempdir().unwrap();
-    std::fs::write(lib.path().join("go.mod"), "module example.com/lib\n\ngo 1.19\n").unwrap();
-    std::fs::write(lib.path().join("lib.go"), "package lib\n\nfunc Suffix() string { return \" (lib one)\" }\n")
-        .unwrap();
+    write_lib_module(lib.path());
     let lib_dir = lib.path().to_path_buf();
     let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| {
         let go_mod = dir.join("go.mod");
         let text = std::fs::read_to_string(&go_mod).unwrap();
         let replace = format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
         std::fs::write(&go_mod, text + &replace).unwrap();
-        let main = dir.join("cmd/alpha/main.go");
-        edit(
-            &main,
-            "\"example.com/mono/internal/shared\"",
-            "\"example.com/lib\"\n\t\"example.com/mono/internal/shared\"",
-        );
-        edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix()");
+        alpha_imports_lib(dir);
     });
     dev.drain_quiet(Duration::from_millis(500));
     let before = dev.seen.len();
@@ -330,17 +336,9 @@ fn a_workspace_above_the_skaffold_directory_and_its_other_module_are_watched() {
                     std::fs::rename(&path, svc.join(path.file_name().unwrap())).unwrap();
                 }
             }
-            std::fs::create_dir(dir.join("lib")).unwrap();
-            std::fs::write(dir.join("lib/go.mod"), "module example.com/lib\n\ngo 1.19\n").unwrap();
-            std::fs::write(dir.join("lib/lib.go"), "package lib\n\nconst Suffix = \" (lib one)\"\n").unwrap();
+            write_lib_module(&dir.join("lib"));
             std::fs::write(dir.join("go.work"), "go 1.19\n\nuse (\n\t./svc\n\t./lib\n)\n").unwrap();
-            let main = svc.join("cmd/alpha/main.go");
-            edit(
-                &main,
-                "\"example.com/mono/internal/shared\"",
-                "\"example.com/lib\"\n\t\"example.com/mono/internal/shared\"",
-            );
-            edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix");
+            alpha_imports_lib(&svc);
         },
         None,
         &[],
