@@ -850,6 +850,33 @@ fn a_file_that_joins_the_package_by_losing_its_build_constraint_is_built_in() {
     assert!(said.contains("extra built in"), "{said}");
 }
 
+/// A file whose name names another system (`_windows.go` on linux) never joins the package,
+/// whatever it holds: an edit of it does not stop the next edit of main being relinked.
+#[test]
+fn an_edit_of_another_systems_file_leaves_the_next_build_relinked() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = single_platform_hello(&fx, app.path());
+    make_hello_unique(app.path());
+    let windows_only = app.path().join("console_windows.go");
+    std::fs::write(&windows_only, "package main\n\nconst console = \"CONOUT$\"\n").unwrap();
+    let repo = format!("{}/othersystem", fx.registry.host);
+    stdout_ref(&build(&skaffold, &["-d", &repo, "-t", "a"]));
+
+    rewrite_in_place(&windows_only, b"package main\n\nconst console = \"CON\"\n");
+    edit_hello(app.path());
+    let out = build_logged(&skaffold, &["-d", &repo, "-t", "b"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("relinked without the go command"), "{stderr}");
+    let relinked = stdout_ref(&out);
+    let fresh_cache = tempfile::tempdir().unwrap();
+    let fresh = stdout_ref(&build_in_cache(fresh_cache.path(), &skaffold, &["-d", &repo, "-t", "c"]));
+    assert_eq!(digest_of(&relinked), digest_of(&fresh), "the image is the one go builds from these sources");
+}
+
 /// kodev's own OCI layout (`.kodev/` beside skaffold.yaml) does not make a clean tree dirty
 /// for the default tagger: the second build is tagged with the commit like the first.
 #[test]

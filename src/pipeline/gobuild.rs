@@ -146,16 +146,38 @@ pub fn gomaxprocs_share(artifact: &Artifact, builds: usize) -> Option<usize> {
     Some((cores / builds.min(cores)).max(1))
 }
 
+/// The flags go builds an artifact with: GOFLAGS', then the artifact's own.
+fn go_flags(artifact: &Artifact) -> Vec<String> {
+    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
+    goflags.split_whitespace().map(str::to_string).chain(artifact.flags.iter().cloned()).collect()
+}
+
 /// Whether go reads some sources from elsewhere (`-overlay`): its file hashes then do not say
 /// what the files on disk hold, and a recipe cannot tell when they change.
 fn uses_overlay(artifact: &Artifact) -> bool {
-    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
-    artifact
-        .flags
-        .iter()
-        .map(String::as_str)
-        .chain(goflags.split_whitespace())
-        .any(|f| f.trim_start_matches('-').starts_with("overlay"))
+    go_flags(artifact).iter().any(|f| f.trim_start_matches('-').starts_with("overlay"))
+}
+
+/// Every tag `-tags` names in an artifact's go flags (all of them, though the last `-tags`
+/// wins for go: a tag too many only keeps a file a recipe input).
+fn build_tags(artifact: &Artifact) -> Vec<String> {
+    tags_named(&go_flags(artifact))
+}
+
+fn tags_named(flags: &[String]) -> Vec<String> {
+    let mut tags = Vec::new();
+    let mut words = flags.iter();
+    while let Some(word) = words.next() {
+        let Some(name) = word.strip_prefix('-').map(|w| w.trim_start_matches('-')) else { continue };
+        let value = match name.strip_prefix("tags") {
+            Some("") => words.next().map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        };
+        // Comma-separated, or space-separated in go's older form.
+        tags.extend(value.into_iter().flat_map(|v| v.split([',', ' '])).filter(|t| !t.is_empty()).map(str::to_string));
+    }
+    tags
 }
 
 /// Where an artifact's binary for a platform is built, kept between builds: go checks the
@@ -511,9 +533,9 @@ pub async fn go_build(
         // Off the build's path: the recipe is for the next edit. The kept work directory
         // goes once it has been read.
         let (kept_by, output, go_dir, scratch) = (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
-        let relinker = kept_by.clone();
+        let (relinker, tags) = (kept_by.clone(), build_tags(artifact));
         kept_by.capturing(tokio::task::spawn_blocking(move || {
-            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref()) {
+            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref(), &tags) {
                 Ok(mut recipe) => {
                     if let Some(previous) = &adopt_from {
                         recipe.adopt_compiles(previous);
@@ -626,8 +648,9 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
         let (relinker, go_dir, copy, output, previous) =
             (relinker.clone(), job.artifact.work_dir.clone(), copy.clone(), job.output.clone(), previous.clone());
+        let tags = build_tags(&job.artifact);
         let kept = tokio::task::spawn_blocking(move || {
-            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output, previous.as_deref());
+            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output, previous.as_deref(), &tags);
             (kept, relink::main_action_in_cache(&lines))
         })
         .await;
@@ -681,6 +704,16 @@ pub async fn record_compiles(job: relink::RecordCompiles, relinker: Arc<Relinker
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tag_of_every_tags_flag_is_read() {
+        let flags: Vec<String> =
+            ["-tags=a,b", "-trimpath", "--tags", "c d", "-tagsx=no", "tags=no", "-ldflags=-tags=no"]
+                .map(String::from)
+                .into();
+        assert_eq!(tags_named(&flags), ["a", "b", "c", "d"]);
+        assert!(tags_named(&["-tags".to_string()]).is_empty(), "a flag without its value names nothing");
+    }
 
     #[test]
     fn go_runs_without_async_preemption_unless_the_user_chose() {

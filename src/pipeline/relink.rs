@@ -362,6 +362,91 @@ fn is_source_name(name: &str) -> bool {
     EXTENSIONS.iter().any(|ext| name.ends_with(ext))
 }
 
+/// The systems and architectures go knows in file names (go's `internal/syslist`).
+const KNOWN_OS: [&str; 18] = [
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+const KNOWN_ARCH: [&str; 24] = [
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// The system a build targets, as go's file name rules see it.
+struct Target<'a> {
+    goos: &'a str,
+    goarch: &'a str,
+    tags: &'a [String],
+}
+
+impl Target<'_> {
+    /// go/build's `matchTag` for the tags a file name can carry.
+    fn matches(&self, tag: &str) -> bool {
+        tag == self.goos
+            || tag == self.goarch
+            || matches!((self.goos, tag), ("android", "linux") | ("illumos", "solaris") | ("ios", "darwin"))
+            || self.tags.iter().any(|t| t == tag)
+    }
+
+    /// Whether go leaves a file out for its name alone (`x_windows.go`, `x_linux_arm64.s` on
+    /// another system; go/build's `goodOSArchFile`): whatever it holds, it never joins the
+    /// package, so an edit of it cannot change this build.
+    fn excludes_by_name(&self, file_name: &str) -> bool {
+        let stem = file_name.split('.').next().unwrap_or(file_name);
+        // Everything before the first '_' is ignored: `linux.go` is not constrained.
+        let Some(first) = stem.find('_') else { return false };
+        let mut parts: Vec<&str> = stem[first..].split('_').collect();
+        if parts.last() == Some(&"test") {
+            parts.pop();
+        }
+        let known_os = |p: &str| KNOWN_OS.contains(&p);
+        let known_arch = |p: &str| KNOWN_ARCH.contains(&p);
+        match parts.as_slice() {
+            [.., os, arch] if known_os(os) && known_arch(arch) => !(self.matches(arch) && self.matches(os)),
+            [.., last] if known_os(last) || known_arch(last) => !self.matches(last),
+            _ => false,
+        }
+    }
+}
+
 fn listing(dir: &Path, all: bool) -> Option<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(dir).ok()? {
@@ -820,6 +905,7 @@ impl Recipe {
         go_dir: &Path,
         output: &Path,
         previous: Option<&Recipe>,
+        build_tags: &[String],
     ) -> Result<Recipe, &'static str> {
         let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
@@ -977,13 +1063,18 @@ impl Recipe {
             .iter()
             .filter_map(|dir| dir.ancestors().map(|d| d.join("go.mod")).find(|go_mod| go_mod.is_file()))
             .collect();
-        // The source files go left out of the packages (build constraints, another GOOS's
-        // file): rewritten in place, one can join its package with the directory as it was.
+        // The source files go left out of the packages by their build constraints: rewritten
+        // in place, one can join its package with the directory as it was.
+        let (goos, goarch) = compile_text
+            .iter()
+            .find_map(|w| std::str::from_utf8(w.strip_prefix(b"goos ")?).ok()?.trim_end().split_once(" goarch "))
+            .ok_or("no goos line in main's compile")?;
+        let target = Target { goos, goarch, tags: build_tags };
         for dir in local_dirs {
             for name in listing(dir, false).ok_or("a package directory cannot be read")? {
                 let path = dir.join(&name);
-                // go never builds a test file into a binary.
-                if !name.ends_with("_test.go") && !hashed_paths.contains(&path) {
+                // go never builds a test file into a binary, nor another system's file.
+                if !name.ends_with("_test.go") && !hashed_paths.contains(&path) && !target.excludes_by_name(&name) {
                     let found = stamp(&path);
                     inputs.push((path, found));
                 }
@@ -2260,8 +2351,9 @@ impl Relinker {
         copy: &Path,
         output: &Path,
         previous: Option<&Recipe>,
+        build_tags: &[String],
     ) -> Result<(), &'static str> {
-        let mut recipe = Recipe::capture(lines, go_dir, copy, None)?;
+        let mut recipe = Recipe::capture(lines, go_dir, copy, None, build_tags)?;
         if let Some(previous) = previous {
             recipe.adopt_compiles(previous);
         }
@@ -2438,6 +2530,34 @@ pub fn go_agrees(dry_run_lines: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_go_reads_as_another_system_leave_a_file_out_whatever_it_holds() {
+        let tags = ["purego".to_string(), "windows".to_string()];
+        let linux_amd64 = Target { goos: "linux", goarch: "amd64", tags: &[] };
+        for excluded in ["x_windows.go", "x_arm64.s", "x_linux_arm64.go", "x_darwin_amd64.go", "a_b_plan9.pb.go"] {
+            assert!(linux_amd64.excludes_by_name(excluded), "{excluded}");
+        }
+        for kept in [
+            "x_linux.go",
+            "x_amd64.s",
+            "x_linux_amd64.go",
+            "windows.go",       // nothing before a '_': not a constraint
+            "x_unix.go",        // `unix` is a build tag, not a file name suffix
+            "x_windows_foo.go", // the system is not the last word
+            "x_foo_arm64x.go",
+            "x_purego.go",
+        ] {
+            assert!(!linux_amd64.excludes_by_name(kept), "{kept}");
+        }
+        let android = Target { goos: "android", goarch: "arm64", tags: &[] };
+        assert!(!android.excludes_by_name("x_linux_arm64.go"), "android builds linux files");
+        assert!(Target { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_linux.go"));
+        assert!(!Target { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_darwin.go"));
+        let tagged = Target { goos: "linux", goarch: "amd64", tags: &tags };
+        assert!(!tagged.excludes_by_name("x_windows.go"), "-tags windows lets the file's constraints decide");
+        assert!(tagged.excludes_by_name("x_windows_arm64.go"), "both parts must match");
+    }
 
     #[test]
     fn a_recipe_counts_what_go_builds_with_not_how_its_runtime_is_tuned() {
