@@ -317,6 +317,35 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
 }
 
+/// A package only the target platform's files import (`x_arm64.go` while kodev runs on
+/// amd64; a developer's mac building linux images) is in the graph: its edits rebuild.
+#[test]
+fn a_package_only_the_target_platforms_files_import_is_watched() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start_with(&["--platform", "linux/arm64"], &["alpha", "beta"], |dir| {
+        std::fs::write(
+            dir.join("cmd/alpha/platform_arm64.go"),
+            "package main\n\nimport \"example.com/mono/internal/armonly\"\n\nvar _ = armonly.Name\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("internal/armonly")).unwrap();
+        std::fs::write(dir.join("internal/armonly/armonly.go"), "package armonly\n\nvar Name = \"arm one\"\n").unwrap();
+    });
+    let first = dev.seen.iter().find(|e| e["event"] == "pushed" && e["artifact"] == "alpha").unwrap().clone();
+    dev.drain_quiet(Duration::from_millis(500));
+    let before = dev.seen.len();
+    edit(&dev.path("internal/armonly/armonly.go"), "arm one", "arm two");
+    let pushed = dev.wait_for("alpha pushed after the edit of the arm64-only package", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha"
+    });
+    dev.drain_quiet(QUIET);
+    let since_edit = dev.seen[before..].to_vec();
+    assert_ne!(pushed["digest"], first["digest"], "the edit is in the image: {since_edit:#?}");
+    assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta does not import it: {since_edit:#?}");
+}
+
 /// skaffold.yaml in `svc/`, in a go.work (one directory up) with a module `lib/` beside it:
 /// neither is under the directory kodev watches for skaffold.yaml.
 #[test]

@@ -13,6 +13,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use crate::config::{go_binary, Artifact};
+use crate::pipeline::base::BUILTIN_PLATFORMS;
+use crate::pipeline::gobuild::build_env;
+use crate::platform::{Platform, PlatformRequest};
 
 #[derive(Debug, Clone)]
 pub enum Dependencies {
@@ -299,6 +302,40 @@ fn signatures_in(dirs: &HashSet<PathBuf>) -> HashMap<PathBuf, GraphSignature> {
     out
 }
 
+/// The platforms whose package graphs make up an artifact's: the ones it builds, or for
+/// `all` (which the base image decides) every linux platform ko's default bases ship.
+fn graph_platforms(artifact: &Artifact) -> Vec<Platform> {
+    let mut platforms: Vec<Platform> = match &artifact.platforms {
+        PlatformRequest::List(list) => list.clone(),
+        PlatformRequest::All => BUILTIN_PLATFORMS.iter().map(|(arch, v)| Platform::new("linux", arch, *v)).collect(),
+    };
+    // go picks files by system and architecture only (not by GOARM or GOAMD64).
+    let mut seen = HashSet::new();
+    platforms.retain(|p| seen.insert((p.os.clone(), p.architecture.clone())));
+    platforms
+}
+
+/// `go list -deps -json` of the main package as go builds it for `platform`: its system and
+/// architecture, the artifact's env and its go flags (`-tags` choose files too).
+fn list_deps(artifact: &Artifact, platform: &Platform) -> Result<Vec<u8>, String> {
+    let output = Command::new(go_binary())
+        .args(["list", "-deps", "-json=Dir,Standard,Module,GoFiles,CgoFiles,EmbedFiles,SFiles,HFiles,IgnoredGoFiles"])
+        .args(&artifact.flags)
+        .arg(&artifact.import_path)
+        .current_dir(&artifact.work_dir)
+        .envs(build_env(artifact, platform))
+        .output()
+        .map_err(|e| format!("cannot run go list: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "go list -deps {} for {platform} failed: {}",
+            artifact.import_path,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(output.stdout)
+}
+
 /// `go list -deps -json` of the main package, keeping the packages of the main module(s) and of
 /// modules replaced by a local directory.
 /// Go files in `known_dirs` (the packages of the graph read before) get their signatures,
@@ -308,26 +345,20 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
     // Read before go list: a file edited while go list runs then compares as changed
     // (conservative), never as unchanged when go list saw its older text.
     let signatures_before = signatures_in(known_dirs);
-    let output = Command::new(go_binary())
-        .args([
-            "list",
-            "-deps",
-            "-json=Dir,Standard,Module,GoFiles,CgoFiles,EmbedFiles,SFiles,HFiles,IgnoredGoFiles",
-            &artifact.import_path,
-        ])
-        .current_dir(&artifact.work_dir)
-        .env("CGO_ENABLED", "0")
-        .output()
-        .map_err(|e| format!("cannot run go list: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "go list -deps {} failed: {}",
-            artifact.import_path,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
+    let platforms = graph_platforms(artifact);
+    // One go list per platform, at once: a file of one system (`x_linux.go`, `//go:build
+    // arm64`) can import packages the others do not.
+    let listings: Vec<Result<Vec<u8>, String>> = std::thread::scope(|scope| {
+        let running: Vec<_> = platforms.iter().map(|platform| scope.spawn(|| list_deps(artifact, platform))).collect();
+        running
+            .into_iter()
+            .map(|run| run.join().unwrap_or_else(|_| Err("go list did not finish".to_string())))
+            .collect()
+    });
     let mut graph = GoGraph { kodata: artifact.package_dir.join("kodata"), ..Default::default() };
-    let stream = serde_json::Deserializer::from_slice(&output.stdout).into_iter::<ListedPackage>();
+    let listings = listings.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let stream =
+        listings.iter().flat_map(|listing| serde_json::Deserializer::from_slice(listing).into_iter::<ListedPackage>());
     for package in stream {
         let package = package.map_err(|e| format!("cannot read go list output: {e}"))?;
         let local_module = package.module.as_ref().is_some_and(ListedModule::is_local);
@@ -473,6 +504,40 @@ func main() {
         for file in ["go.work", "member/go.mod", "replaced/go.mod"] {
             assert!(graph.module_files.contains(&ws.join(file)), "{file} in {:?}", graph.module_files);
         }
+    }
+
+    /// Files picked by the artifact's `-tags` and by each of its platforms import packages
+    /// the host's default build does not.
+    #[test]
+    fn the_graph_is_the_one_of_every_platform_built_with_the_artifacts_flags() {
+        let app = tempfile::tempdir().unwrap();
+        let app = app.path().canonicalize().unwrap();
+        let write = |rel: &str, text: &str| {
+            let path = app.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("go.mod", "module example.com/app\n\ngo 1.22\n");
+        write("main.go", "package main\n\nfunc main() {}\n");
+        let importing = |package: &str| format!("package main\n\nimport _ \"example.com/app/{package}\"\n");
+        write("tagged.go", &format!("//go:build extra\n\n{}", importing("extra")));
+        write("arm_arm64.go", &importing("arm"));
+        write("ppc_ppc64le.go", &importing("ppc"));
+        for package in ["extra", "arm", "ppc"] {
+            write(&format!("{package}/{package}.go"), &format!("package {package}\n"));
+        }
+        write(
+            "skaffold.yaml",
+            "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n      platforms: [linux/amd64, linux/arm64]\n      ko:\n        main: .\n        flags: [-tags=extra]\n",
+        );
+        let options =
+            crate::config::LoadOptions { file: app.join("skaffold.yaml"), push: Some(false), ..Default::default() };
+        let plan = crate::config::load(&options).unwrap();
+        let graph = go_graph(&plan.artifacts[0], &HashSet::new()).unwrap();
+        for dir in ["extra", "arm"] {
+            assert!(graph.package_dirs.contains(&app.join(dir)), "{dir} in {:?}", graph.package_dirs);
+        }
+        assert!(!graph.package_dirs.contains(&app.join("ppc")), "no ppc64le build: {:?}", graph.package_dirs);
     }
 
     #[test]
