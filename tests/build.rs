@@ -706,6 +706,8 @@ fn rewrite_in_place(path: &std::path::Path, content: &[u8]) {
 struct LocalModules {
     root: tempfile::TempDir,
     skaffold: std::path::PathBuf,
+    /// Set for kodev's builds.
+    env: Vec<(String, String)>,
 }
 
 impl LocalModules {
@@ -738,7 +740,7 @@ impl LocalModules {
         let text = text.replace("go 1.19", "go 1.22");
         std::fs::write(&go_mod, text + "\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => ../lib\n")
             .unwrap();
-        let modules = LocalModules { root, skaffold };
+        let modules = LocalModules { root, skaffold, env: Vec::new() };
         modules.edit("app/main.go", "\"log\"", "\"log\"\n\n\t\"example.com/lib\"\n\t\"example.com/member\"");
         modules.edit("app/main.go", "fmt.Println(message)", "fmt.Println(message, lib.Loop(), lib.Tag, member.Tag)");
         modules
@@ -759,6 +761,7 @@ impl LocalModules {
         }
         let repo = format!("{}/local-modules", fx.registry.host);
         let out = run(cmd
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("KODEV_LOG", "kodev=debug")
             .arg("build")
             .arg("-f")
@@ -822,6 +825,30 @@ fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
     modules.assert_as_go_builds_it(&fx, &after);
     let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
     assert!(said.contains("loop 3"), "lib compiled as Go 1.21 code: {said}");
+}
+
+/// A workspace file named by GOWORK (not `go.work`) rewritten in place to take the other
+/// module from another directory: the binary changes, though no source did.
+#[test]
+fn an_edit_of_the_workspace_file_gowork_names_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let mut modules = LocalModules::new(&fx);
+    let root = modules.root.path().to_path_buf();
+    let work_file = root.join("dev.work");
+    std::fs::rename(root.join("go.work"), &work_file).unwrap();
+    modules.env.push(("GOWORK".to_string(), work_file.display().to_string()));
+    copy_tree(&root.join("member"), &root.join("member2"));
+    modules.edit("member2/member.go", "member one", "member two");
+    modules.build(&fx, None, "a");
+
+    rewrite_in_place(&work_file, b"go 1.22\n\nuse (\n\t./app\n\t./member2\n)\n");
+    let after = stdout_ref(&modules.build(&fx, None, "b"));
+    modules.assert_as_go_builds_it(&fx, &after);
+    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
+    assert!(said.contains("member two"), "member taken from member2: {said}");
 }
 
 /// A file go left out of the main package (`//go:build ignore`) rewritten in place without

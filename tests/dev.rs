@@ -346,6 +346,43 @@ fn a_package_only_the_target_platforms_files_import_is_watched() {
     assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta does not import it: {since_edit:#?}");
 }
 
+/// GOWORK naming a workspace file elsewhere, by another name: its edits are seen, like a
+/// go.work's. The edit swaps the module alpha takes `example.com/lib` from.
+#[test]
+fn a_workspace_file_gowork_names_elsewhere_is_watched() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let workspace = tempfile::tempdir().unwrap();
+    let workspace = workspace.path().canonicalize().unwrap();
+    write_lib_module(&workspace.join("lib"));
+    write_lib_module(&workspace.join("lib2"));
+    edit(&workspace.join("lib2/lib.go"), "lib one", "lib from lib2");
+    let work_file = workspace.join("dev.work");
+    let work_text = |dir: &Path, lib: &str| format!("go 1.19\n\nuse (\n\t{}\n\t./{lib}\n)\n", dir.display());
+    let gowork = work_file.display().to_string();
+    let mut dev = DevSession::start_full(
+        &[],
+        &["alpha", "beta"],
+        |dir| {
+            std::fs::write(&work_file, work_text(dir, "lib")).unwrap();
+            alpha_imports_lib(dir);
+        },
+        None,
+        &[("GOWORK", &gowork)],
+    );
+    dev.drain_quiet(Duration::from_millis(500));
+    let before = dev.seen.len();
+    std::fs::write(&work_file, work_text(dev.dir.path(), "lib2")).unwrap();
+    let pushed = dev.wait_for("alpha pushed after the edit of the workspace file", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha"
+    });
+    dev.drain_quiet(QUIET);
+    let since_edit = dev.seen[before..].to_vec();
+    let first = dev.seen[..before].iter().find(|e| e["event"] == "pushed" && e["artifact"] == "alpha").unwrap();
+    assert_ne!(pushed["digest"], first["digest"], "alpha takes lib2 now: {since_edit:#?}");
+}
+
 /// skaffold.yaml in `svc/`, in a go.work (one directory up) with a module `lib/` beside it:
 /// neither is under the directory kodev watches for skaffold.yaml.
 #[test]

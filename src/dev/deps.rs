@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::config::{go_binary, Artifact};
 use crate::pipeline::base::BUILTIN_PLATFORMS;
-use crate::pipeline::gobuild::build_env;
+use crate::pipeline::gobuild::{build_env, named_workspace};
 use crate::platform::{Platform, PlatformRequest};
 
 #[derive(Debug, Clone)]
@@ -40,6 +40,8 @@ pub struct GoGraph {
     /// The root directories of those modules: some may lie outside every watched directory
     /// (a sibling module, a go.work member elsewhere), and need a watch of their own.
     pub module_dirs: HashSet<PathBuf>,
+    /// The workspace file GOWORK names (any name), if it does.
+    pub named_workspace: Option<PathBuf>,
     /// `<main package>/kodata`.
     pub kodata: PathBuf,
     /// The [`graph_signature`] of each Go file, read before `go list` read the graph.
@@ -216,7 +218,8 @@ impl Dependencies {
             Dependencies::Graph(graph) => graph
                 .module_files
                 .iter()
-                .filter(|f| f.file_name().is_some_and(|n| n == "go.work") && f.is_file())
+                .filter(|f| f.file_name().is_some_and(|n| n == "go.work") || graph.named_workspace.as_ref() == Some(*f))
+                .filter(|f| f.is_file())
                 .cloned()
                 .collect(),
             Dependencies::Globs { .. } => Vec::new(),
@@ -394,8 +397,9 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
     for dir in artifact.work_dir.ancestors() {
         graph.module_files.extend(["go.work", "go.work.sum"].map(|name| dir.join(name)));
     }
-    if let Some(go_work) = std::env::var_os("GOWORK").filter(|v| !v.is_empty() && v != "off") {
-        graph.module_files.insert(PathBuf::from(go_work));
+    graph.named_workspace = named_workspace(artifact);
+    if let Some(go_work) = &graph.named_workspace {
+        graph.module_files.extend([go_work.clone(), PathBuf::from(format!("{}.sum", go_work.display()))]);
     }
     graph.signatures = signatures_before.into_iter().filter(|(path, _)| graph.files.contains(path)).collect();
     tracing::debug!(image = %artifact.image, files = graph.files.len(), "package graph read");

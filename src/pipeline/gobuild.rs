@@ -158,6 +158,19 @@ fn uses_overlay(artifact: &Artifact) -> bool {
     go_flags(artifact).iter().any(|f| f.trim_start_matches('-').starts_with("overlay"))
 }
 
+/// The workspace file GOWORK names for the artifact's builds (its env over kodev's).
+pub fn named_workspace(artifact: &Artifact) -> Option<PathBuf> {
+    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix("GOWORK=")).map(str::to_string);
+    let value = from_artifact.or_else(|| std::env::var("GOWORK").ok())?;
+    // go refuses a relative path: the build then fails whatever kodev watches.
+    (!value.is_empty() && value != "off").then(|| artifact.work_dir.join(value))
+}
+
+/// What a recipe needs to know of how go builds an artifact besides what go prints.
+pub fn recipe_settings(artifact: &Artifact) -> relink::BuildSettings {
+    relink::BuildSettings { tags: build_tags(artifact), workspace_file: named_workspace(artifact) }
+}
+
 /// Every tag `-tags` names in an artifact's go flags (all of them, though the last `-tags`
 /// wins for go: a tag too many only keeps a file a recipe input).
 fn build_tags(artifact: &Artifact) -> Vec<String> {
@@ -533,9 +546,9 @@ pub async fn go_build(
         // Off the build's path: the recipe is for the next edit. The kept work directory
         // goes once it has been read.
         let (kept_by, output, go_dir, scratch) = (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
-        let (relinker, tags) = (kept_by.clone(), build_tags(artifact));
+        let (relinker, settings) = (kept_by.clone(), recipe_settings(artifact));
         kept_by.capturing(tokio::task::spawn_blocking(move || {
-            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref(), &tags) {
+            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref(), &settings) {
                 Ok(mut recipe) => {
                     if let Some(previous) = &adopt_from {
                         recipe.adopt_compiles(previous);
@@ -648,9 +661,9 @@ pub async fn recapture(job: relink::Recapture, relinker: Arc<Relinker>, events: 
         let lines: Vec<String> = String::from_utf8_lossy(&finished.stderr).lines().map(str::to_string).collect();
         let (relinker, go_dir, copy, output, previous) =
             (relinker.clone(), job.artifact.work_dir.clone(), copy.clone(), job.output.clone(), previous.clone());
-        let tags = build_tags(&job.artifact);
+        let settings = recipe_settings(&job.artifact);
         let kept = tokio::task::spawn_blocking(move || {
-            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output, previous.as_deref(), &tags);
+            let kept = relinker.keep_recaptured(&lines, &go_dir, &copy, &output, previous.as_deref(), &settings);
             (kept, relink::main_action_in_cache(&lines))
         })
         .await;

@@ -410,6 +410,15 @@ const KNOWN_ARCH: [&str; 24] = [
     "wasm",
 ];
 
+/// How go builds an artifact, beyond what its output says.
+#[derive(Debug, Clone, Default)]
+pub struct BuildSettings {
+    /// The build tags its flags set (`-tags`).
+    pub tags: Vec<String>,
+    /// The workspace file GOWORK names, if it names one.
+    pub workspace_file: Option<PathBuf>,
+}
+
 /// The system a build targets, as go's file name rules see it.
 struct Target<'a> {
     goos: &'a str,
@@ -905,7 +914,7 @@ impl Recipe {
         go_dir: &Path,
         output: &Path,
         previous: Option<&Recipe>,
-        build_tags: &[String],
+        settings: &BuildSettings,
     ) -> Result<Recipe, &'static str> {
         let work = lines.iter().find_map(|line| line.strip_prefix("WORK=")).ok_or("no work directory")?;
         let mut dir = go_dir.to_path_buf();
@@ -1069,7 +1078,7 @@ impl Recipe {
             .iter()
             .find_map(|w| std::str::from_utf8(w.strip_prefix(b"goos ")?).ok()?.trim_end().split_once(" goarch "))
             .ok_or("no goos line in main's compile")?;
-        let target = Target { goos, goarch, tags: build_tags };
+        let target = Target { goos, goarch, tags: &settings.tags };
         for dir in local_dirs {
             for name in listing(dir, false).ok_or("a package directory cannot be read")? {
                 let path = dir.join(&name);
@@ -1097,6 +1106,10 @@ impl Recipe {
             if dir.join("go.mod").is_file() {
                 watched.extend(["go.mod", "go.sum", "vendor/modules.txt"].map(|name| dir.join(name)));
             }
+        }
+        // A workspace file GOWORK names, by any name: go reads it instead of a go.work.
+        if let Some(workspace) = &settings.workspace_file {
+            watched.extend([workspace.clone(), PathBuf::from(format!("{}.sum", workspace.display()))]);
         }
         let others: Vec<PathBuf> = module_go_mods.into_iter().filter(|go_mod| !watched.contains(go_mod)).collect();
         watched.extend(others);
@@ -2351,9 +2364,9 @@ impl Relinker {
         copy: &Path,
         output: &Path,
         previous: Option<&Recipe>,
-        build_tags: &[String],
+        settings: &BuildSettings,
     ) -> Result<(), &'static str> {
-        let mut recipe = Recipe::capture(lines, go_dir, copy, None, build_tags)?;
+        let mut recipe = Recipe::capture(lines, go_dir, copy, None, settings)?;
         if let Some(previous) = previous {
             recipe.adopt_compiles(previous);
         }
