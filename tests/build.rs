@@ -851,6 +851,34 @@ fn an_edit_of_the_workspace_file_gowork_names_is_built_as_go_builds_it() {
     assert!(said.contains("member two"), "member taken from member2: {said}");
 }
 
+/// `-modfile` (here from GOFLAGS): go takes the module graph from another file than go.mod;
+/// that file rewritten in place to replace the library by another directory changes the
+/// binary, though no source did.
+#[test]
+fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let mut modules = LocalModules::new(&fx);
+    let root = modules.root.path().to_path_buf();
+    // Not in workspace mode (go refuses -modfile there): member by a replacement too.
+    let go_mod = std::fs::read_to_string(root.join("app/go.mod")).unwrap()
+        + "\nrequire example.com/member v0.0.0\n\nreplace example.com/member => ../member\n";
+    std::fs::write(root.join("app/dev.mod"), &go_mod).unwrap();
+    modules.env.push(("GOFLAGS".to_string(), "-modfile=dev.mod".to_string()));
+    modules.env.push(("GOWORK".to_string(), "off".to_string()));
+    copy_tree(&root.join("lib"), &root.join("lib2"));
+    modules.edit("lib2/lib.go", "lib one", "lib two");
+    modules.build(&fx, None, "a");
+
+    rewrite_in_place(&root.join("app/dev.mod"), go_mod.replace("=> ../lib", "=> ../lib2").as_bytes());
+    let after = stdout_ref(&modules.build(&fx, None, "b"));
+    modules.assert_as_go_builds_it(&fx, &after);
+    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
+    assert!(said.contains("lib two"), "lib taken from lib2: {said}");
+}
+
 /// A file go left out of the main package (`//go:build ignore`) rewritten in place without
 /// its constraint: the directory's names and time stay as they were, and go now builds it in.
 #[test]

@@ -146,16 +146,22 @@ pub fn gomaxprocs_share(artifact: &Artifact, builds: usize) -> Option<usize> {
     Some((cores / builds.min(cores)).max(1))
 }
 
-/// The flags go builds an artifact with: GOFLAGS', then the artifact's own.
+/// The flags go builds an artifact with: GOFLAGS' (the artifact's env over kodev's), then the
+/// artifact's own.
 fn go_flags(artifact: &Artifact) -> Vec<String> {
-    let goflags = std::env::var("GOFLAGS").unwrap_or_default();
+    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix("GOFLAGS="));
+    let goflags = from_artifact.map(str::to_string).or_else(|| std::env::var("GOFLAGS").ok()).unwrap_or_default();
     goflags.split_whitespace().map(str::to_string).chain(artifact.flags.iter().cloned()).collect()
 }
 
-/// Whether go reads some sources from elsewhere (`-overlay`): its file hashes then do not say
-/// what the files on disk hold, and a recipe cannot tell when they change.
-fn uses_overlay(artifact: &Artifact) -> bool {
-    go_flags(artifact).iter().any(|f| f.trim_start_matches('-').starts_with("overlay"))
+/// Whether go reads some sources from elsewhere (`-overlay`: its file hashes then do not say
+/// what the files on disk hold), or its module graph from another file than go.mod
+/// (`-modfile`): a recipe cannot tell when they change.
+fn reads_sources_elsewhere(artifact: &Artifact) -> bool {
+    go_flags(artifact).iter().any(|f| {
+        let name = f.trim_start_matches('-');
+        f.starts_with('-') && (name.starts_with("overlay") || name.starts_with("modfile"))
+    })
 }
 
 /// The workspace file GOWORK names for the artifact's builds (its env over kodev's).
@@ -459,7 +465,7 @@ pub async fn go_build(
         && (!edited_elsewhere || capture_anyway)
         && relinker.is_some()
         && scratch.is_some()
-        && !uses_overlay(artifact);
+        && !reads_sources_elsewhere(artifact);
     // The compiles the stale recipe recorded, for packages go finds unchanged in this build.
     let adopt_from = previous.clone().filter(|_| capture);
     let recapture =
