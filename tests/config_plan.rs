@@ -148,6 +148,59 @@ fn ko_yaml_defaults_per_build_settings_and_base_precedence() {
     assert_eq!(artifact(&p, "api")["platforms"], serde_json::json!(["linux/amd64"]));
 }
 
+/// What is wrong in a `.ko.yaml` is said with that file, its line and its field (not the
+/// skaffold.yaml artifact the setting reached), before any build, with exit code 2.
+#[test]
+fn ko_yaml_errors_name_the_ko_yaml_line_and_field() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let cases = [
+        ("defaultEnv: [NOEQ]\n", ":1 (field defaultEnv)", "must be KEY=value"),
+        (
+            "builds:\n  - id: other\n    main: ./cmd/tool\n  - id: api\n    main: ./cmd/api\n    env: [OK=1, NOEQ]\n",
+            ":6 (field builds[1].env)",
+            "must be KEY=value",
+        ),
+        ("defaultLdflags: [\"-X main.v={{.Foo\"]\n", ":1 (field defaultLdflags)", "unclosed template action"),
+        ("defaultFlags: [-toolexec=/bin/x]\n", ":1 (field defaultFlags)", "-toolexec is refused"),
+        ("\ndefaultBaseImage: \"UPPER/Case::x\"\n", ":2 (field defaultBaseImage)", "invalid image reference"),
+        (
+            "baseImageOverrides:\n  example.com/kocfg/cmd/tool: \"a b\"\n",
+            ":2 (field baseImageOverrides.example.com/kocfg/cmd/tool)",
+            "invalid image reference",
+        ),
+        ("defaultPlatforms:\n  - linux/amd64/v9/x\n", ":1 (field defaultPlatforms)", "invalid platform"),
+    ];
+    for (text, place, problem) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let ko_yaml = dir.path().join(".ko.yaml");
+        std::fs::write(&ko_yaml, text).unwrap();
+        let out = run(kodev().current_dir(repo_root()).env("KO_CONFIG_PATH", &ko_yaml).args([
+            "plan",
+            "-f",
+            "tests/fixtures/koyaml/skaffold.yaml",
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(stderr.contains(&format!("{}{place}", ko_yaml.display())), "{text}: {stderr}");
+        assert!(stderr.contains(problem), "{text}: {stderr}");
+    }
+
+    // A skaffold.yaml fromImage that is no reference is said there.
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/koyaml"), dir.path());
+    let skaffold = dir.path().join("skaffold.yaml");
+    let text = std::fs::read_to_string(&skaffold)
+        .unwrap()
+        .replace("registry.example.com/base/from-skaffold:v3", "\"bad ref::\"");
+    std::fs::write(&skaffold, text).unwrap();
+    let out = run(kodev().arg("plan").arg("-f").arg(&skaffold));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("skaffold.yaml:12 (field build.artifacts[2].ko.fromImage)"), "{stderr}");
+}
+
 #[test]
 fn dev_watches_each_config_and_context_directory_not_their_common_parent() {
     if !require_tools(&["go"]) {

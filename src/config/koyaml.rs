@@ -68,3 +68,73 @@ pub fn load(path: &Path) -> Result<KoYaml, KodevError> {
     let document = serde_yaml_ng::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, &text, e))
 }
+
+/// Best-effort line of `key` in a `.ko.yaml`: at the top level, or inside the `build`th entry
+/// of `builds` (for errors found after decoding, which serde cannot place).
+pub fn key_line(path: &Path, build: Option<usize>, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let is_key = |line: &str, key: &str| {
+        let t = line.trim_start().trim_start_matches("- ");
+        t.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    let Some(build) = build else {
+        return lines.iter().position(|l| indent(l) == 0 && is_key(l, key)).map(|i| i + 1);
+    };
+    let builds = lines.iter().position(|l| indent(l) == 0 && is_key(l, "builds"))?;
+    // The entries of `builds`: the lines starting with "- " at the first one's indentation.
+    let items: Vec<usize> = {
+        let first = (builds + 1..lines.len()).find(|&i| lines[i].trim_start().starts_with("- "))?;
+        let at = indent(lines[first]);
+        (first..lines.len())
+            .take_while(|&i| {
+                lines[i].trim().is_empty() || indent(lines[i]) >= at || lines[i].trim_start().starts_with('#')
+            })
+            .filter(|&i| indent(lines[i]) == at && lines[i].trim_start().starts_with("- "))
+            .collect()
+    };
+    let start = *items.get(build)?;
+    let end = items.get(build + 1).copied().unwrap_or(lines.len());
+    (start..end).find(|&i| is_key(lines[i], key)).map(|i| i + 1)
+}
+
+/// Best-effort line of `key` inside the top-level map `parent` (an entry of
+/// `baseImageOverrides`), else of `parent` itself.
+pub fn entry_line(path: &Path, parent: &str, key: &str) -> Option<usize> {
+    let start = key_line(path, None, parent)?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let entry = text
+        .lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(_, l)| l.trim().is_empty() || l.starts_with([' ', '\t', '#']))
+        .find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches(['"', '\'']);
+            t.strip_prefix(key).is_some_and(|rest| rest.trim_start_matches(['"', '\'']).trim_start().starts_with(':'))
+        });
+    Some(entry.map_or(start, |(i, _)| i + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_found_at_the_top_and_in_each_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".ko.yaml");
+        let text = "defaultEnv: [A=1]\nbuilds:\n- id: one\n  main: ./a\n  env: [X]\n\n- id: two\n  main: ./b\n  ldflags: [-s]\n  env: [Y]\ndefaultLdflags: []\n";
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(key_line(&path, None, "defaultEnv"), Some(1));
+        assert_eq!(key_line(&path, None, "defaultLdflags"), Some(11));
+        assert_eq!(key_line(&path, Some(0), "env"), Some(5));
+        assert_eq!(key_line(&path, Some(1), "env"), Some(10));
+        assert_eq!(key_line(&path, Some(1), "ldflags"), Some(9));
+        assert_eq!(key_line(&path, Some(0), "ldflags"), None);
+        assert_eq!(key_line(&path, Some(2), "env"), None);
+        std::fs::write(&path, "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n").unwrap();
+        assert_eq!(entry_line(&path, "baseImageOverrides", "example.com/b"), Some(3));
+        assert_eq!(entry_line(&path, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
+    }
+}

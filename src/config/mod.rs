@@ -491,10 +491,11 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         None => None,
     };
     let ko_yaml_platforms = match &ko_yaml {
-        Some((k, path)) if !k.default_platforms.is_empty() => Some(
-            PlatformRequest::parse_list(&k.default_platforms)
-                .map_err(|e| config_err(path, None, "defaultPlatforms", e.to_string()))?,
-        ),
+        Some((k, path)) if !k.default_platforms.is_empty() => {
+            Some(PlatformRequest::parse_list(&k.default_platforms).map_err(|e| {
+                config_err(path, koyaml::key_line(path, None, "defaultPlatforms"), "defaultPlatforms", e.to_string())
+            })?)
+        }
         _ => None,
     };
     let cli = match input.cli_platforms {
@@ -523,23 +524,46 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         .map(BaseImageRef::Remote)
         .unwrap_or(BaseImageRef::Builtin);
 
-    // .ko.yaml build settings for this main (per-build replaces defaults), below skaffold's own.
-    let (ko_env, ko_flags, ko_ldflags) = match &ko_yaml {
-        Some((k, _)) => {
-            let build = k.builds.iter().find(|b| {
-                b.main.as_deref().map(|m| {
-                    let m = m.trim_start_matches("./");
-                    import_path.ends_with(m) || m == "." && package_dir == work_dir
-                }) == Some(true)
-            });
-            (
-                build.and_then(|b| b.env.clone()).unwrap_or_else(|| k.default_env.clone()),
-                build.and_then(|b| b.flags.clone()).unwrap_or_else(|| k.default_flags.clone()),
-                build.and_then(|b| b.ldflags.clone()).unwrap_or_else(|| k.default_ldflags.clone()),
-            )
+    // .ko.yaml build settings for this main (per-build replaces defaults), below skaffold's own;
+    // each with the .ko.yaml key it came from, for errors.
+    let mut ko_env = KoYamlSetting::default();
+    let (mut ko_flags, mut ko_ldflags) = (ko_env.clone(), ko_env.clone());
+    if let Some((k, path)) = &ko_yaml {
+        let build = k.builds.iter().position(|b| {
+            b.main.as_deref().map(|m| {
+                let m = m.trim_start_matches("./");
+                import_path.ends_with(m) || m == "." && package_dir == work_dir
+            }) == Some(true)
+        });
+        let setting = |own: Option<&Vec<String>>, key: &str, default: &[String], default_key: &str| match own {
+            Some(values) => KoYamlSetting { values: values.clone(), at: Some((path.clone(), build, key.to_string())) },
+            None => KoYamlSetting { values: default.to_vec(), at: Some((path.clone(), None, default_key.to_string())) },
+        };
+        let chosen = build.map(|b| &k.builds[b]);
+        ko_env = setting(chosen.and_then(|b| b.env.as_ref()), "env", &k.default_env, "defaultEnv");
+        ko_flags = setting(chosen.and_then(|b| b.flags.as_ref()), "flags", &k.default_flags, "defaultFlags");
+        ko_ldflags = setting(chosen.and_then(|b| b.ldflags.as_ref()), "ldflags", &k.default_ldflags, "defaultLdflags");
+    }
+    if let Some((k, path)) = &ko_yaml {
+        // A base image reference that cannot be read is bad input, said before any build.
+        let named = k.default_base_image.iter().map(|r| (r, None));
+        let overrides = k.base_image_overrides.iter().map(|(package, r)| (r, Some(package)));
+        for (reference, package) in named.chain(overrides) {
+            if let Err(e) = crate::pipeline::registry::parse_reference(reference) {
+                let (line, field) = match package {
+                    None => (koyaml::key_line(path, None, "defaultBaseImage"), "defaultBaseImage".to_string()),
+                    Some(package) => (
+                        koyaml::entry_line(path, "baseImageOverrides", package),
+                        format!("baseImageOverrides.{package}"),
+                    ),
+                };
+                return Err(config_err(path, line, &field, e.to_string()));
+            }
         }
-        None => Default::default(),
-    };
+    }
+    if let Some(named) = &ko.from_image {
+        crate::pipeline::registry::parse_reference(named).map_err(|e| err(".ko.fromImage", e.to_string()))?;
+    }
 
     // Templates see the environment, IMAGE_REPO / IMAGE_NAME / IMAGE_TAG, and ko's .Git.*, .Date, .Timestamp.
     let templated = ko
@@ -548,9 +572,9 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         .chain(&ko.flags)
         .chain(&ko.ldflags)
         .chain(ko.labels.values())
-        .chain(ko_env.iter())
-        .chain(ko_flags.iter())
-        .chain(ko_ldflags.iter());
+        .chain(ko_env.values.iter())
+        .chain(ko_flags.values.iter())
+        .chain(ko_ldflags.values.iter());
     let uses_git = templated.into_iter().any(|t| t.contains(".Git."))
         || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
     let mut vars = template_vars(&context, uses_git);
@@ -569,37 +593,38 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     };
     naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
-    let expand_all = |items: &[String], sub: &str| -> Result<Vec<String>> {
-        items.iter().map(|s| template::expand(s, &vars).map_err(|m| err(sub, m))).collect()
-    };
-    let pick = |skaffold: &[String], ko_yaml: Vec<String>| {
-        if skaffold.is_empty() {
-            ko_yaml
-        } else {
-            skaffold.to_vec()
+    // skaffold.yaml's own list wins over .ko.yaml's; an error names the file the list is in.
+    type Fail<'a> = Box<dyn Fn(String) -> KodevError + 'a>;
+    let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| -> (Vec<String>, Fail<'_>) {
+        match ko_yaml.at {
+            Some(at) if skaffold.is_empty() => (ko_yaml.values, Box::new(move |m| ko_yaml_err(&at, m))),
+            _ => (skaffold.to_vec(), Box::new(move |m| err(sub, m))),
         }
     };
-    let env = expand_all(&pick(&ko.env, ko_env), ".ko.env")?;
+    let expand_all = |(items, fail): &(Vec<String>, Fail<'_>)| -> Result<Vec<String>> {
+        items.iter().map(|s| template::expand(s, &vars).map_err(fail)).collect()
+    };
+    let env_source = pick(&ko.env, ko_env, ".ko.env");
+    let env = expand_all(&env_source)?;
     for entry in &env {
         if !entry.contains('=') {
-            return Err(err(".ko.env", format!("env entry {entry:?} must be KEY=value")));
+            return Err(env_source.1(format!("env entry {entry:?} must be KEY=value")));
         }
         // GOFLAGS would smuggle in what `flags` refuses.
         if entry.starts_with("GOFLAGS=") && entry.contains("-toolexec") {
-            return Err(err(
-                ".ko.env",
+            return Err(env_source.1(
                 "-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build".to_string(),
             ));
         }
     }
-    let flags = expand_all(&pick(&ko.flags, ko_flags), ".ko.flags")?;
+    let flags_source = pick(&ko.flags, ko_flags, ".ko.flags");
+    let flags = expand_all(&flags_source)?;
     if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
-        return Err(err(
-            ".ko.flags",
+        return Err(flags_source.1(
             "-toolexec is refused: it would run arbitrary programs during the build".to_string(),
         ));
     }
-    let ldflags = expand_all(&pick(&ko.ldflags, ko_ldflags), ".ko.ldflags")?;
+    let ldflags = expand_all(&pick(&ko.ldflags, ko_ldflags, ".ko.ldflags"))?;
     let mut labels = BTreeMap::new();
     for (k, v) in &ko.labels {
         labels.insert(k.clone(), template::expand(v, &vars).map_err(|m| err(&format!(".ko.labels.{k}"), m))?);
@@ -625,6 +650,23 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         source_date_epoch: ko.source_date_epoch,
         retag,
     })
+}
+
+/// A list of settings from `.ko.yaml`, and where: the file, the entry of `builds` (None for
+/// the top-level default) and the key.
+#[derive(Debug, Clone, Default)]
+struct KoYamlSetting {
+    values: Vec<String>,
+    at: Option<(PathBuf, Option<usize>, String)>,
+}
+
+/// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).
+fn ko_yaml_err((path, build, key): &(PathBuf, Option<usize>, String), message: String) -> KodevError {
+    let field = match build {
+        Some(b) => format!("builds[{b}].{key}"),
+        None => key.clone(),
+    };
+    config_err(path, koyaml::key_line(path, *build, key), &field, message)
 }
 
 /// The import path and directory of an artifact's main package: the rest of a `ko://` image,
