@@ -771,6 +771,15 @@ impl LocalModules {
         out
     }
 
+    /// Build (tag `tag`), check the image is the one go builds from these sources, and that it
+    /// says `wanted` when run with `--once`.
+    fn build_as_go_builds_it_saying(&self, fx: &Fixture, tag: &str, wanted: &str) {
+        let built = stdout_ref(&self.build(fx, None, tag));
+        self.assert_as_go_builds_it(fx, &built);
+        let said = Podman::new(Some(&fx.registry.host)).run_image(&built, &["--once"]);
+        assert!(said.contains(wanted), "want {wanted:?}: {said}");
+    }
+
     /// The image's digest is the one a build from an empty kodev cache gives (go builds it all).
     fn assert_as_go_builds_it(&self, fx: &Fixture, reference: &str) {
         let fresh_cache = tempfile::tempdir().unwrap();
@@ -821,10 +830,7 @@ fn an_in_place_edit_of_a_replaced_modules_go_mod_is_built_as_go_builds_it() {
     // Rewritten in place, as some editors save: the directory's time does not move.
     rewrite_in_place(&modules.root.path().join("lib/go.mod"), b"module example.com/lib\n\ngo 1.21\n");
     modules.edit("app/main.go", "print the greeting, then exit", "print the greeting and then exit");
-    let after = stdout_ref(&modules.build(&fx, None, "c"));
-    modules.assert_as_go_builds_it(&fx, &after);
-    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
-    assert!(said.contains("loop 3"), "lib compiled as Go 1.21 code: {said}");
+    modules.build_as_go_builds_it_saying(&fx, "c", "loop 3");
 }
 
 /// A workspace file named by GOWORK (not `go.work`) rewritten in place to take the other
@@ -845,10 +851,7 @@ fn an_edit_of_the_workspace_file_gowork_names_is_built_as_go_builds_it() {
     modules.build(&fx, None, "a");
 
     rewrite_in_place(&work_file, b"go 1.22\n\nuse (\n\t./app\n\t./member2\n)\n");
-    let after = stdout_ref(&modules.build(&fx, None, "b"));
-    modules.assert_as_go_builds_it(&fx, &after);
-    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
-    assert!(said.contains("member two"), "member taken from member2: {said}");
+    modules.build_as_go_builds_it_saying(&fx, "b", "member two");
 }
 
 /// `-modfile` (here from GOFLAGS): go takes the module graph from another file than go.mod;
@@ -873,10 +876,7 @@ fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
     modules.build(&fx, None, "a");
 
     rewrite_in_place(&root.join("app/dev.mod"), go_mod.replace("=> ../lib", "=> ../lib2").as_bytes());
-    let after = stdout_ref(&modules.build(&fx, None, "b"));
-    modules.assert_as_go_builds_it(&fx, &after);
-    let said = Podman::new(Some(&fx.registry.host)).run_image(&after, &["--once"]);
-    assert!(said.contains("lib two"), "lib taken from lib2: {said}");
+    modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
 }
 
 /// A file go left out of the main package (`//go:build ignore`) rewritten in place without
