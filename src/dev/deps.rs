@@ -312,9 +312,9 @@ fn graph_platforms(artifact: &Artifact) -> Vec<Platform> {
         PlatformRequest::List(list) => list.clone(),
         PlatformRequest::All => BUILTIN_PLATFORMS.iter().map(|(arch, v)| Platform::new("linux", arch, *v)).collect(),
     };
-    // go picks files by system and architecture only (not by GOARM or GOAMD64).
+    // Once per go environment (a variant's GOARM or GOAMD64 sets build tags too: `amd64.v3`).
     let mut seen = HashSet::new();
-    platforms.retain(|p| seen.insert((p.os.clone(), p.architecture.clone())));
+    platforms.retain(|p| seen.insert(p.go_env()));
     platforms
 }
 
