@@ -911,7 +911,8 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     // An edit of the main package alone is relinked, and is go's image to the byte.
     edit(&main, "\"alpha 1\"", "\"alpha, relinked\"");
     let (relinked, digest) = alpha_rebuilt(&mut dev, "alpha after a main-only edit");
-    assert!(relinked, "a main-only edit is relinked without go: {:#?}", dev.seen);
+    let log_text = || std::fs::read_to_string(&log).unwrap();
+    assert!(relinked, "a main-only edit is relinked without go: {:#?}\n{}", dev.seen, log_text());
     assert_eq!(digest, one_shot_alpha_digest(dev.dir.path(), &host), "the same image as go build's");
 
     // A new import in a package main imports goes through go, with the right result. go runs

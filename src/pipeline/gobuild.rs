@@ -402,6 +402,9 @@ pub async fn go_build(
     env.extend(gomaxprocs.map(|n| ("GOMAXPROCS".to_string(), n.to_string())));
     if let Some(relinker) = relinker {
         relinker.stop_recaptures();
+        // The last build's recipe may still be being read (that build was cancelled after
+        // its push): without it this one would run go.
+        relinker.settle_for(&output).await;
     }
     // Set when the compiler refused the sources while relinking: go then runs only to say why.
     let mut relink_refused = false;
@@ -553,38 +556,44 @@ pub async fn go_build(
         // goes once it has been read.
         let (kept_by, output, go_dir, scratch) = (relinker.clone(), output.clone(), artifact.work_dir.clone(), scratch);
         let (relinker, settings) = (kept_by.clone(), recipe_settings(artifact));
-        kept_by.capturing(tokio::task::spawn_blocking(move || {
-            match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref(), &settings) {
-                Ok(mut recipe) => {
-                    if let Some(previous) = &adopt_from {
-                        recipe.adopt_compiles(previous);
+        let kept_for = output.clone();
+        kept_by.capturing(
+            &kept_for,
+            tokio::task::spawn_blocking(move || {
+                match relink::Recipe::capture(&err_lines, &go_dir, &output, adopt_from.as_deref(), &settings) {
+                    Ok(mut recipe) => {
+                        if let Some(previous) = &adopt_from {
+                            recipe.adopt_compiles(previous);
+                        }
+                        tracing::debug!(output = %output.display(), "recipe for relinking captured");
+                        if let Some(job) = compiles_job.filter(|_| recipe.lacks_compiles()) {
+                            relinker.to_record_compiles(job);
+                        }
+                        relinker.keep(&output, recipe)
                     }
-                    tracing::debug!(output = %output.display(), "recipe for relinking captured");
-                    if let Some(job) = compiles_job.filter(|_| recipe.lacks_compiles()) {
-                        relinker.to_record_compiles(job);
+                    // go found the main package in its cache: the recipe kept, if any, still tells
+                    // whether it applies; without one, `kodev dev` records one in the background.
+                    Err(why @ relink::NOT_COMPILED) => {
+                        tracing::debug!(why, "no new recipe");
+                        if let (Some(mut job), Some(main_action)) =
+                            (recapture, relink::main_action_in_cache(&err_lines))
+                        {
+                            job.main_action = Some(main_action);
+                            relinker.to_recapture(job);
+                        } else if !relinker.records_in_background() && relink::forget_cached_main(&err_lines) {
+                            tracing::debug!(
+                                "main's entry removed from go's cache: the next go build compiles it and is recorded"
+                            );
+                        }
                     }
-                    relinker.keep(&output, recipe)
-                }
-                // go found the main package in its cache: the recipe kept, if any, still tells
-                // whether it applies; without one, `kodev dev` records one in the background.
-                Err(why @ relink::NOT_COMPILED) => {
-                    tracing::debug!(why, "no new recipe");
-                    if let (Some(mut job), Some(main_action)) = (recapture, relink::main_action_in_cache(&err_lines)) {
-                        job.main_action = Some(main_action);
-                        relinker.to_recapture(job);
-                    } else if !relinker.records_in_background() && relink::forget_cached_main(&err_lines) {
-                        tracing::debug!(
-                            "main's entry removed from go's cache: the next go build compiles it and is recorded"
-                        );
+                    Err(why) => {
+                        tracing::debug!(output = %output.display(), why, "this go build cannot be replayed");
+                        relinker.forget(&output)
                     }
                 }
-                Err(why) => {
-                    tracing::debug!(output = %output.display(), why, "this go build cannot be replayed");
-                    relinker.forget(&output)
-                }
-            }
-            drop(scratch);
-        }));
+                drop(scratch);
+            }),
+        );
     } else if let (Some(relinker), Some(job)) = (relinker, recapture) {
         // Built without capturing (an edit outside the main package): recorded after the push.
         relinker.to_recapture(job);

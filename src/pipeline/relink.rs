@@ -2152,9 +2152,10 @@ pub struct Relinker {
     check_with_go: bool,
     /// Relinked binaries to confirm with go once their image is pushed.
     unchecked: Mutex<Vec<Check>>,
-    /// Recipes still being read from go's output: a one-shot build waits for them, so that the
-    /// next process finds them saved.
-    capturing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Recipes still being read from go's output, by the binary they are for: a one-shot build
+    /// waits for them, so that the next process finds them saved, and so does the next build
+    /// of that binary (its own build, cancelled by the edit, may have stopped waiting).
+    capturing: Mutex<Vec<(PathBuf, CaptureDone)>>,
     /// Binaries go built without compiling their main package, to record a recipe for once
     /// their image is pushed (see `Recapture`).
     recaptures: Mutex<Vec<Recapture>>,
@@ -2325,14 +2326,29 @@ impl Relinker {
     }
 
     /// Hold on to a recipe being read (see `settle`).
-    pub fn capturing(&self, task: tokio::task::JoinHandle<()>) {
-        self.capturing.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+    pub fn capturing(&self, output: &Path, task: tokio::task::JoinHandle<()>) {
+        use futures::FutureExt;
+        let done: CaptureDone = task.map(|_| ()).boxed().shared();
+        self.capturing.lock().unwrap_or_else(|e| e.into_inner()).push((output.to_path_buf(), done));
     }
 
     /// Wait until every recipe being read is kept (or refused).
     pub async fn settle(&self) {
-        let tasks = std::mem::take(&mut *self.capturing.lock().unwrap_or_else(|e| e.into_inner()));
-        futures::future::join_all(tasks).await;
+        self.settle_where(|_| true).await
+    }
+
+    /// Wait until the recipe being read for `output`, if any, is kept (or refused).
+    pub async fn settle_for(&self, output: &Path) {
+        self.settle_where(|of| of == output).await
+    }
+
+    async fn settle_where(&self, wanted: impl Fn(&Path) -> bool) {
+        let waits: Vec<CaptureDone> = {
+            let capturing = self.capturing.lock().unwrap_or_else(|e| e.into_inner());
+            capturing.iter().filter(|(of, _)| wanted(of)).map(|(_, done)| done.clone()).collect()
+        };
+        futures::future::join_all(waits).await;
+        self.capturing.lock().unwrap_or_else(|e| e.into_inner()).retain(|(_, done)| done.peek().is_none());
     }
 
     /// Whether this process records recipes in the background after a push (`kodev dev`); a
@@ -2533,6 +2549,9 @@ fn take_where<T>(list: &Mutex<Vec<T>>, wanted: impl Fn(&T) -> bool) -> Vec<T> {
     *list = left;
     taken
 }
+
+/// The end of a recipe's capture, which several builds may wait for.
+type CaptureDone = futures::future::Shared<futures::future::BoxFuture<'static, ()>>;
 
 /// Whether `go build -n` (`dry_run_lines`) would leave the binary as it is: it prints a link
 /// when go would relink.
