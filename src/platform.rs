@@ -114,9 +114,123 @@ impl PlatformRequest {
     }
 }
 
+/// The systems and architectures go knows in file names (go's `internal/syslist`).
+const KNOWN_OS: [&str; 18] = [
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "wasip1",
+    "windows",
+    "zos",
+];
+const KNOWN_ARCH: [&str; 24] = [
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "ppc64",
+    "ppc64le",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
+];
+
+/// The system a build targets, as go's file name rules see it.
+pub struct GoTarget<'a> {
+    pub goos: &'a str,
+    pub goarch: &'a str,
+    /// The build tags the build sets (`-tags`).
+    pub tags: &'a [String],
+}
+
+impl GoTarget<'_> {
+    /// go/build's `matchTag` for the tags a file name can carry.
+    fn matches(&self, tag: &str) -> bool {
+        tag == self.goos
+            || tag == self.goarch
+            || matches!((self.goos, tag), ("android", "linux") | ("illumos", "solaris") | ("ios", "darwin"))
+            || self.tags.iter().any(|t| t == tag)
+    }
+
+    /// Whether go leaves a file out for its name alone (`x_windows.go`, `x_linux_arm64.s` on
+    /// another system; go/build's `goodOSArchFile`): whatever it holds, it never joins the
+    /// package, so an edit of it cannot change this build.
+    pub fn excludes_by_name(&self, file_name: &str) -> bool {
+        let stem = file_name.split('.').next().unwrap_or(file_name);
+        // Everything before the first '_' is ignored: `linux.go` is not constrained.
+        let Some(first) = stem.find('_') else { return false };
+        let mut parts: Vec<&str> = stem[first..].split('_').collect();
+        if parts.last() == Some(&"test") {
+            parts.pop();
+        }
+        let known_os = |p: &str| KNOWN_OS.contains(&p);
+        let known_arch = |p: &str| KNOWN_ARCH.contains(&p);
+        match parts.as_slice() {
+            [.., os, arch] if known_os(os) && known_arch(arch) => !(self.matches(arch) && self.matches(os)),
+            [.., last] if known_os(last) || known_arch(last) => !self.matches(last),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_names_go_reads_as_another_system_leave_a_file_out_whatever_it_holds() {
+        let tags = ["purego".to_string(), "windows".to_string()];
+        let linux_amd64 = GoTarget { goos: "linux", goarch: "amd64", tags: &[] };
+        for excluded in ["x_windows.go", "x_arm64.s", "x_linux_arm64.go", "x_darwin_amd64.go", "a_b_plan9.pb.go"] {
+            assert!(linux_amd64.excludes_by_name(excluded), "{excluded}");
+        }
+        for kept in [
+            "x_linux.go",
+            "x_amd64.s",
+            "x_linux_amd64.go",
+            "windows.go",       // nothing before a '_': not a constraint
+            "x_unix.go",        // `unix` is a build tag, not a file name suffix
+            "x_windows_foo.go", // the system is not the last word
+            "x_foo_arm64x.go",
+            "x_purego.go",
+        ] {
+            assert!(!linux_amd64.excludes_by_name(kept), "{kept}");
+        }
+        let android = GoTarget { goos: "android", goarch: "arm64", tags: &[] };
+        assert!(!android.excludes_by_name("x_linux_arm64.go"), "android builds linux files");
+        assert!(GoTarget { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_linux.go"));
+        assert!(!GoTarget { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_darwin.go"));
+        let tagged = GoTarget { goos: "linux", goarch: "amd64", tags: &tags };
+        assert!(!tagged.excludes_by_name("x_windows.go"), "-tags windows lets the file's constraints decide");
+        assert!(tagged.excludes_by_name("x_windows_arm64.go"), "both parts must match");
+    }
 
     #[test]
     fn parses_and_matches() {

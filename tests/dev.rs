@@ -346,6 +346,25 @@ fn a_package_only_the_target_platforms_files_import_is_watched() {
     assert_eq!(count(&since_edit, "build_started", "beta"), 0, "beta does not import it: {since_edit:#?}");
 }
 
+/// An edit of a file go leaves out for its name on every platform built (`x_windows.go`
+/// for linux images) rebuilds nothing; an edit of the same package's other files does.
+#[test]
+fn an_edit_of_another_systems_file_rebuilds_nothing() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| {
+        std::fs::write(dir.join("cmd/alpha/console_windows.go"), "package main\n\nconst console = \"CONOUT$\"\n")
+            .unwrap();
+    });
+    dev.drain_quiet(Duration::from_millis(500));
+    edit(&dev.path("cmd/alpha/console_windows.go"), "CONOUT$", "CON");
+    let after_windows_edit = dev.drain_quiet(QUIET);
+    assert_eq!(count(&after_windows_edit, "build_started", "alpha"), 0, "{after_windows_edit:#?}");
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha 1\"");
+    dev.wait_for("alpha rebuilt after an edit of main", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+}
+
 /// GOWORK naming a workspace file elsewhere, by another name: its edits are seen, like a
 /// go.work's. The edit swaps the module alpha takes `example.com/lib` from.
 #[test]

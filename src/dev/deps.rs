@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use crate::config::{go_binary, Artifact};
 use crate::pipeline::base::BUILTIN_PLATFORMS;
-use crate::pipeline::gobuild::{build_env, named_workspace};
-use crate::platform::{Platform, PlatformRequest};
+use crate::pipeline::gobuild::{build_env, build_tags, named_workspace};
+use crate::platform::{GoTarget, Platform, PlatformRequest};
 
 #[derive(Debug, Clone)]
 pub enum Dependencies {
@@ -40,12 +40,33 @@ pub struct GoGraph {
     /// The root directories of those modules: some may lie outside every watched directory
     /// (a sibling module, a go.work member elsewhere), and need a watch of their own.
     pub module_dirs: HashSet<PathBuf>,
+    /// The systems and architectures (GOOS, GOARCH) the graph was read for, and the build tags.
+    pub targets: Vec<(String, String)>,
+    pub tags: Vec<String>,
     /// The workspace file GOWORK names (any name), if it does.
     pub named_workspace: Option<PathBuf>,
     /// `<main package>/kodata`.
     pub kodata: PathBuf,
     /// The [`graph_signature`] of each Go file, read before `go list` read the graph.
     pub signatures: HashMap<PathBuf, GraphSignature>,
+}
+
+impl GoGraph {
+    /// Whether go leaves this Go file out for its name on every platform the graph is for
+    /// (`x_windows.go` when building linux images): whatever it holds, the images stay as
+    /// they are.
+    fn left_out_by_name(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|n| n.ends_with(".go")) else {
+            return false;
+        };
+        // An empty GOOS or GOARCH (a wildcard platform) leaves the choice to go: not known here.
+        !self.targets.is_empty()
+            && self.targets.iter().all(|(goos, goarch)| {
+                !goos.is_empty()
+                    && !goarch.is_empty()
+                    && GoTarget { goos, goarch, tags: &self.tags }.excludes_by_name(name)
+            })
+    }
 }
 
 /// A hash of what in a Go file can change the package graph.
@@ -259,11 +280,12 @@ impl Dependencies {
                 Err(_) => false,
             },
             Dependencies::Graph(graph) => {
-                graph.files.contains(path)
-                    || graph.module_files.contains(path)
+                graph.module_files.contains(path)
                     || path.starts_with(&graph.kodata)
-                    || (path.extension().is_some_and(|e| e == "go")
-                        && path.parent().is_some_and(|d| graph.package_dirs.contains(d)))
+                    || (!graph.left_out_by_name(path)
+                        && (graph.files.contains(path)
+                            || (path.extension().is_some_and(|e| e == "go")
+                                && path.parent().is_some_and(|d| graph.package_dirs.contains(d)))))
             }
         }
     }
@@ -276,7 +298,7 @@ impl Dependencies {
                 if graph.module_files.contains(path) {
                     return true;
                 }
-                if path.extension().is_none_or(|e| e != "go") {
+                if path.extension().is_none_or(|e| e != "go") || graph.left_out_by_name(path) {
                     return false;
                 }
                 // A new, removed or unreadable file changes its package's file list.
@@ -358,7 +380,12 @@ pub fn go_graph(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Go
             .map(|run| run.join().unwrap_or_else(|_| Err("go list did not finish".to_string())))
             .collect()
     });
-    let mut graph = GoGraph { kodata: artifact.package_dir.join("kodata"), ..Default::default() };
+    let mut graph = GoGraph {
+        kodata: artifact.package_dir.join("kodata"),
+        targets: platforms.iter().map(|p| (p.os.clone(), p.architecture.clone())).collect(),
+        tags: build_tags(artifact),
+        ..Default::default()
+    };
     let listings = listings.into_iter().collect::<Result<Vec<_>, _>>()?;
     let stream =
         listings.iter().flat_map(|listing| serde_json::Deserializer::from_slice(listing).into_iter::<ListedPackage>());
@@ -542,6 +569,35 @@ func main() {
             assert!(graph.package_dirs.contains(&app.join(dir)), "{dir} in {:?}", graph.package_dirs);
         }
         assert!(!graph.package_dirs.contains(&app.join("ppc")), "no ppc64le build: {:?}", graph.package_dirs);
+    }
+
+    #[test]
+    fn files_go_leaves_out_by_name_on_every_platform_rebuild_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let mut graph = GoGraph {
+            targets: vec![("linux".to_string(), "amd64".to_string()), ("linux".to_string(), "arm64".to_string())],
+            kodata: at("kodata"),
+            ..Default::default()
+        };
+        graph.package_dirs.insert(dir.path().to_path_buf());
+        for name in ["main.go", "console_windows.go", "sys_arm64.go"] {
+            graph.files.insert(at(name));
+        }
+        let deps = Dependencies::Graph(graph.clone());
+        assert!(deps.matches(&at("main.go")));
+        assert!(deps.matches(&at("sys_arm64.go")), "one platform builds it");
+        assert!(deps.matches(&at("new_linux.go")), "a new file joining the package");
+        for left_out in ["console_windows.go", "new_darwin_arm64.go"] {
+            assert!(!deps.matches(&at(left_out)), "{left_out}");
+            assert!(!deps.needs_refresh(&at(left_out)), "{left_out}");
+        }
+        assert!(deps.matches(&at("kodata/logo_windows.png")), "kodata is copied whatever its names");
+        graph.tags = vec!["windows".to_string()];
+        assert!(Dependencies::Graph(graph.clone()).matches(&at("console_windows.go")), "-tags windows");
+        graph.tags.clear();
+        graph.targets.push((String::new(), String::new()));
+        assert!(Dependencies::Graph(graph).matches(&at("console_windows.go")), "a wildcard platform: go decides");
     }
 
     #[test]

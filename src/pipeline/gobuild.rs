@@ -179,7 +179,7 @@ pub fn recipe_settings(artifact: &Artifact) -> relink::BuildSettings {
 
 /// Every tag `-tags` names in an artifact's go flags (all of them, though the last `-tags`
 /// wins for go: a tag too many only keeps a file a recipe input).
-fn build_tags(artifact: &Artifact) -> Vec<String> {
+pub fn build_tags(artifact: &Artifact) -> Vec<String> {
     tags_named(&go_flags(artifact))
 }
 

@@ -36,6 +36,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
+
+use crate::platform::GoTarget;
 use sha2::{Digest, Sha256};
 
 use crate::pipeline::gocache;
@@ -362,54 +364,6 @@ fn is_source_name(name: &str) -> bool {
     EXTENSIONS.iter().any(|ext| name.ends_with(ext))
 }
 
-/// The systems and architectures go knows in file names (go's `internal/syslist`).
-const KNOWN_OS: [&str; 18] = [
-    "aix",
-    "android",
-    "darwin",
-    "dragonfly",
-    "freebsd",
-    "hurd",
-    "illumos",
-    "ios",
-    "js",
-    "linux",
-    "nacl",
-    "netbsd",
-    "openbsd",
-    "plan9",
-    "solaris",
-    "wasip1",
-    "windows",
-    "zos",
-];
-const KNOWN_ARCH: [&str; 24] = [
-    "386",
-    "amd64",
-    "amd64p32",
-    "arm",
-    "armbe",
-    "arm64",
-    "arm64be",
-    "loong64",
-    "mips",
-    "mipsle",
-    "mips64",
-    "mips64le",
-    "mips64p32",
-    "mips64p32le",
-    "ppc",
-    "ppc64",
-    "ppc64le",
-    "riscv",
-    "riscv64",
-    "s390",
-    "s390x",
-    "sparc",
-    "sparc64",
-    "wasm",
-];
-
 /// How go builds an artifact, beyond what its output says.
 #[derive(Debug, Clone, Default)]
 pub struct BuildSettings {
@@ -417,43 +371,6 @@ pub struct BuildSettings {
     pub tags: Vec<String>,
     /// The workspace file GOWORK names, if it names one.
     pub workspace_file: Option<PathBuf>,
-}
-
-/// The system a build targets, as go's file name rules see it.
-struct Target<'a> {
-    goos: &'a str,
-    goarch: &'a str,
-    tags: &'a [String],
-}
-
-impl Target<'_> {
-    /// go/build's `matchTag` for the tags a file name can carry.
-    fn matches(&self, tag: &str) -> bool {
-        tag == self.goos
-            || tag == self.goarch
-            || matches!((self.goos, tag), ("android", "linux") | ("illumos", "solaris") | ("ios", "darwin"))
-            || self.tags.iter().any(|t| t == tag)
-    }
-
-    /// Whether go leaves a file out for its name alone (`x_windows.go`, `x_linux_arm64.s` on
-    /// another system; go/build's `goodOSArchFile`): whatever it holds, it never joins the
-    /// package, so an edit of it cannot change this build.
-    fn excludes_by_name(&self, file_name: &str) -> bool {
-        let stem = file_name.split('.').next().unwrap_or(file_name);
-        // Everything before the first '_' is ignored: `linux.go` is not constrained.
-        let Some(first) = stem.find('_') else { return false };
-        let mut parts: Vec<&str> = stem[first..].split('_').collect();
-        if parts.last() == Some(&"test") {
-            parts.pop();
-        }
-        let known_os = |p: &str| KNOWN_OS.contains(&p);
-        let known_arch = |p: &str| KNOWN_ARCH.contains(&p);
-        match parts.as_slice() {
-            [.., os, arch] if known_os(os) && known_arch(arch) => !(self.matches(arch) && self.matches(os)),
-            [.., last] if known_os(last) || known_arch(last) => !self.matches(last),
-            _ => false,
-        }
-    }
 }
 
 fn listing(dir: &Path, all: bool) -> Option<BTreeSet<String>> {
@@ -1078,7 +995,7 @@ impl Recipe {
             .iter()
             .find_map(|w| std::str::from_utf8(w.strip_prefix(b"goos ")?).ok()?.trim_end().split_once(" goarch "))
             .ok_or("no goos line in main's compile")?;
-        let target = Target { goos, goarch, tags: &settings.tags };
+        let target = GoTarget { goos, goarch, tags: &settings.tags };
         for dir in local_dirs {
             for name in listing(dir, false).ok_or("a package directory cannot be read")? {
                 let path = dir.join(&name);
@@ -2562,34 +2479,6 @@ pub fn go_agrees(dry_run_lines: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_names_go_reads_as_another_system_leave_a_file_out_whatever_it_holds() {
-        let tags = ["purego".to_string(), "windows".to_string()];
-        let linux_amd64 = Target { goos: "linux", goarch: "amd64", tags: &[] };
-        for excluded in ["x_windows.go", "x_arm64.s", "x_linux_arm64.go", "x_darwin_amd64.go", "a_b_plan9.pb.go"] {
-            assert!(linux_amd64.excludes_by_name(excluded), "{excluded}");
-        }
-        for kept in [
-            "x_linux.go",
-            "x_amd64.s",
-            "x_linux_amd64.go",
-            "windows.go",       // nothing before a '_': not a constraint
-            "x_unix.go",        // `unix` is a build tag, not a file name suffix
-            "x_windows_foo.go", // the system is not the last word
-            "x_foo_arm64x.go",
-            "x_purego.go",
-        ] {
-            assert!(!linux_amd64.excludes_by_name(kept), "{kept}");
-        }
-        let android = Target { goos: "android", goarch: "arm64", tags: &[] };
-        assert!(!android.excludes_by_name("x_linux_arm64.go"), "android builds linux files");
-        assert!(Target { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_linux.go"));
-        assert!(!Target { goos: "ios", goarch: "arm64", tags: &[] }.excludes_by_name("x_darwin.go"));
-        let tagged = Target { goos: "linux", goarch: "amd64", tags: &tags };
-        assert!(!tagged.excludes_by_name("x_windows.go"), "-tags windows lets the file's constraints decide");
-        assert!(tagged.excludes_by_name("x_windows_arm64.go"), "both parts must match");
-    }
 
     #[test]
     fn a_recipe_counts_what_go_builds_with_not_how_its_runtime_is_tuned() {
