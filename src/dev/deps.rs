@@ -26,7 +26,7 @@ pub enum Dependencies {
         ignore: GlobSet,
         provisional: bool,
     },
-    Graph(GoGraph),
+    Graph(Box<GoGraph>),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -256,7 +256,7 @@ impl Dependencies {
                 ignore: glob_set(&configured.ignore)?,
                 provisional: false,
             }),
-            _ => go_graph(artifact, known_dirs).map(Dependencies::Graph),
+            _ => go_graph(artifact, known_dirs).map(|graph| Dependencies::Graph(Box::new(graph))),
         }
     }
 
@@ -486,7 +486,7 @@ func main() {
         graph.package_dirs.insert(dir.path().to_path_buf());
         graph.module_files.insert(go_mod.clone());
         graph.signatures = signatures_in(&graph.package_dirs);
-        let deps = Dependencies::Graph(graph);
+        let deps = Dependencies::Graph(Box::new(graph));
 
         std::fs::write(&main, MAIN.replace("\"beta\"", "\"gamma\"")).unwrap();
         assert!(!deps.needs_refresh(&main), "a body edit");
@@ -584,7 +584,7 @@ func main() {
         for name in ["main.go", "console_windows.go", "sys_arm64.go"] {
             graph.files.insert(at(name));
         }
-        let deps = Dependencies::Graph(graph.clone());
+        let deps = Dependencies::Graph(Box::new(graph.clone()));
         assert!(deps.matches(&at("main.go")));
         assert!(deps.matches(&at("sys_arm64.go")), "one platform builds it");
         assert!(deps.matches(&at("new_linux.go")), "a new file joining the package");
@@ -594,10 +594,13 @@ func main() {
         }
         assert!(deps.matches(&at("kodata/logo_windows.png")), "kodata is copied whatever its names");
         graph.tags = vec!["windows".to_string()];
-        assert!(Dependencies::Graph(graph.clone()).matches(&at("console_windows.go")), "-tags windows");
+        assert!(Dependencies::Graph(Box::new(graph.clone())).matches(&at("console_windows.go")), "-tags windows");
         graph.tags.clear();
         graph.targets.push((String::new(), String::new()));
-        assert!(Dependencies::Graph(graph).matches(&at("console_windows.go")), "a wildcard platform: go decides");
+        assert!(
+            Dependencies::Graph(Box::new(graph)).matches(&at("console_windows.go")),
+            "a wildcard platform: go decides"
+        );
     }
 
     #[test]
