@@ -1,9 +1,10 @@
 //! Skaffold's tag policies (REFERENCE §1). The default `gitCommit` tagger tags with the git
 //! tag or abbreviated commit, plus `-dirty` for a dirty tree; when a tagger fails, `latest`.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -89,6 +90,40 @@ pub fn go_layout_to_chrono(layout: &str) -> String {
 
 /// A digest of the artifact's inputs: every file under the context except VCS and kodev output.
 pub fn input_digest(context: &Path) -> String {
+    input_digest_reading(context).0
+}
+
+/// What says a file is as it was when its digest was kept: a change of contents moves its
+/// change time (which no tool sets back) if not its length or modification time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified_ns: i128,
+    changed_ns: i128,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileStamp {
+            len: metadata.len(),
+            modified_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
+            changed_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// The digests of files read before, with their stamps: `kodev dev` works an inputDigest tag
+/// out again for each build and reads again only what changed.
+static KEPT_DIGESTS: Mutex<Option<KeptDigests>> = Mutex::new(None);
+
+type KeptDigests = HashMap<PathBuf, (FileStamp, [u8; 32])>;
+
+/// The digest, and how many files it read (the others' digests were kept).
+fn input_digest_reading(context: &Path) -> (String, usize) {
     let mut files = Vec::new();
     let mut stack = vec![context.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -107,15 +142,43 @@ pub fn input_digest(context: &Path) -> String {
         }
     }
     files.sort();
+    // A file modified in the last two seconds may change again within its stamp's precision
+    // (a coarse clock, a second write of the same length): read each time, never kept.
+    let settled_before = i128::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+    )
+    .unwrap_or(i128::MAX)
+        - 2_000_000_000;
+    let mut kept_guard = KEPT_DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
+    let kept = kept_guard.get_or_insert_with(HashMap::new);
+    let mut read = 0;
     let mut hasher = Sha256::new();
     for file in files {
         hasher.update(file.strip_prefix(context).unwrap_or(&file).to_string_lossy().as_bytes());
         hasher.update([0]);
-        if let Ok(bytes) = std::fs::read(&file) {
-            hasher.update(Sha256::digest(&bytes));
+        let stamp = std::fs::metadata(&file).ok().map(|m| FileStamp::of(&m));
+        let known = stamp.and_then(|stamp| kept.get(&file).filter(|(was, _)| *was == stamp).map(|(_, digest)| *digest));
+        let digest = match known {
+            Some(digest) => Some(digest),
+            None => {
+                read += 1;
+                let digest: Option<[u8; 32]> = std::fs::read(&file).ok().map(|bytes| Sha256::digest(&bytes).into());
+                match (stamp, digest) {
+                    (Some(stamp), Some(digest)) if stamp.modified_ns < settled_before => {
+                        kept.insert(file.clone(), (stamp, digest));
+                    }
+                    _ => {
+                        kept.remove(&file);
+                    }
+                }
+                digest
+            }
+        };
+        if let Some(digest) = digest {
+            hasher.update(digest);
         }
     }
-    hex::encode(hasher.finalize())
+    (hex::encode(hasher.finalize()), read)
 }
 
 /// How an artifact's tag is worked out again for each build of `kodev dev`, when its tagger
@@ -202,6 +265,46 @@ pub fn resolve(policy: Option<&TagPolicy>, context: &Path, vars: &BTreeMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_digest_reads_again_only_files_that_changed_and_follows_every_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for name in ["a.go", "b.go", "c.txt"] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, name).unwrap();
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(long_ago).unwrap();
+        }
+        let (first, read) = input_digest_reading(dir.path());
+        assert_eq!(read, 3);
+        assert_eq!(input_digest_reading(dir.path()), (first.clone(), 0), "nothing changed, nothing read");
+
+        // Same length, and its old modification time put back: the change time tells.
+        let b = dir.path().join("b.go");
+        std::fs::write(&b, "B.go").unwrap();
+        std::fs::File::options().write(true).open(&b).unwrap().set_modified(long_ago).unwrap();
+        let (second, read) = input_digest_reading(dir.path());
+        assert_eq!(read, 1);
+        assert_ne!(second, first);
+        // Just written (not settled): read at each digest, and each edit is seen.
+        std::fs::write(&b, "b.go").unwrap();
+        let (third, read) = input_digest_reading(dir.path());
+        assert_eq!((third.as_str(), read), (first.as_str(), 1), "back to the first contents");
+        std::fs::write(&b, "x.go").unwrap();
+        let (fourth, read) = input_digest_reading(dir.path());
+        assert_eq!(read, 1);
+        assert_ne!(fourth, first);
+        let fresh = {
+            let mut hasher = Sha256::new();
+            for name in ["a.go", "b.go", "c.txt"] {
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update(Sha256::digest(std::fs::read(dir.path().join(name)).unwrap()));
+            }
+            hex::encode(hasher.finalize())
+        };
+        assert_eq!(fourth, fresh, "the digest of what the files hold now");
+    }
 
     #[test]
     fn go_layouts_translate() {
