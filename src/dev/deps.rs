@@ -501,16 +501,26 @@ func main() {
         assert!(!deps.needs_refresh(&dir.path().join("README.md")));
     }
 
+    fn write_at(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// The package graph of the first artifact of a skaffold.yaml.
+    fn graph_of(skaffold: &Path) -> GoGraph {
+        let options =
+            crate::config::LoadOptions { file: skaffold.to_path_buf(), push: Some(false), ..Default::default() };
+        let plan = crate::config::load(&options).unwrap();
+        go_graph(&plan.artifacts[0], &HashSet::new()).unwrap()
+    }
+
     /// Two local modules besides the main one: a go.work member and a directory replacement.
     #[test]
     fn the_graph_takes_in_workspace_members_and_modules_replaced_by_a_directory() {
-        let ws = tempfile::tempdir().unwrap();
-        let ws = ws.path().canonicalize().unwrap();
-        let write = |rel: &str, text: &str| {
-            let path = ws.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().canonicalize().unwrap();
+        let write = |rel: &str, text: &str| write_at(&ws, rel, text);
         write("go.work", "go 1.22\n\nuse (\n\t./app\n\t./member\n)\n");
         write("app/go.mod", "module example.com/app\n\ngo 1.22\n\nrequire example.com/replaced v0.0.0\n\nreplace example.com/replaced => ../replaced\n");
         write(
@@ -522,10 +532,7 @@ func main() {
         write("member/a.go", "package member\n\nconst A = \"a\"\n");
         write("replaced/go.mod", "module example.com/replaced\n\ngo 1.22\n");
         write("replaced/b.go", "package replaced\n\nconst B = \"b\"\n");
-        let options =
-            crate::config::LoadOptions { file: ws.join("app/skaffold.yaml"), push: Some(false), ..Default::default() };
-        let plan = crate::config::load(&options).unwrap();
-        let graph = go_graph(&plan.artifacts[0], &HashSet::new()).unwrap();
+        let graph = graph_of(&ws.join("app/skaffold.yaml"));
         for file in ["app/main.go", "member/a.go", "replaced/b.go"] {
             assert!(graph.files.contains(&ws.join(file)), "{file} in {:?}", graph.files);
         }
@@ -541,13 +548,9 @@ func main() {
     /// the host's default build does not.
     #[test]
     fn the_graph_is_the_one_of_every_platform_built_with_the_artifacts_flags() {
-        let app = tempfile::tempdir().unwrap();
-        let app = app.path().canonicalize().unwrap();
-        let write = |rel: &str, text: &str| {
-            let path = app.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().canonicalize().unwrap();
+        let write = |rel: &str, text: &str| write_at(&app, rel, text);
         write("go.mod", "module example.com/app\n\ngo 1.22\n");
         write("main.go", "package main\n\nfunc main() {}\n");
         let importing = |package: &str| format!("package main\n\nimport _ \"example.com/app/{package}\"\n");
@@ -561,10 +564,7 @@ func main() {
             "skaffold.yaml",
             "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n      platforms: [linux/amd64, linux/arm64]\n      ko:\n        main: .\n        flags: [-tags=extra]\n",
         );
-        let options =
-            crate::config::LoadOptions { file: app.join("skaffold.yaml"), push: Some(false), ..Default::default() };
-        let plan = crate::config::load(&options).unwrap();
-        let graph = go_graph(&plan.artifacts[0], &HashSet::new()).unwrap();
+        let graph = graph_of(&app.join("skaffold.yaml"));
         for dir in ["extra", "arm"] {
             assert!(graph.package_dirs.contains(&app.join(dir)), "{dir} in {:?}", graph.package_dirs);
         }
