@@ -137,20 +137,22 @@ pub fn go_godebug(env: &[(String, String)]) -> String {
 /// edit take about 10% less time this way. The user's own `GOMAXPROCS` wins, from the
 /// environment or the artifact's env. The output does not depend on it.
 pub fn gomaxprocs_share(artifact: &Artifact, builds: usize) -> Option<usize> {
-    let user_chose = std::env::var_os("GOMAXPROCS").is_some()
-        || artifact.env.iter().any(|entry| entry.split_once('=').is_some_and(|(k, _)| k == "GOMAXPROCS"));
-    if builds < 2 || user_chose {
+    if builds < 2 || go_sees(artifact, "GOMAXPROCS").is_some() {
         return None;
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     Some((cores / builds.min(cores)).max(1))
 }
 
-/// The flags go builds an artifact with: GOFLAGS' (the artifact's env over kodev's), then the
-/// artifact's own.
+/// A variable as the artifact's go builds see it: its `env` (the last entry) over kodev's.
+fn go_sees(artifact: &Artifact, name: &str) -> Option<String> {
+    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='));
+    from_artifact.map(str::to_string).or_else(|| std::env::var(name).ok())
+}
+
+/// The flags go builds an artifact with: GOFLAGS', then the artifact's own.
 fn go_flags(artifact: &Artifact) -> Vec<String> {
-    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix("GOFLAGS="));
-    let goflags = from_artifact.map(str::to_string).or_else(|| std::env::var("GOFLAGS").ok()).unwrap_or_default();
+    let goflags = go_sees(artifact, "GOFLAGS").unwrap_or_default();
     goflags.split_whitespace().map(str::to_string).chain(artifact.flags.iter().cloned()).collect()
 }
 
@@ -164,10 +166,9 @@ fn reads_sources_elsewhere(artifact: &Artifact) -> bool {
     })
 }
 
-/// The workspace file GOWORK names for the artifact's builds (its env over kodev's).
+/// The workspace file GOWORK names for the artifact's builds.
 pub fn named_workspace(artifact: &Artifact) -> Option<PathBuf> {
-    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix("GOWORK=")).map(str::to_string);
-    let value = from_artifact.or_else(|| std::env::var("GOWORK").ok())?;
+    let value = go_sees(artifact, "GOWORK")?;
     // go refuses a relative path: the build then fails whatever kodev watches.
     (!value.is_empty() && value != "off").then(|| artifact.work_dir.join(value))
 }
@@ -732,6 +733,29 @@ pub async fn record_compiles(job: relink::RecordCompiles, relinker: Arc<Relinker
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GOFLAGS and GOWORK in the artifact's `env` are what its go builds see, over kodev's own.
+    #[test]
+    fn the_artifacts_env_says_what_goflags_and_gowork_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("go.mod", "module example.com/app\n\ngo 1.22\n");
+        write("main.go", "package main\n\nfunc main() {}\n");
+        write(
+            "skaffold.yaml",
+            "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n      ko:\n        main: .\n        env: [\"GOFLAGS=-tags=a -modfile=dev.mod\", GOWORK=/elsewhere/dev.work]\n        flags: [-tags=b]\n",
+        );
+        let options = crate::config::LoadOptions {
+            file: dir.path().join("skaffold.yaml"),
+            push: Some(false),
+            ..Default::default()
+        };
+        let plan = crate::config::load(&options).unwrap();
+        let artifact = &plan.artifacts[0];
+        assert!(reads_sources_elsewhere(artifact), "-modfile from the artifact's GOFLAGS");
+        assert_eq!(build_tags(artifact), ["a", "b"]);
+        assert_eq!(named_workspace(artifact), Some(PathBuf::from("/elsewhere/dev.work")));
+    }
 
     #[test]
     fn every_tag_of_every_tags_flag_is_read() {

@@ -36,11 +36,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-
-use crate::platform::GoTarget;
 use sha2::{Digest, Sha256};
 
 use crate::pipeline::gocache;
+use crate::platform::GoTarget;
 
 /// The `GODEBUG` setting that makes go print what it hashes into action IDs.
 pub const CAPTURE_GODEBUG: &str = "gocachehash=1";
@@ -2244,7 +2243,6 @@ impl Relinker {
 
     /// Hold on to a recipe being read (see `settle`).
     pub fn capturing(&self, output: &Path, task: tokio::task::JoinHandle<()>) {
-        use futures::FutureExt;
         let done: CaptureDone = task.map(|_| ()).boxed().shared();
         self.capturing.lock().unwrap_or_else(|e| e.into_inner()).push((output.to_path_buf(), done));
     }
