@@ -66,13 +66,38 @@ pub fn load(path: &Path) -> Result<KoYaml, KodevError> {
         return Ok(KoYaml::default());
     }
     let document = serde_yaml_ng::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, &text, e))
+    let ko_yaml: KoYaml =
+        serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, &text, e))?;
+    // A base image reference that cannot be read is bad input, said before any build.
+    let named = ko_yaml.default_base_image.iter().map(|reference| (reference, None));
+    let overrides = ko_yaml.base_image_overrides.iter().map(|(package, reference)| (reference, Some(package)));
+    for (reference, package) in named.chain(overrides) {
+        if let Err(e) = crate::pipeline::registry::parse_reference(reference) {
+            let (line, field) = match package {
+                None => (key_line_in(&text, None, "defaultBaseImage"), "defaultBaseImage".to_string()),
+                Some(package) => {
+                    (entry_line_in(&text, "baseImageOverrides", package), format!("baseImageOverrides.{package}"))
+                }
+            };
+            return Err(KodevError::Config {
+                file: path.to_path_buf(),
+                line,
+                column: None,
+                field: Some(field),
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(ko_yaml)
 }
 
 /// Best-effort line of `key` in a `.ko.yaml`: at the top level, or inside the `build`th entry
 /// of `builds` (for errors found after decoding, which serde cannot place).
 pub fn key_line(path: &Path, build: Option<usize>, key: &str) -> Option<usize> {
-    let text = std::fs::read_to_string(path).ok()?;
+    key_line_in(&std::fs::read_to_string(path).ok()?, build, key)
+}
+
+fn key_line_in(text: &str, build: Option<usize>, key: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
     let indent = |line: &str| line.len() - line.trim_start().len();
     let is_key = |line: &str, key: &str| {
@@ -101,9 +126,8 @@ pub fn key_line(path: &Path, build: Option<usize>, key: &str) -> Option<usize> {
 
 /// Best-effort line of `key` inside the top-level map `parent` (an entry of
 /// `baseImageOverrides`), else of `parent` itself.
-pub fn entry_line(path: &Path, parent: &str, key: &str) -> Option<usize> {
-    let start = key_line(path, None, parent)?;
-    let text = std::fs::read_to_string(path).ok()?;
+fn entry_line_in(text: &str, parent: &str, key: &str) -> Option<usize> {
+    let start = key_line_in(text, None, parent)?;
     let entry = text
         .lines()
         .enumerate()
@@ -133,8 +157,8 @@ mod tests {
         assert_eq!(key_line(&path, Some(1), "ldflags"), Some(9));
         assert_eq!(key_line(&path, Some(0), "ldflags"), None);
         assert_eq!(key_line(&path, Some(2), "env"), None);
-        std::fs::write(&path, "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n").unwrap();
-        assert_eq!(entry_line(&path, "baseImageOverrides", "example.com/b"), Some(3));
-        assert_eq!(entry_line(&path, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
+        let text = "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n";
+        assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/b"), Some(3));
+        assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
     }
 }

@@ -544,23 +544,6 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         ko_flags = setting(chosen.and_then(|b| b.flags.as_ref()), "flags", &k.default_flags, "defaultFlags");
         ko_ldflags = setting(chosen.and_then(|b| b.ldflags.as_ref()), "ldflags", &k.default_ldflags, "defaultLdflags");
     }
-    if let Some((k, path)) = &ko_yaml {
-        // A base image reference that cannot be read is bad input, said before any build.
-        let named = k.default_base_image.iter().map(|r| (r, None));
-        let overrides = k.base_image_overrides.iter().map(|(package, r)| (r, Some(package)));
-        for (reference, package) in named.chain(overrides) {
-            if let Err(e) = crate::pipeline::registry::parse_reference(reference) {
-                let (line, field) = match package {
-                    None => (koyaml::key_line(path, None, "defaultBaseImage"), "defaultBaseImage".to_string()),
-                    Some(package) => (
-                        koyaml::entry_line(path, "baseImageOverrides", package),
-                        format!("baseImageOverrides.{package}"),
-                    ),
-                };
-                return Err(config_err(path, line, &field, e.to_string()));
-            }
-        }
-    }
     if let Some(named) = &ko.from_image {
         crate::pipeline::registry::parse_reference(named).map_err(|e| err(".ko.fromImage", e.to_string()))?;
     }
@@ -594,37 +577,37 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
     // skaffold.yaml's own list wins over .ko.yaml's; an error names the file the list is in.
-    type Fail<'a> = Box<dyn Fn(String) -> KodevError + 'a>;
-    let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| -> (Vec<String>, Fail<'_>) {
-        match ko_yaml.at {
-            Some(at) if skaffold.is_empty() => (ko_yaml.values, Box::new(move |m| ko_yaml_err(&at, m))),
-            _ => (skaffold.to_vec(), Box::new(move |m| err(sub, m))),
-        }
+    let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| match ko_yaml.at {
+        Some(at) if skaffold.is_empty() => (ko_yaml.values, SettingAt::KoYaml(at)),
+        _ => (skaffold.to_vec(), SettingAt::Skaffold(sub)),
     };
-    let expand_all = |(items, fail): &(Vec<String>, Fail<'_>)| -> Result<Vec<String>> {
-        items.iter().map(|s| template::expand(s, &vars).map_err(fail)).collect()
+    let fail = |at: &SettingAt, message: String| match at {
+        SettingAt::KoYaml(at) => ko_yaml_err(at, message),
+        SettingAt::Skaffold(sub) => err(sub, message),
     };
-    let env_source = pick(&ko.env, ko_env, ".ko.env");
-    let env = expand_all(&env_source)?;
+    let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
+        items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()
+    };
+    let (env, env_at) = pick(&ko.env, ko_env, ".ko.env");
+    let env = expand_all(&env, &env_at)?;
     for entry in &env {
         if !entry.contains('=') {
-            return Err(env_source.1(format!("env entry {entry:?} must be KEY=value")));
+            return Err(fail(&env_at, format!("env entry {entry:?} must be KEY=value")));
         }
         // GOFLAGS would smuggle in what `flags` refuses.
         if entry.starts_with("GOFLAGS=") && entry.contains("-toolexec") {
-            return Err(env_source.1(
-                "-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build".to_string(),
-            ));
+            let refused = "-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build";
+            return Err(fail(&env_at, refused.to_string()));
         }
     }
-    let flags_source = pick(&ko.flags, ko_flags, ".ko.flags");
-    let flags = expand_all(&flags_source)?;
+    let (flags, flags_at) = pick(&ko.flags, ko_flags, ".ko.flags");
+    let flags = expand_all(&flags, &flags_at)?;
     if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
-        return Err(flags_source.1(
-            "-toolexec is refused: it would run arbitrary programs during the build".to_string(),
-        ));
+        let refused = "-toolexec is refused: it would run arbitrary programs during the build";
+        return Err(fail(&flags_at, refused.to_string()));
     }
-    let ldflags = expand_all(&pick(&ko.ldflags, ko_ldflags, ".ko.ldflags"))?;
+    let (ldflags, ldflags_at) = pick(&ko.ldflags, ko_ldflags, ".ko.ldflags");
+    let ldflags = expand_all(&ldflags, &ldflags_at)?;
     let mut labels = BTreeMap::new();
     for (k, v) in &ko.labels {
         labels.insert(k.clone(), template::expand(v, &vars).map_err(|m| err(&format!(".ko.labels.{k}"), m))?);
@@ -658,6 +641,14 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
 struct KoYamlSetting {
     values: Vec<String>,
     at: Option<(PathBuf, Option<usize>, String)>,
+}
+
+/// Where a list setting an artifact uses was written: skaffold.yaml's artifact (the field
+/// under it), or `.ko.yaml` (see [`KoYamlSetting`]).
+#[derive(Debug)]
+enum SettingAt {
+    Skaffold(&'static str),
+    KoYaml((PathBuf, Option<usize>, String)),
 }
 
 /// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).
