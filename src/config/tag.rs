@@ -144,11 +144,8 @@ fn input_digest_reading(context: &Path) -> (String, usize) {
     files.sort();
     // A file modified in the last two seconds may change again within its stamp's precision
     // (a coarse clock, a second write of the same length): read each time, never kept.
-    let settled_before = i128::try_from(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
-    )
-    .unwrap_or(i128::MAX)
-        - 2_000_000_000;
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    let settled_before = now_ns - 2_000_000_000;
     let mut kept_guard = KEPT_DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
     let kept = kept_guard.get_or_insert_with(HashMap::new);
     let mut read = 0;
