@@ -56,7 +56,12 @@ fn every_broken_config_exits_2_naming_file_line_and_problem() {
             problems.push("names no file".to_string());
         }
         if let Some(line) = line {
-            if !stderr.contains(&format!(".yaml:{line}")) {
+            // The line exactly: ".yaml:1" must not pass for ".yaml:11".
+            let at = format!(".yaml:{line}");
+            let named = stderr
+                .match_indices(&at)
+                .any(|(i, _)| !stderr[i + at.len()..].starts_with(|c: char| c.is_ascii_digit()));
+            if !named {
                 problems.push(format!("lacks line {line}"));
             }
         }

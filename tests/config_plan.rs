@@ -187,7 +187,7 @@ fn ko_yaml_errors_name_the_ko_yaml_line_and_field() {
         assert!(stderr.contains(problem), "{text}: {stderr}");
     }
 
-    // A skaffold.yaml fromImage that is no reference is said there.
+    // A skaffold.yaml fromImage that is no reference is said there, on its own line.
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&repo_root().join("tests/fixtures/koyaml"), dir.path());
     let skaffold = dir.path().join("skaffold.yaml");
@@ -198,7 +198,7 @@ fn ko_yaml_errors_name_the_ko_yaml_line_and_field() {
     let out = run(kodev().arg("plan").arg("-f").arg(&skaffold));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("skaffold.yaml:12 (field build.artifacts[2].ko.fromImage)"), "{stderr}");
+    assert!(stderr.contains("skaffold.yaml:15 (field build.artifacts[2].ko.fromImage)"), "{stderr}");
 }
 
 #[test]

@@ -177,6 +177,8 @@ pub struct LoadedConfig {
     /// Directory of `file`: the config's relative paths start here.
     pub root: PathBuf,
     pub text: Arc<String>,
+    /// The line the config's document starts on in `text`.
+    pub first_line: usize,
     pub config: SkaffoldConfig,
 }
 
@@ -212,10 +214,10 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
     let root = dir_of(file);
     stack.push(canonical);
     let mut out = Vec::new();
-    for (doc_index, config) in configs.into_iter().enumerate() {
+    for skaffold::Document { first_line, config } in configs {
         for (i, dependency) in config.requires.iter().enumerate() {
             let field = format!("requires[{i}]");
-            let line = skaffold::find_key_line(&text, "requires", doc_index);
+            let line = skaffold::field_line(&text, first_line, &["requires", &format!("[{i}]")]);
             if dependency.git.is_some() || dependency.google_cloud_storage.is_some() {
                 return Err(config_err(
                     file,
@@ -250,7 +252,7 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
                 .collect();
             out.extend(wanted);
         }
-        out.push(LoadedConfig { file: file.to_path_buf(), root: root.clone(), text: text.clone(), config });
+        out.push(LoadedConfig { file: file.to_path_buf(), root: root.clone(), text: text.clone(), first_line, config });
     }
     stack.pop();
     Ok(out)
@@ -293,19 +295,20 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let mut push_from_config = None;
     let mut concurrency = 1;
     let mut config_files = Vec::new();
-    for LoadedConfig { file, root: config_root, text, config } in &loaded {
+    for LoadedConfig { file, root: config_root, text, first_line, config } in &loaded {
         if !config_files.contains(file) {
             config_files.push(file.clone());
         }
-        let artifact_lines = |i: usize| skaffold::find_key_line(text, "image", i);
+        let line_of = |path: &[&str]| skaffold::field_line(text, *first_line, path);
+        let artifact_lines = |i: usize| line_of(&["build", "artifacts", &format!("[{i}]")]);
         let uses_ko = config.build.as_ref().is_some_and(|b| b.artifacts.iter().any(|a| a.ko.is_some()));
         if let Err(message) = skaffold::check_api_version(&config.api_version, uses_ko) {
-            return Err(config_err(file, skaffold::find_key_line(text, "apiVersion", 0), "apiVersion", message));
+            return Err(config_err(file, line_of(&["apiVersion"]), "apiVersion", message));
         }
         if config.kind != "Config" {
             return Err(config_err(
                 file,
-                skaffold::find_key_line(text, "kind", 0),
+                line_of(&["kind"]),
                 "kind",
                 format!("kind must be Config, not {:?}", config.kind),
             ));
@@ -318,12 +321,13 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 concurrency = c;
             }
         }
-        let build_platforms = match &build.platforms {
-            Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| {
-                config_err(file, skaffold::find_key_line(text, "platforms", 0), "build.platforms", e.to_string())
-            })?),
-            None => None,
-        };
+        let build_platforms =
+            match &build.platforms {
+                Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| {
+                    config_err(file, line_of(&["build", "platforms"]), "build.platforms", e.to_string())
+                })?),
+                None => None,
+            };
         for (i, raw) in build.artifacts.iter().enumerate() {
             let field = format!("build.artifacts[{i}]");
             if !options.build_images.is_empty() && !options.build_images.iter().any(|b| b == &raw.image) {
@@ -333,8 +337,10 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 file,
                 root: config_root,
                 raw,
+                text,
+                first_line: *first_line,
                 field: &field,
-                line: artifact_lines(i),
+                index: i,
                 default_repo: default_repo.as_deref(),
                 multi_level,
                 build_platforms: build_platforms.as_ref(),
@@ -413,8 +419,13 @@ struct ArtifactInput<'a> {
     file: &'a Path,
     root: &'a Path,
     raw: &'a ArtifactConfig,
+    /// The config file's text and the line its document starts on, for the line of the key
+    /// an error is about.
+    text: &'a str,
+    first_line: usize,
     field: &'a str,
-    line: Option<usize>,
+    /// The artifact's place in `build.artifacts`.
+    index: usize,
     default_repo: Option<&'a str>,
     multi_level: bool,
     build_platforms: Option<&'a PlatformRequest>,
@@ -424,8 +435,17 @@ struct ArtifactInput<'a> {
 }
 
 fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
-    let ArtifactInput { file, root, raw, field, line, .. } = input;
-    let err = |sub: &str, message: String| config_err(file, line, &format!("{field}{sub}"), message);
+    let ArtifactInput { file, root, raw, text, first_line, field, index, .. } = input;
+    // `sub` is the field below the artifact (".ko.main", ".ko.labels.<key>"): the error names
+    // its line. Label keys may hold dots, so it is split in three parts at most.
+    let err = |sub: &str, message: String| {
+        let item = format!("[{index}]");
+        let path: Vec<&str> = ["build", "artifacts", &item]
+            .into_iter()
+            .chain(sub.trim_start_matches('.').splitn(3, '.').filter(|k| !k.is_empty()))
+            .collect();
+        config_err(file, skaffold::field_line(text, first_line, &path), &format!("{field}{sub}"), message)
+    };
     for (name, present) in [
         ("docker", raw.docker.is_some()),
         ("bazel", raw.bazel.is_some()),
@@ -486,8 +506,9 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
 
     // Platforms: build.platforms ∩ artifact platforms ∩ --platform; else .ko.yaml defaults; else linux/amd64.
     let artifact_platforms = raw.platforms.clone().or(ko.platforms.clone());
+    let platforms_sub = if raw.platforms.is_none() && ko.platforms.is_some() { ".ko.platforms" } else { ".platforms" };
     let artifact_request = match &artifact_platforms {
-        Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| err(".platforms", e.to_string()))?),
+        Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| err(platforms_sub, e.to_string()))?),
         None => None,
     };
     let ko_yaml_platforms = match &ko_yaml {
@@ -508,7 +529,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         ko_yaml_platforms.unwrap_or_else(|| PlatformRequest::List(vec![default_platform()]))
     } else {
         intersect(&candidates).ok_or_else(|| {
-            err(".platforms", format!(
+            err(platforms_sub, format!(
                 "the requested platforms do not overlap ({}): build.platforms, the artifact's platforms and --platform must share at least one",
                 candidates.iter().map(|c| c.describe().join(",")).collect::<Vec<_>>().join(" vs ")
             ))

@@ -405,18 +405,23 @@ fn regex_like_match(pattern: &str, actual: &str) -> bool {
 
 /// Decode every `---` document of a skaffold.yaml, strictly, with file:line:column errors,
 /// then apply the selected profiles.
-pub fn parse_documents(
-    path: &Path,
-    text: &str,
-    selection: &ProfileSelection,
-) -> Result<Vec<SkaffoldConfig>, KodevError> {
+/// A config decoded from one document of a file, and the line the document starts on.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub first_line: usize,
+    pub config: SkaffoldConfig,
+}
+
+pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) -> Result<Vec<Document>, KodevError> {
     let mut values = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value: Result<Value, _> = serde_path_to_error::deserialize(document);
         values.push(value.map_err(|e| yaml_error(path, text, e))?);
     }
+    let firsts = document_first_lines(text);
     let mut configs = Vec::new();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let first_line = firsts.get(index).copied().unwrap_or(1);
         let decoded: Result<Option<SkaffoldConfig>, _> = serde_path_to_error::deserialize(document);
         let config = match decoded {
             Ok(Some(config)) => Some(config),
@@ -427,7 +432,7 @@ pub fn parse_documents(
         };
         let needs_profiles = config.as_ref().is_none_or(|c| c.profiles.iter().any(|p| selection.activates(p)));
         if let (Some(config), false) = (&config, needs_profiles) {
-            configs.push(config.clone());
+            configs.push(Document { first_line, config: config.clone() });
             continue;
         }
         let mut value = values.get(index).cloned().unwrap_or(Value::Null);
@@ -441,27 +446,33 @@ pub fn parse_documents(
         if let Value::Mapping(map) = &mut value {
             map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
         }
-        let merged = from_value(path, text, value.clone(), None)?;
+        let merged = from_value(path, text, first_line, value.clone(), None)?;
         let active: Vec<Profile> = merged.profiles.iter().filter(|p| selection.activates(p)).cloned().collect();
         if active.is_empty() {
-            configs.push(merged);
+            configs.push(Document { first_line, config: merged });
             continue;
         }
         for profile in &active {
             apply_profile(path, &mut value, profile)?;
         }
         let names: Vec<&str> = active.iter().map(|p| p.name.as_str()).collect();
-        configs.push(from_value(path, text, value, Some(&names.join(", ")))?);
+        configs
+            .push(Document { first_line, config: from_value(path, text, first_line, value, Some(&names.join(", ")))? });
     }
     Ok(configs)
 }
 
 /// Typed decoding of a document already turned into a value (merged or patched); errors name
 /// the field path and, as best as can be found, its line.
-fn from_value(path: &Path, text: &str, value: Value, profile: Option<&str>) -> Result<SkaffoldConfig, KodevError> {
+fn from_value(
+    path: &Path,
+    text: &str,
+    first_line: usize,
+    value: Value,
+    profile: Option<&str>,
+) -> Result<SkaffoldConfig, KodevError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let field = err.path().to_string();
-        let last_key = field.rsplit('.').next().unwrap_or("").split('[').next().unwrap_or("").to_string();
         let mut message = err.into_inner().to_string();
         if let Some(rest) = message.split_once(": ").filter(|(p, _)| !p.contains(' ')).map(|(_, r)| r.to_string()) {
             message = rest;
@@ -471,7 +482,7 @@ fn from_value(path: &Path, text: &str, value: Value, profile: Option<&str>) -> R
         }
         KodevError::Config {
             file: path.to_path_buf(),
-            line: find_key_line(text, &last_key, 0),
+            line: line_of_decoded_field(text, first_line, &field),
             column: None,
             field: Some(field),
             message,
@@ -663,6 +674,129 @@ pub fn find_key_line(text: &str, key: &str, occurrence: usize) -> Option<usize> 
         .map(|(i, _)| i + 1)
 }
 
+/// The parts of a field path as errors print it (`build.artifacts[0].ko.main`), for [`field_line`].
+pub fn field_path(field: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    for part in field.split('.') {
+        match part.find('[') {
+            Some(at) => {
+                parts.push(&part[..at]);
+                parts.extend(part[at..].split_inclusive(']'));
+            }
+            None => parts.push(part),
+        }
+    }
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+/// The line of a field that failed to decode after merging or patching: where the document has
+/// it; else the first `key:` of its last key in the document (a profile's patch may hold the
+/// value); else the deepest part of it found.
+fn line_of_decoded_field(text: &str, first_line: usize, field: &str) -> Option<usize> {
+    let path = field_path(field);
+    let (deepest, found) = locate(text, first_line, &path);
+    if found == path.len() {
+        return deepest;
+    }
+    let last_key = path.iter().rev().find(|p| !p.starts_with('['));
+    let written =
+        |content: &str, key: &str| is_key(content, key) || content.strip_prefix("- ").is_some_and(|c| is_key(c, key));
+    let from_key = last_key.and_then(|key| outline(text, first_line).into_iter().find(|e| written(e.2, key)));
+    from_key.map(|e| e.0).or(deepest)
+}
+
+/// A line of YAML that starts a document.
+fn starts_document(line: &str) -> bool {
+    line.strip_prefix("---").is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+/// The first line of each document of a YAML stream, as the YAML parser counts documents:
+/// every `---` starts one; what comes before the first `---` is one only if it holds content.
+pub fn document_first_lines(text: &str) -> Vec<usize> {
+    let mut firsts = Vec::new();
+    let mut before_any_start = true;
+    for (i, line) in text.lines().enumerate() {
+        if starts_document(line) {
+            firsts.push(i + 1);
+            before_any_start = false;
+        } else if before_any_start && firsts.is_empty() {
+            let content = line.trim();
+            if !content.is_empty() && !content.starts_with('#') && !content.starts_with('%') {
+                firsts.push(1);
+            }
+        }
+    }
+    firsts
+}
+
+/// A line of a YAML block: its number, indentation and text.
+type OutlineEntry<'a> = (usize, usize, &'a str);
+
+/// The lines of the document starting at `first_line`, blank lines and comments left out.
+fn outline(text: &str, first_line: usize) -> Vec<OutlineEntry<'_>> {
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(first_line.saturating_sub(1)) {
+        if starts_document(line) {
+            if i + 1 > first_line {
+                break;
+            }
+            continue;
+        }
+        let content = line.trim();
+        if !content.is_empty() && !content.starts_with('#') {
+            entries.push((i + 1, line.len() - line.trim_start().len(), content));
+        }
+    }
+    entries
+}
+
+/// Best-effort line of the field `path` (`["build", "artifacts", "[2]", "ko", "main"]`; `[n]`
+/// is the n-th list item) in the block-style document starting at `first_line`, for errors
+/// found after decoding: the line of the deepest part of `path` written there, None if not
+/// even the first is.
+pub fn field_line(text: &str, first_line: usize, path: &[&str]) -> Option<usize> {
+    locate(text, first_line, path).0
+}
+
+/// [`field_line`], and how many parts of `path` were found.
+fn locate(text: &str, first_line: usize, path: &[&str]) -> (Option<usize>, usize) {
+    let mut block = outline(text, first_line);
+    let mut found = (None, 0);
+    for part in path {
+        let Some(level) = block.iter().map(|e| e.1).min() else { break };
+        let item = part.strip_prefix('[').and_then(|p| p.strip_suffix(']')).and_then(|n| n.parse::<usize>().ok());
+        let at = match item {
+            Some(n) => block.iter().enumerate().filter(|(_, e)| e.1 == level && e.2.starts_with('-')).nth(n),
+            None => block.iter().enumerate().find(|(_, e)| e.1 == level && is_key(e.2, part)),
+        };
+        let Some((at, &(line, indent, content))) = at else { break };
+        found = (Some(line), found.1 + 1);
+        // A list may sit at its key's own indentation; siblings of a key never start with '-'.
+        let end = block[at + 1..]
+            .iter()
+            .position(|e| e.1 < level || e.1 == level && (item.is_some() || !e.2.starts_with('-')))
+            .map_or(block.len(), |n| at + 1 + n);
+        let mut inner = Vec::new();
+        if item.is_some() {
+            // The item's first key sits after its "- ".
+            let rest = &content[1..];
+            if !rest.trim().is_empty() {
+                inner.push((line, indent + 1 + rest.len() - rest.trim_start().len(), rest.trim()));
+            }
+        }
+        inner.extend_from_slice(&block[at + 1..end]);
+        block = inner;
+    }
+    found
+}
+
+/// Whether a line of YAML is the key `key` (quoted or not) of a mapping.
+fn is_key(content: &str, key: &str) -> bool {
+    let unquoted = content.trim_start_matches(['"', '\'']);
+    unquoted.strip_prefix(key).is_some_and(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -688,5 +822,35 @@ mod tests {
         assert!(shown.starts_with("skaffold.yaml:7 "), "{shown}");
         assert!(shown.contains("mian"), "{shown}");
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn fields_are_found_inside_their_document_and_list_item_only() {
+        let text = "# a config\nbuild:\n  artifacts:\n    - image: a\n      ko:\n        main: ./a\n    - image: b\n      # comment\n\n      platforms: [x]\n      ko:\n        labels:\n          org.example.x: \"{{\"\n        main: ./b\n---\napiVersion: v\nbuild:\n  artifacts:\n  - image: c\n    requires:\n    - image: a\n  - image: d\n    ko: {main: ./d}\n";
+        let firsts = document_first_lines(text);
+        assert_eq!(firsts, [1, 15]);
+        let line = |doc: usize, path: &str| field_line(text, firsts[doc], &path.split(' ').collect::<Vec<_>>());
+        assert_eq!(line(0, "build artifacts [0] ko main"), Some(6));
+        assert_eq!(line(0, "build artifacts [1] ko main"), Some(14));
+        assert_eq!(line(0, "build artifacts [1] platforms"), Some(10));
+        assert_eq!(line(0, "build artifacts [1] ko labels org.example.x"), Some(13));
+        assert_eq!(line(0, "build artifacts [1] image"), Some(7));
+        // Not written in that item: the deepest part found.
+        assert_eq!(line(0, "build artifacts [0] platforms"), Some(4));
+        assert_eq!(line(0, "build artifacts [0] ko env"), Some(5));
+        assert_eq!(line(0, "apiVersion"), None);
+        // The second document, whose list sits at its key's indentation.
+        assert_eq!(line(1, "apiVersion"), Some(16));
+        assert_eq!(line(1, "build artifacts [1]"), Some(22));
+        assert_eq!(line(1, "build artifacts [1] ko main"), Some(23));
+        assert_eq!(line(1, "build artifacts [0] requires [0] image"), Some(21));
+        assert_eq!(document_first_lines("# only a comment\n---\na: 1\n---\n"), [2, 4]);
+    }
+
+    #[test]
+    fn document_lines_match_the_documents_the_parser_reads() {
+        let text = "# c\n---\na: 1\n---\n---\nb: 2\n";
+        let parsed = serde_yaml_ng::Deserializer::from_str(text).count();
+        assert_eq!(document_first_lines(text).len(), parsed);
     }
 }
