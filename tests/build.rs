@@ -879,6 +879,32 @@ fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
     modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
 }
 
+/// The same, with `-modfile` set by `go env -w` (go's settings file, here the one GOENV
+/// names) rather than in the environment: go reads it there, and so must kodev.
+#[test]
+fn an_edit_of_the_file_a_go_env_w_modfile_names_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let mut modules = LocalModules::new(&fx);
+    let root = modules.root.path().to_path_buf();
+    let go_mod = std::fs::read_to_string(root.join("app/go.mod")).unwrap()
+        + "\nrequire example.com/member v0.0.0\n\nreplace example.com/member => ../member\n";
+    std::fs::write(root.join("app/dev.mod"), &go_mod).unwrap();
+    let go_env = root.join("go-env");
+    std::fs::write(&go_env, "GOFLAGS=-modfile=dev.mod\nGOWORK=off\n").unwrap();
+    modules.env.push(("GOENV".to_string(), go_env.display().to_string()));
+    // Set but empty: go reads the settings file's.
+    modules.env.push(("GOFLAGS".to_string(), String::new()));
+    copy_tree(&root.join("lib"), &root.join("lib2"));
+    modules.edit("lib2/lib.go", "lib one", "lib two");
+    modules.build(&fx, None, "a");
+
+    rewrite_in_place(&root.join("app/dev.mod"), go_mod.replace("=> ../lib", "=> ../lib2").as_bytes());
+    modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
+}
+
 /// A file go left out of the main package (`//go:build ignore`) rewritten in place without
 /// its constraint: the directory's names and time stay as they were, and go now builds it in.
 #[test]

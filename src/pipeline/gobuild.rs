@@ -150,9 +150,16 @@ fn go_sees(artifact: &Artifact, name: &str) -> Option<String> {
     from_artifact.map(str::to_string).or_else(|| std::env::var(name).ok())
 }
 
+/// A setting `go env -w` can make too, as the artifact's go builds see it: the environment's
+/// value (see `go_sees`) unless empty, else the one in go's settings file.
+fn go_setting(artifact: &Artifact, name: &str) -> Option<String> {
+    let lookup = |name: &str| go_sees(artifact, name).filter(|v| !v.is_empty());
+    lookup(name).or_else(|| relink::go_env_file_setting(lookup, name))
+}
+
 /// The flags go builds an artifact with: GOFLAGS', then the artifact's own.
 fn go_flags(artifact: &Artifact) -> Vec<String> {
-    let goflags = go_sees(artifact, "GOFLAGS").unwrap_or_default();
+    let goflags = go_setting(artifact, "GOFLAGS").unwrap_or_default();
     goflags.split_whitespace().map(str::to_string).chain(artifact.flags.iter().cloned()).collect()
 }
 
@@ -168,7 +175,7 @@ fn reads_sources_elsewhere(artifact: &Artifact) -> bool {
 
 /// The workspace file GOWORK names for the artifact's builds.
 pub fn named_workspace(artifact: &Artifact) -> Option<PathBuf> {
-    let value = go_sees(artifact, "GOWORK")?;
+    let value = go_setting(artifact, "GOWORK")?;
     // go refuses a relative path: the build then fails whatever kodev watches.
     (!value.is_empty() && value != "off").then(|| artifact.work_dir.join(value))
 }
@@ -755,6 +762,50 @@ mod tests {
         assert!(reads_sources_elsewhere(artifact), "-modfile from the artifact's GOFLAGS");
         assert_eq!(build_tags(artifact), ["a", "b"]);
         assert_eq!(named_workspace(artifact), Some(PathBuf::from("/elsewhere/dev.work")));
+    }
+
+    /// What `go env -w` wrote (the file GOENV names here) counts where the environment leaves
+    /// a setting unset or empty, as go reads it: the last line of a name wins.
+    #[test]
+    fn go_env_w_settings_count_where_the_environment_sets_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("go.mod", "module example.com/app\n\ngo 1.22\n");
+        write("main.go", "package main\n\nfunc main() {}\n");
+        write(
+            "goenv",
+            "GOFLAGS=-tags=old\n# a comment\nGOFLAGS=-tags=filetag -overlay=o.json\nGOWORK=/from/file.work\n",
+        );
+        let load = |env: &str| {
+            write(
+                "skaffold.yaml",
+                &format!("apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: app\n      ko:\n        main: .\n        env: [\"GOENV={}\", {env}]\n        flags: [-tags=b]\n", dir.path().join("goenv").display()),
+            );
+            let options = crate::config::LoadOptions {
+                file: dir.path().join("skaffold.yaml"),
+                push: Some(false),
+                ..Default::default()
+            };
+            crate::config::load(&options).unwrap().artifacts.remove(0)
+        };
+        let from_file = load("GOFLAGS=");
+        assert_eq!(build_tags(&from_file), ["filetag", "b"]);
+        assert!(reads_sources_elsewhere(&from_file), "-overlay from go's settings file");
+        assert_eq!(named_workspace(&from_file), Some(PathBuf::from("/from/file.work")));
+        let from_env = load("GOFLAGS=-tags=envtag");
+        assert_eq!(build_tags(&from_env), ["envtag", "b"]);
+        assert!(!reads_sources_elsewhere(&from_env));
+
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(relink::go_env_file(env(&[("GOENV", "off"), ("HOME", "/h")])), None);
+        assert_eq!(relink::go_env_file(env(&[("HOME", "/h"), ("XDG_CONFIG_HOME", "rel")])), None);
+        if !cfg!(target_os = "macos") {
+            assert_eq!(relink::go_env_file(env(&[("HOME", "/h")])), Some(PathBuf::from("/h/.config/go/env")));
+            let xdg = env(&[("HOME", "/h"), ("XDG_CONFIG_HOME", "/x")]);
+            assert_eq!(relink::go_env_file(xdg), Some(PathBuf::from("/x/go/env")));
+        }
     }
 
     #[test]

@@ -1029,7 +1029,7 @@ impl Recipe {
         }
         let others: Vec<PathBuf> = module_go_mods.into_iter().filter(|go_mod| !watched.contains(go_mod)).collect();
         watched.extend(others);
-        if let Some(env_file) = go_env_file() {
+        if let Some(env_file) = go_env_file(process_env) {
             watched.push(env_file);
         }
         if stamped {
@@ -1357,16 +1357,39 @@ fn build_environment(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::O
     found
 }
 
-/// go's per-user settings file (`go env -w`), whose changes reach every build.
-fn go_env_file() -> Option<PathBuf> {
-    if let Some(file) = std::env::var_os("GOENV") {
-        return (!file.is_empty() && file != "off").then(|| PathBuf::from(file));
+/// go's per-user settings file (`go env -w`), whose changes reach every build, in the
+/// environment `lookup` reads (which gives no empty values: go takes those as unset).
+pub fn go_env_file(lookup: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(file) = lookup("GOENV") {
+        return (file != "off").then(|| PathBuf::from(file));
     }
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))?;
+    // Where Go's os.UserConfigDir says.
+    let config = if cfg!(target_os = "macos") {
+        PathBuf::from(lookup("HOME")?).join("Library/Application Support")
+    } else {
+        match lookup("XDG_CONFIG_HOME") {
+            Some(dir) => Some(PathBuf::from(dir)).filter(|d| d.is_absolute())?,
+            None => PathBuf::from(lookup("HOME")?).join(".config"),
+        }
+    };
     Some(config.join("go").join("env"))
+}
+
+/// A setting of go's per-user settings file, read as go reads it: `NAME=value` lines, the last
+/// one of a name winning, anything else ignored.
+pub fn go_env_file_setting(lookup: impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(go_env_file(lookup)?).ok()?;
+    text.split('\n')
+        .filter(|line| line.starts_with(|c: char| c.is_ascii_uppercase()))
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| *key == name)
+        .last()
+        .map(|(_, value)| value.to_string())
+}
+
+/// kodev's own environment as go reads it: an empty value is unset.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// What a relink did not get done: the build then runs go.
