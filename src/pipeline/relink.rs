@@ -1380,10 +1380,10 @@ pub fn go_env_file(lookup: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
 pub fn go_env_file_setting(lookup: impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     let text = std::fs::read_to_string(go_env_file(lookup)?).ok()?;
     text.split('\n')
+        .rev()
         .filter(|line| line.starts_with(|c: char| c.is_ascii_uppercase()))
         .filter_map(|line| line.split_once('='))
-        .filter(|(key, _)| *key == name)
-        .last()
+        .find(|(key, _)| *key == name)
         .map(|(_, value)| value.to_string())
 }
 
