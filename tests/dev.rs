@@ -444,6 +444,71 @@ fn a_workspace_above_the_skaffold_directory_and_its_other_module_are_watched() {
     assert!(failed["error"].as_str().unwrap().contains("example.com/lib"), "{failed}");
 }
 
+/// Templated settings that read the git state or the tag are expanded again at each build,
+/// as Skaffold and ko do: after a commit, the image's label and what its ldflags stamped in
+/// name the new commit and tag, not the ones the session started with.
+#[test]
+fn templated_settings_follow_the_tree_from_build_to_build() {
+    if !require_tools(&["docker-registry", "go", "git", "podman", "skopeo"]) {
+        return;
+    }
+    let git = |dir: &Path, args: &[&str]| {
+        run_ok(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(dir))
+    };
+    let mut dev = DevSession::start_tagged(
+        &["--build-image", "alpha"],
+        &["alpha"],
+        |dir| {
+            edit(
+                &dir.join("skaffold.yaml"),
+                "main: ./cmd/alpha\n",
+                "main: ./cmd/alpha\n        ldflags: [\"-X main.commit={{.Git.ShortCommit}}\", \"-X main.tag={{.IMAGE_TAG}}\"]\n        labels:\n          org.example.commit: \"{{.Git.ShortCommit}}\"\n",
+            );
+            edit(
+                &dir.join("cmd/alpha/main.go"),
+                "func main() {\n\tfmt.Println(shared.Greeting(\"alpha\"))",
+                "var commit, tag = \"none\", \"none\"\n\nfunc main() {\n\tfmt.Println(shared.Greeting(\"alpha\"), \"commit=\"+commit, \"tag=\"+tag)",
+            );
+            git(dir, &["init", "-q"]);
+            git(dir, &["add", "-A"]);
+            git(dir, &["commit", "-qm", "fixture"]);
+        },
+        None,
+        &[],
+        None,
+    );
+    let short_commit = |dev: &DevSession| git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
+    let label = |pushed: &Value| {
+        // skopeo takes a tag or a digest, not both.
+        let (name, digest) = pushed["tag"].as_str().unwrap().split_once('@').unwrap();
+        let repository = name.rsplit_once(':').unwrap().0;
+        let config = skopeo_inspect(&format!("docker://{repository}@{digest}"), false, true);
+        config["config"]["Labels"]["org.example.commit"].as_str().unwrap_or_default().to_string()
+    };
+    let first_commit = short_commit(&dev);
+    let first = dev.seen.iter().find(|e| e["event"] == "pushed").unwrap().clone();
+    assert_eq!(label(&first), first_commit, "{first}");
+
+    let podman = Podman::new(Some(dev._registry.host.as_str()));
+
+    // An uncommitted edit: the tag (and what ldflags made of it) says so.
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha, edited\"");
+    let edited = dev.wait_for("alpha pushed after an edit", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    let said = podman.run_image(edited["tag"].as_str().unwrap(), &[]);
+    assert!(said.contains(&format!("commit={first_commit} tag={first_commit}-dirty")), "{said}");
+
+    git(dev.dir.path(), &["commit", "-qam", "edit"]);
+    let commit = short_commit(&dev);
+    assert_ne!(commit, first_commit);
+    dev.send("r");
+    let rebuilt = dev.wait_for("alpha pushed after the commit", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha" && *e != edited
+    });
+    assert_eq!(label(&rebuilt), commit, "{rebuilt}");
+    let said = podman.run_image(rebuilt["tag"].as_str().unwrap(), &[]);
+    assert!(said.contains(&format!("commit={commit} tag={commit}")), "{said}");
+}
+
 /// With Skaffold's default tagger (gitCommit), each build is tagged as the tree is then: an
 /// image with uncommitted edits goes up as `COMMIT-dirty`, never under the clean commit's tag.
 #[test]

@@ -77,6 +77,10 @@ pub struct Artifact {
     /// with `-t` or in the image name, or the tagger does not read the tree).
     #[serde(skip)]
     pub retag: Option<tag::Retag>,
+    /// How `kodev dev` expands the artifact's templated settings again at each build (None:
+    /// none of them reads what changes during a session).
+    #[serde(skip)]
+    pub retemplate: Option<Retemplate>,
 }
 
 impl Artifact {
@@ -609,30 +613,27 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()
     };
-    let (env, env_at) = pick(&ko.env, ko_env, ".ko.env");
-    let env = expand_all(&env, &env_at)?;
-    for entry in &env {
-        if !entry.contains('=') {
-            return Err(fail(&env_at, format!("env entry {entry:?} must be KEY=value")));
-        }
-        // GOFLAGS would smuggle in what `flags` refuses.
-        if entry.starts_with("GOFLAGS=") && entry.contains("-toolexec") {
-            let refused = "-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build";
-            return Err(fail(&env_at, refused.to_string()));
-        }
-    }
-    let (flags, flags_at) = pick(&ko.flags, ko_flags, ".ko.flags");
-    let flags = expand_all(&flags, &flags_at)?;
-    if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
-        let refused = "-toolexec is refused: it would run arbitrary programs during the build";
-        return Err(fail(&flags_at, refused.to_string()));
-    }
-    let (ldflags, ldflags_at) = pick(&ko.ldflags, ko_ldflags, ".ko.ldflags");
-    let ldflags = expand_all(&ldflags, &ldflags_at)?;
+    let (env_templates, env_at) = pick(&ko.env, ko_env, ".ko.env");
+    let env = expand_all(&env_templates, &env_at)?;
+    check_env(&env).map_err(|m| fail(&env_at, m))?;
+    let (flags_templates, flags_at) = pick(&ko.flags, ko_flags, ".ko.flags");
+    let flags = expand_all(&flags_templates, &flags_at)?;
+    check_flags(&flags).map_err(|m| fail(&flags_at, m))?;
+    let (ldflags_templates, ldflags_at) = pick(&ko.ldflags, ko_ldflags, ".ko.ldflags");
+    let ldflags = expand_all(&ldflags_templates, &ldflags_at)?;
     let mut labels = BTreeMap::new();
     for (k, v) in &ko.labels {
         labels.insert(k.clone(), template::expand(v, &vars).map_err(|m| err(&format!(".ko.labels.{k}"), m))?);
     }
+    let retemplate = Retemplate::new(Retemplate {
+        env: env_templates,
+        flags: flags_templates,
+        ldflags: ldflags_templates,
+        labels: ko.labels.clone(),
+        context: context.clone(),
+        image_vars: ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into(),
+        uses_git,
+    });
 
     Ok(Artifact {
         image: raw.image.clone(),
@@ -653,7 +654,77 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         dependencies: ko.dependencies.clone(),
         source_date_epoch: ko.source_date_epoch,
         retag,
+        retemplate,
     })
+}
+
+/// What kodev refuses in an artifact's env, once expanded.
+fn check_env(env: &[String]) -> std::result::Result<(), String> {
+    for entry in env {
+        if !entry.contains('=') {
+            return Err(format!("env entry {entry:?} must be KEY=value"));
+        }
+        // GOFLAGS would smuggle in what `flags` refuses.
+        if entry.starts_with("GOFLAGS=") && entry.contains("-toolexec") {
+            return Err("-toolexec in GOFLAGS is refused: it would run arbitrary programs during the build".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// What kodev refuses in an artifact's go flags, once expanded.
+fn check_flags(flags: &[String]) -> std::result::Result<(), String> {
+    if flags.iter().any(|f| f.starts_with("-toolexec") || f.starts_with("--toolexec")) {
+        return Err("-toolexec is refused: it would run arbitrary programs during the build".to_string());
+    }
+    Ok(())
+}
+
+/// An artifact's templated settings (env, flags, ldflags, labels) as written, for `kodev dev`
+/// to expand again at each build when they read what changes during a session: the git state,
+/// the clock or the tag (which follows the tree, see `tag::Retag`). Skaffold and ko expand
+/// them at each build.
+#[derive(Debug, Clone)]
+pub struct Retemplate {
+    env: Vec<String>,
+    flags: Vec<String>,
+    ldflags: Vec<String>,
+    labels: BTreeMap<String, String>,
+    context: PathBuf,
+    /// `IMAGE_REPO` and `IMAGE_NAME`.
+    image_vars: BTreeMap<String, String>,
+    uses_git: bool,
+}
+
+impl Retemplate {
+    /// None when no setting reads what changes during a session.
+    fn new(settings: Retemplate) -> Option<Retemplate> {
+        const CHANGING: [&str; 4] = [".Git.", ".Date", ".Timestamp", ".IMAGE_TAG"];
+        let mut templates =
+            settings.env.iter().chain(&settings.flags).chain(&settings.ldflags).chain(settings.labels.values());
+        templates.any(|t| t.contains("{{") && CHANGING.iter().any(|v| t.contains(v))).then_some(settings)
+    }
+
+    /// The artifact as its settings expand now, tagged `tag`.
+    pub fn apply(&self, artifact: &Artifact, tag: &str) -> std::result::Result<Artifact, String> {
+        let mut vars = template_vars(&self.context, self.uses_git);
+        vars.extend(self.image_vars.clone());
+        vars.insert("IMAGE_TAG".into(), tag.to_string());
+        let expand = |items: &[String]| {
+            items.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let mut now = artifact.clone();
+        now.tag = tag.to_string();
+        now.env = expand(&self.env)?;
+        check_env(&now.env)?;
+        now.flags = expand(&self.flags)?;
+        check_flags(&now.flags)?;
+        now.ldflags = expand(&self.ldflags)?;
+        for (key, value) in &self.labels {
+            now.labels.insert(key.clone(), template::expand(value, &vars)?);
+        }
+        Ok(now)
+    }
 }
 
 /// A list of settings from `.ko.yaml`, and where: the file, the entry of `builds` (None for

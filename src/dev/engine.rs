@@ -209,6 +209,10 @@ impl Engine {
         slot.running = Some(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
             let tag = retag_beside_the_build(&artifact, &sink);
+            let (artifact, tag) = match artifact.retemplate.clone() {
+                Some(retemplate) => (expanded_for_this_build(artifact, retemplate, tag, &sink).await, None),
+                None => (artifact, tag),
+            };
             let result = builder.build_artifact_tagged(&artifact, debug, &sink, tag).await.map(|_| ());
             let deps = if refresh {
                 let artifact = artifact.clone();
@@ -406,6 +410,32 @@ fn retag_beside_the_build(artifact: &Artifact, sink: &EventSink) -> Option<tokio
             kept
         })
     }))
+}
+
+/// The artifact with its templated settings expanded as they read now, under the tag worked
+/// out for this build (see `Retemplate`): its go build needs them, so the tag is awaited
+/// first. When they do not expand, the settings as loaded, and why.
+async fn expanded_for_this_build(
+    artifact: Artifact,
+    retemplate: crate::config::Retemplate,
+    tag: Option<tokio::task::JoinHandle<String>>,
+    sink: &EventSink,
+) -> Artifact {
+    let tag = match tag {
+        Some(worked_out) => worked_out.await.unwrap_or_else(|_| artifact.tag.clone()),
+        None => artifact.tag.clone(),
+    };
+    let loaded = artifact.clone();
+    let expanded =
+        tokio::task::spawn_blocking(move || retemplate.apply(&artifact, &tag).map_err(|message| (message, tag))).await;
+    match expanded {
+        Ok(Ok(now)) => now,
+        Ok(Err((message, tag))) => {
+            sink.send(EventKind::Error { message: format!("{message}; keeping the settings as loaded") });
+            Artifact { tag, ..loaded }
+        }
+        Err(_) => loaded,
+    }
 }
 
 /// Give the allocator's free pages back to the system once no build is running. Compression
