@@ -854,23 +854,19 @@ fn an_edit_of_the_workspace_file_gowork_names_is_built_as_go_builds_it() {
     modules.build_as_go_builds_it_saying(&fx, "b", "member two");
 }
 
-/// `-modfile` (here from GOFLAGS): go takes the module graph from another file than go.mod;
-/// that file rewritten in place to replace the library by another directory changes the
-/// binary, though no source did.
-#[test]
-fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
-    if !require_tools(TOOLS) {
-        return;
-    }
+/// `-modfile`: go takes the module graph from another file than go.mod; that file rewritten
+/// in place to replace the library by another directory changes the binary, though no source
+/// did. `set_modfile` asks for `-modfile=dev.mod` (and GOWORK=off: go refuses -modfile in
+/// workspace mode) its way, given the modules' root.
+fn a_rewrite_of_the_modfile_is_built_as_go_builds_it(set_modfile: impl FnOnce(&mut LocalModules, &std::path::Path)) {
     let fx = fixture();
     let mut modules = LocalModules::new(&fx);
     let root = modules.root.path().to_path_buf();
-    // Not in workspace mode (go refuses -modfile there): member by a replacement too.
+    // Not in workspace mode: member by a replacement too.
     let go_mod = std::fs::read_to_string(root.join("app/go.mod")).unwrap()
         + "\nrequire example.com/member v0.0.0\n\nreplace example.com/member => ../member\n";
     std::fs::write(root.join("app/dev.mod"), &go_mod).unwrap();
-    modules.env.push(("GOFLAGS".to_string(), "-modfile=dev.mod".to_string()));
-    modules.env.push(("GOWORK".to_string(), "off".to_string()));
+    set_modfile(&mut modules, &root);
     copy_tree(&root.join("lib"), &root.join("lib2"));
     modules.edit("lib2/lib.go", "lib one", "lib two");
     modules.build(&fx, None, "a");
@@ -879,30 +875,32 @@ fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
     modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
 }
 
-/// The same, with `-modfile` set by `go env -w` (go's settings file, here the one GOENV
-/// names) rather than in the environment: go reads it there, and so must kodev.
+/// `-modfile` from GOFLAGS in kodev's environment.
+#[test]
+fn an_edit_of_the_file_modfile_names_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    a_rewrite_of_the_modfile_is_built_as_go_builds_it(|modules, _| {
+        modules.env.push(("GOFLAGS".to_string(), "-modfile=dev.mod".to_string()));
+        modules.env.push(("GOWORK".to_string(), "off".to_string()));
+    });
+}
+
+/// `-modfile` set by `go env -w` (go's settings file, here the one GOENV names) rather than in
+/// the environment: go reads it there, and so must kodev.
 #[test]
 fn an_edit_of_the_file_a_go_env_w_modfile_names_is_built_as_go_builds_it() {
     if !require_tools(TOOLS) {
         return;
     }
-    let fx = fixture();
-    let mut modules = LocalModules::new(&fx);
-    let root = modules.root.path().to_path_buf();
-    let go_mod = std::fs::read_to_string(root.join("app/go.mod")).unwrap()
-        + "\nrequire example.com/member v0.0.0\n\nreplace example.com/member => ../member\n";
-    std::fs::write(root.join("app/dev.mod"), &go_mod).unwrap();
-    let go_env = root.join("go-env");
-    std::fs::write(&go_env, "GOFLAGS=-modfile=dev.mod\nGOWORK=off\n").unwrap();
-    modules.env.push(("GOENV".to_string(), go_env.display().to_string()));
-    // Set but empty: go reads the settings file's.
-    modules.env.push(("GOFLAGS".to_string(), String::new()));
-    copy_tree(&root.join("lib"), &root.join("lib2"));
-    modules.edit("lib2/lib.go", "lib one", "lib two");
-    modules.build(&fx, None, "a");
-
-    rewrite_in_place(&root.join("app/dev.mod"), go_mod.replace("=> ../lib", "=> ../lib2").as_bytes());
-    modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
+    a_rewrite_of_the_modfile_is_built_as_go_builds_it(|modules, root| {
+        let go_env = root.join("go-env");
+        std::fs::write(&go_env, "GOFLAGS=-modfile=dev.mod\nGOWORK=off\n").unwrap();
+        modules.env.push(("GOENV".to_string(), go_env.display().to_string()));
+        // Set but empty: go reads the settings file's.
+        modules.env.push(("GOFLAGS".to_string(), String::new()));
+    });
 }
 
 /// A file go left out of the main package (`//go:build ignore`) rewritten in place without

@@ -201,6 +201,28 @@ fn ko_yaml_errors_name_the_ko_yaml_line_and_field() {
     assert!(stderr.contains("skaffold.yaml:15 (field build.artifacts[2].ko.fromImage)"), "{stderr}");
 }
 
+/// A default repo that makes image names invalid is said to be the problem, not the image's
+/// line in skaffold.yaml (which is fine), with exit code 2.
+#[test]
+fn an_invalid_default_repo_is_named_as_the_problem() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    for (args, env) in [(&["-d", "Bad Repo"][..], None), (&[][..], Some(("KO_DOCKER_REPO", "127.0.0.1:5000/Upper")))] {
+        let mut cmd = kodev();
+        cmd.current_dir(repo_root()).args(["plan", "-f", "examples/hello/skaffold.yaml"]).args(args);
+        cmd.env_remove("SKAFFOLD_DEFAULT_REPO").env_remove("KO_DOCKER_REPO");
+        if let Some((name, value)) = env {
+            cmd.env(name, value);
+        }
+        let out = run(&mut cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("default repo"), "{stderr}");
+        assert!(!stderr.contains("skaffold.yaml:"), "{stderr}");
+    }
+}
+
 #[test]
 fn dev_watches_each_config_and_context_directory_not_their_common_parent() {
     if !require_tools(&["go"]) {

@@ -444,6 +444,27 @@ fn a_workspace_above_the_skaffold_directory_and_its_other_module_are_watched() {
     assert!(failed["error"].as_str().unwrap().contains("example.com/lib"), "{failed}");
 }
 
+fn git(dir: &Path, args: &[&str]) -> String {
+    run_ok(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(dir))
+}
+
+/// Commit the directory's files to a new git repository.
+fn into_git(dir: &Path) {
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-qm", "fixture"]);
+}
+
+/// A session building alpha with Skaffold's default tagger, on a copy of the fixture that
+/// `prepare` may change and that is then committed to a new git repository.
+fn alpha_in_git_tagged_by_its_tagger(prepare: impl FnOnce(&Path)) -> DevSession {
+    let in_git = |dir: &Path| {
+        prepare(dir);
+        into_git(dir);
+    };
+    DevSession::start_tagged(&["--build-image", "alpha"], &["alpha"], in_git, None, &[], None)
+}
+
 /// Templated settings that read the git state or the tag are expanded again at each build,
 /// as Skaffold and ko do: after a commit, the image's label and what its ldflags stamped in
 /// name the new commit and tag, not the ones the session started with.
@@ -452,31 +473,18 @@ fn templated_settings_follow_the_tree_from_build_to_build() {
     if !require_tools(&["docker-registry", "go", "git", "podman", "skopeo"]) {
         return;
     }
-    let git = |dir: &Path, args: &[&str]| {
-        run_ok(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(dir))
-    };
-    let mut dev = DevSession::start_tagged(
-        &["--build-image", "alpha"],
-        &["alpha"],
-        |dir| {
-            edit(
-                &dir.join("skaffold.yaml"),
-                "main: ./cmd/alpha\n",
-                "main: ./cmd/alpha\n        ldflags: [\"-X main.commit={{.Git.ShortCommit}}\", \"-X main.tag={{.IMAGE_TAG}}\"]\n        labels:\n          org.example.commit: \"{{.Git.ShortCommit}}\"\n",
-            );
-            edit(
-                &dir.join("cmd/alpha/main.go"),
-                "func main() {\n\tfmt.Println(shared.Greeting(\"alpha\"))",
-                "var commit, tag = \"none\", \"none\"\n\nfunc main() {\n\tfmt.Println(shared.Greeting(\"alpha\"), \"commit=\"+commit, \"tag=\"+tag)",
-            );
-            git(dir, &["init", "-q"]);
-            git(dir, &["add", "-A"]);
-            git(dir, &["commit", "-qm", "fixture"]);
-        },
-        None,
-        &[],
-        None,
-    );
+    let mut dev = alpha_in_git_tagged_by_its_tagger(|dir| {
+        edit(
+            &dir.join("skaffold.yaml"),
+            "main: ./cmd/alpha\n",
+            "main: ./cmd/alpha\n        ldflags: [\"-X main.commit={{.Git.ShortCommit}}\", \"-X main.tag={{.IMAGE_TAG}}\"]\n        labels:\n          org.example.commit: \"{{.Git.ShortCommit}}\"\n",
+        );
+        edit(
+            &dir.join("cmd/alpha/main.go"),
+            "func main() {\n\tfmt.Println(shared.Greeting(\"alpha\"))",
+            "var commit, tag = \"none\", \"none\"\n\nfunc main() {\n\tfmt.Println(shared.Greeting(\"alpha\"), \"commit=\"+commit, \"tag=\"+tag)",
+        );
+    });
     let short_commit = |dev: &DevSession| git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
     let label = |pushed: &Value| {
         // skopeo takes a tag or a digest, not both.
@@ -516,21 +524,7 @@ fn the_default_tag_follows_the_tree_from_build_to_build() {
     if !require_tools(&["docker-registry", "go", "git"]) {
         return;
     }
-    let git = |dir: &Path, args: &[&str]| {
-        run_ok(Command::new("git").args(["-c", "user.name=t", "-c", "user.email=t@t"]).args(args).current_dir(dir))
-    };
-    let mut dev = DevSession::start_tagged(
-        &["--build-image", "alpha"],
-        &["alpha"],
-        |dir| {
-            git(dir, &["init", "-q"]);
-            git(dir, &["add", "-A"]);
-            git(dir, &["commit", "-qm", "fixture"]);
-        },
-        None,
-        &[],
-        None,
-    );
+    let mut dev = alpha_in_git_tagged_by_its_tagger(|_| {});
     let commit = git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
     let tag_of = |pushed: &Value| {
         let reference = pushed["tag"].as_str().unwrap();
@@ -971,18 +965,9 @@ fn main_package_edits_relink_without_go_and_give_go_builds_image() {
     }
     // In a git work tree, as most projects are: go stamps the revision and whether the tree
     // was modified into the binary, and the relinked binary must carry the same stamp.
-    let in_git = |dir: &Path| {
-        for args in [
-            &["init", "-q"][..],
-            &["-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"],
-            &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fixture"],
-        ] {
-            run_ok(Command::new("git").args(args).current_dir(dir));
-        }
-    };
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("kodev.log");
-    let mut dev = DevSession::start_full(&[], &["alpha"], in_git, Some(&log), &[("GOFLAGS", STAMP_GIT)]);
+    let mut dev = DevSession::start_full(&[], &["alpha"], into_git, Some(&log), &[("GOFLAGS", STAMP_GIT)]);
     let host = dev._registry.host.clone();
     let main = dev.path("cmd/alpha/main.go");
     let uncaptured = || std::fs::read_to_string(&log).unwrap().matches("go builds without capturing").count();

@@ -497,7 +497,13 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         ));
     }
     let image_name = naming::substitute_default_repo(bare_name, input.default_repo, input.multi_level);
-    naming::validate_repository(&image_name).map_err(|m| err(".image", m))?;
+    naming::validate_repository(&image_name).map_err(|m| match input.default_repo {
+        // The default repo made the name invalid: say so, not the artifact's line.
+        Some(repo) if image_name != bare_name && naming::validate_repository(bare_name).is_ok() => KodevError::Usage(
+            format!("default repo {repo:?} (from -d/--default-repo, SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO): {m}"),
+        ),
+        _ => err(".image", m),
+    })?;
 
     // The .ko.yaml next to where go runs.
     let ko_yaml = match koyaml::locate(&work_dir) {
