@@ -711,10 +711,22 @@ impl Retemplate {
         templates.any(|t| t.contains("{{") && CHANGING.iter().any(|v| t.contains(v))).then_some(settings)
     }
 
-    /// The artifact as its settings expand now, tagged `tag`.
-    pub fn apply(&self, artifact: &Artifact, tag: &str) -> std::result::Result<Artifact, String> {
+    /// What the templates see now but the tag: the environment, the clock and, if they read
+    /// it, the git state (git runs here).
+    pub fn vars_now(&self) -> BTreeMap<String, String> {
         let mut vars = template_vars(&self.context, self.uses_git);
         vars.extend(self.image_vars.clone());
+        vars
+    }
+
+    /// The artifact with its settings expanded over `vars` (from [`Retemplate::vars_now`]),
+    /// tagged `tag`.
+    pub fn apply(
+        &self,
+        artifact: &Artifact,
+        mut vars: BTreeMap<String, String>,
+        tag: &str,
+    ) -> std::result::Result<Artifact, String> {
         vars.insert("IMAGE_TAG".into(), tag.to_string());
         let expand = |items: &[String]| {
             items.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()

@@ -414,27 +414,28 @@ fn retag_beside_the_build(artifact: &Artifact, sink: &EventSink) -> Option<tokio
 
 /// The artifact with its templated settings expanded as they read now, under the tag worked
 /// out for this build (see `Retemplate`): its go build needs them, so the tag is awaited
-/// first. When they do not expand, the settings as loaded, and why.
+/// first, while the git state the templates read is read beside it. When they do not
+/// expand, the settings as loaded, and why.
 async fn expanded_for_this_build(
     artifact: Artifact,
     retemplate: crate::config::Retemplate,
     tag: Option<tokio::task::JoinHandle<String>>,
     sink: &EventSink,
 ) -> Artifact {
+    let retemplate = Arc::new(retemplate);
+    let reading = retemplate.clone();
+    let vars = tokio::task::spawn_blocking(move || reading.vars_now());
     let tag = match tag {
         Some(worked_out) => worked_out.await.unwrap_or_else(|_| artifact.tag.clone()),
         None => artifact.tag.clone(),
     };
-    let loaded = artifact.clone();
-    let expanded =
-        tokio::task::spawn_blocking(move || retemplate.apply(&artifact, &tag).map_err(|message| (message, tag))).await;
-    match expanded {
-        Ok(Ok(now)) => now,
-        Ok(Err((message, tag))) => {
+    let Ok(vars) = vars.await else { return artifact };
+    match retemplate.apply(&artifact, vars, &tag) {
+        Ok(now) => now,
+        Err(message) => {
             sink.send(EventKind::Error { message: format!("{message}; keeping the settings as loaded") });
-            Artifact { tag, ..loaded }
+            Artifact { tag, ..artifact }
         }
-        Err(_) => loaded,
     }
 }
 
