@@ -201,6 +201,29 @@ fn ko_yaml_errors_name_the_ko_yaml_line_and_field() {
     assert!(stderr.contains("skaffold.yaml:15 (field build.artifacts[2].ko.fromImage)"), "{stderr}");
 }
 
+/// Only settings that read what changes during a session (git, the clock, the tag) are
+/// expanded again by `kodev dev`: the others keep their load-time values, and their builds do
+/// not wait for the tag.
+#[test]
+fn only_settings_that_read_what_changes_are_expanded_again() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    for (ko_block, expanded_again) in [
+        ("        ldflags: [\"-X main.v={{.IMAGE_REPO}}\"]\n", false),
+        ("        env: [\"A={{.HOME}}\"]\n        labels:\n          a: \"{{.IMAGE_NAME}}\"\n", false),
+        ("        ldflags: [\"-X main.v={{.IMAGE_TAG}}\"]\n", true),
+        ("        labels:\n          built: \"{{.Date}}\"\n", true),
+        ("        flags: [\"-tags={{.Git.Branch}}\"]\n", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let skaffold = hello_app(dir.path(), ko_block, "");
+        let options = kodev::config::LoadOptions { file: skaffold, push: Some(false), ..Default::default() };
+        let plan = kodev::config::load(&options).unwrap();
+        assert_eq!(plan.artifacts[0].retemplate.is_some(), expanded_again, "{ko_block}");
+    }
+}
+
 /// A default repo that makes image names invalid is said to be the problem, not the image's
 /// line in skaffold.yaml (which is fine), with exit code 2.
 #[test]
