@@ -649,8 +649,8 @@ pub fn yaml_error(path: &Path, text: &str, err: serde_path_to_error::Error<serde
     let mut column = location.as_ref().map(|l| l.column());
     if let Some(key) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
         let start = line.unwrap_or(1);
-        if let Some(found) = find_key_line(&text.lines().skip(start - 1).collect::<Vec<_>>().join("\n"), key, 0) {
-            line = Some(start + found - 1);
+        if let Some(found) = first_key_line(text, start, key) {
+            line = Some(found);
             column = None;
         }
     }
@@ -660,18 +660,11 @@ pub fn yaml_error(path: &Path, text: &str, err: serde_path_to_error::Error<serde
     KodevError::Config { file: path.to_path_buf(), line, column, field: Some(field), message }
 }
 
-/// Best-effort line of the `n`th occurrence of `key:` in the text, for errors found after decoding.
-pub fn find_key_line(text: &str, key: &str, occurrence: usize) -> Option<usize> {
-    let needle_plain = format!("{key}:");
-    let needle_item = format!("- {key}:");
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| {
-            let t = line.trim_start();
-            t.starts_with(&needle_plain) || t.starts_with(&needle_item)
-        })
-        .nth(occurrence)
-        .map(|(i, _)| i + 1)
+/// The first line from `from_line` to the end of its document that is the key `key`, as a
+/// mapping's key or a list item's first (`- key:`).
+fn first_key_line(text: &str, from_line: usize, key: &str) -> Option<usize> {
+    let names_key = |content: &str| is_key(content, key) || content.strip_prefix("- ").is_some_and(|c| is_key(c, key));
+    outline(text, from_line).into_iter().find(|e| names_key(e.2)).map(|e| e.0)
 }
 
 /// The parts of a field path as errors print it (`build.artifacts[0].ko.main`), for [`field_line`].
@@ -700,10 +693,7 @@ fn line_of_decoded_field(text: &str, first_line: usize, field: &str) -> Option<u
         return deepest;
     }
     let last_key = path.iter().rev().find(|p| !p.starts_with('['));
-    let written =
-        |content: &str, key: &str| is_key(content, key) || content.strip_prefix("- ").is_some_and(|c| is_key(c, key));
-    let from_key = last_key.and_then(|key| outline(text, first_line).into_iter().find(|e| written(e.2, key)));
-    from_key.map(|e| e.0).or(deepest)
+    last_key.and_then(|key| first_key_line(text, first_line, key)).or(deepest)
 }
 
 /// A line of YAML that starts a document.
