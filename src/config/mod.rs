@@ -80,7 +80,7 @@ pub struct Artifact {
     /// How `kodev dev` expands the artifact's templated settings again at each build (None:
     /// none of them reads what changes during a session).
     #[serde(skip)]
-    pub retemplate: Option<Retemplate>,
+    pub retemplate: Option<Arc<Retemplate>>,
 }
 
 impl Artifact {
@@ -704,11 +704,11 @@ pub struct Retemplate {
 
 impl Retemplate {
     /// None when no setting reads what changes during a session.
-    fn new(settings: Retemplate) -> Option<Retemplate> {
+    fn new(settings: Retemplate) -> Option<Arc<Retemplate>> {
         const CHANGING: [&str; 4] = [".Git.", ".Date", ".Timestamp", ".IMAGE_TAG"];
         let mut templates =
             settings.env.iter().chain(&settings.flags).chain(&settings.ldflags).chain(settings.labels.values());
-        templates.any(|t| t.contains("{{") && CHANGING.iter().any(|v| t.contains(v))).then_some(settings)
+        templates.any(|t| t.contains("{{") && CHANGING.iter().any(|v| t.contains(v))).then(|| Arc::new(settings))
     }
 
     /// What the templates see now but the tag: the environment, the clock and, if they read

@@ -418,11 +418,10 @@ fn retag_beside_the_build(artifact: &Artifact, sink: &EventSink) -> Option<tokio
 /// expand, the settings as loaded, and why.
 async fn expanded_for_this_build(
     artifact: Artifact,
-    retemplate: crate::config::Retemplate,
+    retemplate: Arc<crate::config::Retemplate>,
     tag: Option<tokio::task::JoinHandle<String>>,
     sink: &EventSink,
 ) -> Artifact {
-    let retemplate = Arc::new(retemplate);
     let reading = retemplate.clone();
     let vars = tokio::task::spawn_blocking(move || reading.vars_now());
     let tag = match tag {
