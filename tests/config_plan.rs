@@ -262,3 +262,46 @@ fn dev_watches_each_config_and_context_directory_not_their_common_parent() {
     let fixtures = repo_root().join("tests/fixtures").canonicalize().unwrap();
     assert_eq!(plan.watch_roots(), vec![fixtures.join("knative"), fixtures.join("monorepo")]);
 }
+
+/// The inputDigest tag follows what the artifact is built from: its settings, even from a
+/// skaffold.yaml outside the context, and with `ko.dependencies` only the files they name.
+/// `kodev dev` works out the same tag at each build as the load did.
+#[test]
+fn the_input_digest_tag_follows_the_settings_and_the_named_dependencies() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    copy_tree(&repo_root().join("examples/hello"), &app);
+    let skaffold = dir.path().join("skaffold.yaml");
+    let tag_of = |ko_block: &str| -> String {
+        let yaml = format!(
+            "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  tagPolicy:\n    inputDigest: {{}}\n  artifacts:\n    - image: hello\n      context: app\n      ko:\n        main: .\n{ko_block}"
+        );
+        std::fs::write(&skaffold, yaml).unwrap();
+        let options = kodev::config::LoadOptions { file: skaffold.clone(), push: Some(false), ..Default::default() };
+        let plan = kodev::config::load(&options).unwrap();
+        let artifact = &plan.artifacts[0];
+        let again = artifact.retag.as_ref().expect("inputDigest follows the tree").current().unwrap();
+        assert_eq!(again, artifact.tag, "dev's tag for an unchanged tree");
+        artifact.tag.clone()
+    };
+    let v1 = "        ldflags: [\"-X main.version=1\"]\n";
+    let first = tag_of(v1);
+    assert_eq!(first.len(), 64, "a sha256 in hex: {first}");
+    assert_eq!(tag_of(v1), first, "the same inputs, the same tag");
+    assert_ne!(tag_of("        ldflags: [\"-X main.version=2\"]\n"), first, "ldflags");
+    assert_ne!(tag_of(&format!("{v1}        fromImage: registry.example.com/base:v2\n")), first, "the base");
+    let with_tag = "        ldflags: [\"-X main.version={{.IMAGE_TAG}}\"]\n";
+    assert_eq!(tag_of(with_tag), tag_of(with_tag), "a setting that reads the tag does not make it move");
+
+    // Without ko.dependencies every file under the context counts; with them, only theirs.
+    let go_only = format!("{v1}        dependencies:\n          paths: [\"**/*.go\", go.mod]\n");
+    let (every, named) = (tag_of(v1), tag_of(&go_only));
+    std::fs::write(app.join("NOTES.md"), "not built into the image\n").unwrap();
+    assert_ne!(tag_of(v1), every, "every file counts by default");
+    assert_eq!(tag_of(&go_only), named, "NOTES.md is not among the named dependencies");
+    edit_hello(&app);
+    assert_ne!(tag_of(&go_only), named, "main.go is");
+}

@@ -1,6 +1,7 @@
 //! Configuration: skaffold.yaml + .ko.yaml + flags + environment → a `Plan`.
 //! Knows nothing of building; `go list` is only asked where packages are.
 
+pub mod globs;
 pub mod gopkg;
 pub mod init;
 pub mod koyaml;
@@ -72,6 +73,9 @@ pub struct Artifact {
     pub asmflags: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub dependencies: Option<KoDependencies>,
+    /// `dependencies` compiled (None: no `paths` given, kodev's default applies).
+    #[serde(skip)]
+    pub dependency_globs: Option<globs::DependencyGlobs>,
     pub source_date_epoch: Option<u64>,
     /// How `kodev dev` works the tag out again at each build (None: the tag is fixed, given
     /// with `-t` or in the image name, or the tagger does not read the tree).
@@ -438,6 +442,14 @@ struct ArtifactInput<'a> {
     tag_policy: Option<&'a TagPolicy>,
 }
 
+/// A field path's part `paths[1]` as the key and its item (`paths`, `[1]`), for `field_line`.
+fn list_item(part: &str) -> Vec<&str> {
+    match part.find('[') {
+        Some(open) if open > 0 && part.ends_with(']') => vec![&part[..open], &part[open..]],
+        _ => vec![part],
+    }
+}
+
 fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let ArtifactInput { file, root, raw, text, first_line, field, index, .. } = input;
     // `sub` is the field below the artifact (".ko.main", ".ko.labels.<key>"): the error names
@@ -446,7 +458,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         let item = format!("[{index}]");
         let path: Vec<&str> = ["build", "artifacts", &item]
             .into_iter()
-            .chain(sub.trim_start_matches('.').splitn(3, '.').filter(|k| !k.is_empty()))
+            .chain(sub.trim_start_matches('.').splitn(3, '.').filter(|k| !k.is_empty()).flat_map(list_item))
             .collect();
         config_err(file, skaffold::field_line(text, first_line, &path), &format!("{field}{sub}"), message)
     };
@@ -579,16 +591,23 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         crate::pipeline::registry::parse_reference(named).map_err(|e| err(".ko.fromImage", e.to_string()))?;
     }
 
+    // skaffold.yaml's own list wins over .ko.yaml's; an error names the file the list is in.
+    let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| match ko_yaml.at {
+        Some(at) if skaffold.is_empty() => (ko_yaml.values, SettingAt::KoYaml(at)),
+        _ => (skaffold.to_vec(), SettingAt::Skaffold(sub)),
+    };
+    let fail = |at: &SettingAt, message: String| match at {
+        SettingAt::KoYaml(at) => ko_yaml_err(at, message),
+        SettingAt::Skaffold(sub) => err(sub, message),
+    };
+    let (env_templates, env_at) = pick(&ko.env, ko_env, ".ko.env");
+    let (flags_templates, flags_at) = pick(&ko.flags, ko_flags, ".ko.flags");
+    let (ldflags_templates, ldflags_at) = pick(&ko.ldflags, ko_ldflags, ".ko.ldflags");
+    let dependency_globs = globs::DependencyGlobs::configured(ko.dependencies.as_ref())
+        .map_err(|g| err(&format!(".ko.dependencies.{}[{}]", g.list, g.index), g.message))?;
+
     // Templates see the environment, IMAGE_REPO / IMAGE_NAME / IMAGE_TAG, and ko's .Git.*, .Date, .Timestamp.
-    let templated = ko
-        .env
-        .iter()
-        .chain(&ko.flags)
-        .chain(&ko.ldflags)
-        .chain(ko.labels.values())
-        .chain(ko_env.values.iter())
-        .chain(ko_flags.values.iter())
-        .chain(ko_ldflags.values.iter());
+    let templated = env_templates.iter().chain(&flags_templates).chain(&ldflags_templates).chain(ko.labels.values());
     let uses_git = templated.into_iter().any(|t| t.contains(".Git."))
         || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
     let mut vars = template_vars(&context, uses_git);
@@ -599,33 +618,40 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         (Some(t), _) => (t.to_string(), None),
         (None, Some(t)) if !t.is_empty() => (t.to_string(), None),
         _ => {
-            let tag = tag::resolve(input.tag_policy, &context, &vars)
-                .map_err(|m| err("", format!("build.tagPolicy: {m}")))?;
+            let settings = BuildSettings {
+                image: &raw.image,
+                import_path: &import_path,
+                work_dir: work_dir.strip_prefix(&context).unwrap_or(&work_dir),
+                platforms: &platforms,
+                base: &base,
+                env: &env_templates,
+                flags: &flags_templates,
+                ldflags: &ldflags_templates,
+                gcflags: &ko.gcflags,
+                asmflags: &ko.asmflags,
+                labels: &ko.labels,
+                source_date_epoch: ko.source_date_epoch,
+            };
+            let inputs = tag::Inputs {
+                context: context.clone(),
+                dependencies: dependency_globs.clone(),
+                settings: settings.digest_text(&vars),
+            };
+            let tag =
+                tag::resolve(input.tag_policy, &inputs, &vars).map_err(|m| err("", format!("build.tagPolicy: {m}")))?;
             let image_vars = ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into();
-            (tag, tag::Retag::new(input.tag_policy, &context, image_vars))
+            (tag, tag::Retag::new(input.tag_policy, inputs, image_vars))
         }
     };
     naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
-    // skaffold.yaml's own list wins over .ko.yaml's; an error names the file the list is in.
-    let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| match ko_yaml.at {
-        Some(at) if skaffold.is_empty() => (ko_yaml.values, SettingAt::KoYaml(at)),
-        _ => (skaffold.to_vec(), SettingAt::Skaffold(sub)),
-    };
-    let fail = |at: &SettingAt, message: String| match at {
-        SettingAt::KoYaml(at) => ko_yaml_err(at, message),
-        SettingAt::Skaffold(sub) => err(sub, message),
-    };
     let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()
     };
-    let (env_templates, env_at) = pick(&ko.env, ko_env, ".ko.env");
     let env = expand_all(&env_templates, &env_at)?;
     check_env(&env).map_err(|m| fail(&env_at, m))?;
-    let (flags_templates, flags_at) = pick(&ko.flags, ko_flags, ".ko.flags");
     let flags = expand_all(&flags_templates, &flags_at)?;
     check_flags(&flags).map_err(|m| fail(&flags_at, m))?;
-    let (ldflags_templates, ldflags_at) = pick(&ko.ldflags, ko_ldflags, ".ko.ldflags");
     let ldflags = expand_all(&ldflags_templates, &ldflags_at)?;
     let mut labels = BTreeMap::new();
     for (k, v) in &ko.labels {
@@ -658,10 +684,65 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         asmflags: ko.asmflags.clone(),
         labels,
         dependencies: ko.dependencies.clone(),
+        dependency_globs,
         source_date_epoch: ko.source_date_epoch,
         retag,
         retemplate,
     })
+}
+
+/// What an artifact is built with, as the inputDigest tagger hashes it beside the files: as
+/// Skaffold hashes the artifact's config, so a change of flags, base or platforms is a new tag
+/// even when the config file lies outside the context.
+struct BuildSettings<'a> {
+    image: &'a str,
+    import_path: &'a str,
+    work_dir: &'a Path,
+    platforms: &'a PlatformRequest,
+    base: &'a BaseImageRef,
+    env: &'a [String],
+    flags: &'a [String],
+    ldflags: &'a [String],
+    gcflags: &'a [String],
+    asmflags: &'a [String],
+    labels: &'a BTreeMap<String, String>,
+    source_date_epoch: Option<u64>,
+}
+
+impl BuildSettings<'_> {
+    /// The settings as one text. Templates are expanded from the environment, IMAGE_REPO and
+    /// IMAGE_NAME (what they read there reaches the image); what follows the tree or the clock
+    /// (`.Git.*`, `.Date`, `.Timestamp`) and the tag itself stay as written: the files stand for
+    /// the tree, and a tag cannot hash itself.
+    fn digest_text(&self, vars: &BTreeMap<String, String>) -> String {
+        let mut vars = vars.clone();
+        for name in ["IMAGE_TAG", "Date", "Timestamp"].iter().chain(&GIT_VARS) {
+            vars.insert(name.to_string(), format!("{{{{.{name}}}}}"));
+        }
+        // A template that fails here fails again, with its error, when the build expands it.
+        let expanded = |items: &[String]| -> Vec<String> {
+            items.iter().map(|t| template::expand(t, &vars).unwrap_or_else(|_| t.clone())).collect()
+        };
+        let labels: BTreeMap<&String, String> =
+            self.labels.iter().map(|(k, v)| (k, template::expand(v, &vars).unwrap_or_else(|_| v.clone()))).collect();
+        let source_date_epoch =
+            std::env::var("SOURCE_DATE_EPOCH").ok().or(self.source_date_epoch.map(|e| e.to_string()));
+        serde_json::json!({
+            "image": self.image,
+            "importPath": self.import_path,
+            "dir": self.work_dir,
+            "platforms": self.platforms.describe(),
+            "base": self.base.to_string(),
+            "env": expanded(self.env),
+            "flags": expanded(self.flags),
+            "ldflags": expanded(self.ldflags),
+            "gcflags": self.gcflags,
+            "asmflags": self.asmflags,
+            "labels": labels,
+            "sourceDateEpoch": source_date_epoch,
+        })
+        .to_string()
+    }
 }
 
 /// What kodev refuses in an artifact's env, once expanded.
@@ -816,6 +897,9 @@ fn resolve_package(
     }
 }
 
+/// The `.Git.*` values ko's templates offer, in the order `template_vars` works them out.
+const GIT_VARS: [&str; 5] = ["Git.FullCommit", "Git.ShortCommit", "Git.Branch", "Git.Tag", "Git.IsDirty"];
+
 /// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer;
 /// git is asked only when a template uses `.Git`.
 pub fn template_vars(context: &Path, uses_git: bool) -> BTreeMap<String, String> {
@@ -831,11 +915,8 @@ pub fn template_vars(context: &Path, uses_git: bool) -> BTreeMap<String, String>
     let branch = tag::git(context, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default();
     let git_tag = tag::git(context, &["describe", "--tags", "--abbrev=0"]).unwrap_or_default();
     let dirty = tag::git(context, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-    vars.insert("Git.FullCommit".into(), full);
-    vars.insert("Git.ShortCommit".into(), short);
-    vars.insert("Git.Branch".into(), branch);
-    vars.insert("Git.Tag".into(), git_tag);
-    vars.insert("Git.IsDirty".into(), dirty.to_string());
+    let values = [full, short, branch, git_tag, dirty.to_string()];
+    vars.extend(GIT_VARS.iter().map(|name| name.to_string()).zip(values));
     vars
 }
 

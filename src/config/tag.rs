@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use super::globs::DependencyGlobs;
 use super::skaffold::TagPolicy;
 use super::template;
 
@@ -88,9 +89,21 @@ pub fn go_layout_to_chrono(layout: &str) -> String {
     out
 }
 
-/// A digest of the artifact's inputs: every file under the context except VCS and kodev output.
-pub fn input_digest(context: &Path) -> String {
-    input_digest_reading(context).0
+/// What the inputDigest tagger hashes for one artifact.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    pub context: PathBuf,
+    /// The artifact's `ko.dependencies` globs: only the files they name count. None: every
+    /// file under the context (but VCS and kodev output) counts, so that nothing the build may
+    /// read (embedded files, cgo sources, kodata) changes without the tag.
+    pub dependencies: Option<DependencyGlobs>,
+    /// The artifact's build settings as one text (see `BuildSettings::digest_text`).
+    pub settings: String,
+}
+
+/// A digest of the artifact's inputs: its settings and its files (see [`Inputs`]).
+pub fn input_digest(inputs: &Inputs) -> String {
+    input_digest_reading(inputs).0
 }
 
 /// What says a file is as it was when its digest was kept: a change of contents moves its
@@ -123,7 +136,11 @@ static KEPT_DIGESTS: Mutex<Option<KeptDigests>> = Mutex::new(None);
 type KeptDigests = HashMap<PathBuf, (FileStamp, [u8; 32])>;
 
 /// The digest, and how many files it read (the others' digests were kept).
-fn input_digest_reading(context: &Path) -> (String, usize) {
+fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
+    let context = inputs.context.as_path();
+    let counts = |file: &Path| {
+        inputs.dependencies.as_ref().is_none_or(|globs| globs.matches(file.strip_prefix(context).unwrap_or(file)))
+    };
     let mut files = Vec::new();
     let mut stack = vec![context.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -136,7 +153,7 @@ fn input_digest_reading(context: &Path) -> (String, usize) {
             let path = entry.path();
             match entry.file_type() {
                 Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => files.push(path),
+                Ok(t) if t.is_file() && counts(&path) => files.push(path),
                 _ => {}
             }
         }
@@ -150,6 +167,7 @@ fn input_digest_reading(context: &Path) -> (String, usize) {
     let kept = kept_guard.get_or_insert_with(HashMap::new);
     let mut read = 0;
     let mut hasher = Sha256::new();
+    hasher.update(Sha256::digest(inputs.settings.as_bytes()));
     for file in files {
         hasher.update(file.strip_prefix(context).unwrap_or(&file).to_string_lossy().as_bytes());
         hasher.update([0]);
@@ -185,34 +203,35 @@ fn input_digest_reading(context: &Path) -> (String, usize) {
 #[derive(Debug, Clone)]
 pub struct Retag {
     policy: Option<TagPolicy>,
-    context: std::path::PathBuf,
+    inputs: Inputs,
     /// `IMAGE_REPO` and `IMAGE_NAME`, which templates see besides the environment.
     image_vars: BTreeMap<String, String>,
 }
 
 impl Retag {
     /// None when the policy gives the same tag whatever the tree holds (sha256: `latest`).
-    pub fn new(policy: Option<&TagPolicy>, context: &Path, image_vars: BTreeMap<String, String>) -> Option<Retag> {
+    pub fn new(policy: Option<&TagPolicy>, inputs: Inputs, image_vars: BTreeMap<String, String>) -> Option<Retag> {
         if policy.is_some_and(|p| p.sha256.is_some()) {
             return None;
         }
-        Some(Retag { policy: policy.cloned(), context: context.to_path_buf(), image_vars })
+        Some(Retag { policy: policy.cloned(), inputs, image_vars })
     }
 
     /// The tag as the tagger gives it now.
     pub fn current(&self) -> Result<String, String> {
         let uses_git =
             self.policy.as_ref().and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
-        let mut vars = super::template_vars(&self.context, uses_git);
+        let mut vars = super::template_vars(&self.inputs.context, uses_git);
         vars.extend(self.image_vars.clone());
-        let tag = resolve(self.policy.as_ref(), &self.context, &vars)?;
+        let tag = resolve(self.policy.as_ref(), &self.inputs, &vars)?;
         super::naming::validate_tag(&tag)?;
         Ok(tag)
     }
 }
 
 /// Resolve `build.tagPolicy` for one artifact. Errors are configuration errors.
-pub fn resolve(policy: Option<&TagPolicy>, context: &Path, vars: &BTreeMap<String, String>) -> Result<String, String> {
+pub fn resolve(policy: Option<&TagPolicy>, inputs: &Inputs, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let context = inputs.context.as_path();
     let Some(policy) = policy else { return git_commit_tag(context, "Tags", "", false) };
     let set = [
         policy.git_commit.is_some(),
@@ -237,7 +256,7 @@ pub fn resolve(policy: Option<&TagPolicy>, context: &Path, vars: &BTreeMap<Strin
         return Ok(FALLBACK_TAG.to_string());
     }
     if policy.input_digest.is_some() {
-        return Ok(input_digest(context));
+        return Ok(input_digest(inputs));
     }
     if let Some(t) = &policy.env_template {
         return template::expand(&t.template, vars);
@@ -263,6 +282,11 @@ pub fn resolve(policy: Option<&TagPolicy>, context: &Path, vars: &BTreeMap<Strin
 mod tests {
     use super::*;
 
+    /// Every file under `context` counts, and no settings.
+    fn every_file(context: &Path) -> Inputs {
+        Inputs { context: context.to_path_buf(), dependencies: None, settings: String::new() }
+    }
+
     #[test]
     fn the_input_digest_reads_again_only_files_that_changed_and_follows_every_edit() {
         let dir = tempfile::tempdir().unwrap();
@@ -272,27 +296,28 @@ mod tests {
             std::fs::write(&path, name).unwrap();
             std::fs::File::options().write(true).open(&path).unwrap().set_modified(long_ago).unwrap();
         }
-        let (first, read) = input_digest_reading(dir.path());
+        let (first, read) = input_digest_reading(&every_file(dir.path()));
         assert_eq!(read, 3);
-        assert_eq!(input_digest_reading(dir.path()), (first.clone(), 0), "nothing changed, nothing read");
+        assert_eq!(input_digest_reading(&every_file(dir.path())), (first.clone(), 0), "nothing changed, nothing read");
 
         // Same length, and its old modification time put back: the change time tells.
         let b = dir.path().join("b.go");
         std::fs::write(&b, "B.go").unwrap();
         std::fs::File::options().write(true).open(&b).unwrap().set_modified(long_ago).unwrap();
-        let (second, read) = input_digest_reading(dir.path());
+        let (second, read) = input_digest_reading(&every_file(dir.path()));
         assert_eq!(read, 1);
         assert_ne!(second, first);
         // Just written (not settled): read at each digest, and each edit is seen.
         std::fs::write(&b, "b.go").unwrap();
-        let (third, read) = input_digest_reading(dir.path());
+        let (third, read) = input_digest_reading(&every_file(dir.path()));
         assert_eq!((third.as_str(), read), (first.as_str(), 1), "back to the first contents");
         std::fs::write(&b, "x.go").unwrap();
-        let (fourth, read) = input_digest_reading(dir.path());
+        let (fourth, read) = input_digest_reading(&every_file(dir.path()));
         assert_eq!(read, 1);
         assert_ne!(fourth, first);
         let fresh = {
             let mut hasher = Sha256::new();
+            hasher.update(Sha256::digest(b""));
             for name in ["a.go", "b.go", "c.txt"] {
                 hasher.update(name.as_bytes());
                 hasher.update([0]);
@@ -301,6 +326,29 @@ mod tests {
             hex::encode(hasher.finalize())
         };
         assert_eq!(fourth, fresh, "the digest of what the files hold now");
+    }
+
+    #[test]
+    fn the_input_digest_counts_the_settings_and_only_the_files_the_dependencies_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("cmd")).unwrap();
+        std::fs::write(dir.path().join("cmd/main.go"), "package main").unwrap();
+        std::fs::write(dir.path().join("README.md"), "# app").unwrap();
+        let globs = DependencyGlobs::new(&["**/*.go".to_string()], &[]).unwrap();
+        let go_files = |settings: &str| Inputs {
+            context: dir.path().to_path_buf(),
+            dependencies: Some(globs.clone()),
+            settings: settings.to_string(),
+        };
+        let first = input_digest(&go_files("-ldflags=-X main.v=1"));
+        let everything = input_digest(&every_file(dir.path()));
+
+        std::fs::write(dir.path().join("README.md"), "# the app").unwrap();
+        assert_eq!(input_digest(&go_files("-ldflags=-X main.v=1")), first, "README.md is not a dependency");
+        assert_ne!(input_digest(&every_file(dir.path())), everything, "without globs every file counts");
+        assert_ne!(input_digest(&go_files("-ldflags=-X main.v=2")), first, "the settings count");
+        std::fs::write(dir.path().join("cmd/main.go"), "package main // edited").unwrap();
+        assert_ne!(input_digest(&go_files("-ldflags=-X main.v=1")), first, "a Go file counts");
     }
 
     #[test]
@@ -313,20 +361,21 @@ mod tests {
     fn policies() {
         let dir = tempfile::tempdir().unwrap();
         let vars: BTreeMap<String, String> = [("VERSION".to_string(), "1.2.3".to_string())].into();
+        let inputs = every_file(dir.path());
         let env: TagPolicy = serde_yaml_ng::from_str("envTemplate: {template: 'v{{.VERSION}}'}").unwrap();
-        assert_eq!(resolve(Some(&env), dir.path(), &vars).unwrap(), "v1.2.3");
+        assert_eq!(resolve(Some(&env), &inputs, &vars).unwrap(), "v1.2.3");
         let sha: TagPolicy = serde_yaml_ng::from_str("sha256: {}").unwrap();
-        assert_eq!(resolve(Some(&sha), dir.path(), &vars).unwrap(), "latest");
+        assert_eq!(resolve(Some(&sha), &inputs, &vars).unwrap(), "latest");
         // Outside git the gitCommit tagger falls back to latest.
-        assert_eq!(resolve(None, dir.path(), &vars).unwrap(), "latest");
+        assert_eq!(resolve(None, &inputs, &vars).unwrap(), "latest");
         std::fs::write(dir.path().join("a.go"), "package a").unwrap();
         let digest: TagPolicy = serde_yaml_ng::from_str("inputDigest: {}").unwrap();
-        let one = resolve(Some(&digest), dir.path(), &vars).unwrap();
+        let one = resolve(Some(&digest), &inputs, &vars).unwrap();
         std::fs::write(dir.path().join("a.go"), "package b").unwrap();
-        assert_ne!(one, resolve(Some(&digest), dir.path(), &vars).unwrap());
+        assert_ne!(one, resolve(Some(&digest), &inputs, &vars).unwrap());
         let two: TagPolicy = serde_yaml_ng::from_str("sha256: {}\ninputDigest: {}").unwrap();
-        assert!(resolve(Some(&two), dir.path(), &vars).is_err());
+        assert!(resolve(Some(&two), &inputs, &vars).is_err());
         let bad: TagPolicy = serde_yaml_ng::from_str("gitCommit: {variant: Nope}").unwrap();
-        assert!(resolve(Some(&bad), dir.path(), &vars).unwrap_err().contains("Nope"));
+        assert!(resolve(Some(&bad), &inputs, &vars).unwrap_err().contains("Nope"));
     }
 }

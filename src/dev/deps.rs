@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::config::globs::DependencyGlobs;
 use crate::config::{go_binary, Artifact};
 use crate::pipeline::base::BUILTIN_PLATFORMS;
 use crate::pipeline::gobuild::{build_env, build_tags, named_workspace};
@@ -22,8 +22,7 @@ pub enum Dependencies {
     /// `provisional`: Skaffold's broad default, used until the Go graph can be read.
     Globs {
         context: PathBuf,
-        paths: GlobSet,
-        ignore: GlobSet,
+        globs: DependencyGlobs,
         provisional: bool,
     },
     Graph(Box<GoGraph>),
@@ -188,32 +187,6 @@ impl ListedModule {
     }
 }
 
-/// Skaffold turns a glob like `**.go` into "any depth"; globset needs `**/*.go`.
-fn skaffold_glob(pattern: &str) -> String {
-    let p = pattern.trim_start_matches("./");
-    if let Some(rest) = p.strip_prefix("**") {
-        if !rest.starts_with('/') && !rest.is_empty() {
-            return format!("**/*{rest}");
-        }
-    }
-    p.to_string()
-}
-
-fn glob_set(patterns: &[String]) -> Result<GlobSet, String> {
-    let mut builder = GlobSetBuilder::new();
-    for p in patterns {
-        let glob = Glob::new(&skaffold_glob(p)).map_err(|e| format!("invalid dependency glob {p:?}: {e}"))?;
-        builder.add(glob);
-        // A directory pattern covers what is below it, as in Skaffold.
-        if !p.contains('*') {
-            if let Ok(glob) = Glob::new(&format!("{}/**", p.trim_end_matches('/'))) {
-                builder.add(glob);
-            }
-        }
-    }
-    builder.build().map_err(|e| e.to_string())
-}
-
 impl Dependencies {
     /// Package directories of a graph read before: their Go files' signatures are taken
     /// before the graph is read again.
@@ -249,14 +222,11 @@ impl Dependencies {
 
     /// `known_dirs`: package directories of the graph read before, if any (see [`go_graph`]).
     pub fn resolve(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Dependencies, String> {
-        match &artifact.dependencies {
-            Some(configured) if !configured.paths.is_empty() => Ok(Dependencies::Globs {
-                context: artifact.context.clone(),
-                paths: glob_set(&configured.paths)?,
-                ignore: glob_set(&configured.ignore)?,
-                provisional: false,
-            }),
-            _ => go_graph(artifact, known_dirs).map(|graph| Dependencies::Graph(Box::new(graph))),
+        match &artifact.dependency_globs {
+            Some(globs) => {
+                Ok(Dependencies::Globs { context: artifact.context.clone(), globs: globs.clone(), provisional: false })
+            }
+            None => go_graph(artifact, known_dirs).map(|graph| Dependencies::Graph(Box::new(graph))),
         }
     }
 
@@ -265,20 +235,15 @@ impl Dependencies {
     pub fn provisional(artifact: &Artifact) -> Dependencies {
         let patterns: Vec<String> =
             ["**/*.go", "**/go.mod", "**/go.sum", "**/go.work", "**/kodata/**"].iter().map(|p| p.to_string()).collect();
-        Dependencies::Globs {
-            context: artifact.context.clone(),
-            paths: glob_set(&patterns).unwrap_or_else(|_| GlobSet::empty()),
-            ignore: GlobSet::empty(),
-            provisional: true,
-        }
+        let globs = DependencyGlobs::new(&patterns, &[]).expect("kodev's own globs are valid");
+        Dependencies::Globs { context: artifact.context.clone(), globs, provisional: true }
     }
 
     pub fn matches(&self, path: &Path) -> bool {
         match self {
-            Dependencies::Globs { context, paths, ignore, .. } => match path.strip_prefix(context) {
-                Ok(rel) => paths.is_match(rel) && !ignore.is_match(rel),
-                Err(_) => false,
-            },
+            Dependencies::Globs { context, globs, .. } => {
+                path.strip_prefix(context).is_ok_and(|rel| globs.matches(rel))
+            }
             Dependencies::Graph(graph) => {
                 graph.module_files.contains(path)
                     || path.starts_with(&graph.kodata)
@@ -601,14 +566,5 @@ func main() {
             Dependencies::Graph(Box::new(graph)).matches(&at("console_windows.go")),
             "a wildcard platform: go decides"
         );
-    }
-
-    #[test]
-    fn skaffold_globs() {
-        let set = glob_set(&["**.go".to_string(), "static".to_string()]).unwrap();
-        assert!(set.is_match("a/b/c.go"));
-        assert!(set.is_match("main.go"));
-        assert!(set.is_match("static/x.css"));
-        assert!(!set.is_match("README.md"));
     }
 }
