@@ -11,6 +11,7 @@ pub mod event;
 pub mod headless;
 pub mod pipeline;
 pub mod platform;
+pub mod stamp;
 pub mod ui;
 
 pub use error::{KodevError, Result};

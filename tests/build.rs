@@ -812,6 +812,28 @@ fn edits_of_a_workspace_member_and_of_a_replaced_module_are_relinked_as_go_build
     assert!(said.contains("loop 0 lib two member two"), "{said}");
 }
 
+/// A library file rewritten in place with the same length and its old modification time put
+/// back (as `cp -p` or a sync tool may leave it): only its change time moved, and the next
+/// build compiles what it holds now rather than relinking its old compile.
+#[test]
+fn a_same_length_rewrite_with_the_old_modification_time_is_built_as_go_builds_it() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let modules = LocalModules::new(&fx);
+    modules.build(&fx, None, "a");
+    let lib = modules.root.path().join("lib/lib.go");
+    let modified = std::fs::metadata(&lib).unwrap().modified().unwrap();
+    let source = std::fs::read_to_string(&lib).unwrap();
+    assert!(source.contains("lib one"));
+    // The change time moves with the clock's tick: let one pass.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    rewrite_in_place(&lib, source.replacen("lib one", "lib two", 1).as_bytes());
+    std::fs::File::options().write(true).open(&lib).unwrap().set_modified(modified).unwrap();
+    modules.build_as_go_builds_it_saying(&fx, "b", "lib two");
+}
+
 /// A module replaced by a sibling directory whose go.mod changes in place (its directory and
 /// sources as they were): its `go` line decides how its code compiles (here the loop variable
 /// semantics of Go 1.22), so the next build must not relink over its old compile.

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::globs::DependencyGlobs;
 use super::skaffold::TagPolicy;
 use super::template;
+use crate::stamp::FileStamp;
 
 pub const FALLBACK_TAG: &str = "latest";
 
@@ -106,29 +107,6 @@ pub fn input_digest(inputs: &Inputs) -> String {
     input_digest_reading(inputs).0
 }
 
-/// What says a file is as it was when its digest was kept: a change of contents moves its
-/// change time (which no tool sets back) if not its length or modification time.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified_ns: i128,
-    changed_ns: i128,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(metadata: &std::fs::Metadata) -> FileStamp {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        FileStamp {
-            len: metadata.len(),
-            modified_ns: ns(metadata.mtime(), metadata.mtime_nsec()),
-            changed_ns: ns(metadata.ctime(), metadata.ctime_nsec()),
-            inode: metadata.ino(),
-        }
-    }
-}
-
 /// The digests of files read before, with their stamps: `kodev dev` works an inputDigest tag
 /// out again for each build and reads again only what changed.
 static KEPT_DIGESTS: Mutex<Option<KeptDigests>> = Mutex::new(None);
@@ -161,7 +139,7 @@ fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
     files.sort();
     // A file modified in the last two seconds may change again within its stamp's precision
     // (a coarse clock, a second write of the same length): read each time, never kept.
-    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
     let settled_before = now_ns - 2_000_000_000;
     let mut kept_guard = KEPT_DIGESTS.lock().unwrap_or_else(|e| e.into_inner());
     let kept = kept_guard.get_or_insert_with(HashMap::new);
@@ -171,7 +149,7 @@ fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
     for file in files {
         hasher.update(file.strip_prefix(context).unwrap_or(&file).to_string_lossy().as_bytes());
         hasher.update([0]);
-        let stamp = std::fs::metadata(&file).ok().map(|m| FileStamp::of(&m));
+        let stamp = FileStamp::read(&file);
         let known = stamp.and_then(|stamp| kept.get(&file).filter(|(was, _)| *was == stamp).map(|(_, digest)| *digest));
         let digest = match known {
             Some(digest) => Some(digest),
@@ -179,7 +157,7 @@ fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
                 read += 1;
                 let digest: Option<[u8; 32]> = std::fs::read(&file).ok().map(|bytes| Sha256::digest(&bytes).into());
                 match (stamp, digest) {
-                    (Some(stamp), Some(digest)) if stamp.modified_ns < settled_before => {
+                    (Some(stamp), Some(digest)) if stamp.modified_before(settled_before) => {
                         kept.insert(file.clone(), (stamp, digest));
                     }
                     _ => {

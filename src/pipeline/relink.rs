@@ -30,7 +30,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 
 use crate::pipeline::gocache;
 use crate::platform::GoTarget;
+use crate::stamp::FileStamp;
 
 /// The `GODEBUG` setting that makes go print what it hashes into action IDs.
 pub const CAPTURE_GODEBUG: &str = "gocachehash=1";
@@ -48,23 +49,6 @@ pub const CAPTURE_FLAGS: [&str; 2] = ["-x", "-work"];
 
 /// Why a go build gave no recipe when the main package came from go's cache.
 pub const NOT_COMPILED: &str = "go did not compile the main package";
-
-/// What identifies a file or directory as unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
-    len: u64,
-    modified_ns: i64,
-    inode: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: metadata.len(),
-        modified_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
-        inode: metadata.ino(),
-    })
-}
 
 /// Byte strings as hex in a saved recipe (go's texts are mostly, not always, UTF-8).
 mod hex_bytes {
@@ -113,7 +97,7 @@ pub struct Recipe {
     /// The main package's input files: (index of their `file` write, name in the package dir).
     main_files: Vec<(usize, String)>,
     /// Every other input that must be as it was (None: must still be missing).
-    inputs: Vec<(PathBuf, Option<Stamp>)>,
+    inputs: Vec<(PathBuf, Option<FileStamp>)>,
     main_dir: PathBuf,
     /// The main package directory's names that can join the package.
     main_listing: BTreeSet<String>,
@@ -145,8 +129,8 @@ struct ModulePackage {
     /// among the recipe's fixed inputs. Packages with cgo, assembly or embedded files are fixed.
     editable: bool,
     /// Its files: (index of their `file` write, name in `dir`, stamp when captured).
-    files: Vec<(usize, String, Option<Stamp>)>,
-    dir_stamp: Option<Stamp>,
+    files: Vec<(usize, String, Option<FileStamp>)>,
+    dir_stamp: Option<FileStamp>,
     listing: BTreeSet<String>,
     signatures: HashMap<String, crate::dev::deps::GraphSignature>,
     /// go's compile of it, when the captured build (or an earlier one with the same text) ran one.
@@ -609,7 +593,7 @@ fn module_packages(
         let mut signatures = HashMap::new();
         for (index, file, hash) in &file_lines {
             let path = dir.join(file);
-            let before = stamp(&path);
+            let before = FileStamp::read(&path);
             if editable {
                 let bytes = std::fs::read(&path).map_err(|_| "an input is gone")?;
                 if hash_to_string(&Sha256::digest(&bytes)) != *hash {
@@ -648,7 +632,7 @@ fn module_packages(
         });
         packages.push(ModulePackage {
             import_path: name.to_string(),
-            dir_stamp: stamp(&dir),
+            dir_stamp: FileStamp::read(&dir),
             listing: if editable {
                 listing(&dir, false).ok_or("a package directory cannot be read")?
             } else {
@@ -961,7 +945,7 @@ impl Recipe {
             if followed.contains(&path) {
                 continue;
             }
-            let before = stamp(&path).ok_or("an input is gone")?;
+            let before = FileStamp::read(&path).ok_or("an input is gone")?;
             // Outside GOROOT, the file must still be what go hashed (it may have changed while
             // go ran); GOROOT's sources do not change under a toolchain.
             if !path.starts_with(&goroot)
@@ -1000,13 +984,13 @@ impl Recipe {
                 let path = dir.join(&name);
                 // go never builds a test file into a binary, nor another system's file.
                 if !name.ends_with("_test.go") && !hashed_paths.contains(&path) && !target.excludes_by_name(&name) {
-                    let found = stamp(&path);
+                    let found = FileStamp::read(&path);
                     inputs.push((path, found));
                 }
             }
         }
         for dir in dirs {
-            let dir_stamp = stamp(&dir);
+            let dir_stamp = FileStamp::read(&dir);
             inputs.push((dir, dir_stamp));
         }
         let mut watched: Vec<PathBuf> = vec![
@@ -1036,7 +1020,7 @@ impl Recipe {
             watched.extend(git_state_files(&main_dir).ok_or("no git directory")?);
         }
         inputs.extend(watched.into_iter().map(|path| {
-            let found = stamp(&path);
+            let found = FileStamp::read(&path);
             (path, found)
         }));
 
@@ -1133,7 +1117,7 @@ impl Recipe {
     /// differently has changed since the recipe was captured: a fixed input, a package's list
     /// of files, a file's package clause, imports or directives.
     pub fn current_sources(&self) -> Option<Sources> {
-        if self.inputs.iter().any(|(path, before)| stamp(path) != *before) {
+        if self.inputs.iter().any(|(path, before)| FileStamp::read(path) != *before) {
             return None;
         }
         let main_text = self.main_text_now()?;
@@ -1261,13 +1245,13 @@ impl ModulePackage {
     /// the package the recipe knows (another list of files, or a file's package clause, imports
     /// or directives changed); Some(None) when its files are those go hashed.
     fn text_now(&self) -> Option<Option<Vec<Vec<u8>>>> {
-        if stamp(&self.dir) != self.dir_stamp && listing(&self.dir, false)? != self.listing {
+        if FileStamp::read(&self.dir) != self.dir_stamp && listing(&self.dir, false)? != self.listing {
             return None;
         }
         let mut text = None::<Vec<Vec<u8>>>;
         for (index, name, before) in &self.files {
             let path = self.dir.join(name);
-            if stamp(&path) == *before {
+            if FileStamp::read(&path) == *before {
                 continue;
             }
             let bytes = std::fs::read(&path).ok()?;
@@ -1323,7 +1307,7 @@ pub enum Fit {
 
 /// Bumped when a saved recipe's meaning changes (3: the go.mod of every module its packages come
 /// from, and the source files go left out of the packages, are inputs).
-const RECIPE_FORMAT: u32 = 3;
+const RECIPE_FORMAT: u32 = 4;
 
 fn recipe_format() -> String {
     format!("{RECIPE_FORMAT} kodev {}", env!("CARGO_PKG_VERSION"))
@@ -2187,7 +2171,7 @@ fn disagreement_marker() -> PathBuf {
 
 fn toolchain_identity() -> String {
     let go = crate::config::go_binary_path();
-    format!("{} {:?}", go.display(), stamp(&go))
+    format!("{} {:?}", go.display(), FileStamp::read(&go))
 }
 
 impl Relinker {
