@@ -188,6 +188,8 @@ pub struct LoadedConfig {
     /// The line the config's document starts on in `text`.
     pub first_line: usize,
     pub config: SkaffoldConfig,
+    /// The keys of `build` an active profile replaced (see `skaffold::Document`).
+    pub build_from_profiles: BTreeMap<String, usize>,
 }
 
 fn read_config(file: &Path) -> Result<String> {
@@ -222,7 +224,7 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
     let root = dir_of(file);
     stack.push(canonical);
     let mut out = Vec::new();
-    for skaffold::Document { first_line, config } in configs {
+    for skaffold::Document { first_line, config, build_from_profiles } in configs {
         for (i, dependency) in config.requires.iter().enumerate() {
             let field = format!("requires[{i}]");
             let line = skaffold::field_line(&text, first_line, &["requires", &format!("[{i}]")]);
@@ -260,7 +262,14 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
                 .collect();
             out.extend(wanted);
         }
-        out.push(LoadedConfig { file: file.to_path_buf(), root: root.clone(), text: text.clone(), first_line, config });
+        out.push(LoadedConfig {
+            file: file.to_path_buf(),
+            root: root.clone(),
+            text: text.clone(),
+            first_line,
+            config,
+            build_from_profiles,
+        });
     }
     stack.pop();
     Ok(out)
@@ -303,12 +312,17 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let mut push_from_config = None;
     let mut concurrency = 1;
     let mut config_files = Vec::new();
-    for LoadedConfig { file, root: config_root, text, first_line, config } in &loaded {
+    for LoadedConfig { file, root: config_root, text, first_line, config, build_from_profiles } in &loaded {
         if !config_files.contains(file) {
             config_files.push(file.clone());
         }
         let line_of = |path: &[&str]| skaffold::field_line(text, *first_line, path);
-        let artifact_lines = |i: usize| line_of(&["build", "artifacts", &format!("[{i}]")]);
+        let build_line = |key: &str, below: &[&str]| {
+            let path = skaffold::build_key_path(build_from_profiles, key);
+            line_of(&path.iter().map(String::as_str).chain(below.iter().copied()).collect::<Vec<_>>())
+        };
+        let artifacts_path = skaffold::build_key_path(build_from_profiles, "artifacts");
+        let artifact_lines = |i: usize| build_line("artifacts", &[&format!("[{i}]")]);
         let uses_ko = config.build.as_ref().is_some_and(|b| b.artifacts.iter().any(|a| a.ko.is_some()));
         if let Err(message) = skaffold::check_api_version(&config.api_version, uses_ko) {
             return Err(config_err(file, line_of(&["apiVersion"]), "apiVersion", message));
@@ -329,13 +343,13 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 concurrency = c;
             }
         }
-        let build_platforms =
-            match &build.platforms {
-                Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| {
-                    config_err(file, line_of(&["build", "platforms"]), "build.platforms", e.to_string())
-                })?),
-                None => None,
-            };
+        let build_platforms = match &build.platforms {
+            Some(list) => Some(
+                PlatformRequest::parse_list(list)
+                    .map_err(|e| config_err(file, build_line("platforms", &[]), "build.platforms", e.to_string()))?,
+            ),
+            None => None,
+        };
         for (i, raw) in build.artifacts.iter().enumerate() {
             let field = format!("build.artifacts[{i}]");
             if !options.build_images.is_empty() && !options.build_images.iter().any(|b| b == &raw.image) {
@@ -347,6 +361,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 raw,
                 text,
                 first_line: *first_line,
+                artifacts_path: &artifacts_path,
                 field: &field,
                 index: i,
                 default_repo: default_repo.as_deref(),
@@ -431,6 +446,8 @@ struct ArtifactInput<'a> {
     /// an error is about.
     text: &'a str,
     first_line: usize,
+    /// Where the artifacts list is written (`build.artifacts`, or a profile's).
+    artifacts_path: &'a [String],
     field: &'a str,
     /// The artifact's place in `build.artifacts`.
     index: usize,
@@ -451,13 +468,15 @@ fn list_item(part: &str) -> Vec<&str> {
 }
 
 fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
-    let ArtifactInput { file, root, raw, text, first_line, field, index, .. } = input;
+    let ArtifactInput { file, root, raw, text, first_line, artifacts_path, field, index, .. } = input;
     // `sub` is the field below the artifact (".ko.main", ".ko.labels.<key>"): the error names
     // its line. Label keys may hold dots, so it is split in three parts at most.
     let err = |sub: &str, message: String| {
         let item = format!("[{index}]");
-        let path: Vec<&str> = ["build", "artifacts", &item]
-            .into_iter()
+        let path: Vec<&str> = artifacts_path
+            .iter()
+            .map(String::as_str)
+            .chain([item.as_str()])
             .chain(sub.trim_start_matches('.').splitn(3, '.').filter(|k| !k.is_empty()).flat_map(list_item))
             .collect();
         config_err(file, skaffold::field_line(text, first_line, &path), &format!("{field}{sub}"), message)

@@ -410,6 +410,24 @@ fn regex_like_match(pattern: &str, actual: &str) -> bool {
 pub struct Document {
     pub first_line: usize,
     pub config: SkaffoldConfig,
+    /// The keys of `build` that an active profile's `build` replaced, with the index of the
+    /// last profile that did: their lines are in that profile.
+    pub build_from_profiles: BTreeMap<String, usize>,
+}
+
+impl Document {
+    fn plain(first_line: usize, config: SkaffoldConfig) -> Document {
+        Document { first_line, config, build_from_profiles: BTreeMap::new() }
+    }
+}
+
+/// The field path, for `field_line`, of `build.<key>` in a document whose profiles replaced
+/// the keys `build_from_profiles` names.
+pub fn build_key_path(build_from_profiles: &BTreeMap<String, usize>, key: &str) -> Vec<String> {
+    match build_from_profiles.get(key) {
+        Some(profile) => vec!["profiles".into(), format!("[{profile}]"), "build".into(), key.into()],
+        None => vec!["build".into(), key.into()],
+    }
 }
 
 pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) -> Result<Vec<Document>, KodevError> {
@@ -432,7 +450,7 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
         };
         let needs_profiles = config.as_ref().is_none_or(|c| c.profiles.iter().any(|p| selection.activates(p)));
         if let (Some(config), false) = (&config, needs_profiles) {
-            configs.push(Document { first_line, config: config.clone() });
+            configs.push(Document::plain(first_line, config.clone()));
             continue;
         }
         let mut value = values.get(index).cloned().unwrap_or(Value::Null);
@@ -449,15 +467,22 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
         let merged = from_value(path, text, first_line, value.clone(), None)?;
         let active: Vec<Profile> = merged.profiles.iter().filter(|p| selection.activates(p)).cloned().collect();
         if active.is_empty() {
-            configs.push(Document { first_line, config: merged });
+            configs.push(Document::plain(first_line, merged));
             continue;
         }
+        let mut build_from_profiles = BTreeMap::new();
         for profile in &active {
-            apply_profile(path, &mut value, profile)?;
+            // Its place among the document's profiles, for the lines of its errors.
+            let index = merged.profiles.iter().position(|p| p.name == profile.name).unwrap_or(0);
+            let at = ProfileAt { path, text, first_line, index };
+            apply_profile(&at, &mut value, profile)?;
+            if let Some(Value::Mapping(overlay)) = &profile.build {
+                build_from_profiles.extend(overlay.keys().filter_map(|k| k.as_str()).map(|k| (k.to_string(), index)));
+            }
         }
         let names: Vec<&str> = active.iter().map(|p| p.name.as_str()).collect();
-        configs
-            .push(Document { first_line, config: from_value(path, text, first_line, value, Some(&names.join(", ")))? });
+        let config = from_value(path, text, first_line, value, Some(&names.join(", ")))?;
+        configs.push(Document { first_line, config, build_from_profiles });
     }
     Ok(configs)
 }
@@ -490,21 +515,42 @@ fn from_value(
     })
 }
 
-fn profile_error(path: &Path, profile: &Profile, message: String) -> KodevError {
-    KodevError::Config {
-        file: path.to_path_buf(),
-        line: None,
-        column: None,
-        field: Some(format!("profiles[{}]", profile.name)),
-        message,
+/// Where a profile is written: the config file, its text, the line its document starts on,
+/// and the profile's index in the document's `profiles`.
+struct ProfileAt<'a> {
+    path: &'a Path,
+    text: &'a str,
+    first_line: usize,
+    index: usize,
+}
+
+impl ProfileAt<'_> {
+    /// An error about the profile's part `sub` (`["patches", "[1]"]`), on that part's line.
+    fn error(&self, profile: &Profile, sub: &[&str], message: String) -> KodevError {
+        let item = format!("[{}]", self.index);
+        let field_path: Vec<&str> = ["profiles", item.as_str()].iter().chain(sub).copied().collect();
+        let field = sub.iter().fold(format!("profiles[{}]", profile.name), |field, part| {
+            if part.starts_with('[') {
+                field + part
+            } else {
+                format!("{field}.{part}")
+            }
+        });
+        KodevError::Config {
+            file: self.path.to_path_buf(),
+            line: field_line(self.text, self.first_line, &field_path),
+            column: None,
+            field: Some(field),
+            message,
+        }
     }
 }
 
 /// A profile's `build` overlays the config's key by key; then its JSON patches apply in order.
-fn apply_profile(path: &Path, document: &mut Value, profile: &Profile) -> Result<(), KodevError> {
+fn apply_profile(at: &ProfileAt, document: &mut Value, profile: &Profile) -> Result<(), KodevError> {
     if let Some(Value::Mapping(overlay)) = &profile.build {
         let Value::Mapping(root) = document else {
-            return Err(profile_error(path, profile, "the config is not a mapping".into()));
+            return Err(at.error(profile, &[], "the config is not a mapping".into()));
         };
         let build = root.entry(Value::String("build".into())).or_insert_with(|| Value::Mapping(Default::default()));
         if let Value::Mapping(build) = build {
@@ -513,9 +559,10 @@ fn apply_profile(path: &Path, document: &mut Value, profile: &Profile) -> Result
             }
         }
     }
-    for patch in &profile.patches {
-        json_patch(document, patch)
-            .map_err(|m| profile_error(path, profile, format!("patch {} {}: {m}", patch.op, patch.path)))?;
+    for (i, patch) in profile.patches.iter().enumerate() {
+        json_patch(document, patch).map_err(|m| {
+            at.error(profile, &["patches", &format!("[{i}]")], format!("patch {} {}: {m}", patch.op, patch.path))
+        })?;
     }
     Ok(())
 }
