@@ -305,3 +305,57 @@ fn the_input_digest_tag_follows_the_settings_and_the_named_dependencies() {
     edit_hello(&app);
     assert_ne!(tag_of(&go_only), named, "main.go is");
 }
+
+/// The inputDigest tag follows the local modules a build takes from beside its context (a
+/// go.mod directory replacement, a workspace's modules): an edit there changes the image, so
+/// it changes the tag; `ko.dependencies` globs read each module from its own directory.
+#[test]
+fn the_input_digest_tag_follows_local_modules_outside_the_context() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let at = |rel: &str| dir.path().join(rel);
+    copy_tree(&repo_root().join("examples/hello"), &at("app"));
+    let go_mod = std::fs::read_to_string(at("app/go.mod")).unwrap();
+    std::fs::write(at("app/go.mod"), go_mod + "\nreplace example.com/lib => ../lib\n").unwrap();
+    for (module, file) in [("lib", "lib/lib.go"), ("member", "member/member.go")] {
+        std::fs::create_dir(at(module)).unwrap();
+        std::fs::write(at(&format!("{module}/go.mod")), format!("module example.com/{module}\n\ngo 1.19\n")).unwrap();
+        std::fs::write(at(file), format!("package {module}\n")).unwrap();
+    }
+    std::fs::write(at("go.work"), "go 1.19\n\nuse (\n\t./app\n\t./member\n)\n").unwrap();
+    let skaffold = at("app/skaffold.yaml");
+    let tag_of = |ko_block: &str| -> String {
+        let yaml = format!(
+            "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  tagPolicy:\n    inputDigest: {{}}\n  artifacts:\n    - image: hello\n      ko:\n        main: .\n{ko_block}"
+        );
+        std::fs::write(&skaffold, yaml).unwrap();
+        let options = kodev::config::LoadOptions { file: skaffold.clone(), push: Some(false), ..Default::default() };
+        kodev::config::load(&options).unwrap().artifacts[0].tag.clone()
+    };
+    let append = |rel: &str, text: &str| {
+        let before = std::fs::read_to_string(at(rel)).unwrap();
+        std::fs::write(at(rel), before + text).unwrap();
+    };
+    let no_workspace = "        env: [GOWORK=off]\n";
+    let go_files = "        dependencies:\n          paths: [\"**/*.go\"]\n";
+    let mut tags = [tag_of(""), tag_of(no_workspace), tag_of(go_files)];
+    let mut next = |what: &str| {
+        let now = [tag_of(""), tag_of(no_workspace), tag_of(go_files)];
+        let moved = [0, 1, 2].map(|i| now[i] != tags[i]);
+        tags = now;
+        println!("{what}: {moved:?}");
+        moved
+    };
+    append("lib/lib.go", "// edited\n");
+    assert_eq!(next("lib.go"), [true, true, true], "a replaced module's file");
+    append("member/member.go", "// edited\n");
+    assert_eq!(next("member.go"), [true, false, true], "a workspace module's file, unless GOWORK=off");
+    std::fs::write(at("lib/NOTES.md"), "notes\n").unwrap();
+    assert_eq!(next("NOTES.md"), [true, true, false], "not a Go file");
+    std::fs::write(at("elsewhere.go"), "package elsewhere\n").unwrap();
+    assert_eq!(next("elsewhere.go"), [false, false, false], "not in any module the build takes");
+    append("go.work", "\nuse ./lib\n");
+    assert_eq!(next("go.work"), [true, false, true], "the workspace file, unless GOWORK=off");
+}

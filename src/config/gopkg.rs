@@ -162,6 +162,101 @@ pub fn go_list_packages(work_dir: &Path, pattern: &str) -> std::result::Result<V
         .collect())
 }
 
+/// What a build in `work_dir` takes from the developer's disk besides the main module, as its
+/// go.mod and workspace say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalModules {
+    /// The targets of go.mod's `replace` directives that name a directory and, in a
+    /// workspace, its `use`d modules and its own directory replacements. Directories that do
+    /// not exist are left out (the build fails on them anyway).
+    pub dirs: Vec<PathBuf>,
+    /// The workspace file in effect, with its `.sum` beside it when there is one.
+    pub workspace_files: Vec<PathBuf>,
+}
+
+/// `gowork` is GOWORK as the build sees it (`off`: no workspace; None: the go.work found above
+/// `work_dir`, as go finds it).
+pub fn local_modules(work_dir: &Path, gowork: Option<&str>) -> LocalModules {
+    let mut dirs = Vec::new();
+    let mut from_file = |file: &Path, verbs: &[&str]| {
+        let Ok(text) = std::fs::read_to_string(file) else { return };
+        let base = file.parent().unwrap_or(Path::new("."));
+        for (verb, words) in directives(&text) {
+            let dir = match verb.as_str() {
+                "replace" => words.iter().position(|w| w == "=>").and_then(|at| words.get(at + 1)),
+                "use" => words.first(),
+                _ => None,
+            };
+            if let Some(dir) = dir.filter(|d| verbs.contains(&verb.as_str()) && is_directory_path(d)) {
+                if let Ok(dir) = base.join(dir).canonicalize() {
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                }
+            }
+        }
+    };
+    if let Some(go_mod) = nearest_go_mod(work_dir) {
+        from_file(&go_mod, &["replace"]);
+    }
+    let workspace = match gowork {
+        Some("off") => None,
+        Some(file) => Some(PathBuf::from(file)),
+        None => work_dir.ancestors().map(|d| d.join("go.work")).find(|p| p.is_file()),
+    };
+    let mut workspace_files = Vec::new();
+    if let Some(workspace) = workspace.filter(|w| w.is_file()) {
+        from_file(&workspace, &["use", "replace"]);
+        let sum = PathBuf::from(format!("{}.sum", workspace.display()));
+        workspace_files.extend(std::iter::once(workspace).chain(sum.is_file().then_some(sum)));
+    }
+    LocalModules { dirs, workspace_files }
+}
+
+/// A go.mod or go.work path that names a directory, as go tells them from module paths.
+fn is_directory_path(path: &str) -> bool {
+    path == "." || path == ".." || path.starts_with("./") || path.starts_with("../") || path.starts_with('/')
+}
+
+/// The directives of a go.mod or go.work: each with its verb and its words (quotes removed,
+/// comments dropped), a `verb ( ... )` block giving one per line.
+fn directives(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut block: Option<String> = None;
+    for line in text.lines() {
+        let words = words_of(line);
+        let Some(first) = words.first() else { continue };
+        match &block {
+            Some(_) if first == ")" => block = None,
+            Some(verb) => out.push((verb.clone(), words)),
+            None if words.get(1).is_some_and(|w| w == "(") => block = Some(first.clone()),
+            None => out.push((first.clone(), words[1..].to_vec())),
+        }
+    }
+    out
+}
+
+/// The words of one line of a go.mod, without its `//` comment; quoted words unquoted.
+fn words_of(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() && !rest.starts_with("//") {
+        let (word, after) = match rest.chars().next() {
+            Some(quote @ ('"' | '`')) => match rest[1..].find(quote) {
+                Some(end) => (&rest[1..1 + end], &rest[end + 2..]),
+                None => (&rest[1..], ""),
+            },
+            _ => {
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                (&rest[..end], &rest[end..])
+            }
+        };
+        words.push(word.to_string());
+        rest = after.trim_start();
+    }
+    words
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +270,35 @@ mod tests {
         assert_eq!(package_clause(&file).as_deref(), Some("main"));
         std::fs::write(&file, "\u{feff}package shared\n").unwrap();
         assert_eq!(package_clause(&file).as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn local_modules_come_from_directory_replacements_and_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for sub in ["app", "lib", "other", "member", "pinned"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        std::fs::write(
+            root.join("app/go.mod"),
+            "module example.com/app // the app\n\ngo 1.22\n\nreplace example.com/lib => ../lib\n\nreplace (\n\texample.com/other v1.0.0 => \"../other\" // local\n\texample.com/up => example.com/fork v1.2.0\n\texample.com/gone => ../gone\n)\n",
+        )
+        .unwrap();
+        let found = local_modules(&root.join("app"), None);
+        assert_eq!(
+            found.dirs,
+            [root.join("lib"), root.join("other")],
+            "a module path and a missing directory are not local"
+        );
+        assert!(found.workspace_files.is_empty());
+
+        std::fs::write(root.join("go.work"), "go 1.22\n\nuse (\n\t./app\n\t./member\n)\nuse ./pinned\n").unwrap();
+        std::fs::write(root.join("go.work.sum"), "").unwrap();
+        let found = local_modules(&root.join("app"), None);
+        let want = ["lib", "other", "app", "member", "pinned"].map(|d| root.join(d));
+        assert_eq!(found.dirs, want, "the go.work found above");
+        assert_eq!(found.workspace_files, [root.join("go.work"), root.join("go.work.sum")]);
+        assert_eq!(local_modules(&root.join("app"), Some("off")).dirs.len(), 2, "GOWORK=off");
     }
 
     #[test]

@@ -655,6 +655,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
                 context: context.clone(),
                 dependencies: dependency_globs.clone(),
                 settings: settings.digest_text(&vars),
+                modules: gopkg::local_modules(&work_dir, gowork_setting(&env_templates).as_deref()),
             };
             let tag =
                 tag::resolve(input.tag_policy, &inputs, &vars).map_err(|m| err("", format!("build.tagPolicy: {m}")))?;
@@ -762,6 +763,16 @@ impl BuildSettings<'_> {
         })
         .to_string()
     }
+}
+
+/// GOWORK as an artifact's go builds see it: its own `env` (as written: a template there is
+/// not worth a workspace's files), else kodev's environment, else go's settings file.
+fn gowork_setting(env: &[String]) -> Option<String> {
+    let own = env.iter().rev().find_map(|entry| entry.strip_prefix("GOWORK=")).map(str::to_string);
+    // Empty is unset, for go: its settings file decides then.
+    let seen = own.or_else(|| std::env::var("GOWORK").ok()).filter(|v| !v.is_empty());
+    let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    seen.or_else(|| crate::pipeline::relink::go_env_file_setting(lookup, "GOWORK")).filter(|v| !v.is_empty())
 }
 
 /// What kodev refuses in an artifact's env, once expanded.

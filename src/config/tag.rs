@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::globs::DependencyGlobs;
+use super::gopkg::LocalModules;
 use super::skaffold::TagPolicy;
 use super::template;
 use crate::stamp::FileStamp;
@@ -100,6 +101,10 @@ pub struct Inputs {
     pub dependencies: Option<DependencyGlobs>,
     /// The artifact's build settings as one text (see `BuildSettings::digest_text`).
     pub settings: String,
+    /// What the build takes from beside the main module (see `gopkg::local_modules`): the
+    /// files of those modules count as the context's do, `dependencies` read from each
+    /// module's directory; the workspace file counts whatever they name.
+    pub modules: LocalModules,
 }
 
 /// A digest of the artifact's inputs: its settings and its files (see [`Inputs`]).
@@ -116,27 +121,24 @@ type KeptDigests = HashMap<PathBuf, (FileStamp, [u8; 32])>;
 /// The digest, and how many files it read (the others' digests were kept).
 fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
     let context = inputs.context.as_path();
-    let counts = |file: &Path| {
-        inputs.dependencies.as_ref().is_none_or(|globs| globs.matches(file.strip_prefix(context).unwrap_or(file)))
-    };
-    let mut files = Vec::new();
-    let mut stack = vec![context.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name == ".git" || name == ".kodev" {
-                continue;
-            }
-            let path = entry.path();
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() && counts(&path) => files.push(path),
-                _ => {}
+    // Each file with the name it is hashed under: its path from the context (`../lib/x.go`
+    // for a local module beside it), the same on every machine with the same layout.
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for root in std::iter::once(context).chain(inputs.modules.dirs.iter().map(PathBuf::as_path)) {
+        let prefix = relative_path(context, root);
+        for (relative, path) in files_under(root) {
+            let counts = inputs.dependencies.as_ref().is_none_or(|globs| globs.matches(&relative));
+            if counts && seen.insert(path.clone()) {
+                files.push((format!("{prefix}{}", relative.to_string_lossy()), path));
             }
         }
     }
-    files.sort();
+    for file in &inputs.modules.workspace_files {
+        if seen.insert(file.clone()) {
+            files.push((relative_path(context, file).trim_end_matches('/').to_string(), file.clone()));
+        }
+    }
     // A file modified in the last two seconds may change again within its stamp's precision
     // (a coarse clock, a second write of the same length): read each time, never kept.
     let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
@@ -146,8 +148,8 @@ fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
     let mut read = 0;
     let mut hasher = Sha256::new();
     hasher.update(Sha256::digest(inputs.settings.as_bytes()));
-    for file in files {
-        hasher.update(file.strip_prefix(context).unwrap_or(&file).to_string_lossy().as_bytes());
+    for (name, file) in files {
+        hasher.update(name.as_bytes());
         hasher.update([0]);
         let stamp = FileStamp::read(&file);
         let known = stamp.and_then(|stamp| kept.get(&file).filter(|(was, _)| *was == stamp).map(|(_, digest)| *digest));
@@ -172,6 +174,39 @@ fn input_digest_reading(inputs: &Inputs) -> (String, usize) {
         }
     }
     (hex::encode(hasher.finalize()), read)
+}
+
+/// The files under `root` (but VCS and kodev output), by their paths relative to it, sorted.
+fn files_under(root: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name == ".git" || name == ".kodev" {
+                continue;
+            }
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => files.push((path.strip_prefix(root).unwrap_or(&path).to_path_buf(), path)),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// How to reach `dir` from `from` (both absolute): `""` for `from` itself, else a path with a
+/// trailing `/` (`../lib/`).
+fn relative_path(from: &Path, dir: &Path) -> String {
+    let (from, dir): (Vec<_>, Vec<_>) = (from.components().collect(), dir.components().collect());
+    let common = from.iter().zip(&dir).take_while(|(a, b)| a == b).count();
+    let ups = std::iter::repeat_n("..".to_string(), from.len() - common);
+    let downs = dir[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    ups.chain(downs).map(|part| part + "/").collect()
 }
 
 /// How an artifact's tag is worked out again for each build of `kodev dev`, when its tagger
@@ -262,7 +297,12 @@ mod tests {
 
     /// Every file under `context` counts, and no settings.
     fn every_file(context: &Path) -> Inputs {
-        Inputs { context: context.to_path_buf(), dependencies: None, settings: String::new() }
+        Inputs {
+            context: context.to_path_buf(),
+            dependencies: None,
+            settings: String::new(),
+            modules: LocalModules::default(),
+        }
     }
 
     #[test]
@@ -317,6 +357,7 @@ mod tests {
             context: dir.path().to_path_buf(),
             dependencies: Some(globs.clone()),
             settings: settings.to_string(),
+            modules: LocalModules::default(),
         };
         let first = input_digest(&go_files("-ldflags=-X main.v=1"));
         let everything = input_digest(&every_file(dir.path()));
