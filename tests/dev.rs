@@ -63,6 +63,26 @@ impl DevSession {
         env: &[(&str, &str)],
         tag: Option<&str>,
     ) -> DevSession {
+        let mut session = Self::launch(extra, prepare, log, env, tag);
+        session.wait_for("the first builds", |e| e["event"] == "watching");
+        for image in images {
+            assert!(
+                session.seen.iter().any(|e| e["event"] == "pushed" && e["artifact"] == *image),
+                "first round pushed {image}: {:?}",
+                session.seen
+            );
+        }
+        session
+    }
+
+    /// Start, without waiting for anything.
+    fn launch(
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        tag: Option<&str>,
+    ) -> DevSession {
         let registry = Registry::start();
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
@@ -98,7 +118,7 @@ impl DevSession {
         });
         let stdin = child.stdin.take();
         let build_marker = cache.display().to_string();
-        let mut session = DevSession {
+        DevSession {
             child,
             stdin,
             events: rx,
@@ -107,16 +127,7 @@ impl DevSession {
             build_marker,
             _cache: cache_dir,
             _registry: registry,
-        };
-        session.wait_for("the first builds", |e| e["event"] == "watching");
-        for image in images {
-            assert!(
-                session.seen.iter().any(|e| e["event"] == "pushed" && e["artifact"] == *image),
-                "first round pushed {image}: {:?}",
-                session.seen
-            );
         }
-        session
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -314,6 +325,68 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     // The image holds the edit: the same as a one-shot build from an empty cache.
     let reference = alpha_from_an_empty_cache(&dev);
     let digest = pushed["digest"].as_str().unwrap();
+    assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
+}
+
+/// The first builds do not wait for the package graphs. With `go list -deps` held back, alpha
+/// is built and pushed, and an edit made meanwhile of a module replaced from outside the tree
+/// (known from go.mod, before any graph) rebuilds it. Once the graphs are read `watching`
+/// comes, and a Go file outside them rebuilds nothing.
+#[test]
+fn the_first_builds_do_not_wait_for_the_package_graphs() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    let lib = tempfile::tempdir().unwrap();
+    write_lib_module(lib.path());
+    let lib_dir = lib.path().to_path_buf();
+    let held = tempfile::tempdir().unwrap();
+    let release = held.path().join("release");
+    let go = held.path().join("go");
+    std::fs::write(
+        &go,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" list \"*\"-deps\"*) while [ ! -e '{}' ]; do sleep 0.05; done ;; esac\nexec '{}' \"$@\"\n",
+            release.display(),
+            which("go").unwrap().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&go, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let go_path = go.display().to_string();
+    let mut dev = DevSession::launch(
+        &[],
+        |dir| {
+            let go_mod = dir.join("go.mod");
+            let text = std::fs::read_to_string(&go_mod).unwrap();
+            let replace =
+                format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
+            std::fs::write(&go_mod, text + &replace).unwrap();
+            alpha_imports_lib(dir);
+        },
+        None,
+        &[("KO_GO_PATH", &go_path)],
+        Some("dev"),
+    );
+    dev.wait_for("alpha's first build pushed, the graphs held", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    edit(&lib_dir.join("lib.go"), "lib one", "lib two");
+    let rebuilt = dev.wait_for("alpha pushed after the edit of the replaced module", |e| {
+        e["event"] == "pushed" && e["artifact"] == "alpha"
+    });
+    assert!(dev.seen.iter().all(|e| e["event"] != "watching"), "the graphs are not read yet: {:#?}", dev.seen);
+    std::fs::write(&release, "").unwrap();
+    dev.wait_for("the graphs read", |e| e["event"] == "watching");
+    dev.drain_quiet(Duration::from_millis(500));
+
+    let before = dev.seen.len();
+    std::fs::create_dir_all(dev.path("tools/gen")).unwrap();
+    std::fs::write(dev.path("tools/gen/gen.go"), "package main\n\nfunc main() {}\n").unwrap();
+    let after = dev.drain_quiet(QUIET);
+    assert!(after.iter().all(|e| e["event"] != "build_started"), "a package outside the graphs: {after:#?}");
+    assert!(dev.seen.len() >= before);
+
+    let reference = alpha_from_an_empty_cache(&dev);
+    let digest = rebuilt["digest"].as_str().unwrap();
     assert!(reference.ends_with(&format!("@{digest}")), "{reference} vs {digest}");
 }
 

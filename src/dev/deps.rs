@@ -12,6 +12,7 @@ use std::process::Command;
 use serde::Deserialize;
 
 use crate::config::globs::DependencyGlobs;
+use crate::config::gopkg::{local_modules, LocalModules};
 use crate::config::{go_binary, Artifact};
 use crate::pipeline::base::BUILTIN_PLATFORMS;
 use crate::pipeline::gobuild::{build_env, build_tags, named_workspace};
@@ -19,10 +20,13 @@ use crate::platform::{GoTarget, Platform, PlatformRequest};
 
 #[derive(Debug, Clone)]
 pub enum Dependencies {
-    /// `provisional`: Skaffold's broad default, used until the Go graph can be read.
+    /// The globs, over the context and over each local module outside it (go.mod's directory
+    /// replacements, a workspace's modules: see `gopkg::local_modules`) from its own directory.
+    /// `provisional`: kodev's broad default, used until the Go graph is read.
     Globs {
         context: PathBuf,
         globs: DependencyGlobs,
+        local: LocalModules,
         provisional: bool,
     },
     Graph(Box<GoGraph>),
@@ -197,12 +201,12 @@ impl Dependencies {
         }
     }
 
-    /// The root directories of the modules whose files these are (globs: none beyond the
-    /// context, which is always watched).
+    /// The root directories of the modules whose files these are (globs: the local modules;
+    /// the context is always watched).
     pub fn module_dirs(&self) -> HashSet<PathBuf> {
         match self {
             Dependencies::Graph(graph) => graph.module_dirs.clone(),
-            Dependencies::Globs { .. } => HashSet::new(),
+            Dependencies::Globs { local, .. } => local.dirs.iter().cloned().collect(),
         }
     }
 
@@ -216,33 +220,43 @@ impl Dependencies {
                 .filter(|f| f.is_file())
                 .cloned()
                 .collect(),
-            Dependencies::Globs { .. } => Vec::new(),
+            Dependencies::Globs { local, .. } => local.workspace_files.clone(),
         }
     }
 
     /// `known_dirs`: package directories of the graph read before, if any (see [`go_graph`]).
     pub fn resolve(artifact: &Artifact, known_dirs: &HashSet<PathBuf>) -> Result<Dependencies, String> {
         match &artifact.dependency_globs {
-            Some(globs) => {
-                Ok(Dependencies::Globs { context: artifact.context.clone(), globs: globs.clone(), provisional: false })
-            }
+            Some(globs) => Ok(Dependencies::Globs {
+                context: artifact.context.clone(),
+                globs: globs.clone(),
+                local: local_modules_of(artifact),
+                provisional: false,
+            }),
             None => go_graph(artifact, known_dirs).map(|graph| Dependencies::Graph(Box::new(graph))),
         }
     }
 
-    /// Every Go file, module file and kodata under the context: while `go list` fails (a broken
-    /// go.mod, say), any such edit still rebuilds, and the next build reads the graph again.
+    /// Every Go file, module file and kodata under the context and the local modules: until
+    /// the graph is read (at the start, or while `go list` fails on a broken go.mod, say), any
+    /// such edit still rebuilds, and the next build reads the graph again.
     pub fn provisional(artifact: &Artifact) -> Dependencies {
         let patterns: Vec<String> =
             ["**/*.go", "**/go.mod", "**/go.sum", "**/go.work", "**/kodata/**"].iter().map(|p| p.to_string()).collect();
         let globs = DependencyGlobs::new(&patterns, &[]).expect("kodev's own globs are valid");
-        Dependencies::Globs { context: artifact.context.clone(), globs, provisional: true }
+        Dependencies::Globs {
+            context: artifact.context.clone(),
+            globs,
+            local: local_modules_of(artifact),
+            provisional: true,
+        }
     }
 
     pub fn matches(&self, path: &Path) -> bool {
         match self {
-            Dependencies::Globs { context, globs, .. } => {
-                path.strip_prefix(context).is_ok_and(|rel| globs.matches(rel))
+            Dependencies::Globs { context, globs, local, .. } => {
+                let in_root = |root: &PathBuf| path.strip_prefix(root).is_ok_and(|rel| globs.matches(rel));
+                in_root(context) || local.dirs.iter().any(in_root) || local.workspace_files.iter().any(|f| f == path)
             }
             Dependencies::Graph(graph) => {
                 graph.module_files.contains(path)
@@ -274,6 +288,12 @@ impl Dependencies {
             }
         }
     }
+}
+
+/// The local modules an artifact's go builds take besides the main module, as its go.mod and
+/// workspace say (GOWORK as those builds see it).
+fn local_modules_of(artifact: &Artifact) -> LocalModules {
+    local_modules(&artifact.work_dir, crate::pipeline::gobuild::workspace_setting(artifact).as_deref())
 }
 
 /// The signatures of the Go files in `dirs`.
@@ -566,5 +586,18 @@ func main() {
             Dependencies::Graph(Box::new(graph)).matches(&at("console_windows.go")),
             "a wildcard platform: go decides"
         );
+    }
+
+    #[test]
+    fn globs_count_in_the_local_modules_each_from_its_own_directory() {
+        let globs = DependencyGlobs::new(&["**/*.go".to_string()], &[]).unwrap();
+        let local = LocalModules { dirs: vec!["/w/lib".into()], workspace_files: vec!["/w/go.work".into()] };
+        let deps = Dependencies::Globs { context: "/w/app".into(), globs, local, provisional: false };
+        assert!(deps.matches(Path::new("/w/app/main.go")));
+        assert!(deps.matches(Path::new("/w/lib/x/lib.go")), "a file of the local module");
+        assert!(!deps.matches(Path::new("/w/lib/README.md")), "the globs apply there too");
+        assert!(deps.matches(Path::new("/w/go.work")), "the workspace file");
+        assert!(!deps.matches(Path::new("/w/other/a.go")), "no module the build takes");
+        assert_eq!(deps.module_dirs(), HashSet::from([PathBuf::from("/w/lib")]), "watched");
     }
 }

@@ -31,6 +31,13 @@ pub enum EngineMessage {
         /// `Slot::graph_edits` when the build started.
         graph_edits_before: u64,
     },
+    /// An artifact's package graph, read beside its first build (see `Engine::read_graphs`).
+    Graph {
+        /// `Engine::plan_generation` when the read started: a graph of an earlier plan is dropped.
+        plan_generation: u64,
+        index: usize,
+        deps: Box<DepsRefresh>,
+    },
 }
 
 /// A refreshed dependency graph, or why it could not be had.
@@ -71,8 +78,13 @@ pub struct Engine {
     slots: Vec<Slot>,
     debug: bool,
     auto: bool,
-    /// Artifacts of the first round still building; `watching` is announced when none are left.
+    /// Artifacts of the first round still building, and those whose package graph is still
+    /// being read: `watching` is announced when neither has any left.
     first_round: BTreeSet<usize>,
+    graphs_pending: BTreeSet<usize>,
+    watching_announced: bool,
+    /// Counts the plans loaded (the first, then each reload).
+    plan_generation: u64,
     events: EventSink,
     tx: UnboundedSender<EngineMessage>,
     rx: UnboundedReceiver<EngineMessage>,
@@ -105,7 +117,9 @@ impl Engine {
         let builder = Arc::new(Builder::for_dev(&plan));
         let events = EventSink::new(event_tx, "");
         let limit = if plan.concurrency == 0 { Semaphore::MAX_PERMITS } else { plan.concurrency };
-        let deps = resolve_all_deps(&plan, &events).await;
+        // The package graphs are read beside the first builds (`read_graphs`); until then
+        // every Go file of the context and the local modules counts.
+        let deps = plan.artifacts.iter().map(|a| Some(Dependencies::provisional(a))).collect();
 
         // Watch before the first build, so edits made during it are not lost.
         let (watch_tx, mut watch_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -130,6 +144,9 @@ impl Engine {
             slots,
             auto: true,
             first_round: BTreeSet::new(),
+            graphs_pending: BTreeSet::new(),
+            watching_announced: false,
+            plan_generation: 0,
             events,
             tx,
             rx,
@@ -140,7 +157,46 @@ impl Engine {
             plan,
         };
         engine.watch_module_dirs();
+        engine.read_graphs();
         Ok(engine)
+    }
+
+    /// Read every artifact's package graph in the background, each as an `EngineMessage::Graph`:
+    /// the builds need not wait for `go list` (0.2 s a platform for ko's source, one after
+    /// another for the artifacts of a monorepo).
+    fn read_graphs(&mut self) {
+        self.graphs_pending = (0..self.plan.artifacts.len()).collect();
+        for (index, artifact) in self.plan.artifacts.iter().enumerate() {
+            let (artifact, tx, plan_generation) = (artifact.clone(), self.tx.clone(), self.plan_generation);
+            tokio::task::spawn_blocking(move || {
+                let deps = Box::new(Dependencies::resolve(&artifact, &HashSet::new()));
+                let _ = tx.send(EngineMessage::Graph { plan_generation, index, deps });
+            });
+        }
+    }
+
+    /// A package graph read by `read_graphs`.
+    fn on_graph(&mut self, index: usize, deps: DepsRefresh) {
+        if !self.graphs_pending.remove(&index) {
+            return;
+        }
+        match deps {
+            // A build that started since read it again or will (an edit that may change it).
+            Ok(deps) => self.deps[index] = Some(deps),
+            Err(message) => self
+                .events
+                .for_artifact(&self.plan.artifacts[index].image)
+                .send(EventKind::Error { message: format!("{message}{UNTIL_THE_GRAPH_IS_READ}") }),
+        }
+        self.watch_module_dirs();
+        self.announce_watching_when_ready();
+    }
+
+    fn announce_watching_when_ready(&mut self) {
+        if self.first_round.is_empty() && self.graphs_pending.is_empty() && !self.watching_announced {
+            self.watching_announced = true;
+            self.announce(EventKind::Watching);
+        }
     }
 
     /// Watch the directories of the modules the artifacts' graphs reach outside the plan's
@@ -269,15 +325,24 @@ impl Engine {
                             self.deps[index] = Some(d);
                             self.slots[index].graph_edits_read = graph_edits_before;
                             self.watch_module_dirs();
+                            // Read after the background read started: that one is older.
+                            if self.graphs_pending.remove(&index) {
+                                self.announce_watching_when_ready();
+                            }
                         }
                         Some(Err(message)) => self.announce(EventKind::Error { message }),
                         None => {}
                     }
-                    if self.first_round.remove(&index) && self.first_round.is_empty() {
-                        self.announce(EventKind::Watching);
+                    if self.first_round.remove(&index) {
+                        self.announce_watching_when_ready();
                     }
                     if self.slots.iter().all(|slot| slot.running.is_none()) {
                         tokio::task::spawn_blocking(release_free_memory);
+                    }
+                }
+                EngineMessage::Graph { plan_generation, index, deps } => {
+                    if plan_generation == self.plan_generation {
+                        self.on_graph(index, *deps);
                     }
                 }
                 EngineMessage::Watch(WatchMessage::Failed(message)) => self.announce(EventKind::Error { message }),
@@ -384,6 +449,9 @@ impl Engine {
                         running.abort();
                     }
                 }
+                // Graphs still being read from the plan before are not this plan's.
+                self.plan_generation += 1;
+                self.graphs_pending.clear();
                 self.deps = resolve_all_deps(&plan, &self.events).await;
                 self.slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
                 self.builder.retire();
@@ -449,16 +517,22 @@ fn release_free_memory() {
     }
 }
 
+/// What an error reading a package graph adds: the provisional dependencies stand meanwhile.
+const UNTIL_THE_GRAPH_IS_READ: &str = " (watching every Go file of the context until the package graph can be read)";
+
+/// Every artifact's package graph, read side by side; an artifact whose graph cannot be read
+/// counts every Go file of its context until it can, and says why.
 async fn resolve_all_deps(plan: &Plan, events: &EventSink) -> Vec<Option<Dependencies>> {
-    let mut out = Vec::new();
-    for artifact in &plan.artifacts {
+    let reads = plan.artifacts.iter().map(|artifact| {
         let a = artifact.clone();
-        let resolved = tokio::task::spawn_blocking(move || Dependencies::resolve(&a, &HashSet::new())).await;
+        tokio::task::spawn_blocking(move || Dependencies::resolve(&a, &HashSet::new()))
+    });
+    let mut out = Vec::new();
+    for (artifact, resolved) in plan.artifacts.iter().zip(futures::future::join_all(reads).await) {
         match resolved {
             Ok(Ok(d)) => out.push(Some(d)),
             Ok(Err(message)) => {
-                let message =
-                    format!("{message} (watching every Go file of the context until the package graph can be read)");
+                let message = format!("{message}{UNTIL_THE_GRAPH_IS_READ}");
                 events.for_artifact(&artifact.image).send(EventKind::Error { message });
                 out.push(Some(Dependencies::provisional(artifact)));
             }

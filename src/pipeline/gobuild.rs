@@ -157,6 +157,11 @@ fn go_setting(artifact: &Artifact, name: &str) -> Option<String> {
     lookup(name).or_else(|| relink::go_env_file_setting(lookup, name))
 }
 
+/// GOWORK as the artifact's go builds see it (`off`, a file, or None: go looks for go.work).
+pub fn workspace_setting(artifact: &Artifact) -> Option<String> {
+    go_setting(artifact, "GOWORK")
+}
+
 /// The flags go builds an artifact with: GOFLAGS', then the artifact's own.
 fn go_flags(artifact: &Artifact) -> Vec<String> {
     let goflags = go_setting(artifact, "GOFLAGS").unwrap_or_default();
