@@ -63,8 +63,13 @@ impl fmt::Display for Platform {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid platform {0:?}: expected os/arch[/variant], for example linux/amd64 or linux/arm/v7")]
-pub struct PlatformParseError(pub String);
+pub enum PlatformParseError {
+    #[error("invalid platform {0:?}: expected os/arch[/variant], for example linux/amd64 or linux/arm/v7")]
+    Form(String),
+    /// A system or architecture go has no name for: no base image or go build could serve it.
+    #[error("invalid platform {platform:?}: go knows no {what} {name:?} ({known})")]
+    Unknown { platform: String, what: &'static str, name: String, known: &'static str },
+}
 
 impl FromStr for Platform {
     type Err = PlatformParseError;
@@ -76,10 +81,22 @@ impl FromStr for Platform {
         let (os, arch, variant) = match parts.as_slice() {
             [os, arch] => (*os, *arch, None),
             [os, arch, variant] => (*os, *arch, Some(*variant)),
-            _ => return Err(PlatformParseError(s.to_string())),
+            _ => return Err(PlatformParseError::Form(s.to_string())),
         };
         if !valid_part(os) || !valid_part(arch) || variant.is_some_and(|v| !valid_part(v)) {
-            return Err(PlatformParseError(s.to_string()));
+            return Err(PlatformParseError::Form(s.to_string()));
+        }
+        let unknown = |what, name: &str, known| PlatformParseError::Unknown {
+            platform: s.trim().to_string(),
+            what,
+            name: name.to_string(),
+            known,
+        };
+        if !KNOWN_OS.contains(&os) {
+            return Err(unknown("system", os, "for example linux, windows, darwin"));
+        }
+        if !KNOWN_ARCH.contains(&arch) {
+            return Err(unknown("architecture", arch, "for example amd64, arm64, arm, 386, ppc64le, s390x, riscv64"));
         }
         Ok(Platform::new(os, arch, variant))
     }
@@ -240,6 +257,11 @@ mod tests {
         assert!(!arm.matches(&Platform::new("linux", "arm", Some("v6"))));
         assert!("linux".parse::<Platform>().is_err());
         assert!("linux//".parse::<Platform>().is_err());
+        // Names go has no port for are refused when asked for, not when go build fails.
+        let unknown = "linux/amd46".parse::<Platform>().unwrap_err().to_string();
+        assert!(unknown.contains("no architecture \"amd46\""), "{unknown}");
+        assert!("Linux/amd64".parse::<Platform>().unwrap_err().to_string().contains("no system \"Linux\""));
+        assert!("windows/arm64".parse::<Platform>().is_ok());
         let env = arm.go_env();
         assert!(env.contains(&("GOARM".to_string(), "7".to_string())));
     }

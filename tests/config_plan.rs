@@ -246,6 +246,21 @@ fn an_invalid_default_repo_is_named_as_the_problem() {
     }
 }
 
+/// An invalid tag given with `-t` is a usage error naming `-t/--tag`, not the image's line in
+/// skaffold.yaml (which is fine), with exit code 2.
+#[test]
+fn an_invalid_tag_given_with_t_is_named_as_the_problem() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let out =
+        run(kodev().current_dir(repo_root()).args(["plan", "-f", "examples/hello/skaffold.yaml", "-t", "v1 beta"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("-t/--tag: invalid tag \"v1 beta\""), "{stderr}");
+    assert!(!stderr.contains("skaffold.yaml"), "{stderr}");
+}
+
 #[test]
 fn dev_watches_each_config_and_context_directory_not_their_common_parent() {
     if !require_tools(&["go"]) {

@@ -336,6 +336,11 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
             ));
         }
         let Some(build) = &config.build else { continue };
+        let tagger_field = build.tag_policy.as_ref().map(TagPolicy::tagger_field).unwrap_or_default();
+        let tag_policy_at = SettingLine {
+            line: build_line("tagPolicy", &tagger_field),
+            field: ["build", "tagPolicy"].iter().chain(&tagger_field).copied().collect::<Vec<_>>().join("."),
+        };
         insecure.extend(build.insecure_registries.iter().cloned());
         if let Some(local) = &build.local {
             push_from_config = push_from_config.or(local.push);
@@ -370,6 +375,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 cli_platforms: &cli_platforms,
                 tag_override: options.tag.as_deref(),
                 tag_policy: build.tag_policy.as_ref(),
+                tag_policy_at: &tag_policy_at,
             })?;
             if let Some(previous) = artifacts.iter().find(|a: &&Artifact| a.image == artifact.image) {
                 return Err(config_err(
@@ -457,6 +463,13 @@ struct ArtifactInput<'a> {
     cli_platforms: &'a PlatformRequest,
     tag_override: Option<&'a str>,
     tag_policy: Option<&'a TagPolicy>,
+    tag_policy_at: &'a SettingLine,
+}
+
+/// Where a setting of the config file is written, for its errors.
+struct SettingLine {
+    line: Option<usize>,
+    field: String,
 }
 
 /// A field path's part `paths[1]` as the key and its item (`paths`, `[1]`), for `field_line`.
@@ -633,9 +646,17 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
     vars.insert("IMAGE_NAME".into(), name_part.to_string());
+    let tag_policy_err =
+        |message: String| config_err(file, input.tag_policy_at.line, &input.tag_policy_at.field, message);
     let (tag, retag) = match (input.tag_override, written_tag.strip_prefix(':')) {
-        (Some(t), _) => (t.to_string(), None),
-        (None, Some(t)) if !t.is_empty() => (t.to_string(), None),
+        (Some(t), _) => {
+            naming::validate_tag(t).map_err(|m| KodevError::Usage(format!("-t/--tag: {m}")))?;
+            (t.to_string(), None)
+        }
+        (None, Some(t)) if !t.is_empty() => {
+            naming::validate_tag(t).map_err(|m| err(".image", m))?;
+            (t.to_string(), None)
+        }
         _ => {
             let settings = BuildSettings {
                 image: &raw.image,
@@ -657,13 +678,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
                 settings: settings.digest_text(&vars),
                 modules: gopkg::local_modules(&work_dir, gowork_setting(&env_templates).as_deref()),
             };
-            let tag =
-                tag::resolve(input.tag_policy, &inputs, &vars).map_err(|m| err("", format!("build.tagPolicy: {m}")))?;
+            let tag = tag::resolve(input.tag_policy, &inputs, &vars).map_err(tag_policy_err)?;
+            naming::validate_tag(&tag).map_err(|m| tag_policy_err(format!("the tagger gave {tag:?}: {m}")))?;
             let image_vars = ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into();
             (tag, tag::Retag::new(input.tag_policy, inputs, image_vars))
         }
     };
-    naming::validate_tag(&tag).map_err(|m| err(".image", m))?;
     vars.insert("IMAGE_TAG".into(), tag.clone());
     let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()

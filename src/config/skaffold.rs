@@ -173,6 +173,32 @@ pub struct TagPolicy {
     pub custom_template: Option<Value>,
 }
 
+impl TagPolicy {
+    /// The field below `tagPolicy` its errors are about: the tagger's key, with the setting
+    /// its errors come from (envTemplate's `template`, gitCommit's `variant`, dateTime's
+    /// `timezone`) when written; none when no tagger, or more than one, is set.
+    pub fn tagger_field(&self) -> Vec<&'static str> {
+        let with = |key: &'static str, setting: Option<&'static str>| [key].into_iter().chain(setting).collect();
+        let variant = self.git_commit.as_ref().and_then(|g| g.variant.as_ref()).map(|_| "variant");
+        let timezone = self.date_time.as_ref().and_then(|d| d.timezone.as_ref()).map(|_| "timezone");
+        let set: Vec<Vec<&'static str>> = [
+            (self.git_commit.is_some(), with("gitCommit", variant)),
+            (self.sha256.is_some(), with("sha256", None)),
+            (self.input_digest.is_some(), with("inputDigest", None)),
+            (self.env_template.is_some(), with("envTemplate", Some("template"))),
+            (self.date_time.is_some(), with("dateTime", timezone)),
+            (self.custom_template.is_some(), with("customTemplate", None)),
+        ]
+        .into_iter()
+        .filter_map(|(present, field)| present.then_some(field))
+        .collect();
+        match <[_; 1]>::try_from(set) {
+            Ok([field]) => field,
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GitTagger {
