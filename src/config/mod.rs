@@ -210,15 +210,6 @@ fn dir_of(file: &Path) -> PathBuf {
 /// Read a skaffold.yaml and, depth first, the files it `requires`; a cycle is an error.
 pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<PathBuf>) -> Result<Vec<LoadedConfig>> {
     let canonical = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-    if let Some(pos) = stack.iter().position(|f| *f == canonical) {
-        let cycle: Vec<String> = stack[pos..].iter().chain([&canonical]).map(|p| p.display().to_string()).collect();
-        return Err(config_err(
-            file,
-            None,
-            "requires",
-            format!("requires cycle: {}; remove one of the requires", cycle.join(" → ")),
-        ));
-    }
     let text = Arc::new(read_config(file)?);
     let configs = skaffold::parse_documents(file, &text, selection)?;
     let root = dir_of(file);
@@ -238,12 +229,25 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
             }
             let target = root.join(dependency.path.as_deref().unwrap_or("."));
             let target = if target.is_dir() { target.join("skaffold.yaml") } else { target };
+            let path_line = skaffold::field_line(&text, first_line, &["requires", &format!("[{i}]"), "path"]);
             if !target.is_file() {
                 return Err(config_err(
                     file,
-                    line,
+                    path_line,
                     &format!("{field}.path"),
                     format!("{} does not exist", target.display()),
+                ));
+            }
+            // A cycle is named where it closes: this entry of this file.
+            let required = target.canonicalize().unwrap_or_else(|_| target.clone());
+            if let Some(pos) = stack.iter().position(|f| *f == required) {
+                let cycle: Vec<String> =
+                    stack[pos..].iter().chain([&required]).map(|p| p.display().to_string()).collect();
+                return Err(config_err(
+                    file,
+                    path_line,
+                    &format!("{field}.path"),
+                    format!("requires cycle: {}; remove one of the requires", cycle.join(" → ")),
                 ));
             }
             let mut nested = selection.clone();
