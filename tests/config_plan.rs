@@ -246,19 +246,27 @@ fn an_invalid_default_repo_is_named_as_the_problem() {
     }
 }
 
-/// An invalid tag given with `-t` is a usage error naming `-t/--tag`, not the image's line in
-/// skaffold.yaml (which is fine), with exit code 2.
+/// A bad flag is a usage error naming the flag, not a line of skaffold.yaml (which is fine),
+/// with exit code 2, before anything is built.
 #[test]
-fn an_invalid_tag_given_with_t_is_named_as_the_problem() {
+fn bad_flags_are_named_as_the_problem() {
     if !require_tools(&["go"]) {
         return;
     }
-    let out =
-        run(kodev().current_dir(repo_root()).args(["plan", "-f", "examples/hello/skaffold.yaml", "-t", "v1 beta"]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("-t/--tag: invalid tag \"v1 beta\""), "{stderr}");
-    assert!(!stderr.contains("skaffold.yaml"), "{stderr}");
+    let file = repo_root().join("examples/hello/main.go");
+    let file = file.to_str().unwrap();
+    for (command, args, said) in [
+        ("plan", &["-t", "v1 beta"][..], "-t/--tag: invalid tag \"v1 beta\""),
+        ("plan", &["--platform", "linux/aarch64"][..], "--platform: invalid platform \"linux/aarch64\""),
+        ("build", &["--oci-layout", file][..], "not a directory"),
+    ] {
+        let out =
+            run(kodev().current_dir(repo_root()).args([command, "-f", "examples/hello/skaffold.yaml"]).args(args));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert!(!stderr.contains("skaffold.yaml") && !stderr.contains("build failed"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

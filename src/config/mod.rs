@@ -405,7 +405,16 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     }
 
     let target = match (&options.oci_layout, options.push.or(push_from_config)) {
-        (Some(dir), _) => PublishTarget::OciLayout(absolutize(dir)),
+        (Some(dir), _) => {
+            // Said before anything is built: a layout is a directory (made if missing).
+            if dir.exists() && !dir.is_dir() {
+                return Err(KodevError::Usage(format!(
+                    "--oci-layout {}: not a directory (an OCI image layout is one)",
+                    dir.display()
+                )));
+            }
+            PublishTarget::OciLayout(absolutize(dir))
+        }
         (None, Some(false)) => PublishTarget::OciLayout(root.join(".kodev/oci")),
         (None, explicit) => {
             let ko_image_without_repo =
