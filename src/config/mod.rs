@@ -188,8 +188,8 @@ pub struct LoadedConfig {
     /// The line the config's document starts on in `text`.
     pub first_line: usize,
     pub config: SkaffoldConfig,
-    /// The keys of `build` an active profile replaced (see `skaffold::Document`).
-    pub build_from_profiles: BTreeMap<String, usize>,
+    /// What active profiles wrote over the config (see `skaffold::written_path`).
+    pub profile_writes: Vec<skaffold::ProfileWrite>,
 }
 
 fn read_config(file: &Path) -> Result<String> {
@@ -215,7 +215,7 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
     let root = dir_of(file);
     stack.push(canonical);
     let mut out = Vec::new();
-    for skaffold::Document { first_line, config, build_from_profiles } in configs {
+    for skaffold::Document { first_line, config, profile_writes } in configs {
         for (i, dependency) in config.requires.iter().enumerate() {
             let field = format!("requires[{i}]");
             let line = skaffold::field_line(&text, first_line, &["requires", &format!("[{i}]")]);
@@ -272,7 +272,7 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
             text: text.clone(),
             first_line,
             config,
-            build_from_profiles,
+            profile_writes,
         });
     }
     stack.pop();
@@ -316,16 +316,16 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let mut push_from_config = None;
     let mut concurrency = 1;
     let mut config_files = Vec::new();
-    for LoadedConfig { file, root: config_root, text, first_line, config, build_from_profiles } in &loaded {
+    for LoadedConfig { file, root: config_root, text, first_line, config, profile_writes } in &loaded {
         if !config_files.contains(file) {
             config_files.push(file.clone());
         }
         let line_of = |path: &[&str]| skaffold::field_line(text, *first_line, path);
         let build_line = |key: &str, below: &[&str]| {
-            let path = skaffold::build_key_path(build_from_profiles, key);
-            line_of(&path.iter().map(String::as_str).chain(below.iter().copied()).collect::<Vec<_>>())
+            let field: Vec<&str> = ["build", key].into_iter().chain(below.iter().copied()).collect();
+            let path = skaffold::written_path(profile_writes, &field);
+            line_of(&path.iter().map(String::as_str).collect::<Vec<_>>())
         };
-        let artifacts_path = skaffold::build_key_path(build_from_profiles, "artifacts");
         let artifact_lines = |i: usize| build_line("artifacts", &[&format!("[{i}]")]);
         let uses_ko = config.build.as_ref().is_some_and(|b| b.artifacts.iter().any(|a| a.ko.is_some()));
         if let Err(message) = skaffold::check_api_version(&config.api_version, uses_ko) {
@@ -370,7 +370,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 raw,
                 text,
                 first_line: *first_line,
-                artifacts_path: &artifacts_path,
+                profile_writes,
                 field: &field,
                 index: i,
                 default_repo: default_repo.as_deref(),
@@ -465,8 +465,8 @@ struct ArtifactInput<'a> {
     /// an error is about.
     text: &'a str,
     first_line: usize,
-    /// Where the artifacts list is written (`build.artifacts`, or a profile's).
-    artifacts_path: &'a [String],
+    /// What profiles wrote over the config: an error about a field they wrote names their line.
+    profile_writes: &'a [skaffold::ProfileWrite],
     field: &'a str,
     /// The artifact's place in `build.artifacts`.
     index: usize,
@@ -494,18 +494,18 @@ fn list_item(part: &str) -> Vec<&str> {
 }
 
 fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
-    let ArtifactInput { file, root, raw, text, first_line, artifacts_path, field, index, .. } = input;
+    let ArtifactInput { file, root, raw, text, first_line, profile_writes, field, index, .. } = input;
     // `sub` is the field below the artifact (".ko.main", ".ko.labels.<key>"): the error names
     // its line. Label keys may hold dots, so it is split in three parts at most.
     let err = |sub: &str, message: String| {
         let item = format!("[{index}]");
-        let path: Vec<&str> = artifacts_path
-            .iter()
-            .map(String::as_str)
-            .chain([item.as_str()])
+        let path: Vec<&str> = ["build", "artifacts", item.as_str()]
+            .into_iter()
             .chain(sub.trim_start_matches('.').splitn(3, '.').filter(|k| !k.is_empty()).flat_map(list_item))
             .collect();
-        config_err(file, skaffold::field_line(text, first_line, &path), &format!("{field}{sub}"), message)
+        let written: Vec<String> = skaffold::written_path(profile_writes, &path);
+        let written: Vec<&str> = written.iter().map(String::as_str).collect();
+        config_err(file, skaffold::field_line(text, first_line, &written), &format!("{field}{sub}"), message)
     };
     for (name, present) in [
         ("docker", raw.docker.is_some()),

@@ -436,23 +436,39 @@ fn regex_like_match(pattern: &str, actual: &str) -> bool {
 pub struct Document {
     pub first_line: usize,
     pub config: SkaffoldConfig,
-    /// The keys of `build` that an active profile's `build` replaced, with the index of the
-    /// last profile that did: their lines are in that profile.
-    pub build_from_profiles: BTreeMap<String, usize>,
+    /// What active profiles wrote over the document, in the order they did (see
+    /// [`written_path`]).
+    pub profile_writes: Vec<ProfileWrite>,
 }
 
 impl Document {
     fn plain(first_line: usize, config: SkaffoldConfig) -> Document {
-        Document { first_line, config, build_from_profiles: BTreeMap::new() }
+        Document { first_line, config, profile_writes: Vec::new() }
     }
 }
 
-/// The field path, for `field_line`, of `build.<key>` in a document whose profiles replaced
-/// the keys `build_from_profiles` names.
-pub fn build_key_path(build_from_profiles: &BTreeMap<String, usize>, key: &str) -> Vec<String> {
-    match build_from_profiles.get(key) {
-        Some(profile) => vec!["profiles".into(), format!("[{profile}]"), "build".into(), key.into()],
-        None => vec!["build".into(), key.into()],
+/// A part of a document an active profile replaced: a key of its `build`, or what one of its
+/// patches put in place. Paths are `field_line`'s (`["build", "artifacts", "[0]"]`).
+#[derive(Debug, Clone)]
+pub struct ProfileWrite {
+    /// The part of the effective config written.
+    pub replaced: Vec<String>,
+    /// Where the new value is written in the file.
+    pub written_at: Vec<String>,
+}
+
+/// Where the field `path` of a document's effective config is written, for `field_line`:
+/// inside the profile that wrote it last, else where the document has it.
+pub fn written_path(writes: &[ProfileWrite], path: &[&str]) -> Vec<String> {
+    let last = writes
+        .iter()
+        .rev()
+        .find(|w| w.replaced.len() <= path.len() && w.replaced.iter().zip(path).all(|(a, b)| a == b));
+    match last {
+        Some(write) => {
+            write.written_at.iter().cloned().chain(path[write.replaced.len()..].iter().map(|p| p.to_string())).collect()
+        }
+        None => path.iter().map(|p| p.to_string()).collect(),
     }
 }
 
@@ -496,19 +512,16 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
             configs.push(Document::plain(first_line, merged));
             continue;
         }
-        let mut build_from_profiles = BTreeMap::new();
+        let mut profile_writes = Vec::new();
         for profile in &active {
             // Its place among the document's profiles, for the lines of its errors.
             let index = merged.profiles.iter().position(|p| p.name == profile.name).unwrap_or(0);
             let at = ProfileAt { path, text, first_line, index };
-            apply_profile(&at, &mut value, profile)?;
-            if let Some(Value::Mapping(overlay)) = &profile.build {
-                build_from_profiles.extend(overlay.keys().filter_map(|k| k.as_str()).map(|k| (k.to_string(), index)));
-            }
+            profile_writes.extend(apply_profile(&at, &mut value, profile)?);
         }
         let names: Vec<&str> = active.iter().map(|p| p.name.as_str()).collect();
         let config = from_value(path, text, first_line, value, Some(&names.join(", ")))?;
-        configs.push(Document { first_line, config, build_from_profiles });
+        configs.push(Document { first_line, config, profile_writes });
     }
     Ok(configs)
 }
@@ -573,7 +586,10 @@ impl ProfileAt<'_> {
 }
 
 /// A profile's `build` overlays the config's key by key; then its JSON patches apply in order.
-fn apply_profile(at: &ProfileAt, document: &mut Value, profile: &Profile) -> Result<(), KodevError> {
+/// Returns what it wrote, in order.
+fn apply_profile(at: &ProfileAt, document: &mut Value, profile: &Profile) -> Result<Vec<ProfileWrite>, KodevError> {
+    let item = format!("[{}]", at.index);
+    let mut writes = Vec::new();
     if let Some(Value::Mapping(overlay)) = &profile.build {
         let Value::Mapping(root) = document else {
             return Err(at.error(profile, &[], "the config is not a mapping".into()));
@@ -582,15 +598,55 @@ fn apply_profile(at: &ProfileAt, document: &mut Value, profile: &Profile) -> Res
         if let Value::Mapping(build) = build {
             for (k, v) in overlay {
                 build.insert(k.clone(), v.clone());
+                if let Some(key) = k.as_str() {
+                    writes.push(ProfileWrite {
+                        replaced: vec!["build".into(), key.into()],
+                        written_at: vec!["profiles".into(), item.clone(), "build".into(), key.into()],
+                    });
+                }
             }
         }
     }
     for (i, patch) in profile.patches.iter().enumerate() {
-        json_patch(document, patch).map_err(|m| {
-            at.error(profile, &["patches", &format!("[{i}]")], format!("patch {} {}: {m}", patch.op, patch.path))
-        })?;
+        let patch_item = format!("[{i}]");
+        let error =
+            |m: String| at.error(profile, &["patches", &patch_item], format!("patch {} {}: {m}", patch.op, patch.path));
+        // What the patch puts in place, as a field path: `-` (append) is the list's length now.
+        let replaced = if matches!(patch.op.as_str(), "add" | "replace") && patch.value.is_some() {
+            field_path_of_pointer(document, &patch.path)
+        } else {
+            None
+        };
+        json_patch(document, patch).map_err(error)?;
+        if let Some(replaced) = replaced {
+            writes.push(ProfileWrite {
+                replaced,
+                written_at: vec!["profiles".into(), item.clone(), "patches".into(), patch_item.clone(), "value".into()],
+            });
+        }
     }
-    Ok(())
+    Ok(writes)
+}
+
+/// A JSON pointer into `document` as a `field_line` path: list indices as `[n]`, and `-` as
+/// the index an appended item gets.
+fn field_path_of_pointer(document: &Value, pointer: &str) -> Option<Vec<String>> {
+    let mut node = Some(document);
+    let mut path = Vec::new();
+    for token in pointer_tokens(pointer).ok()? {
+        let part = match node {
+            Some(Value::Sequence(items)) if token == "-" => format!("[{}]", items.len()),
+            Some(Value::Sequence(_)) => format!("[{}]", token.parse::<usize>().ok()?),
+            _ => token.clone(),
+        };
+        node = match node {
+            Some(Value::Sequence(items)) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+            Some(Value::Mapping(map)) => map.get(token.as_str()),
+            _ => None,
+        };
+        path.push(part);
+    }
+    Some(path)
 }
 
 fn pointer_tokens(pointer: &str) -> Result<Vec<String>, String> {
