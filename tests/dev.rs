@@ -204,6 +204,16 @@ fn alpha_imports_lib(fixture_dir: &Path) {
     edit(&main, "shared.Greeting(\"alpha\")", "shared.Greeting(\"alpha\") + lib.Suffix");
 }
 
+/// The fixture (in `fixture_dir`) with `example.com/lib` replaced by the directory `lib_dir`
+/// (`replace example.com/lib => DIR`), and alpha printing its `Suffix`.
+fn alpha_imports_lib_from(fixture_dir: &Path, lib_dir: &Path) {
+    let go_mod = fixture_dir.join("go.mod");
+    let text = std::fs::read_to_string(&go_mod).unwrap();
+    let replace = format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
+    std::fs::write(&go_mod, text + &replace).unwrap();
+    alpha_imports_lib(fixture_dir);
+}
+
 /// alpha as a one-shot `kodev build` with an empty kodev cache builds it from the session's
 /// sources now: its reference.
 fn alpha_from_an_empty_cache(dev: &DevSession) -> String {
@@ -305,13 +315,7 @@ fn edits_of_a_module_replaced_by_a_directory_elsewhere_rebuild_its_importers() {
     let lib = tempfile::tempdir().unwrap();
     write_lib_module(lib.path());
     let lib_dir = lib.path().to_path_buf();
-    let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| {
-        let go_mod = dir.join("go.mod");
-        let text = std::fs::read_to_string(&go_mod).unwrap();
-        let replace = format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
-        std::fs::write(&go_mod, text + &replace).unwrap();
-        alpha_imports_lib(dir);
-    });
+    let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| alpha_imports_lib_from(dir, &lib_dir));
     dev.drain_quiet(Duration::from_millis(500));
     let before = dev.seen.len();
     edit(&lib_dir.join("lib.go"), "lib one", "lib two");
@@ -356,14 +360,7 @@ fn the_first_builds_do_not_wait_for_the_package_graphs() {
     let go_path = go.display().to_string();
     let mut dev = DevSession::launch(
         &[],
-        |dir| {
-            let go_mod = dir.join("go.mod");
-            let text = std::fs::read_to_string(&go_mod).unwrap();
-            let replace =
-                format!("\nrequire example.com/lib v0.0.0\n\nreplace example.com/lib => {}\n", lib_dir.display());
-            std::fs::write(&go_mod, text + &replace).unwrap();
-            alpha_imports_lib(dir);
-        },
+        |dir| alpha_imports_lib_from(dir, &lib_dir),
         None,
         &[("KO_GO_PATH", &go_path)],
         Some("dev"),
