@@ -685,11 +685,21 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
                 labels: &ko.labels,
                 source_date_epoch: ko.source_date_epoch,
             };
+            // Only the inputDigest tagger reads the settings and the local modules.
+            let hashed = input.tag_policy.is_some_and(|p| p.input_digest.is_some());
             let inputs = tag::Inputs {
                 context: context.clone(),
                 dependencies: dependency_globs.clone(),
-                settings: settings.digest_text(&vars),
-                modules: gopkg::local_modules(&work_dir, gowork_setting(&env_templates).as_deref()),
+                settings: if hashed { settings.digest_text(&vars) } else { String::new() },
+                modules: if hashed {
+                    // The env as written: a template there is not worth a workspace's files.
+                    gopkg::local_modules(
+                        &work_dir,
+                        crate::pipeline::gobuild::go_setting_with(&env_templates, "GOWORK").as_deref(),
+                    )
+                } else {
+                    gopkg::LocalModules::default()
+                },
             };
             let tag = tag::resolve(input.tag_policy, &inputs, &vars).map_err(tag_policy_err)?;
             naming::validate_tag(&tag).map_err(|m| tag_policy_err(format!("the tagger gave {tag:?}: {m}")))?;
@@ -796,16 +806,6 @@ impl BuildSettings<'_> {
         })
         .to_string()
     }
-}
-
-/// GOWORK as an artifact's go builds see it: its own `env` (as written: a template there is
-/// not worth a workspace's files), else kodev's environment, else go's settings file.
-fn gowork_setting(env: &[String]) -> Option<String> {
-    let own = env.iter().rev().find_map(|entry| entry.strip_prefix("GOWORK=")).map(str::to_string);
-    // Empty is unset, for go: its settings file decides then.
-    let seen = own.or_else(|| std::env::var("GOWORK").ok()).filter(|v| !v.is_empty());
-    let lookup = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    seen.or_else(|| crate::pipeline::relink::go_env_file_setting(lookup, "GOWORK")).filter(|v| !v.is_empty())
 }
 
 /// What kodev refuses in an artifact's env, once expanded.

@@ -146,14 +146,25 @@ pub fn gomaxprocs_share(artifact: &Artifact, builds: usize) -> Option<usize> {
 
 /// A variable as the artifact's go builds see it: its `env` (the last entry) over kodev's.
 fn go_sees(artifact: &Artifact, name: &str) -> Option<String> {
-    let from_artifact = artifact.env.iter().rev().find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='));
-    from_artifact.map(str::to_string).or_else(|| std::env::var(name).ok())
+    seen_with(&artifact.env, name)
+}
+
+/// A variable as a go build with `env` (`KEY=value` entries, the last one winning) over
+/// kodev's environment sees it.
+fn seen_with(env: &[String], name: &str) -> Option<String> {
+    let own = env.iter().rev().find_map(|entry| entry.strip_prefix(name)?.strip_prefix('='));
+    own.map(str::to_string).or_else(|| std::env::var(name).ok())
 }
 
 /// A setting `go env -w` can make too, as the artifact's go builds see it: the environment's
 /// value (see `go_sees`) unless empty, else the one in go's settings file.
 fn go_setting(artifact: &Artifact, name: &str) -> Option<String> {
-    let lookup = |name: &str| go_sees(artifact, name).filter(|v| !v.is_empty());
+    go_setting_with(&artifact.env, name)
+}
+
+/// [`go_setting`] for a go build with `env` (the settings of an artifact still being read).
+pub fn go_setting_with(env: &[String], name: &str) -> Option<String> {
+    let lookup = |name: &str| seen_with(env, name).filter(|v| !v.is_empty());
     lookup(name).or_else(|| relink::go_env_file_setting(lookup, name))
 }
 
