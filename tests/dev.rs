@@ -754,6 +754,35 @@ fn auto_toggle_defers_builds_and_config_edits_reload() {
     assert!(dev.child.try_wait().unwrap().is_none());
 }
 
+/// A reload before the first builds are done: `watching` then follows the new plan's builds,
+/// even when the artifacts it names are fewer or at other positions.
+#[test]
+fn a_reload_during_the_first_builds_still_announces_watching() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    // Both first builds slow (`-a` rebuilds every package), so the reload comes during them.
+    let slow = |dir: &Path| {
+        let skaffold = dir.join("skaffold.yaml");
+        edit(&skaffold, "main: ./cmd/alpha\n", "main: ./cmd/alpha\n        flags: [\"-a\"]\n");
+        edit(&skaffold, "main: ./cmd/beta\n", "main: ./cmd/beta\n        flags: [\"-a\"]\n");
+    };
+    let mut dev = DevSession::launch(&[], slow, None, &[], Some("dev"));
+    dev.wait_for("alpha's first build", |e| e["event"] == "build_started" && e["artifact"] == "alpha");
+    dev.wait_for("beta's first build", |e| e["event"] == "build_started" && e["artifact"] == "beta");
+    // beta alone, first now where alpha was.
+    std::fs::write(
+        dev.path("skaffold.yaml"),
+        "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: beta\n      ko:\n        main: ./cmd/beta\n",
+    )
+    .unwrap();
+    dev.wait_for("config_reloaded", |e| e["event"] == "config_reloaded");
+    dev.wait_for("beta pushed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    dev.drain_quiet(QUIET);
+    assert!(dev.seen.iter().any(|e| e["event"] == "watching"), "no watching after the reload: {:#?}", dev.seen);
+    assert!(dev.seen.iter().all(|e| !(e["event"] == "pushed" && e["artifact"] == "alpha")), "{:#?}", dev.seen);
+}
+
 /// Compiler and linker processes (of any build) whose parent is no longer a `go` process.
 fn orphaned_go_tools() -> Vec<String> {
     let mut found = Vec::new();

@@ -24,6 +24,9 @@ pub enum EngineMessage {
     Watch(WatchMessage),
     Command(Command),
     Finished {
+        /// `Engine::plan_generation` when the build started: a build of an earlier plan, whose
+        /// message was already queued when a reload replaced the slots, is not the new slot's.
+        plan_generation: u64,
         index: usize,
         generation: u64,
         result: std::result::Result<(), KodevError>,
@@ -262,6 +265,7 @@ impl Engine {
         let limit = self.slots_limit.clone();
         let tx = self.tx.clone();
         let debug = self.debug;
+        let plan_generation = self.plan_generation;
         slot.running = Some(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
             let tag = retag_beside_the_build(&artifact, &sink);
@@ -279,7 +283,14 @@ impl Engine {
             } else {
                 None
             };
-            let _ = tx.send(EngineMessage::Finished { index, generation, result, deps, graph_edits_before });
+            let _ = tx.send(EngineMessage::Finished {
+                plan_generation,
+                index,
+                generation,
+                result,
+                deps,
+                graph_edits_before,
+            });
         }));
     }
 
@@ -310,8 +321,11 @@ impl Engine {
             };
             let Some(message) = message else { break };
             match message {
-                EngineMessage::Finished { index, generation, result, deps, graph_edits_before } => {
-                    if index >= self.slots.len() || self.slots[index].generation != generation {
+                EngineMessage::Finished { plan_generation, index, generation, result, deps, graph_edits_before } => {
+                    let stale = plan_generation != self.plan_generation
+                        || index >= self.slots.len()
+                        || self.slots[index].generation != generation;
+                    if stale {
                         continue;
                     }
                     self.slots[index].running = None;
@@ -456,6 +470,12 @@ impl Engine {
                 self.slots = plan.artifacts.iter().map(|_| Slot::default()).collect();
                 self.builder.retire();
                 self.builder = Arc::new(Builder::for_dev(&plan));
+                // A reload before `watching` replaces the first round: its builds were stopped,
+                // and `watching` then waits for this plan's (the old round's artifacts may be
+                // gone or at other positions).
+                if !self.watching_announced {
+                    self.first_round = (0..plan.artifacts.len()).collect();
+                }
                 self.plan = plan;
                 self.watch_module_dirs();
                 self.announce(EventKind::ConfigReloaded);
