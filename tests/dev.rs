@@ -83,7 +83,18 @@ impl DevSession {
         env: &[(&str, &str)],
         tag: Option<&str>,
     ) -> DevSession {
-        let registry = Registry::start();
+        Self::launch_on(Registry::start(), extra, prepare, log, env, tag)
+    }
+
+    /// Start, pushing to `registry` (under `dev/`), without waiting for anything.
+    fn launch_on(
+        registry: Registry,
+        extra: &[&str],
+        prepare: impl FnOnce(&Path),
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        tag: Option<&str>,
+    ) -> DevSession {
         let dir = tempfile::tempdir().unwrap();
         copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
         prepare(dir.path());
@@ -781,6 +792,78 @@ fn a_reload_during_the_first_builds_still_announces_watching() {
     dev.drain_quiet(QUIET);
     assert!(dev.seen.iter().any(|e| e["event"] == "watching"), "no watching after the reload: {:#?}", dev.seen);
     assert!(dev.seen.iter().all(|e| !(e["event"] == "pushed" && e["artifact"] == "alpha")), "{:#?}", dev.seen);
+}
+
+/// The base a pushed image of alpha was built on (its `org.opencontainers.image.base.digest`).
+fn base_digest_of_pushed(dev: &DevSession, pushed: &Value) -> String {
+    let reference = format!("docker://{}/dev/alpha@{}", dev._registry.host, pushed["digest"].as_str().unwrap());
+    let manifest = skopeo_inspect(&reference, true, false);
+    manifest["annotations"]["org.opencontainers.image.base.digest"]
+        .as_str()
+        .expect("base digest annotation")
+        .to_string()
+}
+
+/// A base named by tag is looked up again at each build, as `skaffold dev` does (its ko builder
+/// resolves the base per build): when the tag moves during the session, the next build is on
+/// the new base. When the base's registry cannot be reached, the build goes on with the base
+/// it had, and says so.
+#[test]
+fn a_base_whose_tag_moves_during_the_session_is_built_on_from_the_next_build() {
+    if !require_tools(&["docker-registry", "go", "umoci", "skopeo"]) {
+        return;
+    }
+    let bases = Registry::start();
+    let layouts = tempfile::tempdir().unwrap();
+    let layout = layouts.path().join("layout");
+    umoci_image(&layout, "v1", "amd64");
+    umoci_image(&layout, "v2", "amd64");
+    let marker = layouts.path().join("second-marker");
+    std::fs::write(&marker, "the second base\n").unwrap();
+    run_ok(
+        Command::new("umoci")
+            .args(["insert", "--rootless", "--image", &format!("{}:v2", layout.display())])
+            .arg(&marker)
+            .arg("/etc/second-marker"),
+    );
+    let base = format!("{}/base/moving:latest", bases.host);
+    let digest_of = |image: &str| {
+        skopeo_inspect(&format!("oci:{}:{image}", layout.display()), false, false)["Digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (v1, v2) = (digest_of("v1"), digest_of("v2"));
+    assert_ne!(v1, v2);
+    skopeo_push(&layout, "v1", &base, false, false);
+
+    let skaffold = format!(
+        "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: alpha\n      ko:\n        main: ./cmd/alpha\n        fromImage: {base}\n"
+    );
+    let prepare = |dir: &Path| std::fs::write(dir.join("skaffold.yaml"), &skaffold).unwrap();
+    let mut dev = DevSession::launch_on(Registry::start(), &[], prepare, None, &[], Some("dev"));
+    let first = dev.wait_for("the first build", |e| e["event"] == "pushed");
+    dev.wait_for("watching", |e| e["event"] == "watching");
+    assert_eq!(base_digest_of_pushed(&dev, &first), v1);
+
+    // The tag moves; the next build (an edit) is on the base it names now.
+    skopeo_push(&layout, "v2", &base, false, false);
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha on a new base\"");
+    let second = dev.wait_for("the build after the base moved", |e| e["event"] == "pushed");
+    assert_eq!(base_digest_of_pushed(&dev, &second), v2);
+    dev.drain_quiet(QUIET);
+
+    // The base's registry gone: the next build is still made, on the base it had.
+    drop(bases);
+    let since = dev.seen.len();
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha on a new base\"", "\"alpha offline\"");
+    let third = dev
+        .wait_for("the build without the base's registry", |e| e["event"] == "pushed" || e["event"] == "build_failed");
+    assert_eq!(third["event"], "pushed", "{:#?}", &dev.seen[since..]);
+    assert_eq!(base_digest_of_pushed(&dev, &third), v2);
+    let said = dev.seen[since..].iter().find(|e| e["event"] == "error").expect("the lookup's failure is said");
+    let message = said["message"].as_str().unwrap();
+    assert!(message.contains("base/moving:latest") && message.contains(&v2), "{message}");
 }
 
 /// Compiler and linker processes (of any build) whose parent is no longer a `go` process.

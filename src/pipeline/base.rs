@@ -300,6 +300,48 @@ pub async fn resolve(registries: &Registries, base: &BaseImageRef, request: &Pla
     }
 }
 
+/// What a base named by tag stands for now, against `kept`, the base an earlier build of the
+/// session resolved it to.
+pub enum Recheck {
+    /// The tag still names `kept` (or the base is named by digest, or built in).
+    Same,
+    /// The tag moved: the base resolved anew.
+    Moved(BaseImage),
+    /// The registry could not say (unreachable, refused, too slow): why.
+    Unknown(String),
+}
+
+/// How long a build waits for the registry to say what a base's tag names now, beside the
+/// compile, before it builds on the base it had.
+pub const RECHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Look a base's tag up again, as Skaffold's ko builder does at every build of `skaffold dev`
+/// (it makes a new ko builder, whose base cache is empty, per build): a base whose tag moved
+/// during the session is built on from the next build on. One manifest request while go
+/// builds; the platform manifests and configs of a base seen before come from the cache.
+pub async fn recheck(
+    registries: &Registries,
+    base: &BaseImageRef,
+    request: &PlatformRequest,
+    kept: &BaseImage,
+) -> Result<Recheck> {
+    let BaseImageRef::Remote(name) = base else { return Ok(Recheck::Same) };
+    let reference = parse_reference(name)?;
+    if reference.digest().is_some() {
+        return Ok(Recheck::Same);
+    }
+    let digest = match tokio::time::timeout(RECHECK_LIMIT, registries.pull_manifest(&reference)).await {
+        Ok(Ok((_, digest, _))) => digest,
+        Ok(Err(e)) => return Ok(Recheck::Unknown(e.to_string())),
+        Err(_) => return Ok(Recheck::Unknown(format!("no answer in {} s", RECHECK_LIMIT.as_secs()))),
+    };
+    if digest == kept.digest {
+        return Ok(Recheck::Same);
+    }
+    tracing::debug!(base = %name, was = %kept.digest, now = %digest, "the base's tag moved");
+    resolve_remote(registries, name, request).await.map(Recheck::Moved)
+}
+
 async fn resolve_remote(registries: &Registries, name: &str, request: &PlatformRequest) -> Result<BaseImage> {
     let reference = parse_reference(name)?;
     let (bytes, digest, media_type) = cached_or_fetch_manifest(registries, &reference).await?;

@@ -53,6 +53,8 @@ pub struct Builder {
     chunks: Arc<ChunkMemo>,
     /// go's recipes for relinking after an edit of the main package alone.
     relinker: Option<Arc<relink::Relinker>>,
+    /// `kodev dev`: a base named by tag is looked up again at each build (see `base::recheck`).
+    recheck_bases: bool,
 }
 
 /// The result of one artifact's build.
@@ -127,21 +129,49 @@ impl Builder {
                 }
             });
         });
-        Builder { registries, publisher, bases: Default::default(), chunks: Arc::default(), relinker }
+        Builder {
+            registries,
+            publisher,
+            bases: Default::default(),
+            chunks: Arc::default(),
+            relinker,
+            recheck_bases: check_with_go,
+        }
     }
 
-    /// Base images are resolved once per session and kept in memory; one that failed to
-    /// resolve is tried again by the next build.
-    fn base_for(&self, artifact: &Artifact) -> SharedBase {
+    /// Base images are resolved once per builder and kept in memory; one that failed to resolve
+    /// is tried again by the next build. In `kodev dev` each build looks a tag up again beside
+    /// its compile, and builds on the kept base when the tag still names it, or when the
+    /// registry cannot say (then it says so). Builds that start while a lookup is on share it.
+    fn base_for(&self, artifact: &Artifact, events: &EventSink) -> SharedBase {
         let key = (artifact.base.clone(), artifact.platforms.describe());
         let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = bases.get(&key).filter(|f| !matches!(f.peek(), Some(Err(_)))) {
-            return found.clone();
-        }
         let (registries, reference, platforms) =
             (self.registries.clone(), artifact.base.clone(), artifact.platforms.clone());
-        let resolving =
-            async move { base::resolve(&registries, &reference, &platforms).await.map(Arc::new) }.boxed().shared();
+        let resolving = match bases.get(&key).map(|found| (found.clone(), found.peek().cloned())) {
+            Some((_, Some(Ok(kept)))) if self.recheck_bases => {
+                let events = events.clone();
+                async move {
+                    match base::recheck(&registries, &reference, &platforms, &kept).await? {
+                        base::Recheck::Same => Ok(kept),
+                        base::Recheck::Moved(now) => Ok(Arc::new(now)),
+                        base::Recheck::Unknown(why) => {
+                            events.send(EventKind::Error {
+                                message: format!(
+                                    "cannot look up base image {reference} again ({why}); building on {}",
+                                    kept.digest
+                                ),
+                            });
+                            Ok(kept)
+                        }
+                    }
+                }
+                .boxed()
+                .shared()
+            }
+            Some((found, Some(Ok(_)) | None)) => return found,
+            _ => async move { base::resolve(&registries, &reference, &platforms).await.map(Arc::new) }.boxed().shared(),
+        };
         bases.insert(key, resolving.clone());
         resolving
     }
@@ -367,15 +397,15 @@ impl Builder {
             }
             _ => None,
         };
+        let shared_base = self.base_for(artifact, events);
         let (resolved_base, platforms) = match concrete {
             Some(list) => (None, list),
             None => {
-                let base = self.base_for(artifact).await?;
+                let base = shared_base.clone().await?;
                 let platforms = base.images.iter().map(|i| i.platform.clone()).collect();
                 (Some(base), platforms)
             }
         };
-        let shared_base = self.base_for(artifact);
         events.send(EventKind::BuildStarted { platforms: platforms.iter().map(|p| p.to_string()).collect(), debug });
 
         let kodata_artifact = artifact.clone();
