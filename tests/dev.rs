@@ -869,6 +869,74 @@ fn a_base_whose_tag_moves_during_the_session_is_built_on_from_the_next_build() {
     assert!(message.contains("base/moving:latest") && message.contains(&v2), "{message}");
 }
 
+/// With `--platform all` the platforms come from the base. When `kodev dev` looks the base's
+/// tag up again, go starts at once on the platforms of the base the session has, beside the
+/// lookup: a registry that does not answer delays the push, not the compile. A tag that moved
+/// to an index of more platforms is built again for all of them.
+#[test]
+fn with_every_platform_of_the_base_go_starts_beside_the_base_lookup() {
+    if !require_tools(&["docker-registry", "go", "umoci", "skopeo"]) {
+        return;
+    }
+    let bases = Registry::start();
+    let layouts = tempfile::tempdir().unwrap();
+    let layout = layouts.path().join("layout");
+    umoci_image(&layout, "amd64-only", "amd64");
+    umoci_image(&layout, "arm64", "arm64");
+    make_index(&layout, &[("amd64-only", "amd64"), ("arm64", "arm64")], "both");
+    let base = format!("{}/base/growing:latest", bases.host);
+    skopeo_push(&layout, "amd64-only", &base, false, false);
+
+    let skaffold = format!(
+        "apiVersion: skaffold/v4beta14\nkind: Config\nbuild:\n  artifacts:\n    - image: alpha\n      ko:\n        main: ./cmd/alpha\n        fromImage: {base}\n"
+    );
+    let prepare = |dir: &Path| std::fs::write(dir.join("skaffold.yaml"), &skaffold).unwrap();
+    let mut dev = DevSession::launch_on(Registry::start(), &["--platform", "all"], prepare, None, &[], Some("dev"));
+    let first = dev.wait_for("the first build", |e| e["event"] == "pushed");
+    dev.wait_for("watching", |e| e["event"] == "watching");
+    let pushed_manifest = |dev: &DevSession, pushed: &Value| {
+        let reference = format!("docker://{}/dev/alpha@{}", dev._registry.host, pushed["digest"].as_str().unwrap());
+        skopeo_inspect(&reference, true, false)
+    };
+    assert!(pushed_manifest(&dev, &first)["manifests"].is_null(), "one platform: a plain image");
+
+    // The tag moves to an index of two platforms: the next build makes both.
+    skopeo_push(&layout, "both", &base, false, true);
+    let since = dev.seen.len();
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha\"", "\"alpha on two platforms\"");
+    let second =
+        dev.wait_for("the build after the base grew", |e| e["event"] == "pushed" || e["event"] == "build_failed");
+    assert_eq!(second["event"], "pushed", "{:#?}", &dev.seen[since..]);
+    let index = pushed_manifest(&dev, &second);
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .expect("an index")
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"]);
+    dev.drain_quiet(QUIET);
+
+    // The base's registry takes connections and never answers: go still starts at once.
+    let host = bases.host.clone();
+    drop(bases);
+    let _silent = std::net::TcpListener::bind(&host).expect("listen where the base's registry was");
+    let since = dev.seen.len();
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha on two platforms\"", "\"alpha, registry silent\"");
+    let third = dev
+        .wait_for("the build with a silent base registry", |e| e["event"] == "pushed" || e["event"] == "build_failed");
+    let events = &dev.seen[since..];
+    assert_eq!(third["event"], "pushed", "{events:#?}");
+    let position = |wanted: &dyn Fn(&Value) -> bool| events.iter().position(wanted);
+    let gave_up = position(&|e| e["event"] == "error").expect("the lookup's failure is said");
+    assert!(events[gave_up]["message"].as_str().unwrap().contains("no answer"), "{events:#?}");
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let compiled = position(&|e| e["event"] == "compiled" && e["platform"] == platform)
+            .unwrap_or_else(|| panic!("{platform} compiled: {events:#?}"));
+        assert!(compiled < gave_up, "go waited for the base's registry ({platform}): {events:#?}");
+    }
+}
+
 /// Compiler and linker processes (of any build) whose parent is no longer a `go` process.
 fn orphaned_go_tools() -> Vec<String> {
     let mut found = Vec::new();

@@ -143,14 +143,17 @@ impl Builder {
     /// is tried again by the next build. In `kodev dev` each build looks a tag up again beside
     /// its compile, and builds on the kept base when the tag still names it, or when the
     /// registry cannot say (then it says so). Builds that start while a lookup is on share it.
-    fn base_for(&self, artifact: &Artifact, events: &EventSink) -> SharedBase {
+    /// Returns the lookup and, when it is a second look, the base kept from before it.
+    fn base_for(&self, artifact: &Artifact, events: &EventSink) -> (SharedBase, Option<Arc<BaseImage>>) {
         let key = (artifact.base.clone(), artifact.platforms.describe());
         let mut bases = self.bases.lock().unwrap_or_else(|e| e.into_inner());
         let (registries, reference, platforms) =
             (self.registries.clone(), artifact.base.clone(), artifact.platforms.clone());
+        let mut kept_before = None;
         let resolving = match bases.get(&key).map(|found| (found.clone(), found.peek().cloned())) {
             Some((_, Some(Ok(kept)))) if self.recheck_bases => {
                 let events = events.clone();
+                kept_before = Some(kept.clone());
                 async move {
                     match base::recheck(&registries, &reference, &platforms, &kept).await? {
                         base::Recheck::Same => Ok(kept),
@@ -169,11 +172,11 @@ impl Builder {
                 .boxed()
                 .shared()
             }
-            Some((found, Some(Ok(_)) | None)) => return found,
+            Some((found, Some(Ok(_)) | None)) => return (found, None),
             _ => async move { base::resolve(&registries, &reference, &platforms).await.map(Arc::new) }.boxed().shared(),
         };
         bases.insert(key, resolving.clone());
-        resolving
+        (resolving, kept_before)
     }
 
     /// The binary's layer, with its upload when it is streaming to the registry. A binary built
@@ -397,10 +400,15 @@ impl Builder {
             }
             _ => None,
         };
-        let shared_base = self.base_for(artifact, events);
-        let (resolved_base, platforms) = match concrete {
-            Some(list) => (None, list),
-            None => {
+        let (shared_base, kept_base) = self.base_for(artifact, events);
+        let platforms_of_kept_base = concrete.is_none() && kept_base.is_some();
+        let (resolved_base, platforms) = match (concrete, &kept_base) {
+            (Some(list), _) => (None, list),
+            // `kodev dev` looking the base up again: go starts on the platforms of the base the
+            // session has, beside the lookup; a base that moved to other platforms is built
+            // again below.
+            (None, Some(kept)) => (None, kept.images.iter().map(|i| i.platform.clone()).collect()),
+            (None, None) => {
                 let base = shared_base.clone().await?;
                 let platforms = base.images.iter().map(|i| i.platform.clone()).collect();
                 (Some(base), platforms)
@@ -540,6 +548,17 @@ impl Builder {
             }
         };
         let kodata = kodata.await?;
+        let built_for_every_platform = base.images.iter().all(|base_image| {
+            binaries
+                .iter()
+                .any(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+        });
+        if platforms_of_kept_base && !built_for_every_platform {
+            // Rare: the base's tag moved to an index of other platforms. The new base is kept
+            // now, so the build starts again on its platforms.
+            tracing::debug!(image = %artifact.image, "the base's platforms changed; building again for them");
+            return Box::pin(self.build_artifact_tagged(artifact, debug, events, tag)).await;
+        }
 
         let mut manifests = Vec::new();
         for base_image in &base.images {
