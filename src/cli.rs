@@ -141,6 +141,9 @@ pub fn run(cli: Cli) -> i32 {
         }
     };
     let result = runtime.block_on(async move {
+        if let Ok(value) = std::env::var(crate::pipeline::registry::REGISTRY_TIMEOUT_VARIABLE) {
+            crate::pipeline::registry::parse_registry_timeout(&value).map_err(KodevError::Usage)?;
+        }
         match cli.command {
             Command::Build(args) => run_build(args).await,
             Command::Dev(args) => crate::dev::run(args).await,

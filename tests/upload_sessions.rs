@@ -48,7 +48,7 @@ async fn sessions_of_a_cancelled_build_are_deleted() {
     let (pieces, received) = tokio::sync::mpsc::channel(4);
     pieces.send(Bytes::from(vec![7u8; 1 << 20])).await.unwrap();
     drop(pieces);
-    let streamed = registries.send_streamed(&target, Some(opened), received).await.expect("streamed");
+    let streamed = registries.send_streamed(&target, Some(opened), received, 1 << 20).await.expect("streamed");
     assert_eq!(streamed.bytes, 1 << 20);
     assert_eq!(live_sessions(&storage, "t/app"), vec![1 << 20], "the registry holds the data");
     drop(streamed);

@@ -678,6 +678,10 @@ async fn binary_layer_uploading(
     session: Option<OpeningUpload>,
 ) -> Result<(Layer, Option<PendingUpload>)> {
     let (pieces, received) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+    // What the compressed layer can come to: the binary, stored where it does not shrink, with
+    // each chunk's gzip framing and the tar around it.
+    let binary_len = std::fs::metadata(&source.path).map_or(0, |m| m.len());
+    let most_bytes = binary_len + binary_len / 64 + (64 << 10);
     let wanted = Arc::new(AtomicBool::new(true));
     let _guard = WantedWhileAlive(wanted.clone());
     let compress = tokio::task::spawn_blocking(move || {
@@ -699,7 +703,7 @@ async fn binary_layer_uploading(
                 Some(opening) => opening.finish().await.ok().and_then(|opened| opened.ok()),
                 None => None,
             };
-            registries.send_streamed(&target, opened, received).await
+            registries.send_streamed(&target, opened, received, most_bytes).await
         }))
     };
     let started = Instant::now();

@@ -27,6 +27,50 @@ pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
 
 const ATTEMPTS: u32 = 5;
 
+/// How long a registry has to answer a request, besides the time the request's bytes take at
+/// [`LEAST_RATE`]: `KODEV_REGISTRY_TIMEOUT` seconds, 30 unless set (checked at start, see
+/// `cli`). A request past it has failed and is not tried again, so a registry that holds
+/// connections without answering (a stalled proxy, a route that drops packets) ends the build
+/// with an error rather than hanging it; a slow link still gets the time its bytes need.
+pub fn answer_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(REGISTRY_TIMEOUT_VARIABLE)
+            .ok()
+            .and_then(|v| parse_registry_timeout(&v).ok())
+            .unwrap_or(Duration::from_secs(30))
+    })
+}
+
+pub const REGISTRY_TIMEOUT_VARIABLE: &str = "KODEV_REGISTRY_TIMEOUT";
+
+/// `KODEV_REGISTRY_TIMEOUT`'s value: a whole number of seconds, at least 1.
+pub fn parse_registry_timeout(value: &str) -> std::result::Result<Duration, String> {
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
+        _ => {
+            Err(format!("{REGISTRY_TIMEOUT_VARIABLE}: expected a whole number of seconds (at least 1), got {value:?}"))
+        }
+    }
+}
+
+/// The slowest transfer waited for: 128 KiB/s, about a megabit a second.
+const LEAST_RATE: u64 = 128 << 10;
+
+/// How long a request moving `bytes` (up or down) may take in all.
+pub fn allowance(bytes: u64) -> Duration {
+    answer_limit() + Duration::from_millis(bytes.saturating_mul(1000) / LEAST_RATE)
+}
+
+/// "30 s", "41.3 s": a limit as the error messages say it.
+pub fn describe_limit(limit: Duration) -> String {
+    if limit.subsec_millis() == 0 {
+        format!("{} s", limit.as_secs())
+    } else {
+        format!("{:.1} s", limit.as_secs_f64())
+    }
+}
+
 pub struct Registries {
     insecure: Vec<String>,
     clients: Mutex<HashMap<String, Client>>,
@@ -177,7 +221,8 @@ fn is_retryable(err: &OciDistributionError) -> bool {
         OciDistributionError::ServerError { code, .. } => passing_status(*code),
         OciDistributionError::RequestError(e) => match e.status() {
             Some(status) => passing_status(status.as_u16()),
-            None => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
+            // A timeout is final (see `answer_limit`): trying again would only wait as long again.
+            None => !e.is_timeout() && (e.is_connect() || e.is_request() || e.is_body()),
         },
         OciDistributionError::IoError(_) => true,
         _ => false,
@@ -239,7 +284,9 @@ impl Registries {
             protocol,
             use_monolithic_push: true,
             connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(120)),
+            // Each request's time is limited by `retry`, by the bytes it moves: a read timeout
+            // would also end an upload that takes longer to send than it allows.
+            read_timeout: None,
             ..Default::default()
         };
         // Building a client loads the system's CA certificates (tens of milliseconds the first
@@ -249,10 +296,9 @@ impl Registries {
             .map_err(|e| KodevError::publish(format!("cannot set up an HTTP client: {e}")))?;
         let auth = credentials_for(reference.registry());
         // Negotiates a bearer token when the registry asks for one; anonymous registries answer 200.
-        let auth_result = retry(&format!("{}://{registry}/v2/", self.scheme_for(&registry)), || async {
-            client.auth(reference, &auth, op).await.map(|_| ())
-        })
-        .await;
+        let probe = format!("{}://{registry}/v2/", self.scheme_for(&registry));
+        let auth_result =
+            retry(&probe, answer_limit(), || async { client.auth(reference, &auth, op).await.map(|_| ()) }).await;
         if let Err(e) = auth_result {
             return Err(KodevError::publish(format!("cannot reach registry {registry}: {e}")));
         }
@@ -277,10 +323,11 @@ impl Registries {
         let client = self.client(reference, RegistryOperation::Pull).await?;
         let what = reference.digest().or(reference.tag()).unwrap_or("latest").to_string();
         let url = self.url(reference, &format!("manifests/{what}"));
-        let (bytes, digest) =
-            retry(&url, || client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES))
-                .await
-                .map_err(|e| KodevError::build(format!("cannot fetch base image {}: {e}", reference.whole())))?;
+        let (bytes, digest) = retry(&url, answer_limit(), || {
+            client.pull_manifest_raw(reference, &RegistryAuth::Anonymous, MANIFEST_MEDIA_TYPES)
+        })
+        .await
+        .map_err(|e| KodevError::build(format!("cannot fetch base image {}: {e}", reference.whole())))?;
         let media_type = manifest_media_type(&bytes).ok_or_else(|| {
             KodevError::build(format!("base image {} has a manifest kodev cannot read", reference.whole()))
         })?;
@@ -291,7 +338,7 @@ impl Registries {
         let client = self.client(reference, RegistryOperation::Pull).await?;
         let descriptor = OciDescriptor { digest: digest.to_string(), size: size as i64, ..Default::default() };
         let url = self.url(reference, &format!("blobs/{digest}"));
-        retry(&url, || async {
+        retry(&url, allowance(size), || async {
             let mut out = Vec::with_capacity(size as usize);
             client.pull_blob(reference, &descriptor, &mut out).await?;
             Ok(out)
@@ -317,7 +364,7 @@ impl Registries {
         }
         let client = self.client(target, RegistryOperation::Push).await?;
         let url = self.url(target, &format!("blobs/{digest}"));
-        let exists = retry(&url, || client.blob_exists(target, digest))
+        let exists = retry(&url, answer_limit(), || client.blob_exists(target, digest))
             .await
             .map_err(|e| KodevError::publish(format!("cannot check blob {digest} at {url}: {e}")))?;
         if exists {
@@ -329,7 +376,8 @@ impl Registries {
     /// Cross-repository mount; false when the registry started an upload instead (202).
     pub async fn mount_blob(&self, target: &Reference, source: &Reference, digest: &str) -> Result<bool> {
         let client = self.client(target, RegistryOperation::Push).await?;
-        let mounted = client.mount_blob(target, source, digest).await.is_ok();
+        let mounted =
+            matches!(tokio::time::timeout(answer_limit(), client.mount_blob(target, source, digest)).await, Ok(Ok(_)));
         if mounted {
             self.remember(target, digest);
         }
@@ -405,7 +453,7 @@ impl Registries {
     async fn upload_blob_now(&self, target: &Reference, data: Bytes, digest: &str) -> Result<()> {
         let client = self.client(target, RegistryOperation::Push).await?;
         let url = self.url(target, "blobs/uploads/");
-        retry(&url, || client.push_blob(target, data.clone(), digest))
+        retry(&url, allowance(data.len() as u64), || client.push_blob(target, data.clone(), digest))
             .await
             .map(|_| ())
             .map_err(|e| KodevError::publish(format!("cannot upload blob {digest} to {url}: {e}")))
@@ -418,10 +466,11 @@ impl Registries {
         target: &Reference,
         opened: Option<OpenUpload>,
         pieces: tokio::sync::mpsc::Receiver<Bytes>,
+        most_bytes: u64,
     ) -> std::result::Result<OpenUpload, String> {
         let credentials = streaming_credentials(target)?;
         let scheme = self.scheme_for(target.resolve_registry());
-        self.streamer.send(target, scheme, &credentials, opened, pieces).await
+        self.streamer.send(target, scheme, &credentials, opened, pieces, most_bytes).await
     }
 
     /// Close a streamed upload under its digest; the blob is then known to be in the repository.
@@ -442,10 +491,12 @@ impl Registries {
         let url = self.url(target, &format!("manifests/{what}"));
         let content_type: reqwest::header::HeaderValue =
             media_type.parse().map_err(|_| KodevError::publish(format!("invalid media type {media_type}")))?;
-        retry(&url, || client.push_manifest_raw(target, body.clone(), content_type.clone()))
-            .await
-            .map(|_| ())
-            .map_err(|e| KodevError::publish(format!("cannot push manifest to {url}: {e}")))
+        retry(&url, allowance(body.len() as u64), || {
+            client.push_manifest_raw(target, body.clone(), content_type.clone())
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| KodevError::publish(format!("cannot push manifest to {url}: {e}")))
     }
 }
 
@@ -464,8 +515,9 @@ pub fn manifest_media_type(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// Run `op` with exponential backoff on server errors and connection failures.
-async fn retry<T, F, Fut>(url: &str, mut op: F) -> std::result::Result<T, String>
+/// Run `op` with exponential backoff on server errors and connection failures, each attempt
+/// given `limit` (see [`answer_limit`]); an attempt past it is not tried again.
+async fn retry<T, F, Fut>(url: &str, limit: Duration, mut op: F) -> std::result::Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = std::result::Result<T, OciDistributionError>>,
@@ -473,7 +525,10 @@ where
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match op().await {
+        let Ok(outcome) = tokio::time::timeout(limit, op()).await else {
+            return Err(format!("{url}: no answer in {}", describe_limit(limit)));
+        };
+        match outcome {
             Ok(v) => return Ok(v),
             Err(e) if attempt < ATTEMPTS && is_retryable(&e) => {
                 tracing::debug!(url, attempt, error = %e, "retrying");
@@ -581,7 +636,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retries_server_errors_but_not_client_errors() {
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let result = retry("http://r/v2/", || async {
+        let result = retry("http://r/v2/", Duration::from_secs(5), || async {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if n < 2 {
                 Err(OciDistributionError::ServerError { code: 503, url: "u".into(), message: "busy".into() })
@@ -593,7 +648,7 @@ mod tests {
         assert_eq!(result.unwrap(), 2);
 
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let result: std::result::Result<(), String> = retry("http://r/v2/x", || async {
+        let result: std::result::Result<(), String> = retry("http://r/v2/x", Duration::from_secs(5), || async {
             calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Err(OciDistributionError::ServerError { code: 404, url: "http://r/v2/x".into(), message: "unknown".into() })
         })
@@ -602,7 +657,7 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let result: std::result::Result<(), String> = retry("http://r/v2/y", || async {
+        let result: std::result::Result<(), String> = retry("http://r/v2/y", Duration::from_secs(5), || async {
             calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Err(OciDistributionError::ServerError { code: 500, url: "http://r/v2/y".into(), message: "down".into() })
         })
@@ -626,7 +681,7 @@ mod tests {
         assert!(!is_retryable(&reqwest_status_error(404)));
         assert!(!is_retryable(&reqwest_status_error(401)));
         let calls = std::sync::atomic::AtomicU32::new(0);
-        let result = retry("http://r/v2/a/blobs/sha256:0", || async {
+        let result = retry("http://r/v2/a/blobs/sha256:0", Duration::from_secs(5), || async {
             match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
                 0 => Err(reqwest_status_error(500)),
                 _ => Ok(true),

@@ -17,6 +17,8 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LO
 use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{mpsc, Mutex};
 
+use super::registry::{allowance, answer_limit, describe_limit};
+
 /// What plain requests to one repository send as credentials.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credentials {
@@ -50,7 +52,8 @@ pub struct OpenUpload {
 
 impl OpenUpload {
     fn delete_request(&self) -> reqwest::RequestBuilder {
-        authorize(self.http.delete(self.location.clone()), &self.location, &self.registry, &self.authorization)
+        let request = self.http.delete(self.location.clone()).timeout(answer_limit());
+        authorize(request, &self.location, &self.registry, &self.authorization)
     }
 
     /// Delete the session now, waiting for the registry's answer.
@@ -87,12 +90,19 @@ fn http_error(context: &str, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
 
+/// A request's failure; one that ran out of its time (`limit`) says so plainly.
+fn request_error(context: &str, e: reqwest::Error, limit: Duration) -> String {
+    if e.is_timeout() {
+        format!("{context}: no answer in {}", describe_limit(limit))
+    } else {
+        http_error(context, e)
+    }
+}
+
+/// Each request is given its time (see `registry::answer_limit`): no read timeout, which
+/// would also end a streamed upload that takes longer to send than it allows.
 fn build_http_client() -> Option<reqwest::Client> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(120))
-        .build()
-        .ok()
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().ok()
 }
 
 /// `key="value"` pairs of a `WWW-Authenticate: Bearer …` challenge.
@@ -149,11 +159,11 @@ impl Streamer {
             }
             query.append_pair("scope", &format!("repository:{repository}:pull,push"));
         }
-        let mut request = self.http()?.get(realm.clone());
+        let mut request = self.http()?.get(realm.clone()).timeout(answer_limit());
         if let Credentials::Basic(user, password) = credentials {
             request = request.basic_auth(user, Some(password));
         }
-        let response = request.send().await.map_err(|e| http_error(realm.as_str(), e))?;
+        let response = request.send().await.map_err(|e| request_error(realm.as_str(), e, answer_limit()))?;
         if !response.status().is_success() {
             return Err(format!("{realm}: token request answered {}", response.status()));
         }
@@ -176,11 +186,11 @@ impl Streamer {
         let url = format!("{base}/v2/{repository}/blobs/uploads/");
         let registry = Url::parse(&url).map_err(|e| http_error(&url, e))?;
         for attempt in 0..2 {
-            let request = self.http()?.post(&url).header(CONTENT_LENGTH, 0);
+            let request = self.http()?.post(&url).header(CONTENT_LENGTH, 0).timeout(answer_limit());
             let response = authorize(request, &registry, &registry, &authorization)
                 .send()
                 .await
-                .map_err(|e| http_error(&url, e))?;
+                .map_err(|e| request_error(&url, e, answer_limit()))?;
             if response.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
                 let challenge = response
                     .headers()
@@ -223,7 +233,8 @@ impl Streamer {
 
     /// Send every piece `pieces` yields in one PATCH, on `opened` (a session opened ahead, see
     /// [`Streamer::open_session`]) or on a session opened now; the session is committed with
-    /// [`Streamer::commit`] once the digest is known.
+    /// [`Streamer::commit`] once the digest is known. `most_bytes` bounds what the pieces add
+    /// up to: the PATCH is given the time that many bytes take (see `registry::allowance`).
     pub async fn send(
         &self,
         target: &Reference,
@@ -231,6 +242,7 @@ impl Streamer {
         credentials: &Credentials,
         opened: Option<OpenUpload>,
         mut pieces: mpsc::Receiver<Bytes>,
+        most_bytes: u64,
     ) -> Result<OpenUpload, String> {
         let base = format!("{scheme}://{}", target.resolve_registry());
         let key = Url::parse(&base).map(|u| origin(&u)).map_err(|e| http_error(&base, e))?;
@@ -251,15 +263,17 @@ impl Streamer {
                 })
             })
         });
+        let limit = allowance(most_bytes);
         let request = self
             .http()?
             .request(Method::PATCH, upload.location.clone())
             .header(CONTENT_TYPE, "application/octet-stream")
+            .timeout(limit)
             .body(reqwest::Body::wrap_stream(body));
         let response = authorize(request, &upload.location, &upload.registry, &upload.authorization)
             .send()
             .await
-            .map_err(|e| http_error(upload.location.as_str(), e))?;
+            .map_err(|e| request_error(upload.location.as_str(), e, limit))?;
         if response.status() != StatusCode::ACCEPTED {
             let status = response.status();
             self.refuse(&upload);
@@ -278,6 +292,7 @@ impl Streamer {
         let mut url = upload.location.clone();
         url.query_pairs_mut().append_pair("digest", digest);
         let sends_body = last.is_some();
+        let limit = allowance(last.as_ref().map_or(0, |bytes| bytes.len() as u64));
         let request = match last {
             Some(bytes) => self
                 .http()?
@@ -287,10 +302,10 @@ impl Streamer {
                 .body(bytes),
             None => self.http()?.put(url.clone()).header(CONTENT_LENGTH, 0),
         };
-        let response = authorize(request, &url, &upload.registry, &upload.authorization)
+        let response = authorize(request.timeout(limit), &url, &upload.registry, &upload.authorization)
             .send()
             .await
-            .map_err(|e| http_error(url.as_str(), e))?;
+            .map_err(|e| request_error(url.as_str(), e, limit))?;
         if response.status() != StatusCode::CREATED {
             let status = response.status();
             // Only a streamed upload's failure says the registry does not take streaming.
@@ -427,13 +442,13 @@ mod tests {
         let (pieces, received) = mpsc::channel(4);
         pieces.send(Bytes::from_static(b"some layer bytes")).await.unwrap();
         drop(pieces);
-        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received).await.unwrap_err();
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received, 1 << 20).await.unwrap_err();
         assert!(err.contains("405"), "{err}");
         let asked = requests.load(std::sync::atomic::Ordering::SeqCst);
         assert!(asked >= 2, "POST then PATCH (then the DELETE of the session): {asked}");
 
         let (_pieces, received) = mpsc::channel(4);
-        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received).await.unwrap_err();
+        let err = streamer.send(&target, "http", &Credentials::Anonymous, None, received, 1 << 20).await.unwrap_err();
         assert!(err.contains("refused a streamed upload before"), "{err}");
         assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), asked, "the registry was not asked again");
     }
