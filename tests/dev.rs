@@ -867,6 +867,17 @@ fn a_base_whose_tag_moves_during_the_session_is_built_on_from_the_next_build() {
     let said = dev.seen[since..].iter().find(|e| e["event"] == "error").expect("the lookup's failure is said");
     let message = said["message"].as_str().unwrap();
     assert!(message.contains("base/moving:latest") && message.contains(&v2), "{message}");
+    dev.drain_quiet(QUIET);
+
+    // Still offline: the next build is made too, and the failure is not said again.
+    let since = dev.seen.len();
+    edit(&dev.path("cmd/alpha/main.go"), "\"alpha offline\"", "\"alpha still offline\"");
+    let fourth = dev.wait_for("the second build offline", |e| e["event"] == "pushed" || e["event"] == "build_failed");
+    assert_eq!(fourth["event"], "pushed", "{:#?}", &dev.seen[since..]);
+    assert_eq!(base_digest_of_pushed(&dev, &fourth), v2);
+    dev.drain_quiet(QUIET);
+    let errors: Vec<_> = dev.seen[since..].iter().filter(|e| e["event"] == "error").collect();
+    assert!(errors.is_empty(), "said once, not at every build: {errors:#?}");
 }
 
 /// With `--platform all` the platforms come from the base. When `kodev dev` looks the base's

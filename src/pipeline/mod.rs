@@ -55,6 +55,9 @@ pub struct Builder {
     relinker: Option<Arc<relink::Relinker>>,
     /// `kodev dev`: a base named by tag is looked up again at each build (see `base::recheck`).
     recheck_bases: bool,
+    /// Bases whose registry could not be asked again, said once: an offline session hears it
+    /// once, not at every build, until a lookup gets an answer again.
+    unanswered_bases: Arc<std::sync::Mutex<std::collections::HashSet<BaseKey>>>,
 }
 
 /// The result of one artifact's build.
@@ -136,6 +139,7 @@ impl Builder {
             chunks: Arc::default(),
             relinker,
             recheck_bases: check_with_go,
+            unanswered_bases: Arc::default(),
         }
     }
 
@@ -154,17 +158,29 @@ impl Builder {
             Some((_, Some(Ok(kept)))) if self.recheck_bases => {
                 let events = events.clone();
                 kept_before = Some(kept.clone());
+                let (unanswered, key) = (self.unanswered_bases.clone(), key.clone());
                 async move {
-                    match base::recheck(&registries, &reference, &platforms, &kept).await? {
-                        base::Recheck::Same => Ok(kept),
-                        base::Recheck::Moved(now) => Ok(Arc::new(now)),
+                    let recheck = base::recheck(&registries, &reference, &platforms, &kept).await?;
+                    let mut unanswered = unanswered.lock().unwrap_or_else(|e| e.into_inner());
+                    match recheck {
+                        base::Recheck::Same => {
+                            unanswered.remove(&key);
+                            Ok(kept)
+                        }
+                        base::Recheck::Moved(now) => {
+                            unanswered.remove(&key);
+                            Ok(Arc::new(now))
+                        }
                         base::Recheck::Unknown(why) => {
-                            events.send(EventKind::Error {
-                                message: format!(
-                                    "cannot look up base image {reference} again ({why}); building on {}",
-                                    kept.digest
-                                ),
-                            });
+                            let message = format!(
+                                "cannot look up base image {reference} again ({why}); building on {}",
+                                kept.digest
+                            );
+                            if unanswered.insert(key) {
+                                events.send(EventKind::Error { message });
+                            } else {
+                                tracing::debug!("{message}");
+                            }
                             Ok(kept)
                         }
                     }
