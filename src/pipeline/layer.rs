@@ -1270,6 +1270,14 @@ fn walk(
             host_path.clone()
         };
         let meta = std::fs::metadata(&target).map_err(|e| io_err(&target, e))?;
+        if meta.is_dir() && visiting.contains(&target) {
+            // Followed, it would copy the same tree into itself without end.
+            return Err(KodevError::build(format!(
+                "kodata symlink {} points back to {}, a directory it is in: a loop",
+                host_path.display(),
+                target.display()
+            )));
+        }
         if meta.is_dir() {
             tar.append_header(&EntryHeader::ko(&image_path, EntryKind::Directory, 0, source.mtime))
                 .map_err(|e| io_err(&host_path, e))?;
@@ -1288,6 +1296,25 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kodata_symlink_to_a_directory_above_it_is_an_error_naming_the_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let kodata = dir.path().join("kodata");
+        std::fs::create_dir_all(kodata.join("sub")).unwrap();
+        std::fs::write(kodata.join("sub/a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("..", kodata.join("sub/up")).unwrap();
+        let source = KodataSource { dir: kodata.clone(), allowed_root: dir.path().to_path_buf(), mtime: 0 };
+        let message = kodata_layer(&source).unwrap_err().to_string();
+        let link = kodata.join("sub/up");
+        assert!(message.contains(&link.display().to_string()) && message.contains("loop"), "names the link: {message}");
+        // A link to a directory beside it (no loop) is followed.
+        std::fs::remove_file(&link).unwrap();
+        std::fs::create_dir_all(kodata.join("other")).unwrap();
+        std::fs::write(kodata.join("other/b.txt"), "b").unwrap();
+        std::os::unix::fs::symlink("../other", &link).unwrap();
+        assert!(kodata_layer(&source).is_ok());
+    }
 
     #[test]
     fn binary_layer_without_copying_equals_the_plain_tar() {
