@@ -54,6 +54,10 @@ pub fn locate(work_dir: &Path) -> Option<PathBuf> {
     candidate.is_file().then_some(candidate)
 }
 
+/// ko reads .ko.yaml leniently: a misspelt key is dropped without a word and the build goes on
+/// without the setting. kodev stops at it instead, and says why.
+const KO_YAML_STRICTNESS: &str = "ko would ignore a key it does not know and build without it; kodev stops";
+
 pub fn load(path: &Path) -> Result<KoYaml, KodevError> {
     let text = std::fs::read_to_string(path).map_err(|e| KodevError::Config {
         file: path.to_path_buf(),
@@ -66,8 +70,8 @@ pub fn load(path: &Path) -> Result<KoYaml, KodevError> {
         return Ok(KoYaml::default());
     }
     let document = serde_yaml_ng::Deserializer::from_str(&text);
-    let ko_yaml: KoYaml =
-        serde_path_to_error::deserialize(document).map_err(|e| super::skaffold::yaml_error(path, &text, e))?;
+    let ko_yaml: KoYaml = serde_path_to_error::deserialize(document)
+        .map_err(|e| super::skaffold::yaml_error_with(path, &text, e, KO_YAML_STRICTNESS))?;
     // A base image reference that cannot be read is bad input, said before any build.
     let named = ko_yaml.default_base_image.iter().map(|reference| (reference, None));
     let overrides = ko_yaml.base_image_overrides.iter().map(|(package, reference)| (reference, Some(package)));
@@ -160,5 +164,26 @@ mod tests {
         let text = "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n";
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/b"), Some(3));
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
+    }
+
+    #[test]
+    fn a_misspelt_key_stops_with_the_file_line_and_field_and_says_what_ko_would_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".ko.yaml");
+        std::fs::write(
+            &path,
+            "defaultBaseImage: cgr.dev/chainguard/static
+builds:
+  - id: x
+    dirr: .
+",
+        )
+        .unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("{}:4 (field builds[0].dirr): unknown field `dirr`", path.display())),
+            "{message}"
+        );
+        assert!(message.contains("ko would ignore") && !message.contains("skaffold.yaml"), "{message}");
     }
 }

@@ -761,6 +761,16 @@ pub fn json_patch(document: &mut Value, patch: &JsonPatch) -> Result<(), String>
 }
 
 pub fn yaml_error(path: &Path, text: &str, err: serde_path_to_error::Error<serde_yaml_ng::Error>) -> KodevError {
+    yaml_error_with(path, text, err, "kodev decodes skaffold.yaml strictly, like Skaffold")
+}
+
+/// [`yaml_error`], saying `strictness` (why an unknown key stops kodev) after an unknown field.
+pub fn yaml_error_with(
+    path: &Path,
+    text: &str,
+    err: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    strictness: &str,
+) -> KodevError {
     let field = err.path().to_string();
     let inner = err.into_inner();
     let location = inner.location();
@@ -784,7 +794,7 @@ pub fn yaml_error(path: &Path, text: &str, err: serde_path_to_error::Error<serde
         }
     }
     if message.contains("unknown field") {
-        message.push_str(" (check the spelling; kodev decodes skaffold.yaml strictly, like Skaffold)");
+        message.push_str(&format!(" (check the spelling; {strictness})"));
     }
     KodevError::Config { file: path.to_path_buf(), line, column, field: Some(field), message }
 }
