@@ -148,6 +148,60 @@ fn ko_yaml_defaults_per_build_settings_and_base_precedence() {
     assert_eq!(artifact(&p, "api")["platforms"], serde_json::json!(["linux/amd64"]));
 }
 
+/// ko's settings in the environment (`KO_DEFAULTBASEIMAGE` and the other `KO_` + key
+/// variables ko's viper reads) beat `.ko.yaml`'s defaults; a build's own lists, skaffold.yaml's
+/// own values and `baseImageOverrides` still win, as in ko under Skaffold.
+#[test]
+fn ko_settings_in_the_environment_beat_the_ko_yaml_defaults() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let env = [
+        ("KO_DEFAULTBASEIMAGE", "registry.example.com/base/from-env:v7"),
+        ("KO_DEFAULTPLATFORMS", "linux/s390x,linux/amd64"),
+        ("KO_DEFAULTENV", "FROM_ENV=1 ALSO=2"),
+        ("KO_DEFAULTLDFLAGS", "-s -w"),
+    ];
+    let p = plan(&["-f", "tests/fixtures/koyaml/skaffold.yaml"], &env);
+    let api = artifact(&p, "api");
+    assert_eq!(api["baseImage"], "registry.example.com/base/from-env:v7", "KO_DEFAULTBASEIMAGE beats defaultBaseImage");
+    assert_eq!(api["platforms"], serde_json::json!(["linux/s390x", "linux/amd64"]), "KO_DEFAULTPLATFORMS");
+    assert_eq!(api["goBuild"]["env"], serde_json::json!(["FROM_BUILD=1"]), "the build's own env beats KO_DEFAULTENV");
+    let args = api["goBuild"]["args"].to_string();
+    assert!(args.contains("-tags=defaults") && args.contains("-ldflags=-X main.source=build"), "{args}");
+    let tool = artifact(&p, "tool");
+    assert_eq!(tool["baseImage"], "registry.example.com/base/tool:v2", "baseImageOverrides beats both");
+    assert_eq!(tool["goBuild"]["env"], serde_json::json!(["FROM_ENV=1", "ALSO=2"]), "KO_DEFAULTENV beats defaultEnv");
+    assert!(tool["goBuild"]["args"].to_string().contains("\"-ldflags=-s -w\""), "{}", tool["goBuild"]["args"]);
+    let pinned = artifact(&p, "pinned");
+    assert_eq!(
+        pinned["baseImage"], "registry.example.com/base/from-skaffold:v3",
+        "fromImage beats KO_DEFAULTBASEIMAGE"
+    );
+
+    // Without any .ko.yaml the variables still count.
+    assert!(!repo_root().join("examples/hello/.ko.yaml").exists());
+    let p = plan(&["-f", "examples/hello/skaffold.yaml"], &env);
+    assert_eq!(artifact(&p, "hello")["baseImage"], "registry.example.com/base/from-env:v7");
+    assert_eq!(artifact(&p, "hello")["goBuild"]["env"], serde_json::json!(["FROM_ENV=1", "ALSO=2"]));
+
+    // A value ko would refuse is a usage error naming the variable.
+    for (name, value, problem) in [
+        ("KO_DEFAULTPLATFORMS", "linux/amd64/v9/x", "invalid platform"),
+        ("KO_DEFAULTENV", "NOEQ", "must be KEY=value"),
+        ("KO_DEFAULTBASEIMAGE", "UPPER/Case::x", "invalid image reference"),
+    ] {
+        let out = run(kodev().current_dir(repo_root()).env(name, value).args([
+            "plan",
+            "-f",
+            "tests/fixtures/koyaml/skaffold.yaml",
+        ]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(stderr.contains(&format!("kodev: {name}: ")) && stderr.contains(problem), "{name}={value}: {stderr}");
+    }
+}
+
 /// What is wrong in a `.ko.yaml` is said with that file, its line and its field (not the
 /// skaffold.yaml artifact the setting reached), before any build, with exit code 2.
 #[test]

@@ -43,6 +43,72 @@ pub struct KoBuild {
     pub ldflags: Option<Vec<String>>,
 }
 
+/// ko's top-level settings given in the environment. ko reads .ko.yaml through viper with the
+/// prefix `KO` and every key looked up in the environment first: `KO_DEFAULTBASEIMAGE` beats
+/// `defaultBaseImage`, and so on (its docs name `KO_DEFAULTBASEIMAGE`). An empty variable counts
+/// as unset; a list is split at white space (viper's reading of a string as a list), platforms
+/// at commas too; `KO_BASEIMAGEOVERRIDES` is a JSON object. None: not set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KoEnvironment {
+    pub default_base_image: Option<String>,
+    pub base_image_overrides: Option<BTreeMap<String, String>>,
+    pub default_platforms: Option<Vec<String>>,
+    pub default_env: Option<Vec<String>>,
+    pub default_flags: Option<Vec<String>>,
+    pub default_ldflags: Option<Vec<String>>,
+}
+
+pub const BASE_IMAGE_VARIABLE: &str = "KO_DEFAULTBASEIMAGE";
+pub const OVERRIDES_VARIABLE: &str = "KO_BASEIMAGEOVERRIDES";
+pub const PLATFORMS_VARIABLE: &str = "KO_DEFAULTPLATFORMS";
+pub const ENV_VARIABLE: &str = "KO_DEFAULTENV";
+pub const FLAGS_VARIABLE: &str = "KO_DEFAULTFLAGS";
+pub const LDFLAGS_VARIABLE: &str = "KO_DEFAULTLDFLAGS";
+
+impl KoEnvironment {
+    /// Read from the process environment. A value ko would refuse (a base image reference
+    /// that cannot be read, overrides that are not a JSON object of strings) is a usage error
+    /// naming the variable.
+    pub fn read() -> Result<KoEnvironment, KodevError> {
+        KoEnvironment::read_with(|name| std::env::var(name).ok())
+    }
+
+    pub fn read_with(lookup: impl Fn(&str) -> Option<String>) -> Result<KoEnvironment, KodevError> {
+        let set = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let list = |name: &str| set(name).map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>());
+        let usage = |name: &str, message: String| KodevError::Usage(format!("{name}: {message}"));
+        let default_base_image = set(BASE_IMAGE_VARIABLE);
+        if let Some(reference) = &default_base_image {
+            crate::pipeline::registry::parse_reference(reference)
+                .map_err(|e| usage(BASE_IMAGE_VARIABLE, e.to_string()))?;
+        }
+        let base_image_overrides = match set(OVERRIDES_VARIABLE) {
+            None => None,
+            Some(text) => {
+                let overrides: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+                    usage(OVERRIDES_VARIABLE, format!("expected a JSON object of import path to base image: {e}"))
+                })?;
+                for reference in overrides.values() {
+                    crate::pipeline::registry::parse_reference(reference)
+                        .map_err(|e| usage(OVERRIDES_VARIABLE, e.to_string()))?;
+                }
+                Some(overrides)
+            }
+        };
+        let default_platforms = set(PLATFORMS_VARIABLE).map(|v| {
+            v.split(|c: char| c.is_whitespace() || c == ',').filter(|p| !p.is_empty()).map(str::to_string).collect()
+        });
+        Ok(KoEnvironment {
+            default_base_image,
+            base_image_overrides,
+            default_platforms,
+            default_env: list(ENV_VARIABLE),
+            default_flags: list(FLAGS_VARIABLE),
+            default_ldflags: list(LDFLAGS_VARIABLE),
+        })
+    }
+}
+
 /// Where `.ko.yaml` is looked for: `KO_CONFIG_PATH` (file or folder) wins over the work dir.
 pub fn locate(work_dir: &Path) -> Option<PathBuf> {
     if let Some(configured) = std::env::var_os("KO_CONFIG_PATH").filter(|v| !v.is_empty()) {
@@ -164,6 +230,33 @@ mod tests {
         let text = "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n";
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/b"), Some(3));
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
+    }
+
+    #[test]
+    fn ko_settings_in_the_environment_are_read_as_viper_reads_them() {
+        let vars: BTreeMap<&str, &str> = [
+            ("KO_DEFAULTBASEIMAGE", "registry.example/base:v1"),
+            ("KO_DEFAULTPLATFORMS", "linux/amd64,linux/arm64 linux/s390x"),
+            ("KO_DEFAULTLDFLAGS", "-s  -w"),
+            ("KO_DEFAULTENV", ""),
+            ("KO_BASEIMAGEOVERRIDES", r#"{"example.com/a": "registry.example/other:v2"}"#),
+        ]
+        .into();
+        let read = KoEnvironment::read_with(|name| vars.get(name).map(|v| v.to_string())).unwrap();
+        assert_eq!(read.default_base_image.as_deref(), Some("registry.example/base:v1"));
+        assert_eq!(read.default_platforms.unwrap(), ["linux/amd64", "linux/arm64", "linux/s390x"]);
+        assert_eq!(read.default_ldflags.unwrap(), ["-s", "-w"]);
+        assert_eq!(read.default_env, None, "an empty variable is not set");
+        assert_eq!(read.default_flags, None);
+        assert_eq!(read.base_image_overrides.unwrap()["example.com/a"], "registry.example/other:v2");
+
+        let bad = |name: &'static str, value: &'static str| {
+            KoEnvironment::read_with(|n| (n == name).then(|| value.to_string())).unwrap_err()
+        };
+        let e = bad("KO_DEFAULTBASEIMAGE", "Not A/Reference");
+        assert!(matches!(e, KodevError::Usage(_)) && e.to_string().starts_with("KO_DEFAULTBASEIMAGE: "), "{e}");
+        let e = bad("KO_BASEIMAGEOVERRIDES", "example.com/a=base");
+        assert!(e.to_string().starts_with("KO_BASEIMAGEOVERRIDES: expected a JSON object"), "{e}");
     }
 
     #[test]

@@ -562,11 +562,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         _ => err(".image", m),
     })?;
 
-    // The .ko.yaml next to where go runs.
+    // The .ko.yaml next to where go runs, and ko's settings in the environment, which beat it.
     let ko_yaml = match koyaml::locate(&work_dir) {
         Some(path) => Some((koyaml::load(&path)?, path)),
         None => None,
     };
+    let ko_environment = koyaml::KoEnvironment::read()?;
 
     let (import_path, package_dir) =
         resolve_package(&raw.image, &ko, &context, &work_dir).map_err(|(sub, message)| err(sub, message))?;
@@ -579,6 +580,13 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         None => None,
     };
     let ko_yaml_platforms = match &ko_yaml {
+        _ if ko_environment.default_platforms.is_some() => {
+            let list = ko_environment.default_platforms.as_deref().unwrap_or_default();
+            Some(
+                PlatformRequest::parse_list(list)
+                    .map_err(|e| KodevError::Usage(format!("{}: {e}", koyaml::PLATFORMS_VARIABLE)))?,
+            )
+        }
         Some((k, path)) if !k.default_platforms.is_empty() => {
             Some(PlatformRequest::parse_list(&k.default_platforms).map_err(|e| {
                 config_err(path, koyaml::key_line(path, None, "defaultPlatforms"), "defaultPlatforms", e.to_string())
@@ -603,46 +611,87 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         })?
     };
 
-    // Base image: baseImageOverrides > fromImage > defaultBaseImage > built in.
-    let base = ko_yaml
-        .as_ref()
-        .and_then(|(k, _)| k.base_image_overrides.get(&import_path).cloned())
+    // Base image: baseImageOverrides > fromImage > defaultBaseImage > built in; for each of
+    // .ko.yaml's keys, its KO_ variable first.
+    let overrides =
+        ko_environment.base_image_overrides.as_ref().or(ko_yaml.as_ref().map(|(k, _)| &k.base_image_overrides));
+    let base = overrides
+        .and_then(|o| o.get(&import_path).cloned())
         .or(ko.from_image.clone())
+        .or_else(|| ko_environment.default_base_image.clone())
         .or_else(|| ko_yaml.as_ref().and_then(|(k, _)| k.default_base_image.clone()))
         .map(BaseImageRef::Remote)
         .unwrap_or(BaseImageRef::Builtin);
 
     // .ko.yaml build settings for this main (per-build replaces defaults), below skaffold's own;
     // each with the .ko.yaml key it came from, for errors.
-    let mut ko_env = KoYamlSetting::default();
-    let (mut ko_flags, mut ko_ldflags) = (ko_env.clone(), ko_env.clone());
-    if let Some((k, path)) = &ko_yaml {
-        let build = k.builds.iter().position(|b| {
+    // A build's own list, else the default from the environment, else .ko.yaml's default.
+    let build = ko_yaml.as_ref().and_then(|(k, _)| {
+        k.builds.iter().position(|b| {
             b.main.as_deref().map(|m| {
                 let m = m.trim_start_matches("./");
                 import_path.ends_with(m) || m == "." && package_dir == work_dir
             }) == Some(true)
-        });
-        let setting = |own: Option<&Vec<String>>, key: &str, default: &[String], default_key: &str| match own {
-            Some(values) => KoYamlSetting { values: values.clone(), at: Some((path.clone(), build, key.to_string())) },
-            None => KoYamlSetting { values: default.to_vec(), at: Some((path.clone(), None, default_key.to_string())) },
-        };
-        let chosen = build.map(|b| &k.builds[b]);
-        ko_env = setting(chosen.and_then(|b| b.env.as_ref()), "env", &k.default_env, "defaultEnv");
-        ko_flags = setting(chosen.and_then(|b| b.flags.as_ref()), "flags", &k.default_flags, "defaultFlags");
-        ko_ldflags = setting(chosen.and_then(|b| b.ldflags.as_ref()), "ldflags", &k.default_ldflags, "defaultLdflags");
-    }
+        })
+    });
+    let chosen = ko_yaml.as_ref().zip(build).map(|((k, _), b)| &k.builds[b]);
+    let setting = |own: Option<&Vec<String>>,
+                   key: &str,
+                   from_environment: &Option<Vec<String>>,
+                   variable: &'static str,
+                   default: fn(&koyaml::KoYaml) -> &Vec<String>,
+                   default_key: &str| {
+        match (own, from_environment, &ko_yaml) {
+            (Some(values), _, Some((_, path))) => KoYamlSetting {
+                values: values.clone(),
+                at: Some(SettingAt::KoYaml((path.clone(), build, key.to_string()))),
+            },
+            (_, Some(values), _) => {
+                KoYamlSetting { values: values.clone(), at: Some(SettingAt::Environment(variable)) }
+            }
+            (_, None, Some((k, path))) => KoYamlSetting {
+                values: default(k).clone(),
+                at: Some(SettingAt::KoYaml((path.clone(), None, default_key.to_string()))),
+            },
+            _ => KoYamlSetting::default(),
+        }
+    };
+    let ko_env = setting(
+        chosen.and_then(|b| b.env.as_ref()),
+        "env",
+        &ko_environment.default_env,
+        koyaml::ENV_VARIABLE,
+        |k| &k.default_env,
+        "defaultEnv",
+    );
+    let ko_flags = setting(
+        chosen.and_then(|b| b.flags.as_ref()),
+        "flags",
+        &ko_environment.default_flags,
+        koyaml::FLAGS_VARIABLE,
+        |k| &k.default_flags,
+        "defaultFlags",
+    );
+    let ko_ldflags = setting(
+        chosen.and_then(|b| b.ldflags.as_ref()),
+        "ldflags",
+        &ko_environment.default_ldflags,
+        koyaml::LDFLAGS_VARIABLE,
+        |k| &k.default_ldflags,
+        "defaultLdflags",
+    );
     if let Some(named) = &ko.from_image {
         crate::pipeline::registry::parse_reference(named).map_err(|e| err(".ko.fromImage", e.to_string()))?;
     }
 
     // skaffold.yaml's own list wins over .ko.yaml's; an error names the file the list is in.
     let pick = |skaffold: &[String], ko_yaml: KoYamlSetting, sub: &'static str| match ko_yaml.at {
-        Some(at) if skaffold.is_empty() => (ko_yaml.values, SettingAt::KoYaml(at)),
+        Some(at) if skaffold.is_empty() => (ko_yaml.values, at),
         _ => (skaffold.to_vec(), SettingAt::Skaffold(sub)),
     };
     let fail = |at: &SettingAt, message: String| match at {
         SettingAt::KoYaml(at) => ko_yaml_err(at, message),
+        SettingAt::Environment(variable) => KodevError::Usage(format!("{variable}: {message}")),
         SettingAt::Skaffold(sub) => err(sub, message),
     };
     let (env_templates, env_at) = pick(&ko.env, ko_env, ".ko.env");
@@ -889,20 +938,21 @@ impl Retemplate {
     }
 }
 
-/// A list of settings from `.ko.yaml`, and where: the file, the entry of `builds` (None for
-/// the top-level default) and the key.
+/// A list of ko's settings, and where it was given (None: nowhere, the list is empty).
 #[derive(Debug, Clone, Default)]
 struct KoYamlSetting {
     values: Vec<String>,
-    at: Option<(PathBuf, Option<usize>, String)>,
+    at: Option<SettingAt>,
 }
 
 /// Where a list setting an artifact uses was written: skaffold.yaml's artifact (the field
-/// under it), or `.ko.yaml` (see [`KoYamlSetting`]).
-#[derive(Debug)]
+/// under it), `.ko.yaml` (the file, the entry of `builds` or None for the top-level default,
+/// and the key), or a `KO_` variable of the environment.
+#[derive(Debug, Clone)]
 enum SettingAt {
     Skaffold(&'static str),
     KoYaml((PathBuf, Option<usize>, String)),
+    Environment(&'static str),
 }
 
 /// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).

@@ -219,6 +219,16 @@ pub fn kodev() -> Command {
     // A cache per test process: content-addressed, so sharing is safe, but keep tests hermetic.
     cmd.env("KODEV_CACHE_DIR", cache_dir());
     cmd.env_remove("SKAFFOLD_DEFAULT_REPO").env_remove("KO_DOCKER_REPO").env_remove("SOURCE_DATE_EPOCH");
+    for ko_setting in [
+        "KO_DEFAULTBASEIMAGE",
+        "KO_BASEIMAGEOVERRIDES",
+        "KO_DEFAULTPLATFORMS",
+        "KO_DEFAULTENV",
+        "KO_DEFAULTFLAGS",
+        "KO_DEFAULTLDFLAGS",
+    ] {
+        cmd.env_remove(ko_setting);
+    }
     if which("go").is_none() {
         cmd.env("KO_GO_PATH", "/usr/local/go/bin/go");
     }
