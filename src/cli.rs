@@ -48,37 +48,43 @@ pub struct InitArgs {
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Path to skaffold.yaml.
-    #[arg(short = 'f', long = "filename", visible_alias = "file", default_value = "skaffold.yaml")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        visible_alias = "file",
+        default_value = "skaffold.yaml",
+        env = "SKAFFOLD_FILENAME"
+    )]
     pub file: PathBuf,
     /// Default repository prepended to image names (else SKAFFOLD_DEFAULT_REPO, else KO_DOCKER_REPO).
     #[arg(short = 'd', long = "default-repo")]
     pub default_repo: Option<String>,
     /// Push to the registry (`--push=false` writes an OCI layout instead).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, env = "SKAFFOLD_PUSH")]
     pub push: Option<bool>,
     /// Target platforms, os/arch[/variant], comma-separated or repeated; `all` for every platform of the base.
-    #[arg(long = "platform")]
+    #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
     pub platforms: Vec<String>,
     /// Tag to use instead of the tag policy's.
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, env = "SKAFFOLD_TAG")]
     pub tag: Option<String>,
     /// Write images into this OCI image layout directory instead of pushing.
     #[arg(long = "oci-layout")]
     pub oci_layout: Option<PathBuf>,
     /// Registries to reach over plain HTTP (loopback ones always are).
-    #[arg(long = "insecure-registry")]
+    #[arg(long = "insecure-registry", value_delimiter = ',', env = "SKAFFOLD_INSECURE_REGISTRY")]
     pub insecure_registries: Vec<String>,
     /// Build with optimizations disabled (-gcflags=all=-N -l) for debuggers.
     #[arg(long)]
     pub debug: bool,
     /// Only build these images (as written in skaffold.yaml).
-    #[arg(short = 'b', long = "build-image")]
+    #[arg(short = 'b', long = "build-image", value_delimiter = ',', env = "SKAFFOLD_BUILD_IMAGE")]
     pub build_images: Vec<String>,
     /// Keep the image path under the default repo instead of flattening it.
     #[arg(long = "multi-level-repo")]
     pub multi_level_repo: bool,
-    /// Activate a profile of skaffold.yaml (repeatable).
-    #[arg(short = 'p', long = "profile")]
+    /// Activate a profile of skaffold.yaml (repeatable, or comma-separated).
+    #[arg(short = 'p', long = "profile", value_delimiter = ',', env = "SKAFFOLD_PROFILE")]
     pub profiles: Vec<String>,
 }
 
@@ -106,22 +112,28 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Write the built references as Skaffold's build JSON.
-    #[arg(long = "file-output")]
+    #[arg(long = "file-output", env = "SKAFFOLD_FILE_OUTPUT")]
     pub file_output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    #[arg(short = 'f', long = "filename", visible_alias = "file", default_value = "skaffold.yaml")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        visible_alias = "file",
+        default_value = "skaffold.yaml",
+        env = "SKAFFOLD_FILENAME"
+    )]
     pub file: PathBuf,
-    #[arg(short = 'p', long = "profile")]
+    #[arg(short = 'p', long = "profile", value_delimiter = ',', env = "SKAFFOLD_PROFILE")]
     pub profiles: Vec<String>,
     #[arg(short = 'd', long = "default-repo")]
     pub default_repo: Option<String>,
-    #[arg(long = "platform")]
+    #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
     pub platforms: Vec<String>,
     /// Tag to use instead of the tag policy's.
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, env = "SKAFFOLD_TAG")]
     pub tag: Option<String>,
     /// Keep the image path under the default repo instead of flattening it.
     #[arg(long = "multi-level-repo")]

@@ -148,6 +148,68 @@ fn ko_yaml_defaults_per_build_settings_and_base_precedence() {
     assert_eq!(artifact(&p, "api")["platforms"], serde_json::json!(["linux/amd64"]));
 }
 
+/// As in Skaffold, each of its flags can be given as `SKAFFOLD_` + the flag's name (a flag on
+/// the command line wins), and `skaffold.env` in the directory kodev runs in sets the
+/// variables that are not set already, before the flags are read.
+#[test]
+fn skaffold_flags_come_from_the_environment_and_from_skaffold_env() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let monorepo = repo_root().join("tests/fixtures/monorepo/skaffold-profiles.yaml");
+    let from_env = [
+        ("SKAFFOLD_FILENAME", monorepo.to_str().unwrap()),
+        ("SKAFFOLD_PROFILE", "arm,nothing-else"),
+        ("SKAFFOLD_TAG", "from-env"),
+        ("SERVING_VERSION", "2"),
+    ];
+    // `nothing-else` is no profile of that file: the comma-separated list is split, and each
+    // name is looked for.
+    let out = run(kodev().current_dir(repo_root()).envs(from_env).args(["plan", "--json", "-d", "127.0.0.1:5000/dev"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("profile \"nothing-else\" is not defined"), "{stderr}");
+
+    let mut env = from_env;
+    env[1] = ("SKAFFOLD_PROFILE", "arm");
+    let p = plan(&["-d", "127.0.0.1:5000/dev"], &env);
+    assert_eq!(artifact(&p, "alpha")["platforms"], serde_json::json!(["linux/arm64"]), "SKAFFOLD_PROFILE=arm");
+    assert_eq!(artifact(&p, "alpha")["tag"], "from-env", "SKAFFOLD_TAG");
+    let p = plan(&["-d", "127.0.0.1:5000/dev", "-t", "from-flag"], &env);
+    assert_eq!(artifact(&p, "alpha")["tag"], "from-flag", "the flag beats SKAFFOLD_TAG");
+
+    // skaffold.env in the directory kodev runs in: below the process's own variables.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("skaffold.env"),
+        format!("# for kodev\nSKAFFOLD_FILENAME={}\nSKAFFOLD_TAG=from-file\nSERVING_VERSION=2\n", monorepo.display()),
+    )
+    .unwrap();
+    let planned = |env: &[(&str, &str)]| {
+        let out = run(kodev().current_dir(dir.path()).envs(env.iter().copied()).args([
+            "plan",
+            "--json",
+            "-d",
+            "127.0.0.1:5000/dev",
+        ]));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(artifact(&planned(&[]), "alpha")["tag"], "from-file");
+    assert_eq!(
+        artifact(&planned(&[("SKAFFOLD_TAG", "from-env")]), "alpha")["tag"],
+        "from-env",
+        "the process's own wins"
+    );
+
+    // A line it cannot read stops kodev, naming the file and line.
+    std::fs::write(dir.path().join("skaffold.env"), "SKAFFOLD_TAG=ok\nnot a setting\n").unwrap();
+    let out = run(kodev().current_dir(dir.path()).args(["plan"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("skaffold.env:2: expected KEY=value"), "{stderr}");
+}
+
 /// ko's settings in the environment (`KO_DEFAULTBASEIMAGE` and the other `KO_` + key
 /// variables ko's viper reads) beat `.ko.yaml`'s defaults; a build's own lists, skaffold.yaml's
 /// own values and `baseImageOverrides` still win, as in ko under Skaffold.

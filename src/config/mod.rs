@@ -1,6 +1,7 @@
 //! Configuration: skaffold.yaml + .ko.yaml + flags + environment → a `Plan`.
 //! Knows nothing of building; `go list` is only asked where packages are.
 
+pub mod envfile;
 pub mod globs;
 pub mod gopkg;
 pub mod init;

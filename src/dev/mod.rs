@@ -29,13 +29,13 @@ pub struct DevArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub output: OutputFormat,
     /// What triggers rebuilds.
-    #[arg(long, value_enum, default_value = "notify")]
+    #[arg(long, value_enum, default_value = "notify", env = "SKAFFOLD_TRIGGER")]
     pub trigger: Trigger,
     /// Polling interval for --trigger polling, in milliseconds.
-    #[arg(long = "watch-poll-interval", default_value_t = 1000)]
+    #[arg(long = "watch-poll-interval", default_value_t = 1000, env = "SKAFFOLD_WATCH_POLL_INTERVAL")]
     pub watch_poll_interval: u64,
     /// Only rebuild these images on change (repeatable).
-    #[arg(short = 'w', long = "watch-image")]
+    #[arg(short = 'w', long = "watch-image", value_delimiter = ',', env = "SKAFFOLD_WATCH_IMAGE")]
     pub watch_images: Vec<String>,
 }
 

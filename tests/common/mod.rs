@@ -229,6 +229,10 @@ pub fn kodev() -> Command {
     ] {
         cmd.env_remove(ko_setting);
     }
+    // Skaffold's flags given in the environment (see cli.rs) stay out of the tests too.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SKAFFOLD_")) {
+        cmd.env_remove(name);
+    }
     if which("go").is_none() {
         cmd.env("KO_GO_PATH", "/usr/local/go/bin/go");
     }
