@@ -362,6 +362,37 @@ fn an_invalid_default_repo_is_named_as_the_problem() {
     }
 }
 
+/// ko's `KO_DOCKER_REPO=ko.local` (the Docker daemon) and `kind.local` are no registries: kodev
+/// says so before building, and how to get the image there; with `--push=false` the layout
+/// holds the image under that name.
+#[test]
+fn ko_local_and_kind_local_are_refused_with_the_way_round() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    for (repo, what) in [("ko.local", "the local Docker daemon"), ("kind.local", "the nodes of a kind cluster")] {
+        let out = run(kodev().env("KO_DOCKER_REPO", repo).arg("build").arg("-f").arg(&skaffold));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(what) && stderr.contains("--push=false"), "{stderr}");
+        assert!(!stderr.contains("go build"), "nothing was built: {stderr}");
+    }
+    let out =
+        run(kodev().env("KO_DOCKER_REPO", "ko.local").args(["build", "--push=false", "-t", "v1", "-f"]).arg(&skaffold));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(".kodev/oci/index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert_eq!(names, ["ko.local/hello:v1"]);
+}
+
 /// A bad flag is a usage error naming the flag, not a line of skaffold.yaml (which is fine),
 /// with exit code 2, before anything is built.
 #[test]

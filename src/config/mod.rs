@@ -426,6 +426,14 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                     a.image
                 )));
             }
+            let daemon_bound =
+                artifacts.iter().find_map(|a| naming::ko_local_target(&a.image_name).map(|what| (a, what)));
+            if let Some((a, what)) = daemon_bound.filter(|_| !options.describe_only) {
+                return Err(KodevError::Usage(format!(
+                    "image {:?} would go to {}, {what}: kodev pushes to registries and writes OCI image layouts, and uses no daemon. Pass --push=false to write the layout .kodev/oci (then, say, `skopeo copy oci:.kodev/oci:{}:{} docker-daemon:{}:{}`), or -d/--default-repo REPO for a registry the cluster pulls from",
+                    a.image, a.image_name, a.image_name, a.tag, a.image_name, a.tag
+                )));
+            }
             let not_pushable = artifacts.iter().find(|a| !naming::has_registry_host(&a.image_name));
             match (not_pushable, explicit) {
                 (None, _) => PublishTarget::Registry,

@@ -27,6 +27,16 @@ pub fn has_registry_host(name: &str) -> bool {
     }
 }
 
+/// What ko means by an image under `ko.local` or `kind.local`: not a registry but its own
+/// targets, the local Docker daemon and the nodes of a kind cluster. None for other names.
+pub fn ko_local_target(name: &str) -> Option<&'static str> {
+    match name.split_once('/').map_or(name, |(host, _)| host) {
+        "ko.local" => Some("ko's name for the local Docker daemon"),
+        "kind.local" => Some("ko's name for the nodes of a kind cluster"),
+        _ => None,
+    }
+}
+
 fn is_gcp_project_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     (6..=30).contains(&bytes.len())
