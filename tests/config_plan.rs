@@ -362,6 +362,25 @@ fn an_invalid_default_repo_is_named_as_the_problem() {
     }
 }
 
+/// Skaffold's customTemplate tagger: its components by name, and its own `SHA`.
+#[test]
+fn a_custom_template_tag_is_made_from_its_components() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    let text = std::fs::read_to_string(&skaffold).unwrap().replace(
+        "build:\n",
+        "build:\n  tagPolicy:\n    customTemplate:\n      template: \"{{.REL}}_{{.SHA}}\"\n      components:\n        - name: REL\n          envTemplate:\n            template: \"r{{.RELEASE}}\"\n",
+    );
+    std::fs::write(&skaffold, text).unwrap();
+    let out = run(kodev().env("RELEASE", "7").args(["plan", "--json", "-d", "127.0.0.1:5000/x", "-f"]).arg(&skaffold));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(artifact(&p, "hello")["tag"], "r7_latest");
+}
+
 /// ko's `KO_DOCKER_REPO=ko.local` (the Docker daemon) and `kind.local` are no registries: kodev
 /// says so before building, and how to get the image there; with `--push=false` the layout
 /// holds the image under that name.

@@ -744,7 +744,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
                 source_date_epoch: ko.source_date_epoch,
             };
             // Only the inputDigest tagger reads the settings and the local modules.
-            let hashed = input.tag_policy.is_some_and(|p| p.input_digest.is_some());
+            let hashed = input.tag_policy.is_some_and(|p| p.reads_input_digest());
             let inputs = tag::Inputs {
                 context: context.clone(),
                 dependencies: dependency_globs.clone(),

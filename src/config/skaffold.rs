@@ -170,10 +170,59 @@ pub struct TagPolicy {
     #[serde(default)]
     pub date_time: Option<DateTimeTagger>,
     #[serde(default)]
+    pub custom_template: Option<CustomTemplateTagger>,
+}
+
+/// `customTemplate`: a template over named components, each a tagger of its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CustomTemplateTagger {
+    pub template: String,
+    #[serde(default)]
+    pub components: Vec<TaggerComponent>,
+}
+
+/// One component of a `customTemplate`: its name and its tagger (any but customTemplate).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaggerComponent {
+    pub name: String,
+    #[serde(default)]
+    pub git_commit: Option<GitTagger>,
+    #[serde(default)]
+    pub sha256: Option<Value>,
+    #[serde(default)]
+    pub input_digest: Option<Value>,
+    #[serde(default)]
+    pub env_template: Option<EnvTemplateTagger>,
+    #[serde(default)]
+    pub date_time: Option<DateTimeTagger>,
+    #[serde(default)]
     pub custom_template: Option<Value>,
 }
 
+impl TaggerComponent {
+    /// The component's tagger as a tag policy of its own.
+    pub fn policy(&self) -> TagPolicy {
+        TagPolicy {
+            git_commit: self.git_commit.clone(),
+            sha256: self.sha256.clone(),
+            input_digest: self.input_digest.clone(),
+            env_template: self.env_template.clone(),
+            date_time: self.date_time.clone(),
+            custom_template: None,
+        }
+    }
+}
+
 impl TagPolicy {
+    /// Whether the policy hashes the artifact's inputs: inputDigest, or a customTemplate with
+    /// an inputDigest component.
+    pub fn reads_input_digest(&self) -> bool {
+        self.input_digest.is_some()
+            || self.custom_template.as_ref().is_some_and(|c| c.components.iter().any(|k| k.input_digest.is_some()))
+    }
+
     /// The field below `tagPolicy` its errors are about: the tagger's key, with the setting
     /// its errors come from (envTemplate's `template`, gitCommit's `variant`, dateTime's
     /// `timezone`) when written; none when no tagger, or more than one, is set.

@@ -285,10 +285,47 @@ pub fn resolve(policy: Option<&TagPolicy>, inputs: &Inputs, vars: &BTreeMap<Stri
             }
         });
     }
-    if policy.custom_template.is_some() {
-        return Err("tagPolicy.customTemplate is not supported by kodev: use gitCommit, sha256, inputDigest, envTemplate or dateTime".to_string());
+    if let Some(custom) = &policy.custom_template {
+        return custom_template_tag(custom, inputs, vars);
     }
     git_commit_tag(context, "Tags", "", false)
+}
+
+/// Skaffold's customTemplate: the template sees its components by name, and three of its own
+/// unless a component takes the name: `GIT` (gitCommit's default), `DATE` (dateTime's
+/// default) and `SHA` (sha256's `latest`). Nothing else: a name it does not know is an error.
+fn custom_template_tag(
+    custom: &super::skaffold::CustomTemplateTagger,
+    inputs: &Inputs,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let mut components: BTreeMap<String, String> = BTreeMap::new();
+    let builtin = |policy: TagPolicy| resolve(Some(&policy), inputs, vars);
+    let named = |name: &str| custom.components.iter().any(|c| c.name == name);
+    if !named("GIT") {
+        components
+            .insert("GIT".into(), builtin(TagPolicy { git_commit: Some(Default::default()), ..Default::default() })?);
+    }
+    if !named("DATE") {
+        components
+            .insert("DATE".into(), builtin(TagPolicy { date_time: Some(Default::default()), ..Default::default() })?);
+    }
+    if !named("SHA") {
+        components.insert("SHA".into(), FALLBACK_TAG.to_string());
+    }
+    for component in &custom.components {
+        if component.custom_template.is_some() {
+            return Err(format!(
+                "customTemplate component {:?} is a customTemplate itself: use another tagger",
+                component.name
+            ));
+        }
+        let policy = component.policy();
+        let tag = resolve(Some(&policy), inputs, vars)
+            .map_err(|e| format!("customTemplate component {:?}: {e}", component.name))?;
+        components.insert(component.name.clone(), tag);
+    }
+    template::expand(&custom.template, &components).map_err(|e| format!("customTemplate: {e}"))
 }
 
 #[cfg(test)]
@@ -303,6 +340,41 @@ mod tests {
             settings: String::new(),
             modules: LocalModules::default(),
         }
+    }
+
+    #[test]
+    fn a_custom_template_sees_its_components_and_skaffolds_own_three() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("main.go"), "package main\n").unwrap();
+        let yaml = r#"
+template: "{{.VERSION}}-{{.YEAR}}-{{.SHA}}-{{.DIGEST}}"
+components:
+  - name: VERSION
+    envTemplate: {template: "v{{.MAJOR}}"}
+  - name: YEAR
+    dateTime: {format: "2006"}
+  - name: DIGEST
+    inputDigest: {}
+"#;
+        let custom: super::super::skaffold::CustomTemplateTagger = serde_yaml_ng::from_str(yaml).unwrap();
+        let policy = TagPolicy { custom_template: Some(custom), ..Default::default() };
+        assert!(policy.reads_input_digest());
+        let vars: BTreeMap<String, String> = [("MAJOR".to_string(), "3".to_string())].into();
+        let inputs = every_file(dir.path());
+        let tag = resolve(Some(&policy), &inputs, &vars).unwrap();
+        let year = chrono::Utc::now().format("%Y").to_string();
+        assert_eq!(tag, format!("v3-{year}-latest-{}", input_digest(&inputs)));
+
+        // A name it does not know, and a component that is a customTemplate, are errors.
+        let unknown: super::super::skaffold::CustomTemplateTagger =
+            serde_yaml_ng::from_str("template: \"{{.NOPE}}\"").unwrap();
+        let policy = TagPolicy { custom_template: Some(unknown), ..Default::default() };
+        let e = resolve(Some(&policy), &inputs, &vars).unwrap_err();
+        assert!(e.contains("\"NOPE\" is not set"), "{e}");
+        let nested: super::super::skaffold::CustomTemplateTagger =
+            serde_yaml_ng::from_str("template: x\ncomponents: [{name: A, customTemplate: {template: y}}]").unwrap();
+        let policy = TagPolicy { custom_template: Some(nested), ..Default::default() };
+        assert!(resolve(Some(&policy), &inputs, &vars).unwrap_err().contains("\"A\" is a customTemplate"));
     }
 
     #[test]
