@@ -301,7 +301,9 @@ fn custom_template_tag(
 ) -> Result<String, String> {
     let mut components: BTreeMap<String, String> = BTreeMap::new();
     let builtin = |policy: TagPolicy| resolve(Some(&policy), inputs, vars);
-    let named = |name: &str| custom.components.iter().any(|c| c.name == name);
+    // A built-in the template does not name is not worked out (git runs twice for GIT).
+    let named =
+        |name: &str| custom.components.iter().any(|c| c.name == name) || !custom.template.contains(&format!(".{name}"));
     if !named("GIT") {
         components
             .insert("GIT".into(), builtin(TagPolicy { git_commit: Some(Default::default()), ..Default::default() })?);
