@@ -302,17 +302,17 @@ fn custom_template_tag(
     let mut components: BTreeMap<String, String> = BTreeMap::new();
     let builtin = |policy: TagPolicy| resolve(Some(&policy), inputs, vars);
     // A built-in the template does not name is not worked out (git runs twice for GIT).
-    let named =
-        |name: &str| custom.components.iter().any(|c| c.name == name) || !custom.template.contains(&format!(".{name}"));
-    if !named("GIT") {
+    let builtin_wanted =
+        |name: &str| !custom.components.iter().any(|c| c.name == name) && custom.template.contains(&format!(".{name}"));
+    if builtin_wanted("GIT") {
         components
             .insert("GIT".into(), builtin(TagPolicy { git_commit: Some(Default::default()), ..Default::default() })?);
     }
-    if !named("DATE") {
+    if builtin_wanted("DATE") {
         components
             .insert("DATE".into(), builtin(TagPolicy { date_time: Some(Default::default()), ..Default::default() })?);
     }
-    if !named("SHA") {
+    if builtin_wanted("SHA") {
         components.insert("SHA".into(), FALLBACK_TAG.to_string());
     }
     for component in &custom.components {
