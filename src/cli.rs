@@ -83,9 +83,12 @@ pub struct CommonArgs {
     /// Keep the image path under the default repo instead of flattening it.
     #[arg(long = "multi-level-repo")]
     pub multi_level_repo: bool,
-    /// Activate a profile of skaffold.yaml (repeatable, or comma-separated).
-    #[arg(short = 'p', long = "profile", value_delimiter = ',', env = "SKAFFOLD_PROFILE")]
+    /// Activate a profile of skaffold.yaml (repeatable, or comma-separated); `-NAME` turns off one its activation would turn on.
+    #[arg(short = 'p', long = "profile", value_delimiter = ',', allow_hyphen_values = true, env = "SKAFFOLD_PROFILE")]
     pub profiles: Vec<String>,
+    /// The Kubernetes context profiles' activation.kubeContext is matched against (default: kubeconfig's current one).
+    #[arg(long = "kube-context", env = "SKAFFOLD_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
 }
 
 impl CommonArgs {
@@ -103,6 +106,7 @@ impl CommonArgs {
             oci_layout: self.oci_layout.clone(),
             insecure_registries: self.insecure_registries.clone(),
             build_images: self.build_images.clone(),
+            kube_context: self.kube_context.clone(),
         }
     }
 }
@@ -126,8 +130,10 @@ pub struct PlanArgs {
         env = "SKAFFOLD_FILENAME"
     )]
     pub file: PathBuf,
-    #[arg(short = 'p', long = "profile", value_delimiter = ',', env = "SKAFFOLD_PROFILE")]
+    #[arg(short = 'p', long = "profile", value_delimiter = ',', allow_hyphen_values = true, env = "SKAFFOLD_PROFILE")]
     pub profiles: Vec<String>,
+    #[arg(long = "kube-context", env = "SKAFFOLD_KUBE_CONTEXT")]
+    pub kube_context: Option<String>,
     #[arg(short = 'd', long = "default-repo")]
     pub default_repo: Option<String>,
     #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
@@ -291,6 +297,7 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
         describe_only: true,
         default_repo: args.default_repo.clone(),
         platforms: args.platforms.clone(),
+        kube_context: args.kube_context.clone(),
         ..Default::default()
     };
     let plan = config::load(&options)?;

@@ -362,6 +362,48 @@ fn an_invalid_default_repo_is_named_as_the_problem() {
     }
 }
 
+/// Profiles turn on as in Skaffold: `activation.kubeContext` against kubeconfig's current
+/// context (or `--kube-context`), env and command values as regular expressions (`!` negates,
+/// an empty value means unset), and `-p -NAME` turns off what activation turned on.
+#[test]
+fn profiles_activate_by_kube_context_and_regular_expressions_as_in_skaffold() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    let profiles = "profiles:\n  - name: on-kind\n    activation: [{kubeContext: \"kind-.*\"}]\n    build: {tagPolicy: {envTemplate: {template: kind}}}\n  - name: not-prod\n    activation: [{env: \"STAGE=!prod\", command: \"^bu\"}]\n    build: {platforms: [linux/arm64]}\n";
+    std::fs::write(&skaffold, std::fs::read_to_string(&skaffold).unwrap() + profiles).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\ncurrent-context: kind-dev\n").unwrap();
+    let planned = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = kodev();
+        cmd.env("KUBECONFIG", &kubeconfig).env_remove("STAGE").envs(env.iter().copied());
+        let out = run(cmd.args(["plan", "--json", "-d", "127.0.0.1:5000/x", "-f"]).arg(&skaffold).args(args));
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hello = artifact(&p, "hello");
+        (hello["tag"].as_str().unwrap().to_string(), hello["platforms"][0].as_str().unwrap().to_string())
+    };
+    let (tag, platform) = planned(&[], &[]);
+    assert_eq!(tag, "kind", "kubeconfig's current context kind-dev matches kind-.*");
+    assert_eq!(platform, "linux/arm64", "STAGE unset is !prod, and the build command matches ^bu");
+    assert_eq!(planned(&["--kube-context", "gke-prod"], &[]).0, "latest", "--kube-context wins; kind-.* does not hold");
+    assert_eq!(planned(&["-p", "-on-kind"], &[]).0, "latest", "-p -NAME turns the profile off");
+    assert_eq!(planned(&[], &[("KUBECONFIG", "/nonexistent")]).0, "latest", "no kubeconfig: no context");
+    assert_eq!(planned(&[], &[("STAGE", "prod")]).1, "linux/amd64", "!prod does not hold for prod");
+    assert_eq!(planned(&[], &[("STAGE", "production")]).1, "linux/amd64", "matched anywhere, as Go's MatchString");
+    assert_eq!(planned(&[], &[("STAGE", "dev")]).1, "linux/arm64");
+
+    // An env condition that is not KEY=VALUE is an error naming it.
+    let text = std::fs::read_to_string(&skaffold).unwrap().replace("STAGE=!prod", "STAGE");
+    std::fs::write(&skaffold, text).unwrap();
+    let out = run(kodev().args(["plan", "-f"]).arg(&skaffold));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("(field profiles[1].activation[0].env)") && stderr.contains("KEY=VALUE"), "{stderr}");
+}
+
 /// Skaffold's customTemplate tagger: its components by name, and its own `SHA`.
 #[test]
 fn a_custom_template_tag_is_made_from_its_components() {

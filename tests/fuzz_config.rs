@@ -72,7 +72,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
 #[test]
 fn mutated_configs_never_panic() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let selection = ProfileSelection { names: vec!["arm".to_string()], command: "dev".to_string() };
+    let selection = ProfileSelection { names: vec!["arm".to_string()], command: "dev".to_string(), kube_context: None };
     for round in 0..3000 {
         let seed = SEEDS[round % SEEDS.len()];
         let text = mutate(&mut rng, seed);

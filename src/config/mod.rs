@@ -151,6 +151,9 @@ pub struct LoadOptions {
     pub command: String,
     /// Only describing the plan (`kodev plan`): a target that cannot be pushed to is not an error.
     pub describe_only: bool,
+    /// `--kube-context`: the context profiles' `activation.kubeContext` is matched against,
+    /// instead of kubeconfig's current one.
+    pub kube_context: Option<String>,
 }
 
 impl LoadOptions {
@@ -283,7 +286,11 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
 /// Read skaffold.yaml (its requires, .ko.yaml) and resolve every artifact.
 pub fn load(options: &LoadOptions) -> Result<Plan> {
     let file = &options.file;
-    let selection = ProfileSelection { names: options.profiles.clone(), command: options.command.clone() };
+    let selection = ProfileSelection {
+        names: options.profiles.clone(),
+        command: options.command.clone(),
+        kube_context: options.kube_context.clone().or_else(skaffold::current_kube_context),
+    };
     let loaded = load_configs(file, &selection, &mut Vec::new())?;
     if loaded.is_empty() {
         return Err(config_err(
@@ -294,6 +301,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
         ));
     }
     for name in &options.profiles {
+        let name = &name.strip_prefix('-').unwrap_or(name).to_string();
         if !loaded.iter().any(|c| c.config.profiles.iter().any(|p| &p.name == name)) {
             let known: Vec<&str> =
                 loaded.iter().flat_map(|c| c.config.profiles.iter().map(|p| p.name.as_str())).collect();

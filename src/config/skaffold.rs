@@ -1,7 +1,7 @@
 //! The parts of skaffold.yaml that kodev reads, decoded strictly (unknown keys are errors).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -438,27 +438,44 @@ pub fn check_api_version(version: &str, uses_ko: bool) -> Result<(), String> {
 /// Which profiles to apply: the ones named with `-p`, plus those whose activation matches.
 #[derive(Debug, Clone, Default)]
 pub struct ProfileSelection {
+    /// Named with `-p`, in order; `-NAME` turns off a profile its activation would turn on.
     pub names: Vec<String>,
     /// `build` or `dev`, for `activation.command`.
     pub command: String,
+    /// The Kubernetes context activation.kubeContext is matched against (see
+    /// [`current_kube_context`]); None: no context, such a condition does not hold.
+    pub kube_context: Option<String>,
 }
 
 impl ProfileSelection {
+    /// As Skaffold: the profiles whose activation holds, then each `-p` in order, `NAME`
+    /// adding it and `-NAME` taking it away.
     fn activates(&self, profile: &Profile) -> bool {
-        if self.names.iter().any(|n| n == &profile.name) {
-            return true;
+        let named = self.names.iter().rev().find_map(|n| match n.strip_prefix('-') {
+            Some(off) if off == profile.name => Some(false),
+            _ if n == &profile.name => Some(true),
+            _ => None,
+        });
+        if let Some(on) = named {
+            return on;
         }
         if profile.activation.is_empty() {
             return false;
         }
         let matches = |a: &Activation| {
             let env_ok = a.env.as_deref().is_none_or(|e| match e.split_once('=') {
-                Some((k, v)) => std::env::var(k).is_ok_and(|actual| actual == v || regex_like_match(v, &actual)),
-                None => std::env::var(e).is_ok(),
+                // An empty value: the variable is unset or empty (an empty pattern would match anything).
+                Some((k, "")) => std::env::var(k).unwrap_or_default().is_empty(),
+                Some((k, v)) => regex_equal(v, &std::env::var(k).unwrap_or_default()),
+                // Refused when the file is read (see `check_activations`).
+                None => false,
             });
-            let command_ok = a.command.as_deref().is_none_or(|c| c == self.command);
-            // No Kubernetes here: a kubeContext condition never holds.
-            env_ok && command_ok && a.kube_context.is_none()
+            let command_ok = a.command.as_deref().is_none_or(|c| regex_equal(c, &self.command));
+            let context_ok = a
+                .kube_context
+                .as_deref()
+                .is_none_or(|c| self.kube_context.as_deref().is_some_and(|current| regex_equal(c, current)));
+            env_ok && command_ok && context_ok
         };
         if profile.requires_all_activations {
             profile.activation.iter().all(matches)
@@ -468,14 +485,54 @@ impl ProfileSelection {
     }
 }
 
-/// Skaffold matches env activation values as regular expressions; kodev supports the common
-/// forms: a literal, `^…$` anchors and a trailing `.*`.
-fn regex_like_match(pattern: &str, actual: &str) -> bool {
-    let anchored = pattern.trim_start_matches('^').trim_end_matches('$');
-    match anchored.strip_suffix(".*") {
-        Some(prefix) => actual.starts_with(prefix),
-        None => anchored == actual,
+/// Skaffold's match of an activation's value: the same string, else a match anywhere of the
+/// value read as a regular expression (one that is none matches nothing); `!` in front turns
+/// the answer round.
+pub fn regex_equal(expected: &str, actual: &str) -> bool {
+    match expected.strip_prefix('!') {
+        Some(not) => !regex_match(not, actual),
+        None => regex_match(expected, actual),
     }
+}
+
+fn regex_match(expected: &str, actual: &str) -> bool {
+    expected == actual || regex::Regex::new(expected).is_ok_and(|re| re.is_match(actual))
+}
+
+/// The Kubernetes context in use, as kubectl and Skaffold take it: the first `current-context`
+/// of the files `KUBECONFIG` lists (`:`-separated), else of `~/.kube/config`. None when there
+/// is none (no cluster configured: kodev needs none).
+pub fn current_kube_context() -> Option<String> {
+    let files: Vec<PathBuf> = match std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty()) {
+        Some(list) => std::env::split_paths(&list).collect(),
+        None => vec![PathBuf::from(std::env::var_os("HOME")?).join(".kube/config")],
+    };
+    files.iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        let value: Value = serde_yaml_ng::from_str(&text).ok()?;
+        value.get("current-context")?.as_str().filter(|c| !c.is_empty()).map(str::to_string)
+    })
+}
+
+/// An activation's `env` must be `KEY=VALUE`, as Skaffold requires.
+fn check_activations(path: &Path, text: &str, first_line: usize, profiles: &[Profile]) -> Result<(), KodevError> {
+    for (i, profile) in profiles.iter().enumerate() {
+        for (j, activation) in profile.activation.iter().enumerate() {
+            if let Some(env) = activation.env.as_deref().filter(|e| !e.contains('=')) {
+                let parts =
+                    ["profiles".to_string(), format!("[{i}]"), "activation".into(), format!("[{j}]"), "env".into()];
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                return Err(KodevError::Config {
+                    file: path.to_path_buf(),
+                    line: field_line(text, first_line, &parts),
+                    column: None,
+                    field: Some(format!("profiles[{i}].activation[{j}].env")),
+                    message: format!("{env:?} should be KEY=VALUE (VALUE a regular expression; empty for unset)"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decode every `---` document of a skaffold.yaml, strictly, with file:line:column errors,
@@ -539,6 +596,9 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
             Err(err) if err.path().to_string().contains("<<") || err.to_string().contains("<<") => None,
             Err(err) => return Err(yaml_error(path, text, err)),
         };
+        if let Some(config) = &config {
+            check_activations(path, text, first_line, &config.profiles)?;
+        }
         let needs_profiles = config.as_ref().is_none_or(|c| c.profiles.iter().any(|p| selection.activates(p)));
         if let (Some(config), false) = (&config, needs_profiles) {
             configs.push(Document::plain(first_line, config.clone()));
@@ -556,6 +616,7 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
             map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
         }
         let merged = from_value(path, text, first_line, value.clone(), None)?;
+        check_activations(path, text, first_line, &merged.profiles)?;
         let active: Vec<Profile> = merged.profiles.iter().filter(|p| selection.activates(p)).cloned().collect();
         if active.is_empty() {
             configs.push(Document::plain(first_line, merged));
@@ -978,6 +1039,17 @@ fn is_key(content: &str, key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activation_values_match_as_skaffolds_regex_equal() {
+        assert!(regex_equal("prod", "prod"));
+        assert!(regex_equal("pro.*", "production"));
+        assert!(regex_equal("dev", "mydevbox"), "a match anywhere");
+        assert!(!regex_equal("^dev$", "mydev"));
+        assert!(regex_equal("!prod", "dev") && !regex_equal("!prod", "prod"));
+        assert!(regex_equal("[", "["), "not a regular expression: the same string");
+        assert!(!regex_equal("[", "x"));
+    }
 
     #[test]
     fn version_ordering() {
