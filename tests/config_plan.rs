@@ -404,6 +404,37 @@ fn profiles_activate_by_kube_context_and_regular_expressions_as_in_skaffold() {
     assert!(stderr.contains("(field profiles[1].activation[0].env)") && stderr.contains("KEY=VALUE"), "{stderr}");
 }
 
+/// Skaffold's global config (`skaffold config set default-repo …`) gives the default repo for
+/// the context in use, below `-d` and `SKAFFOLD_DEFAULT_REPO`, above kodev's `KO_DOCKER_REPO`.
+#[test]
+fn the_default_repo_comes_from_skaffolds_global_config_for_the_context() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    let config = dir.path().join("skaffold-global");
+    std::fs::write(
+        &config,
+        "global:\n  default-repo: 127.0.0.1:5000/everyone\n  update-check: false\nkubeContexts:\n  - kube-context: kind-dev\n    default-repo: 127.0.0.1:5000/kind\n",
+    )
+    .unwrap();
+    let image = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = kodev();
+        cmd.env("SKAFFOLD_CONFIG", &config).envs(env.iter().copied());
+        let out = run(cmd.args(["plan", "--json", "-f"]).arg(&skaffold).args(args));
+        assert!(out.status.success(), "{args:?} {env:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+        artifact(&p, "hello")["imageName"].as_str().unwrap().to_string()
+    };
+    assert_eq!(image(&[], &[]), "127.0.0.1:5000/everyone/hello", "no context: the global entry");
+    assert_eq!(image(&["--kube-context", "kind-dev"], &[]), "127.0.0.1:5000/kind/hello");
+    assert_eq!(image(&["--kube-context", "other"], &[]), "127.0.0.1:5000/everyone/hello");
+    assert_eq!(image(&[], &[("KO_DOCKER_REPO", "127.0.0.1:5000/ko")]), "127.0.0.1:5000/everyone/hello");
+    assert_eq!(image(&[], &[("SKAFFOLD_DEFAULT_REPO", "127.0.0.1:5000/env")]), "127.0.0.1:5000/env/hello");
+    assert_eq!(image(&["-d", "127.0.0.1:5000/flag"], &[]), "127.0.0.1:5000/flag/hello");
+}
+
 /// Skaffold's customTemplate tagger: its components by name, and its own `SHA`.
 #[test]
 fn a_custom_template_tag_is_made_from_its_components() {

@@ -2,6 +2,7 @@
 //! Knows nothing of building; `go list` is only asked where packages are.
 
 pub mod envfile;
+pub mod global;
 pub mod globs;
 pub mod gopkg;
 pub mod init;
@@ -157,11 +158,13 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Default repo from the flag, else `SKAFFOLD_DEFAULT_REPO`, else `KO_DOCKER_REPO`.
-    pub fn effective_default_repo(&self) -> Option<String> {
+    /// Default repo from the flag, else `SKAFFOLD_DEFAULT_REPO`, else Skaffold's global config
+    /// (`from_global_config`), else `KO_DOCKER_REPO`.
+    pub fn effective_default_repo(&self, from_global_config: Option<&str>) -> Option<String> {
         self.default_repo
             .clone()
             .or_else(|| std::env::var("SKAFFOLD_DEFAULT_REPO").ok())
+            .or_else(|| from_global_config.map(str::to_string))
             .or_else(|| std::env::var("KO_DOCKER_REPO").ok())
             .filter(|r| !r.trim().is_empty())
     }
@@ -286,10 +289,13 @@ pub fn load_configs(file: &Path, selection: &ProfileSelection, stack: &mut Vec<P
 /// Read skaffold.yaml (its requires, .ko.yaml) and resolve every artifact.
 pub fn load(options: &LoadOptions) -> Result<Plan> {
     let file = &options.file;
-    let selection = ProfileSelection {
-        names: options.profiles.clone(),
-        command: options.command.clone(),
-        kube_context: options.kube_context.clone().or_else(skaffold::current_kube_context),
+    let kube_context = options.kube_context.clone().or_else(skaffold::current_kube_context);
+    let selection =
+        ProfileSelection { names: options.profiles.clone(), command: options.command.clone(), kube_context };
+    // Skaffold's global config (`skaffold config set`), for the context in use.
+    let global = match global::location() {
+        Some(path) => global::read(&path, selection.kube_context.as_deref())?,
+        None => global::ContextConfig::default(),
     };
     let loaded = load_configs(file, &selection, &mut Vec::new())?;
     if loaded.is_empty() {
@@ -314,14 +320,18 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     }
     let root = dir_of(file);
 
-    let default_repo = options.effective_default_repo();
-    let multi_level =
-        options.multi_level_repo || std::env::var("SKAFFOLD_MULTI_LEVEL_REPO").map(|v| v == "true").unwrap_or(false);
+    let default_repo = options.effective_default_repo(global.default_repo.as_deref());
+    let multi_level = options.multi_level_repo
+        || match std::env::var("SKAFFOLD_MULTI_LEVEL_REPO") {
+            Ok(v) => v == "true",
+            Err(_) => global.multi_level_repo.unwrap_or(false),
+        };
     let cli_platforms =
         PlatformRequest::parse_list(&options.platforms).map_err(|e| KodevError::Usage(format!("--platform: {e}")))?;
 
     let mut artifacts = Vec::new();
     let mut insecure = options.insecure_registries.clone();
+    insecure.extend(global.insecure_registries.iter().cloned());
     let mut push_from_config = None;
     let mut concurrency = 1;
     let mut config_files = Vec::new();
@@ -574,7 +584,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     naming::validate_repository(&image_name).map_err(|m| match input.default_repo {
         // The default repo made the name invalid: say so, not the artifact's line.
         Some(repo) if image_name != bare_name && naming::validate_repository(bare_name).is_ok() => KodevError::Usage(
-            format!("default repo {repo:?} (from -d/--default-repo, SKAFFOLD_DEFAULT_REPO or KO_DOCKER_REPO): {m}"),
+            format!("default repo {repo:?} (from -d/--default-repo, SKAFFOLD_DEFAULT_REPO, Skaffold's global config or KO_DOCKER_REPO): {m}"),
         ),
         _ => err(".image", m),
     })?;

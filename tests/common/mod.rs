@@ -233,6 +233,8 @@ pub fn kodev() -> Command {
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SKAFFOLD_")) {
         cmd.env_remove(name);
     }
+    // Nor the machine's Kubernetes context and Skaffold global config (a test may set its own).
+    cmd.env("KUBECONFIG", "/nonexistent/kubeconfig").env("SKAFFOLD_CONFIG", "/nonexistent/skaffold-config");
     if which("go").is_none() {
         cmd.env("KO_GO_PATH", "/usr/local/go/bin/go");
     }
