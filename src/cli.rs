@@ -118,6 +118,9 @@ pub struct BuildArgs {
     /// Write the built references as Skaffold's build JSON.
     #[arg(long = "file-output", env = "SKAFFOLD_FILE_OUTPUT")]
     pub file_output: Option<PathBuf>,
+    /// Build nothing: print each artifact's `name:tag` (and write --file-output with them), as `skaffold build --dry-run`.
+    #[arg(long = "dry-run", env = "SKAFFOLD_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +220,18 @@ pub fn describe_target(plan: &Plan) -> String {
 
 async fn run_build(args: BuildArgs) -> Result<i32> {
     let plan = config::load(&args.common.load_options("build"))?;
+    if args.dry_run {
+        // As Skaffold's dry run: the tags worked out, nothing built, pushed or written but the file.
+        let tagged: Vec<(&str, String)> =
+            plan.artifacts.iter().map(|a| (a.image.as_str(), format!("{}:{}", a.image_name, a.tag))).collect();
+        for (_, reference) in &tagged {
+            println!("{reference}");
+        }
+        if let Some(path) = &args.file_output {
+            write_build_output(path, &tagged)?;
+        }
+        return Ok(0);
+    }
     let builder = Arc::new(Builder::new(&plan));
     let (tx, rx) = mpsc::unbounded_channel();
     let renderer = spawn_stderr_renderer(rx, OutputFormat::Text);
@@ -261,18 +276,26 @@ async fn run_build(args: BuildArgs) -> Result<i32> {
         println!("{}", outcome.push.reference);
     }
     if let Some(path) = &args.file_output {
-        let doc = json!({
-            "builds": builds.iter().map(|(a, o)| json!({"imageName": a.image, "tag": o.push.reference})).collect::<Vec<_>>()
-        });
-        let bytes = serde_json::to_vec_pretty(&doc).expect("JSON values serialize");
-        crate::pipeline::base::write_atomically(path, &bytes)
-            .map_err(|e| KodevError::publish(format!("cannot write {}: {e}", path.display())))?;
+        let tagged: Vec<(&str, String)> =
+            builds.iter().map(|(a, o)| (a.image.as_str(), o.push.reference.clone())).collect();
+        write_build_output(path, &tagged)?;
     }
     if failed > 0 {
         eprintln!("kodev: {failed} of {} artifacts failed", plan.artifacts.len());
         return Ok(1);
     }
     Ok(0)
+}
+
+/// Skaffold's build output file: `{"builds":[{"imageName","tag"}]}`, the image as written and
+/// the reference built (or, in a dry run, to be built).
+fn write_build_output(path: &std::path::Path, builds: &[(&str, String)]) -> Result<()> {
+    let doc = json!({
+        "builds": builds.iter().map(|(image, reference)| json!({"imageName": image, "tag": reference})).collect::<Vec<_>>()
+    });
+    let bytes = serde_json::to_vec_pretty(&doc).expect("JSON values serialize");
+    crate::pipeline::base::write_atomically(path, &bytes)
+        .map_err(|e| KodevError::publish(format!("cannot write {}: {e}", path.display())))
 }
 
 fn platform_env(artifact: &crate::config::Artifact) -> serde_json::Value {

@@ -435,6 +435,31 @@ fn the_default_repo_comes_from_skaffolds_global_config_for_the_context() {
     assert_eq!(image(&["-d", "127.0.0.1:5000/flag"], &[]), "127.0.0.1:5000/flag/hello");
 }
 
+/// `kodev build --dry-run`, as `skaffold build --dry-run`: the references the build would
+/// make, on stdout and in `--file-output`, with nothing built or pushed.
+#[test]
+fn a_dry_run_names_the_images_and_builds_nothing() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    let output = dir.path().join("builds.json");
+    // Port 9 refuses connections: a push would fail.
+    let out = run(kodev()
+        .args(["build", "--dry-run", "-d", "127.0.0.1:9/dry", "-t", "v1", "-f"])
+        .arg(&skaffold)
+        .arg("--file-output")
+        .arg(&output));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "127.0.0.1:9/dry/hello:v1\n");
+    assert!(!stderr.contains("go build"), "nothing was built: {stderr}");
+    let written: Value = serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap();
+    assert_eq!(written, serde_json::json!({"builds": [{"imageName": "hello", "tag": "127.0.0.1:9/dry/hello:v1"}]}));
+    assert!(!dir.path().join(".kodev/oci").exists(), "no layout was written");
+}
+
 /// Skaffold's customTemplate tagger: its components by name, and its own `SHA`.
 #[test]
 fn a_custom_template_tag_is_made_from_its_components() {
