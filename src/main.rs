@@ -15,6 +15,7 @@ fn main() {
         eprintln!("kodev: {e}");
         std::process::exit(e.exit_code());
     }
+    kodev::config::envfile::forget_empty_flag_variables();
     let cli = kodev::cli::Cli::parse();
     std::process::exit(kodev::cli::run(cli));
 }

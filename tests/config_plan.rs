@@ -177,6 +177,11 @@ fn skaffold_flags_come_from_the_environment_and_from_skaffold_env() {
     assert_eq!(artifact(&p, "alpha")["tag"], "from-env", "SKAFFOLD_TAG");
     let p = plan(&["-d", "127.0.0.1:5000/dev", "-t", "from-flag"], &env);
     assert_eq!(artifact(&p, "alpha")["tag"], "from-flag", "the flag beats SKAFFOLD_TAG");
+    // Set but empty (a CI job's unset input): as if unset, the tag policy's tag.
+    env[2] = ("SKAFFOLD_TAG", "");
+    let p = plan(&["-d", "127.0.0.1:5000/dev"], &env);
+    let tag = artifact(&p, "alpha")["tag"].as_str().unwrap().to_string();
+    assert!(!tag.is_empty() && tag != "from-env", "the tag policy's (gitCommit) tag: {tag}");
 
     // skaffold.env in the directory kodev runs in: below the process's own variables.
     let dir = tempfile::tempdir().unwrap();

@@ -57,6 +57,17 @@ pub fn load_into_process() -> Result<(), KodevError> {
     Ok(())
 }
 
+/// Forget the `SKAFFOLD_` variables that are set but empty, as a CI job's unset input leaves
+/// them: an empty string flag is Skaffold's default (an empty `SKAFFOLD_TAG` means the tag
+/// policy's tag), where clap would take the empty value. Call before any thread starts.
+pub fn forget_empty_flag_variables() {
+    for (name, value) in std::env::vars_os() {
+        if value.is_empty() && name.to_str().is_some_and(|n| n.starts_with("SKAFFOLD_")) {
+            std::env::remove_var(name);
+        }
+    }
+}
+
 fn error(path: &Path, line: Option<usize>, message: String) -> KodevError {
     KodevError::Config { file: path.to_path_buf(), line, column: None, field: None, message }
 }
