@@ -89,6 +89,9 @@ pub struct CommonArgs {
     /// The Kubernetes context profiles' activation.kubeContext is matched against (default: kubeconfig's current one).
     #[arg(long = "kube-context", env = "SKAFFOLD_KUBE_CONTEXT")]
     pub kube_context: Option<String>,
+    /// Skaffold's global config file (default ~/.skaffold/config).
+    #[arg(short = 'c', long = "config", env = "SKAFFOLD_CONFIG")]
+    pub global_config: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -107,6 +110,7 @@ impl CommonArgs {
             insecure_registries: self.insecure_registries.clone(),
             build_images: self.build_images.clone(),
             kube_context: self.kube_context.clone(),
+            global_config: self.global_config.clone(),
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct PlanArgs {
     pub profiles: Vec<String>,
     #[arg(long = "kube-context", env = "SKAFFOLD_KUBE_CONTEXT")]
     pub kube_context: Option<String>,
+    #[arg(short = 'c', long = "config", env = "SKAFFOLD_CONFIG")]
+    pub global_config: Option<PathBuf>,
     #[arg(short = 'd', long = "default-repo")]
     pub default_repo: Option<String>,
     #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
@@ -321,6 +327,7 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
         default_repo: args.default_repo.clone(),
         platforms: args.platforms.clone(),
         kube_context: args.kube_context.clone(),
+        global_config: args.global_config.clone(),
         ..Default::default()
     };
     let plan = config::load(&options)?;

@@ -438,6 +438,9 @@ fn the_default_repo_comes_from_skaffolds_global_config_for_the_context() {
     assert_eq!(image(&[], &[("KO_DOCKER_REPO", "127.0.0.1:5000/ko")]), "127.0.0.1:5000/everyone/hello");
     assert_eq!(image(&[], &[("SKAFFOLD_DEFAULT_REPO", "127.0.0.1:5000/env")]), "127.0.0.1:5000/env/hello");
     assert_eq!(image(&["-d", "127.0.0.1:5000/flag"], &[]), "127.0.0.1:5000/flag/hello");
+    let other = dir.path().join("other-config");
+    std::fs::write(&other, "global:\n  default-repo: 127.0.0.1:5000/other\n").unwrap();
+    assert_eq!(image(&["-c", other.to_str().unwrap()], &[]), "127.0.0.1:5000/other/hello", "-c beats SKAFFOLD_CONFIG");
 }
 
 /// `kodev build --dry-run`, as `skaffold build --dry-run`: the references the build would

@@ -155,6 +155,8 @@ pub struct LoadOptions {
     /// `--kube-context`: the context profiles' `activation.kubeContext` is matched against,
     /// instead of kubeconfig's current one.
     pub kube_context: Option<String>,
+    /// `-c/--config`: Skaffold's global config file, instead of `~/.skaffold/config`.
+    pub global_config: Option<PathBuf>,
 }
 
 impl LoadOptions {
@@ -293,7 +295,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     let selection =
         ProfileSelection { names: options.profiles.clone(), command: options.command.clone(), kube_context };
     // Skaffold's global config (`skaffold config set`), for the context in use.
-    let global = match global::location() {
+    let global = match options.global_config.clone().or_else(global::location) {
         Some(path) => global::read(&path, selection.kube_context.as_deref())?,
         None => global::ContextConfig::default(),
     };
