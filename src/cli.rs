@@ -44,9 +44,9 @@ pub struct InitArgs {
     pub file: PathBuf,
 }
 
-/// Flags shared by `build` and `dev`.
+/// Which config, profiles and names: the flags `build`, `dev` and `plan` share.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
+pub struct ConfigArgs {
     /// Path to skaffold.yaml.
     #[arg(
         short = 'f',
@@ -56,30 +56,15 @@ pub struct CommonArgs {
         env = "SKAFFOLD_FILENAME"
     )]
     pub file: PathBuf,
-    /// Default repository prepended to image names (else SKAFFOLD_DEFAULT_REPO, else KO_DOCKER_REPO).
+    /// Default repository prepended to image names (else SKAFFOLD_DEFAULT_REPO, Skaffold's global config, KO_DOCKER_REPO).
     #[arg(short = 'd', long = "default-repo")]
     pub default_repo: Option<String>,
-    /// Push to the registry (`--push=false` writes an OCI layout instead).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, env = "SKAFFOLD_PUSH")]
-    pub push: Option<bool>,
     /// Target platforms, os/arch[/variant], comma-separated or repeated; `all` for every platform of the base.
     #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
     pub platforms: Vec<String>,
     /// Tag to use instead of the tag policy's.
     #[arg(short = 't', long, env = "SKAFFOLD_TAG")]
     pub tag: Option<String>,
-    /// Write images into this OCI image layout directory instead of pushing.
-    #[arg(long = "oci-layout")]
-    pub oci_layout: Option<PathBuf>,
-    /// Registries to reach over plain HTTP (loopback ones always are).
-    #[arg(long = "insecure-registry", value_delimiter = ',', env = "SKAFFOLD_INSECURE_REGISTRY")]
-    pub insecure_registries: Vec<String>,
-    /// Build with optimizations disabled (-gcflags=all=-N -l) for debuggers.
-    #[arg(long)]
-    pub debug: bool,
-    /// Only build these images (as written in skaffold.yaml).
-    #[arg(short = 'b', long = "build-image", value_delimiter = ',', env = "SKAFFOLD_BUILD_IMAGE")]
-    pub build_images: Vec<String>,
     /// Keep the image path under the default repo instead of flattening it.
     #[arg(long = "multi-level-repo")]
     pub multi_level_repo: bool,
@@ -94,23 +79,53 @@ pub struct CommonArgs {
     pub global_config: Option<PathBuf>,
 }
 
+impl ConfigArgs {
+    pub fn load_options(&self, command: &str) -> LoadOptions {
+        LoadOptions {
+            file: self.file.clone(),
+            command: command.to_string(),
+            default_repo: self.default_repo.clone(),
+            platforms: self.platforms.clone(),
+            tag: self.tag.clone(),
+            multi_level_repo: self.multi_level_repo,
+            profiles: self.profiles.clone(),
+            kube_context: self.kube_context.clone(),
+            global_config: self.global_config.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Flags shared by `build` and `dev`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Push to the registry (`--push=false` writes an OCI layout instead).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, env = "SKAFFOLD_PUSH")]
+    pub push: Option<bool>,
+    /// Write images into this OCI image layout directory instead of pushing.
+    #[arg(long = "oci-layout")]
+    pub oci_layout: Option<PathBuf>,
+    /// Registries to reach over plain HTTP (loopback ones always are).
+    #[arg(long = "insecure-registry", value_delimiter = ',', env = "SKAFFOLD_INSECURE_REGISTRY")]
+    pub insecure_registries: Vec<String>,
+    /// Build with optimizations disabled (-gcflags=all=-N -l) for debuggers.
+    #[arg(long)]
+    pub debug: bool,
+    /// Only build these images (as written in skaffold.yaml).
+    #[arg(short = 'b', long = "build-image", value_delimiter = ',', env = "SKAFFOLD_BUILD_IMAGE")]
+    pub build_images: Vec<String>,
+}
+
 impl CommonArgs {
     pub fn load_options(&self, command: &str) -> LoadOptions {
         LoadOptions {
-            profiles: self.profiles.clone(),
-            command: command.to_string(),
-            describe_only: false,
-            file: self.file.clone(),
-            default_repo: self.default_repo.clone(),
-            multi_level_repo: self.multi_level_repo,
             push: self.push,
-            platforms: self.platforms.clone(),
-            tag: self.tag.clone(),
             oci_layout: self.oci_layout.clone(),
             insecure_registries: self.insecure_registries.clone(),
             build_images: self.build_images.clone(),
-            kube_context: self.kube_context.clone(),
-            global_config: self.global_config.clone(),
+            ..self.config.load_options(command)
         }
     }
 }
@@ -129,30 +144,8 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    #[arg(
-        short = 'f',
-        long = "filename",
-        visible_alias = "file",
-        default_value = "skaffold.yaml",
-        env = "SKAFFOLD_FILENAME"
-    )]
-    pub file: PathBuf,
-    #[arg(short = 'p', long = "profile", value_delimiter = ',', allow_hyphen_values = true, env = "SKAFFOLD_PROFILE")]
-    pub profiles: Vec<String>,
-    #[arg(long = "kube-context", env = "SKAFFOLD_KUBE_CONTEXT")]
-    pub kube_context: Option<String>,
-    #[arg(short = 'c', long = "config", env = "SKAFFOLD_CONFIG")]
-    pub global_config: Option<PathBuf>,
-    #[arg(short = 'd', long = "default-repo")]
-    pub default_repo: Option<String>,
-    #[arg(long = "platform", env = "SKAFFOLD_PLATFORM")]
-    pub platforms: Vec<String>,
-    /// Tag to use instead of the tag policy's.
-    #[arg(short = 't', long, env = "SKAFFOLD_TAG")]
-    pub tag: Option<String>,
-    /// Keep the image path under the default repo instead of flattening it.
-    #[arg(long = "multi-level-repo")]
-    pub multi_level_repo: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -317,19 +310,7 @@ fn platform_env(artifact: &crate::config::Artifact) -> serde_json::Value {
 }
 
 fn run_plan(args: PlanArgs) -> Result<i32> {
-    let options = LoadOptions {
-        file: args.file.clone(),
-        profiles: args.profiles.clone(),
-        command: "build".to_string(),
-        tag: args.tag.clone(),
-        multi_level_repo: args.multi_level_repo,
-        describe_only: true,
-        default_repo: args.default_repo.clone(),
-        platforms: args.platforms.clone(),
-        kube_context: args.kube_context.clone(),
-        global_config: args.global_config.clone(),
-        ..Default::default()
-    };
+    let options = LoadOptions { describe_only: true, ..args.config.load_options("build") };
     let plan = config::load(&options)?;
     if args.json {
         let artifacts: Vec<_> = plan
