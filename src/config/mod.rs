@@ -322,6 +322,8 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
     }
     let root = dir_of(file);
 
+    // ko's settings in the environment, which beat each artifact's .ko.yaml.
+    let ko_environment = koyaml::KoEnvironment::read()?;
     let default_repo = options.effective_default_repo(global.default_repo.as_deref());
     let multi_level = options.multi_level_repo
         || match std::env::var("SKAFFOLD_MULTI_LEVEL_REPO") {
@@ -401,6 +403,7 @@ pub fn load(options: &LoadOptions) -> Result<Plan> {
                 tag_override: options.tag.as_deref(),
                 tag_policy: build.tag_policy.as_ref(),
                 tag_policy_at: &tag_policy_at,
+                ko_environment: &ko_environment,
             })?;
             if let Some(previous) = artifacts.iter().find(|a: &&Artifact| a.image == artifact.image) {
                 return Err(config_err(
@@ -506,6 +509,7 @@ struct ArtifactInput<'a> {
     tag_override: Option<&'a str>,
     tag_policy: Option<&'a TagPolicy>,
     tag_policy_at: &'a SettingLine,
+    ko_environment: &'a koyaml::KoEnvironment,
 }
 
 /// Where a setting of the config file is written, for its errors.
@@ -591,12 +595,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         _ => err(".image", m),
     })?;
 
-    // The .ko.yaml next to where go runs, and ko's settings in the environment, which beat it.
+    // The .ko.yaml next to where go runs; ko's settings in the environment beat it.
     let ko_yaml = match koyaml::locate(&work_dir) {
         Some(path) => Some((koyaml::load(&path)?, path)),
         None => None,
     };
-    let ko_environment = koyaml::KoEnvironment::read()?;
+    let ko_environment = input.ko_environment;
 
     let (import_path, package_dir) =
         resolve_package(&raw.image, &ko, &context, &work_dir).map_err(|(sub, message)| err(sub, message))?;
@@ -608,15 +612,12 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         Some(list) => Some(PlatformRequest::parse_list(list).map_err(|e| err(platforms_sub, e.to_string()))?),
         None => None,
     };
-    let ko_yaml_platforms = match &ko_yaml {
-        _ if ko_environment.default_platforms.is_some() => {
-            let list = ko_environment.default_platforms.as_deref().unwrap_or_default();
-            Some(
-                PlatformRequest::parse_list(list)
-                    .map_err(|e| KodevError::Usage(format!("{}: {e}", koyaml::PLATFORMS_VARIABLE)))?,
-            )
-        }
-        Some((k, path)) if !k.default_platforms.is_empty() => {
+    let ko_yaml_platforms = match (&ko_environment.default_platforms, &ko_yaml) {
+        (Some(list), _) => Some(
+            PlatformRequest::parse_list(list)
+                .map_err(|e| KodevError::Usage(format!("{}: {e}", koyaml::PLATFORMS_VARIABLE)))?,
+        ),
+        (None, Some((k, path))) if !k.default_platforms.is_empty() => {
             Some(PlatformRequest::parse_list(&k.default_platforms).map_err(|e| {
                 config_err(path, koyaml::key_line(path, None, "defaultPlatforms"), "defaultPlatforms", e.to_string())
             })?)
@@ -652,9 +653,9 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         .map(BaseImageRef::Remote)
         .unwrap_or(BaseImageRef::Builtin);
 
-    // .ko.yaml build settings for this main (per-build replaces defaults), below skaffold's own;
-    // each with the .ko.yaml key it came from, for errors.
-    // A build's own list, else the default from the environment, else .ko.yaml's default.
+    // .ko.yaml build settings for this main, below skaffold's own: a build's own list, else the
+    // default from the environment, else .ko.yaml's default; each with where it came from, for
+    // errors.
     let build = ko_yaml.as_ref().and_then(|(k, _)| {
         k.builds.iter().position(|b| {
             b.main.as_deref().map(|m| {

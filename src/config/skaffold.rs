@@ -616,7 +616,10 @@ pub fn parse_documents(path: &Path, text: &str, selection: &ProfileSelection) ->
             map.retain(|k, _| !k.as_str().is_some_and(|k| k.starts_with('.')));
         }
         let merged = from_value(path, text, first_line, value.clone(), None)?;
-        check_activations(path, text, first_line, &merged.profiles)?;
+        if config.is_none() {
+            // Only now decoded (merge keys): not checked above.
+            check_activations(path, text, first_line, &merged.profiles)?;
+        }
         let active: Vec<Profile> = merged.profiles.iter().filter(|p| selection.activates(p)).cloned().collect();
         if active.is_empty() {
             configs.push(Document::plain(first_line, merged));

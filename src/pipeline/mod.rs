@@ -162,15 +162,12 @@ impl Builder {
                 async move {
                     let recheck = base::recheck(&registries, &reference, &platforms, &kept).await?;
                     let mut unanswered = unanswered.lock().unwrap_or_else(|e| e.into_inner());
+                    if !matches!(recheck, base::Recheck::Unknown(_)) {
+                        unanswered.remove(&key);
+                    }
                     match recheck {
-                        base::Recheck::Same => {
-                            unanswered.remove(&key);
-                            Ok(kept)
-                        }
-                        base::Recheck::Moved(now) => {
-                            unanswered.remove(&key);
-                            Ok(Arc::new(now))
-                        }
+                        base::Recheck::Same => Ok(kept),
+                        base::Recheck::Moved(now) => Ok(Arc::new(now)),
                         base::Recheck::Unknown(why) => {
                             let message = format!(
                                 "cannot look up base image {reference} again ({why}); building on {}",
@@ -564,12 +561,12 @@ impl Builder {
             }
         };
         let kodata = kodata.await?;
-        let built_for_every_platform = base.images.iter().all(|base_image| {
+        let binary_for = |base_image: &base::BasePlatformImage| {
             binaries
                 .iter()
-                .any(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
-        });
-        if platforms_of_kept_base && !built_for_every_platform {
+                .find(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+        };
+        if platforms_of_kept_base && !base.images.iter().all(|i| binary_for(i).is_some()) {
             // Rare: the base's tag moved to an index of other platforms. The new base is kept
             // now, so the build starts again on its platforms.
             tracing::debug!(image = %artifact.image, "the base's platforms changed; building again for them");
@@ -578,9 +575,7 @@ impl Builder {
 
         let mut manifests = Vec::new();
         for base_image in &base.images {
-            let (_, binary, ..) = binaries
-                .iter()
-                .find(|(requested, ..)| requested.matches(&base_image.platform) || *requested == base_image.platform)
+            let (_, binary, ..) = binary_for(base_image)
                 .ok_or_else(|| KodevError::build(format!("no binary was built for {}", base_image.platform)))?;
             let layers = [kodata.clone(), binary.clone()];
             manifests.push(image::compose_image(&base, base_image, &layers, &edits));
