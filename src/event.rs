@@ -1,6 +1,9 @@
 //! The one event stream: the pipeline and the dev engine send, the headless renderers and
 //! the dashboard read. Serialized as JSON lines with `event`, `artifact` and `time`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -86,22 +89,35 @@ pub fn now_rfc3339() -> String {
 pub struct EventSink {
     tx: Option<UnboundedSender<Event>>,
     artifact: String,
+    /// Set once this sink (or a clone) sent `BuildStarted`; see [`EventSink::noting_start`].
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl EventSink {
     pub fn new(tx: UnboundedSender<Event>, artifact: &str) -> Self {
-        EventSink { tx: Some(tx), artifact: artifact.to_string() }
+        EventSink { tx: Some(tx), artifact: artifact.to_string(), started: None }
     }
 
     pub fn discard() -> Self {
-        EventSink { tx: None, artifact: String::new() }
+        EventSink { tx: None, artifact: String::new(), started: None }
     }
 
     pub fn for_artifact(&self, artifact: &str) -> Self {
-        EventSink { tx: self.tx.clone(), artifact: artifact.to_string() }
+        EventSink { tx: self.tx.clone(), artifact: artifact.to_string(), started: None }
+    }
+
+    /// This sink for one build, and a flag that turns true once the build has said it
+    /// started: a build cancelled before that (waiting for its turn under
+    /// `build.local.concurrency`, say) was never announced, so its cancellation is not either.
+    pub fn noting_start(&self) -> (Self, Arc<AtomicBool>) {
+        let started = Arc::new(AtomicBool::new(false));
+        (EventSink { started: Some(started.clone()), ..self.clone() }, started)
     }
 
     pub fn send(&self, kind: EventKind) {
+        if let (Some(started), EventKind::BuildStarted { .. }) = (&self.started, &kind) {
+            started.store(true, Ordering::Relaxed);
+        }
         if let Some(tx) = &self.tx {
             let _ = tx.send(Event { artifact: self.artifact.clone(), time: now_rfc3339(), kind });
         }

@@ -1023,6 +1023,57 @@ fn a_change_during_a_build_kills_go_and_starts_again() {
     assert!(scratch.is_empty(), "go work directories left behind: {scratch:#?}");
 }
 
+/// Whether every `build_cancelled` of `artifact` in `events` ends a build that said it started.
+fn cancellations_without_a_start(events: &[Value], artifact: &str) -> Vec<String> {
+    let mut building = false;
+    let mut odd = Vec::new();
+    for event in events.iter().filter(|e| e["artifact"] == artifact) {
+        match event["event"].as_str().unwrap_or_default() {
+            "build_started" => building = true,
+            "pushed" | "build_failed" => building = false,
+            "build_cancelled" => {
+                if !building {
+                    odd.push(event.to_string());
+                }
+                building = false;
+            }
+            _ => {}
+        }
+    }
+    odd
+}
+
+#[test]
+fn a_build_waiting_for_its_turn_is_dropped_without_a_cancellation() {
+    if !require_tools(&["docker-registry", "go"]) {
+        return;
+    }
+    // One build at a time (Skaffold's default): while alpha's slow build runs, beta's waits.
+    let mut dev = DevSession::start_with(&[], &["alpha", "beta"], |dir| {
+        edit(&dir.join("skaffold.yaml"), "concurrency: 0", "concurrency: 1");
+    });
+    start_a_slow_alpha_build(&mut dev);
+    let alpha_started = dev.seen.len();
+    edit(&dev.path("cmd/beta/main.go"), "\"beta\"", "\"beta again\"");
+    std::thread::sleep(Duration::from_millis(500));
+    edit(&dev.path("cmd/beta/main.go"), "\"beta again\"", "\"beta once more\"");
+    std::thread::sleep(Duration::from_millis(500));
+    dev.drain_quiet(Duration::from_millis(50));
+    let alpha_done = dev.seen[alpha_started..].iter().any(|e| e["artifact"] == "alpha" && e["event"] == "pushed");
+    assert!(!alpha_done, "alpha still builds while beta's builds wait: {:#?}", &dev.seen[alpha_started..]);
+    assert!(
+        !dev.seen[alpha_started..].iter().any(|e| e["artifact"] == "beta" && e["event"] == "build_started"),
+        "beta waits for its turn"
+    );
+    dev.wait_for("alpha pushed", |e| e["event"] == "pushed" && e["artifact"] == "alpha");
+    dev.wait_for("beta pushed", |e| e["event"] == "pushed" && e["artifact"] == "beta");
+    let odd = cancellations_without_a_start(&dev.seen, "beta");
+    assert!(odd.is_empty(), "beta's waiting build never started, so no cancellation is said: {odd:#?}");
+    let beta_builds =
+        dev.seen[alpha_started..].iter().filter(|e| e["artifact"] == "beta" && e["event"] == "build_started").count();
+    assert_eq!(beta_builds, 1, "one build of beta once its turn came: {:#?}", &dev.seen[alpha_started..]);
+}
+
 #[test]
 fn a_broken_go_mod_at_start_still_rebuilds_once_fixed() {
     if !require_tools(&["docker-registry", "go"]) {

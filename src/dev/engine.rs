@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub struct EngineSettings {
 struct Slot {
     generation: u64,
     running: Option<JoinHandle<()>>,
+    /// Whether the running build has sent `build_started` (see `EventSink::noting_start`).
+    announced: Arc<AtomicBool>,
     /// Changed while automatic rebuilds were off.
     dirty: bool,
     /// Changes seen that may alter the Go dependency graph…
@@ -67,6 +70,18 @@ struct Slot {
     graph_edits_read: u64,
     /// A burst of changes cancelled the build; it starts again once they stop.
     restart_at: Option<tokio::time::Instant>,
+}
+
+impl Slot {
+    /// Stop the running build, if any, saying so when it had said it started.
+    fn cancel(&mut self, sink: &EventSink) {
+        if let Some(running) = self.running.take() {
+            running.abort();
+            if self.announced.load(Ordering::Relaxed) {
+                sink.send(EventKind::BuildCancelled);
+            }
+        }
+    }
 }
 
 /// How long changes must stop, after one interrupted a build, before it starts again:
@@ -250,10 +265,9 @@ impl Engine {
         let artifact = self.plan.artifacts[index].clone();
         let sink = self.events.for_artifact(&artifact.image);
         let slot = &mut self.slots[index];
-        if let Some(running) = slot.running.take() {
-            running.abort();
-            sink.send(EventKind::BuildCancelled);
-        }
+        slot.cancel(&sink);
+        let (sink, announced) = sink.noting_start();
+        slot.announced = announced;
         slot.generation += 1;
         slot.dirty = false;
         slot.restart_at = None;
@@ -393,10 +407,7 @@ impl Engine {
             self.schedule(index);
             return;
         }
-        if let Some(running) = slot.running.take() {
-            running.abort();
-            self.events.for_artifact(&self.plan.artifacts[index].image).send(EventKind::BuildCancelled);
-        }
+        slot.cancel(&self.events.for_artifact(&self.plan.artifacts[index].image));
         self.slots[index].restart_at = Some(tokio::time::Instant::now() + BURST_QUIET);
     }
 
