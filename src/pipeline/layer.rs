@@ -99,7 +99,7 @@ pub struct LayerRecord {
 }
 
 /// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
-const LAYER_FORMAT: &str = "libdeflate-1/head-8K/gear-cut-96K-32K-512K/probes-8KiB/v3";
+const LAYER_FORMAT: &str = "libdeflate-1/head-8K/gear-cut-96K-32K-512K/probes-8KiB/v4";
 
 fn record_path(cache: &Path, build_id: &str, name: &str) -> PathBuf {
     let key = hex::encode(Sha256::digest(format!("{LAYER_FORMAT}\0{name}\0{build_id}")));
@@ -1279,8 +1279,7 @@ fn walk(
             )));
         }
         if meta.is_dir() {
-            tar.append_header(&EntryHeader::ko(&image_path, EntryKind::Directory, 0, source.mtime))
-                .map_err(|e| io_err(&host_path, e))?;
+            // ko writes the files of kodata only, no entry for a directory in it.
             walk(tar, &target, &image_path, source, allowed_root, visiting)?;
         } else if meta.is_file() {
             let file = File::open(&target).map_err(|e| io_err(&target, e))?;

@@ -1,10 +1,13 @@
-//! A minimal, fully deterministic tar writer (ustar, PAX for long names).
+//! A minimal, fully deterministic tar writer (ustar, PAX for names ustar cannot hold), writing
+//! byte for byte what Go's archive/tar writes for the same headers, so ko's layers.
 //! Written by hand so every byte is under our control, as ko's layers are:
 //! names exactly as given (ko writes `/ko-app/x`), fixed modes, owners and times.
 
 use std::io::{self, Write};
 
 const BLOCK: usize = 512;
+/// The typeflag of a PAX extended header (records for the entry after it).
+const PAX_TYPEFLAG: u8 = b'x';
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -45,17 +48,29 @@ fn write_octal(field: &mut [u8], value: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Split a long name into ustar's prefix (≤155) and name (≤100) at a '/'.
+/// Where Go's archive/tar puts a name in a ustar header: whole when it is ASCII and fits the
+/// 100-byte field, else split at the last '/' of its first 156 bytes into a prefix (≤155) and a
+/// name (1–100), when that works (Go's `splitUSTARPath`). None: only PAX can hold it.
 fn split_ustar_name(name: &str) -> Option<(&str, &str)> {
+    if !name.is_ascii() {
+        return None;
+    }
     if name.len() <= 100 {
         return Some(("", name));
     }
-    let bytes = name.as_bytes();
-    let start = name.len().saturating_sub(101);
-    (start..name.len().min(156))
-        .filter(|&i| bytes[i] == b'/')
-        .map(|i| (&name[..i], &name[i + 1..]))
-        .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
+    let mut length = name.len().min(156);
+    if name.len() <= 156 && name.as_bytes()[length - 1] == b'/' {
+        length -= 1;
+    }
+    let i = name[..length].rfind('/')?;
+    let (prefix, rest) = (&name[..i], &name[i + 1..]);
+    (i > 0 && !rest.is_empty() && rest.len() <= 100 && prefix.len() <= 155).then_some((prefix, rest))
+}
+
+/// Go's `toASCII`: the name without its non-ASCII characters (and NULs), as archive/tar writes
+/// it in the fields of a PAX entry.
+fn ascii_only(name: &str) -> String {
+    name.chars().filter(|c| c.is_ascii() && *c != '\0').collect()
 }
 
 impl<W: Write> TarWriter<W> {
@@ -81,6 +96,12 @@ impl<W: Write> TarWriter<W> {
         block[156] = typeflag;
         block[257..263].copy_from_slice(b"ustar\0");
         block[263..265].copy_from_slice(b"00");
+        if typeflag != PAX_TYPEFLAG {
+            // Go's archive/tar (so ko) writes the device numbers as octal zeros in every entry
+            // but the PAX record file; left as NULs the layer would not be ko's byte for byte.
+            write_octal(&mut block[329..337], 0)?;
+            write_octal(&mut block[337..345], 0)?;
+        }
         block[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
         // The checksum is computed with its own field read as spaces.
         block[148..156].copy_from_slice(b"        ");
@@ -107,27 +128,37 @@ impl<W: Write> TarWriter<W> {
         match split_ustar_name(entry.name) {
             Some((prefix, name)) => self.raw_header(name, prefix, typeflag, entry, size),
             None => {
-                // PAX extended header carrying the full path.
+                // As Go's archive/tar writes a name ustar cannot hold: a PAX record file named
+                // `<dir>/PaxHeaders.0/<base>` (cut to 100 bytes, all its other fields zero)
+                // holding the path, then the entry with the name's first 100 bytes.
                 let record_body = format!(" path={}\n", entry.name);
                 let mut len = record_body.len() + 1;
                 while format!("{len}{record_body}").len() != len {
                     len += 1;
                 }
                 let record = format!("{len}{record_body}");
-                let pax_entry = EntryHeader {
-                    name: "",
-                    kind: EntryKind::File,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    size: 0,
-                    mtime: entry.mtime,
+                let pax_name = match entry.name.rsplit_once('/') {
+                    Some((dir, base)) => format!("{dir}/PaxHeaders.0/{base}"),
+                    None => format!("PaxHeaders.0/{}", entry.name),
                 };
-                let short: String = entry.name.chars().rev().take(90).collect::<Vec<_>>().into_iter().rev().collect();
-                self.raw_header("PaxHeaders.0/entry", "", b'x', &pax_entry, record.len() as u64)?;
+                let pax_name = ascii_only(&pax_name);
+                let pax_name = pax_name[..pax_name.len().min(100)].trim_end_matches('/');
+                let pax_entry =
+                    EntryHeader { name: "", kind: EntryKind::File, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
+                self.raw_header(pax_name, "", PAX_TYPEFLAG, &pax_entry, record.len() as u64)?;
                 self.out.write_all(record.as_bytes())?;
                 self.pad(record.len() as u64)?;
-                self.raw_header(short.trim_start_matches('/'), "", typeflag, entry, size)
+                // The name's first 100 bytes; one that would end in '/' there ends before its
+                // last slashes instead (Go's guard for readers that would take it for a
+                // directory), the bytes after that NUL left as they were.
+                let ascii = ascii_only(entry.name);
+                let mut short = ascii.as_bytes()[..ascii.len().min(100)].to_vec();
+                if ascii.len() > 100 && short[99] == b'/' {
+                    let kept = ascii[..99].trim_end_matches('/').len();
+                    short[kept] = 0;
+                }
+                let short = String::from_utf8_lossy(&short);
+                self.raw_header(&short, "", typeflag, entry, size)
             }
         }
     }
