@@ -14,13 +14,13 @@ pub struct KoYaml {
     pub default_base_image: Option<String>,
     #[serde(default)]
     pub base_image_overrides: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::platforms")]
     pub default_platforms: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::words")]
     pub default_env: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::words")]
     pub default_flags: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::words")]
     pub default_ldflags: Vec<String>,
     #[serde(default)]
     pub builds: Vec<KoBuild>,
@@ -35,12 +35,76 @@ pub struct KoBuild {
     pub dir: Option<String>,
     #[serde(default)]
     pub main: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::one_or_list")]
     pub env: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::words_or_list")]
     pub flags: Option<Vec<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::one_or_list")]
     pub ldflags: Option<Vec<String>>,
+}
+
+/// ko takes each list of `.ko.yaml` written as one string too. At the top level (viper's
+/// `GetStringSlice`) the string is split at white space, platforms here at commas too (as
+/// `KO_DEFAULTPLATFORMS`); in `builds`, `flags` is split at white space and `env` and `ldflags`
+/// are the one entry it is (ko's `FlagArray` and `StringArray`).
+mod lenient {
+    use serde::de::{self, Deserializer, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    /// How a string given for a list is cut into its entries.
+    const WHOLE: u8 = 0;
+    const AT_WHITE_SPACE: u8 = 1;
+    const AT_WHITE_SPACE_AND_COMMAS: u8 = 2;
+
+    struct StringList<const CUT: u8>(Vec<String>);
+
+    impl<'de, const CUT: u8> Deserialize<'de> for StringList<CUT> {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct StringOrList<const CUT: u8>;
+            impl<'de, const CUT: u8> Visitor<'de> for StringOrList<CUT> {
+                type Value = Vec<String>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a string or a list of strings")
+                }
+                fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                    let parts: Vec<&str> = match CUT {
+                        WHOLE => vec![text],
+                        AT_WHITE_SPACE => text.split_whitespace().collect(),
+                        _ => text.split(|c: char| c.is_whitespace() || c == ',').filter(|p| !p.is_empty()).collect(),
+                    };
+                    Ok(parts.into_iter().map(str::to_string).collect())
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(item) = seq.next_element::<String>()? {
+                        items.push(item);
+                    }
+                    Ok(items)
+                }
+            }
+            deserializer.deserialize_any(StringOrList::<CUT>).map(StringList)
+        }
+    }
+
+    fn list<'de, D: Deserializer<'de>, const CUT: u8>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+        Ok(Option::<StringList<CUT>>::deserialize(deserializer)?.map(|list| list.0))
+    }
+
+    pub fn words<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        Ok(list::<D, AT_WHITE_SPACE>(deserializer)?.unwrap_or_default())
+    }
+
+    pub fn platforms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        Ok(list::<D, AT_WHITE_SPACE_AND_COMMAS>(deserializer)?.unwrap_or_default())
+    }
+
+    pub fn words_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+        list::<D, AT_WHITE_SPACE>(deserializer)
+    }
+
+    pub fn one_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+        list::<D, WHOLE>(deserializer)
+    }
 }
 
 /// ko's top-level settings given in the environment. ko reads .ko.yaml through viper with the
@@ -230,6 +294,39 @@ mod tests {
         let text = "baseImageOverrides:\n  example.com/a: x\n  \"example.com/b\": y\nbuilds: []\n";
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/b"), Some(3));
         assert_eq!(entry_line_in(text, "baseImageOverrides", "example.com/c"), Some(1), "the map, without the entry");
+    }
+
+    #[test]
+    fn lists_written_as_one_string_are_read_as_ko_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".ko.yaml");
+        // ko's own test config writes these as strings (pkg/commands/options/testdata).
+        let text = "defaultPlatforms: all\ndefaultEnv: FOO=bar\ndefaultFlags: -tags netgo\n\
+                    defaultLdflags: -s -w\nbuilds:\n- id: a\n  main: ./a\n  flags: -tags  netgo\n\
+                    \x20 ldflags: -s -w\n  env: GOPRIVATE=x\n- id: b\n  flags: [-v]\n  ldflags: [-s, -w]\n";
+        std::fs::write(&path, text).unwrap();
+        let ko = load(&path).unwrap();
+        assert_eq!(ko.default_platforms, ["all"]);
+        assert_eq!(ko.default_env, ["FOO=bar"]);
+        assert_eq!(ko.default_flags, ["-tags", "netgo"]);
+        assert_eq!(ko.default_ldflags, ["-s", "-w"], "viper splits a top-level string at white space");
+        let a = &ko.builds[0];
+        assert_eq!(a.flags.as_deref(), Some(&["-tags".to_string(), "netgo".to_string()][..]));
+        assert_eq!(a.ldflags.as_deref(), Some(&["-s -w".to_string()][..]), "a build's ldflags string is one entry");
+        assert_eq!(a.env.as_deref(), Some(&["GOPRIVATE=x".to_string()][..]));
+        let b = &ko.builds[1];
+        assert_eq!(b.flags.as_deref(), Some(&["-v".to_string()][..]));
+        assert_eq!(b.ldflags.as_deref(), Some(&["-s".to_string(), "-w".to_string()][..]));
+        assert_eq!(b.env, None);
+
+        std::fs::write(&path, "defaultPlatforms: linux/amd64,linux/arm64\n").unwrap();
+        assert_eq!(load(&path).unwrap().default_platforms, ["linux/amd64", "linux/arm64"]);
+        std::fs::write(&path, "builds:\n- id: a\n  flags: {x: 1}\n").unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(":3") && e.contains("builds[0].flags") && e.contains("a string or a list of strings"),
+            "{e}"
+        );
     }
 
     #[test]
