@@ -361,6 +361,65 @@ fn oci_layout_output_reads_with_skopeo_and_runs_with_podman() {
     assert!(said.contains("Hello from kodev (from linux/amd64)"), "{said} ({reference})");
 }
 
+/// hello, told `--caps`, prints its binary's `security.capability` attribute as hex.
+const PRINT_OWN_CAPABILITIES: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+)
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "--caps" {
+		buf := make([]byte, 64)
+		n, err := syscall.Getxattr("/ko-app/hello", "security.capability", buf)
+		if err != nil {
+			fmt.Println("no capabilities:", err)
+		} else {
+			fmt.Printf("capabilities %x\n", buf[:n])
+		}
+		os.Exit(0)
+	}
+}
+"#;
+
+#[test]
+fn linux_capabilities_of_the_ko_yaml_are_set_on_the_binary_in_the_container() {
+    if !require_tools(&["go", "podman", "runc"]) {
+        return;
+    }
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(app.path(), "", "");
+    std::fs::write(app.path().join("caps.go"), PRINT_OWN_CAPABILITIES).unwrap();
+    let ko_yaml = app.path().join(".ko.yaml");
+    let podman = Podman::new(None);
+    let plain = PlainDir::new();
+    let layout = plain.path.join("layout");
+    let caps_in_container = |tag: &str| {
+        stdout_ref(&build(&skaffold, &["-t", tag, "--oci-layout", layout.to_str().unwrap()]));
+        let image = format!("oci:{}:hello:{tag}", layout.display());
+        run_ok(podman.command().args(["run", "--rm"]).arg(image).arg("--caps")).trim().to_string()
+    };
+    // net_bind_service is capability 10: permitted (bit 10 of the first set), not effective.
+    std::fs::write(&ko_yaml, "builds:\n- id: hello\n  main: .\n  linux_capabilities: net_bind_service\n").unwrap();
+    assert_eq!(caps_in_container("bind"), "capabilities 0000000200040000000000000000000000000000");
+    // The same binary with other capabilities is another layer, not the one recorded for it.
+    std::fs::write(&ko_yaml, "builds:\n- id: hello\n  main: .\n  linux_capabilities: [chown=ep]\n").unwrap();
+    assert_eq!(caps_in_container("chown"), "capabilities 0100000201000000000000000000000000000000");
+    std::fs::remove_file(&ko_yaml).unwrap();
+    assert!(caps_in_container("none").starts_with("no capabilities:"));
+
+    std::fs::write(&ko_yaml, "builds:\n- id: hello\n  main: .\n  linux_capabilities: [net_bind]\n").unwrap();
+    let out = build(&skaffold, &["-t", "bad", "--oci-layout", layout.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(".ko.yaml:4") && stderr.contains("builds[0].linux_capabilities") && stderr.contains("net_bind"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn compile_error_shows_go_output_and_exits_1() {
     if !require_tools(&["go"]) {

@@ -8,16 +8,18 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{repo_root, require_tools, which};
-use kodev::pipeline::layer::{binary_layer, kodata_layer, KodataSource};
+use kodev::pipeline::caps::file_capabilities;
+use kodev::pipeline::layer::{binary_layer, kodata_layer, AppFile, KodataSource};
 
 /// What Go's archive/tar, written to as ko writes, gives for this kodata tree and binary.
-fn kos_diff_ids(kodata: &Path, binary: &Path, name: &str, mtime: u64) -> (String, String) {
+fn kos_diff_ids(kodata: &Path, binary: &Path, app: &AppFile, mtime: u64) -> (String, String) {
     let out = Command::new(which("go").unwrap())
         .args(["run", "."])
         .arg(kodata)
         .arg(binary)
-        .arg(name)
+        .arg(&app.name)
         .arg(mtime.to_string())
+        .args(app.capabilities.iter().map(|xattr| xattr.iter().map(|b| format!("{b:02x}")).collect::<String>()))
         .current_dir(repo_root().join("tests/fixtures/ko_tar"))
         .env("GOFLAGS", "-mod=mod")
         .output()
@@ -60,12 +62,18 @@ fn kodata_and_binary_layers_are_the_tars_ko_writes() {
     let binary = dir.path().join("app-binary");
     std::fs::write(&binary, (0..800_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
 
-    for mtime in [0, 1_700_000_000] {
+    // With linux_capabilities, the binary's entry carries the xattr in a PAX record.
+    let capable = AppFile {
+        name: "app".to_string(),
+        capabilities: file_capabilities(&["net_bind_service".to_string(), "bpf,perfmon=ep".to_string()]).unwrap(),
+    };
+    assert!(capable.capabilities.is_some());
+    for (mtime, app) in [(0, AppFile::named("app")), (1_700_000_000, capable)] {
         let source = KodataSource { dir: kodata.clone(), allowed_root: dir.path().to_path_buf(), mtime };
         let kodata_layer = kodata_layer(&source).unwrap();
-        let binary_layer = binary_layer(&binary, "app").unwrap();
-        let (kodata_id, binary_id) = kos_diff_ids(&kodata, &binary, "app", mtime);
+        let binary_layer = binary_layer(&binary, &app).unwrap();
+        let (kodata_id, binary_id) = kos_diff_ids(&kodata, &binary, &app, mtime);
         assert_eq!(kodata_layer.diff_id, kodata_id, "kodata layer, mtime {mtime}");
-        assert_eq!(binary_layer.diff_id, binary_id, "binary layer");
+        assert_eq!(binary_layer.diff_id, binary_id, "binary layer of {app:?}");
     }
 }

@@ -41,6 +41,9 @@ pub struct KoBuild {
     pub flags: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient::one_or_list")]
     pub ldflags: Option<Vec<String>>,
+    /// File capabilities for the binary (`setcap` terms; see `pipeline::caps`).
+    #[serde(default, rename = "linux_capabilities", deserialize_with = "lenient::words_or_list")]
+    pub linux_capabilities: Option<Vec<String>>,
 }
 
 /// ko takes each list of `.ko.yaml` written as one string too. At the top level (viper's

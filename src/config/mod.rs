@@ -79,6 +79,8 @@ pub struct Artifact {
     #[serde(skip)]
     pub dependency_globs: Option<globs::DependencyGlobs>,
     pub source_date_epoch: Option<u64>,
+    /// The binary's `security.capability` attribute, from `.ko.yaml`'s `linux_capabilities`.
+    pub file_capabilities: Option<Vec<u8>>,
     /// How `kodev dev` works the tag out again at each build (None: the tag is fixed, given
     /// with `-t` or in the image name, or the tagger does not read the tree).
     #[serde(skip)]
@@ -92,6 +94,14 @@ pub struct Artifact {
 impl Artifact {
     pub fn binary_name(&self) -> &str {
         naming::binary_name(&self.import_path)
+    }
+
+    /// The binary's file in the image: its name, with its capabilities.
+    pub fn app_file(&self) -> crate::pipeline::layer::AppFile {
+        crate::pipeline::layer::AppFile {
+            name: self.binary_name().to_string(),
+            capabilities: self.file_capabilities.clone(),
+        }
     }
 
     pub fn reference(&self) -> String {
@@ -665,6 +675,11 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         })
     });
     let chosen = ko_yaml.as_ref().zip(build).map(|((k, _), b)| &k.builds[b]);
+    let file_capabilities = match (chosen.and_then(|b| b.linux_capabilities.as_ref()), &ko_yaml) {
+        (Some(terms), Some((_, path))) => crate::pipeline::caps::file_capabilities(terms)
+            .map_err(|m| ko_yaml_err(&(path.clone(), build, "linux_capabilities".to_string()), m))?,
+        _ => None,
+    };
     let setting = |own: Option<&Vec<String>>,
                    key: &str,
                    from_environment: &Option<Vec<String>>,
@@ -828,6 +843,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         dependencies: ko.dependencies.clone(),
         dependency_globs,
         source_date_epoch: ko.source_date_epoch,
+        file_capabilities,
         retag,
         retemplate,
     })

@@ -20,6 +20,20 @@ pub const KODATA_ROOT: &str = "/var/run/ko";
 /// Where ko puts the binary inside the image.
 pub const APP_DIR: &str = "/ko-app";
 
+/// The binary's file in the image: `/ko-app/<name>`, with the `security.capability` attribute
+/// `.ko.yaml`'s `linux_capabilities` asks for (see `pipeline::caps`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFile {
+    pub name: String,
+    pub capabilities: Option<Vec<u8>>,
+}
+
+impl AppFile {
+    pub fn named(name: &str) -> AppFile {
+        AppFile { name: name.to_string(), capabilities: None }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LayerKind {
@@ -58,7 +72,7 @@ pub enum LayerBytes {
     Memory(Arc<[Bytes]>),
     /// Not made this time: the binary was built before and its layer is already where it goes.
     /// Made again from the binary (same bytes, checked) if it is needed after all.
-    FromBinary { path: PathBuf, name: String },
+    FromBinary { path: PathBuf, app: AppFile },
 }
 
 impl Layer {
@@ -75,8 +89,8 @@ impl Layer {
                 [one] => one.clone(),
                 _ => Bytes::from(pieces.concat()),
             }),
-            LayerBytes::FromBinary { path, name } => {
-                let again = binary_layer(path, name)?;
+            LayerBytes::FromBinary { path, app } => {
+                let again = binary_layer(path, app)?;
                 if again.digest != self.digest {
                     return Err(KodevError::build(format!(
                         "the binary {} changed while its image was being published; build again",
@@ -101,22 +115,23 @@ pub struct LayerRecord {
 /// Changes whenever the same binary would give different layer bytes (compressor, chunking, tar).
 const LAYER_FORMAT: &str = "libdeflate-1/head-8K/gear-cut-96K-32K-512K/probes-8KiB/v4";
 
-fn record_path(cache: &Path, build_id: &str, name: &str) -> PathBuf {
-    let key = hex::encode(Sha256::digest(format!("{LAYER_FORMAT}\0{name}\0{build_id}")));
+fn record_path(cache: &Path, build_id: &str, app: &AppFile) -> PathBuf {
+    let capabilities = app.capabilities.as_deref().map(hex::encode).unwrap_or_default();
+    let key = hex::encode(Sha256::digest(format!("{LAYER_FORMAT}\0{}\0{capabilities}\0{build_id}", app.name)));
     cache.join("layers").join(&key[..2]).join(key)
 }
 
-pub fn load_record(cache: &Path, build_id: &str, name: &str) -> Option<LayerRecord> {
-    let path = record_path(cache, build_id, name);
+pub fn load_record(cache: &Path, build_id: &str, app: &AppFile) -> Option<LayerRecord> {
+    let path = record_path(cache, build_id, app);
     let record = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
     super::trim::mark_used(&path);
     Some(record)
 }
 
 /// Best effort: a record that cannot be written only costs a compression next time.
-pub fn save_record(cache: &Path, build_id: &str, name: &str, layer: &Layer) {
+pub fn save_record(cache: &Path, build_id: &str, app: &AppFile, layer: &Layer) {
     let record = LayerRecord { digest: layer.digest.clone(), diff_id: layer.diff_id.clone(), size: layer.size };
-    let path = record_path(cache, build_id, name);
+    let path = record_path(cache, build_id, app);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -125,13 +140,13 @@ pub fn save_record(cache: &Path, build_id: &str, name: &str, layer: &Layer) {
 }
 
 /// The binary layer as a record says it is, without its bytes.
-pub fn recorded_binary_layer(record: LayerRecord, binary: &Path, name: &str) -> Layer {
+pub fn recorded_binary_layer(record: LayerRecord, binary: &Path, app: &AppFile) -> Layer {
     Layer {
         kind: LayerKind::Binary,
         digest: record.digest,
         diff_id: record.diff_id,
         size: record.size,
-        data: LayerBytes::FromBinary { path: binary.to_path_buf(), name: name.to_string() },
+        data: LayerBytes::FromBinary { path: binary.to_path_buf(), app: app.clone() },
     }
 }
 
@@ -1110,13 +1125,13 @@ fn finish_layer(kind: LayerKind, tar: TarWriter<Vec<u8>>) -> io::Result<Layer> {
 }
 
 /// The binary layer: `ko-app/` and `/ko-app/<name>`, mode 0555, mtime 0.
-pub fn binary_layer(binary: &Path, name: &str) -> Result<Layer> {
-    binary_layer_streaming(binary, name, Streaming::default())
+pub fn binary_layer(binary: &Path, app: &AppFile) -> Result<Layer> {
+    binary_layer_streaming(binary, app, Streaming::default())
 }
 
 /// The binary layer, handing out what it makes as it goes (see [`Streaming`]).
-pub fn binary_layer_streaming(binary: &Path, name: &str, mut streaming: Streaming) -> Result<Layer> {
-    binary_tar(binary, name)
+pub fn binary_layer_streaming(binary: &Path, app: &AppFile, mut streaming: Streaming) -> Result<Layer> {
+    binary_tar(binary, app)
         .and_then(|tar| {
             let (file, binary_len) = (tar.identity()?, tar.file_len);
             // Only for the very file they were cut from, at the length it had then.
@@ -1128,13 +1143,15 @@ pub fn binary_layer_streaming(binary: &Path, name: &str, mut streaming: Streamin
 }
 
 /// The binary layer's tar, read from the binary as needed.
-fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
+fn binary_tar(binary: &Path, app: &AppFile) -> io::Result<FileTar> {
     let file = File::open(binary)?;
     let size = file.metadata()?.len();
-    let path = format!("{APP_DIR}/{name}");
-    let mut header = TarWriter::new(Vec::with_capacity(1024));
+    let path = format!("{APP_DIR}/{}", app.name);
+    let mut header = TarWriter::new(Vec::with_capacity(2048));
     header.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0))?;
-    header.append_header(&EntryHeader::ko(&path, EntryKind::File, size, 0))?;
+    let records: Vec<(&str, &[u8])> =
+        app.capabilities.iter().map(|caps| ("SCHILY.xattr.security.capability", caps.as_slice())).collect();
+    header.append_header_with(&EntryHeader::ko(&path, EntryKind::File, size, 0), &records)?;
     let prefix = header.into_inner();
     // Padding of the file to a 512-byte block, then the two-block trailer.
     let padding = (512 - (size % 512) as usize) % 512;
@@ -1151,12 +1168,12 @@ fn binary_tar(binary: &Path, name: &str) -> io::Result<FileTar> {
 /// in order (for a layer made from bytes it knows to be these, see [`KeyedAhead::hold_after`]).
 pub fn precompress_binary(
     binary: &Path,
-    name: &str,
+    app: &AppFile,
     memo: &ChunkMemo,
     slot: &str,
     wanted: &AtomicBool,
 ) -> io::Result<(usize, KeyedAhead)> {
-    let tar = binary_tar(binary, name)?;
+    let tar = binary_tar(binary, app)?;
     let mut keyed = KeyedAhead {
         binary_at: tar.prefix.len() as u64,
         binary_len: tar.file_len,
@@ -1321,7 +1338,7 @@ mod tests {
         let binary = dir.path().join("app");
         let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&binary, &data).unwrap();
-        let streamed = binary_layer(&binary, "app").unwrap();
+        let streamed = binary_layer(&binary, &AppFile::named("app")).unwrap();
         let mut tar = TarWriter::new(Vec::new());
         tar.append_header(&EntryHeader::ko("ko-app", EntryKind::Directory, 0, 0)).unwrap();
         tar.append_file(&EntryHeader::ko("/ko-app/app", EntryKind::File, data.len() as u64, 0), &data[..]).unwrap();
@@ -1466,16 +1483,16 @@ mod tests {
         std::fs::write(&binary, fake_go_binary("aaaa/bbbb/cccc/dddd", &body)).unwrap();
         assert_eq!(go_build_id(&binary).as_deref(), Some("aaaa/bbbb/cccc/dddd"));
 
-        let made = binary_layer(&binary, "app").unwrap();
+        let made = binary_layer(&binary, &AppFile::named("app")).unwrap();
         let cache = dir.path().join("cache");
-        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", "app"), None);
-        save_record(&cache, "aaaa/bbbb/cccc/dddd", "app", &made);
-        let record = load_record(&cache, "aaaa/bbbb/cccc/dddd", "app").unwrap();
+        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", &AppFile::named("app")), None);
+        save_record(&cache, "aaaa/bbbb/cccc/dddd", &AppFile::named("app"), &made);
+        let record = load_record(&cache, "aaaa/bbbb/cccc/dddd", &AppFile::named("app")).unwrap();
         assert_eq!(record, LayerRecord { digest: made.digest.clone(), diff_id: made.diff_id.clone(), size: made.size });
         // Another name is another layer (the path inside the image differs).
-        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", "other"), None);
+        assert_eq!(load_record(&cache, "aaaa/bbbb/cccc/dddd", &AppFile::named("other")), None);
 
-        let recorded = recorded_binary_layer(record, &binary, "app");
+        let recorded = recorded_binary_layer(record, &binary, &AppFile::named("app"));
         assert_eq!(recorded.bytes().unwrap(), made.bytes().unwrap());
         std::fs::write(&binary, fake_go_binary("aaaa/bbbb/cccc/eeee", &body)).unwrap();
         let err = recorded.bytes().unwrap_err().to_string();
@@ -1622,28 +1639,36 @@ mod tests {
         let placeholder = fake_go_binary("aaaa/aaaa", &body);
         std::fs::write(&linker_output, &placeholder).unwrap();
         let memo = ChunkMemo::default();
-        let (made, _) = precompress_binary(&linker_output, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
-        let chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap()).len();
+        let (made, _) =
+            precompress_binary(&linker_output, &AppFile::named("app"), &memo, "app/amd64", &AtomicBool::new(true))
+                .unwrap();
+        let chunks = chunks_of(&binary_tar(&linker_output, &AppFile::named("app")).unwrap()).len();
         assert!(made >= chunks - 1, "nearly every chunk is made ahead ({made} of {chunks})");
 
         // go then writes the final build ID into the binary (and, here, a byte in the middle changes too).
         let mut finished = fake_go_binary("aaaa/bbbb", &body);
         finished[1_500_000] ^= 0x55;
         std::fs::write(&linker_output, &finished).unwrap();
-        let finished_chunks = chunks_of(&binary_tar(&linker_output, "app").unwrap());
+        let finished_chunks = chunks_of(&binary_tar(&linker_output, &AppFile::named("app")).unwrap());
         let reusable = finished_chunks.iter().filter(|chunk| memo.knows(blake3::hash(chunk).as_bytes())).count();
         assert_eq!(reusable, finished_chunks.len() - 2, "all but the build ID's chunk and the changed one are ready");
 
-        let layer = binary_layer_streaming(&linker_output, "app", remembering(&memo, "app/amd64")).unwrap();
-        let fresh = binary_layer(&linker_output, "app").unwrap();
+        let layer =
+            binary_layer_streaming(&linker_output, &AppFile::named("app"), remembering(&memo, "app/amd64")).unwrap();
+        let fresh = binary_layer(&linker_output, &AppFile::named("app")).unwrap();
         assert_eq!(layer.digest, fresh.digest, "what was guessed ahead never reaches the layer");
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
         assert_eq!(memo.held_bytes() as u64, layer.size, "guesses the layer did not use are dropped");
 
         // No longer wanted before it starts, nothing is made.
-        let (stopped, keyed) =
-            precompress_binary(&linker_output, "app", &ChunkMemo::default(), "app/amd64", &AtomicBool::new(false))
-                .unwrap();
+        let (stopped, keyed) = precompress_binary(
+            &linker_output,
+            &AppFile::named("app"),
+            &ChunkMemo::default(),
+            "app/amd64",
+            &AtomicBool::new(false),
+        )
+        .unwrap();
         assert_eq!((stopped, keyed.len()), (0, 0));
     }
 
@@ -1666,24 +1691,25 @@ mod tests {
         let body = noise(3_000_000, 0x7777_1234_abcd_0001, |s| b'a' + (s % 16) as u8);
         std::fs::write(&binary, fake_go_binary("aaaa/aaaa", &body)).unwrap();
         let memo = ChunkMemo::default();
-        let (_, keyed) = precompress_binary(&binary, "app", &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
-        let chunks = chunks_of(&binary_tar(&binary, "app").unwrap());
+        let (_, keyed) =
+            precompress_binary(&binary, &AppFile::named("app"), &memo, "app/amd64", &AtomicBool::new(true)).unwrap();
+        let chunks = chunks_of(&binary_tar(&binary, &AppFile::named("app")).unwrap());
         assert_eq!(keyed.len(), chunks.len() - 1, "every chunk but the head is keyed");
 
         // The content ID goes into the head chunk: everything keyed still holds.
         let finished = fake_go_binary("aaaa/bbbb", &body);
         write_in_place(&binary, &finished);
         let keyed = keyed.hold_after(&offsets_of(&finished, "aaaa/bbbb"), "aaaa/bbbb".len()).expect("in the head");
-        let fresh = binary_layer(&binary, "app").unwrap();
+        let fresh = binary_layer(&binary, &AppFile::named("app")).unwrap();
         let with = |keyed: KeyedAhead| Streaming { keyed_ahead: Some(keyed), ..remembering(&memo, "app/amd64") };
-        let layer = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
+        let layer = binary_layer_streaming(&binary, &AppFile::named("app"), with(keyed.clone())).unwrap();
         assert_eq!((&layer.digest, &layer.diff_id), (&fresh.digest, &fresh.diff_id));
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
 
         // Only a prefix keyed (compressing ahead was stopped): the rest is cut as usual.
         let mut prefix = keyed.clone();
         prefix.chunks.truncate(keyed.len() / 2);
-        let layer = binary_layer_streaming(&binary, "app", with(prefix)).unwrap();
+        let layer = binary_layer_streaming(&binary, &AppFile::named("app"), with(prefix)).unwrap();
         assert_eq!(layer.bytes().unwrap(), fresh.bytes().unwrap());
 
         // A byte written past the head is not seen through the keyed chunks, which are taken as
@@ -1691,23 +1717,23 @@ mod tests {
         let mut changed = finished.clone();
         changed[2_000_000] ^= 0x55;
         write_in_place(&binary, &changed);
-        let unseen = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
+        let unseen = binary_layer_streaming(&binary, &AppFile::named("app"), with(keyed.clone())).unwrap();
         assert_eq!(unseen.digest, fresh.digest, "the keyed chunks were not read again");
         assert!(keyed.clone().hold_after(&[2_000_000], 9).is_none(), "a write past the head voids them");
         // ...the same file grown in place (here within the tar's padding) is not the bytes
         // they were cut from either...
         let grown = [changed.as_slice(), b"more"].concat();
         write_in_place(&binary, &grown);
-        let layer = binary_layer_streaming(&binary, "app", with(keyed.clone())).unwrap();
-        assert_eq!(layer.digest, binary_layer(&binary, "app").unwrap().digest);
+        let layer = binary_layer_streaming(&binary, &AppFile::named("app"), with(keyed.clone())).unwrap();
+        assert_eq!(layer.digest, binary_layer(&binary, &AppFile::named("app")).unwrap().digest);
         write_in_place(&binary, &changed);
         std::fs::OpenOptions::new().write(true).open(&binary).unwrap().set_len(changed.len() as u64).unwrap();
         // ...and a file copied over the binary's path is another file: nothing keyed is taken.
         let copy = dir.path().join("copy");
         std::fs::write(&copy, &changed).unwrap();
         std::fs::rename(&copy, &binary).unwrap();
-        let layer = binary_layer_streaming(&binary, "app", with(keyed)).unwrap();
-        assert_eq!(layer.digest, binary_layer(&binary, "app").unwrap().digest);
+        let layer = binary_layer_streaming(&binary, &AppFile::named("app"), with(keyed)).unwrap();
+        assert_eq!(layer.digest, binary_layer(&binary, &AppFile::named("app")).unwrap().digest);
         assert_ne!(layer.digest, fresh.digest);
     }
 
@@ -1743,19 +1769,22 @@ mod tests {
         std::fs::write(&arm64_binary, fake_go_binary("aaaa/aaaa", &body)).unwrap();
         let memo = ChunkMemo::default();
         // Two platforms link together: arm64's linker output is compressed ahead...
-        let (made, _) = precompress_binary(&arm64_binary, "app", &memo, "app/arm64", &AtomicBool::new(true)).unwrap();
+        let (made, _) =
+            precompress_binary(&arm64_binary, &AppFile::named("app"), &memo, "app/arm64", &AtomicBool::new(true))
+                .unwrap();
         assert!(made > 1);
         // ...while amd64's layer is made and settles first.
         let amd64_data = noise(3_000_000, 0x5eed_5eed_5eed_5eed, |s| b'k' + (s % 16) as u8);
         let amd64 = compress_layer_streaming(LayerKind::Binary, amd64_data, remembering(&memo, "app/amd64")).unwrap();
-        let arm64_chunks = chunks_of(&binary_tar(&arm64_binary, "app").unwrap());
+        let arm64_chunks = chunks_of(&binary_tar(&arm64_binary, &AppFile::named("app")).unwrap());
         let ready = arm64_chunks.iter().filter(|chunk| memo.knows(blake3::hash(chunk).as_bytes())).count();
         assert_eq!(ready, made, "amd64's layer kept what was made ahead for arm64's");
 
         // arm64's layer then uses them; what it did not use goes once it settles.
         std::fs::write(&arm64_binary, fake_go_binary("aaaa/bbbb", &body)).unwrap();
-        let arm64 = binary_layer_streaming(&arm64_binary, "app", remembering(&memo, "app/arm64")).unwrap();
-        assert_eq!(arm64.digest, binary_layer(&arm64_binary, "app").unwrap().digest);
+        let arm64 =
+            binary_layer_streaming(&arm64_binary, &AppFile::named("app"), remembering(&memo, "app/arm64")).unwrap();
+        assert_eq!(arm64.digest, binary_layer(&arm64_binary, &AppFile::named("app")).unwrap().digest);
         assert_eq!(memo.held_bytes() as u64, amd64.size + arm64.size);
     }
 

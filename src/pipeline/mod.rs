@@ -2,6 +2,7 @@
 //! Knows nothing of watching or screens; reports progress as events.
 
 pub mod base;
+pub mod caps;
 pub mod gobuild;
 pub mod gocache;
 pub mod image;
@@ -199,7 +200,7 @@ impl Builder {
     async fn binary_layer(
         &self,
         binary: FinishedBinary,
-        name: &str,
+        app: &layer::AppFile,
         slot: String,
         target: Option<&oci_client::Reference>,
         config_early: impl FnOnce(tokio::sync::oneshot::Receiver<String>) -> Option<EarlyUpload>,
@@ -209,7 +210,7 @@ impl Builder {
         let cache = base::cache_dir();
         trim::mark_used(&saved_chunks_path(&slot));
         let build_id = layer::go_build_id(&binary);
-        if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, name)) {
+        if let Some(record) = build_id.as_deref().and_then(|id| layer::load_record(&cache, id, app)) {
             let present = match (&self.publisher, target) {
                 (Publisher::Registry(registries), Some(target)) => {
                     registries.blob_exists(target, &record.digest).await.unwrap_or(false)
@@ -226,14 +227,14 @@ impl Builder {
                         unused.cancel().await;
                     }
                 }
-                return Ok((layer::recorded_binary_layer(record, &binary, name), None, None, None));
+                return Ok((layer::recorded_binary_layer(record, &binary, app), None, None, None));
             }
         }
         let (diff_id, diff_id_known) = tokio::sync::oneshot::channel();
         let config = config_early(diff_id_known);
         let source = BinarySource {
             path: binary,
-            name: name.to_string(),
+            app: app.clone(),
             chunks: self.chunks.clone(),
             slot: slot.clone(),
             diff_id,
@@ -246,7 +247,7 @@ impl Builder {
             _ => (binary_layer_blocking(source).await?, None),
         };
         if let Some(id) = build_id {
-            layer::save_record(&cache, &id, name, &layer);
+            layer::save_record(&cache, &id, app, &layer);
         }
         // Written while the image goes up; best effort, like the records.
         let memo = self.chunks.clone();
@@ -306,13 +307,13 @@ impl Builder {
     fn prepare_layer_ahead(
         &self,
         linker_output: PathBuf,
-        name: &str,
+        app: &layer::AppFile,
         slot: &str,
         compress: bool,
         early_load: tokio::task::JoinHandle<usize>,
     ) -> (WantedWhileAlive, tokio::task::JoinHandle<(usize, Option<layer::KeyedAhead>)>) {
         let wanted = Arc::new(AtomicBool::new(true));
-        let (memo, name, slot, flag) = (self.chunks.clone(), name.to_string(), slot.to_string(), wanted.clone());
+        let (memo, app, slot, flag) = (self.chunks.clone(), app.clone(), slot.to_string(), wanted.clone());
         let task = tokio::spawn(async move {
             // Still reading (a link shorter than the read): wait rather than read twice.
             let loaded_early = early_load.await.unwrap_or(0);
@@ -322,7 +323,7 @@ impl Builder {
                     return (loaded, None);
                 }
                 let started = Instant::now();
-                match layer::precompress_binary(&linker_output, &name, &memo, &slot, &flag) {
+                match layer::precompress_binary(&linker_output, &app, &memo, &slot, &flag) {
                     Ok((chunks, keyed)) => {
                         let ms = started.elapsed().as_millis() as u64;
                         tracing::debug!(chunks, keyed = keyed.len(), ms, "compressed ahead");
@@ -501,7 +502,7 @@ impl Builder {
                         stamped = linker_output.stamped;
                         ahead = Some(self.prepare_layer_ahead(
                             linker_output.path,
-                            artifact.binary_name(),
+                            &artifact.app_file(),
                             &slot,
                             compress,
                             early_load,
@@ -541,8 +542,8 @@ impl Builder {
                 };
                 let binary = FinishedBinary { path: binary, keyed_ahead };
                 let config_early = |diff_id| self.upload_config_early(upload_target, platform, config_parts, diff_id);
-                let layer_work =
-                    self.binary_layer(binary, artifact.binary_name(), slot, upload_target, config_early, layer_session);
+                let app = artifact.app_file();
+                let layer_work = self.binary_layer(binary, &app, slot, upload_target, config_early, layer_session);
                 // Nothing is published before go has exited successfully; a failure drops the
                 // layer's work (and its uploads) with it.
                 let (layer, streamed, config, saving) =
@@ -656,7 +657,7 @@ struct FinishedBinary {
 /// A built binary to put in a layer, with the chunk memo of its slot and who waits for its diff ID.
 struct BinarySource {
     path: PathBuf,
-    name: String,
+    app: layer::AppFile,
     chunks: Arc<ChunkMemo>,
     slot: String,
     diff_id: tokio::sync::oneshot::Sender<String>,
@@ -665,7 +666,7 @@ struct BinarySource {
 
 impl BinarySource {
     fn layer(self, sink: layer::ChunkSink) -> Result<Layer> {
-        let BinarySource { path, name, chunks, slot, diff_id, keyed_ahead } = self;
+        let BinarySource { path, app, chunks, slot, diff_id, keyed_ahead } = self;
         let streaming = layer::Streaming {
             sink: Some(sink),
             memo: Some((&chunks, &slot)),
@@ -674,7 +675,7 @@ impl BinarySource {
             })),
             keyed_ahead,
         };
-        layer::binary_layer_streaming(&path, &name, streaming)
+        layer::binary_layer_streaming(&path, &app, streaming)
     }
 }
 

@@ -67,6 +67,19 @@ fn split_ustar_name(name: &str) -> Option<(&str, &str)> {
     (i > 0 && !rest.is_empty() && rest.len() <= 100 && prefix.len() <= 155).then_some((prefix, rest))
 }
 
+/// One PAX record: `<length> <key>=<value>\n`, the length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len.to_string().len() + rest != len {
+        len += 1;
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
 /// Go's `toASCII`: the name without its non-ASCII characters (and NULs), as archive/tar writes
 /// it in the fields of a PAX entry.
 fn ascii_only(name: &str) -> String {
@@ -120,47 +133,53 @@ impl<W: Write> TarWriter<W> {
     }
 
     pub fn append_header(&mut self, entry: &EntryHeader<'_>) -> io::Result<()> {
+        self.append_header_with(entry, &[])
+    }
+
+    /// The entry's header, with PAX `records` (key, value) for it when there are any.
+    pub fn append_header_with(&mut self, entry: &EntryHeader<'_>, records: &[(&str, &[u8])]) -> io::Result<()> {
         let typeflag = match entry.kind {
             EntryKind::File => b'0',
             EntryKind::Directory => b'5',
         };
         let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
-        match split_ustar_name(entry.name) {
-            Some((prefix, name)) => self.raw_header(name, prefix, typeflag, entry, size),
-            None => {
-                // As Go's archive/tar writes a name ustar cannot hold: a PAX record file named
-                // `<dir>/PaxHeaders.0/<base>` (cut to 100 bytes, all its other fields zero)
-                // holding the path, then the entry with the name's first 100 bytes.
-                let record_body = format!(" path={}\n", entry.name);
-                let mut len = record_body.len() + 1;
-                while format!("{len}{record_body}").len() != len {
-                    len += 1;
-                }
-                let record = format!("{len}{record_body}");
-                let pax_name = match entry.name.rsplit_once('/') {
-                    Some((dir, base)) => format!("{dir}/PaxHeaders.0/{base}"),
-                    None => format!("PaxHeaders.0/{}", entry.name),
-                };
-                let pax_name = ascii_only(&pax_name);
-                let pax_name = pax_name[..pax_name.len().min(100)].trim_end_matches('/');
-                let pax_entry =
-                    EntryHeader { name: "", kind: EntryKind::File, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
-                self.raw_header(pax_name, "", PAX_TYPEFLAG, &pax_entry, record.len() as u64)?;
-                self.out.write_all(record.as_bytes())?;
-                self.pad(record.len() as u64)?;
-                // The name's first 100 bytes; one that would end in '/' there ends before its
-                // last slashes instead (Go's guard for readers that would take it for a
-                // directory), the bytes after that NUL left as they were.
-                let ascii = ascii_only(entry.name);
-                let mut short = ascii.as_bytes()[..ascii.len().min(100)].to_vec();
-                if ascii.len() > 100 && short[99] == b'/' {
-                    let kept = ascii[..99].trim_end_matches('/').len();
-                    short[kept] = 0;
-                }
-                let short = String::from_utf8_lossy(&short);
-                self.raw_header(&short, "", typeflag, entry, size)
-            }
+        let ustar = split_ustar_name(entry.name);
+        if let (Some((prefix, name)), true) = (ustar, records.is_empty()) {
+            return self.raw_header(name, prefix, typeflag, entry, size);
         }
+        // As Go's archive/tar writes an entry with PAX records (the path among them when ustar
+        // cannot hold it): a record file named `<dir>/PaxHeaders.0/<base>` (cut to 100 bytes,
+        // all its other fields zero), its records sorted by key, then the entry with the
+        // name's first 100 bytes and no prefix.
+        let mut all: Vec<(&str, &[u8])> = records.to_vec();
+        if ustar.is_none() {
+            all.push(("path", entry.name.as_bytes()));
+        }
+        all.sort_by_key(|(key, _)| *key);
+        let mut body = Vec::new();
+        for (key, value) in all {
+            body.extend_from_slice(&pax_record(key, value));
+        }
+        let pax_name = match entry.name.rsplit_once('/') {
+            Some((dir, base)) => format!("{dir}/PaxHeaders.0/{base}"),
+            None => format!("PaxHeaders.0/{}", entry.name),
+        };
+        let pax_name = ascii_only(&pax_name);
+        let pax_name = pax_name[..pax_name.len().min(100)].trim_end_matches('/');
+        let pax_entry = EntryHeader { name: "", kind: EntryKind::File, mode: 0, uid: 0, gid: 0, size: 0, mtime: 0 };
+        self.raw_header(pax_name, "", PAX_TYPEFLAG, &pax_entry, body.len() as u64)?;
+        self.out.write_all(&body)?;
+        self.pad(body.len() as u64)?;
+        // A name that would end in '/' at its 100th byte ends before its last slashes instead
+        // (Go's guard for readers that would take it for a directory), the bytes after that
+        // NUL left as they were.
+        let ascii = ascii_only(entry.name);
+        let mut short = ascii.as_bytes()[..ascii.len().min(100)].to_vec();
+        if ascii.len() > 100 && short[99] == b'/' {
+            let kept = ascii[..99].trim_end_matches('/').len();
+            short[kept] = 0;
+        }
+        self.raw_header(&String::from_utf8_lossy(&short), "", typeflag, entry, size)
     }
 
     pub fn append_file(&mut self, entry: &EntryHeader<'_>, mut content: impl io::Read) -> io::Result<()> {
