@@ -269,6 +269,42 @@ fn ko_settings_in_the_environment_beat_the_ko_yaml_defaults() {
     }
 }
 
+/// `.ko.yaml` builds apply to the package their `dir` and `main` name, as ko matches them: a
+/// `main` naming a source file stands for its package, and a package whose import path merely
+/// ends the same way is another package.
+#[test]
+fn ko_yaml_builds_apply_to_the_package_their_dir_and_main_name() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    // A second package called beta, at the top: `./beta` is not cmd/beta.
+    std::fs::create_dir_all(dir.path().join("beta")).unwrap();
+    std::fs::write(dir.path().join("beta/main.go"), "package main\n\nfunc main() {}\n").unwrap();
+    std::fs::write(
+        dir.path().join(".ko.yaml"),
+        "builds:\n- id: alpha\n  main: ./cmd/alpha/main.go\n  ldflags: -X main.v=alpha\n\
+         - id: top-beta\n  main: ./beta\n  ldflags: -X main.v=top-beta\n",
+    )
+    .unwrap();
+    let args = |p: &Value, image: &str| artifact(p, image)["goBuild"]["args"].to_string();
+    let p = plan(&["-f", dir.path().join("skaffold.yaml").to_str().unwrap()], &[]);
+    assert!(args(&p, "alpha").contains("-ldflags=-X main.v=alpha"), "{}", args(&p, "alpha"));
+    assert!(!args(&p, "beta").contains("top-beta"), "cmd/beta is not ./beta: {}", args(&p, "beta"));
+
+    // Via `dir`, and a build naming nothing that exists is refused, as ko refuses it.
+    std::fs::write(dir.path().join(".ko.yaml"), "builds:\n- id: beta\n  dir: ./cmd/beta\n  ldflags: -X main.v=b\n")
+        .unwrap();
+    let p = plan(&["-f", dir.path().join("skaffold.yaml").to_str().unwrap()], &[]);
+    assert!(args(&p, "beta").contains("-ldflags=-X main.v=b"), "{}", args(&p, "beta"));
+    std::fs::write(dir.path().join(".ko.yaml"), "builds:\n- id: gone\n  main: ./cmd/gone\n").unwrap();
+    let out = run(kodev().arg("plan").arg("-f").arg(dir.path().join("skaffold.yaml")));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(".ko.yaml:3 (field builds[0].main)") && stderr.contains("cmd/gone"), "{stderr}");
+}
+
 /// What is wrong in a `.ko.yaml` is said with that file, its line and its field (not the
 /// skaffold.yaml artifact the setting reached), before any build, with exit code 2.
 #[test]

@@ -666,14 +666,10 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     // .ko.yaml build settings for this main, below skaffold's own: a build's own list, else the
     // default from the environment, else .ko.yaml's default; each with where it came from, for
     // errors.
-    let build = ko_yaml.as_ref().and_then(|(k, _)| {
-        k.builds.iter().position(|b| {
-            b.main.as_deref().map(|m| {
-                let m = m.trim_start_matches("./");
-                import_path.ends_with(m) || m == "." && package_dir == work_dir
-            }) == Some(true)
-        })
-    });
+    let build = match &ko_yaml {
+        Some((k, path)) => ko_build_for(k, path, &work_dir, &package_dir)?,
+        None => None,
+    };
     let chosen = ko_yaml.as_ref().zip(build).map(|((k, _), b)| &k.builds[b]);
     let file_capabilities = match (chosen.and_then(|b| b.linux_capabilities.as_ref()), &ko_yaml) {
         (Some(terms), Some((_, path))) => crate::pipeline::caps::file_capabilities(terms)
@@ -1002,6 +998,27 @@ enum SettingAt {
 }
 
 /// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).
+/// The `.ko.yaml` build for the main package in `package_dir`, matched as ko matches them:
+/// each build's `dir` and `main` (default `.`; a source file stands for its directory), from
+/// where go runs, name one package; the last build naming this one wins. A build naming
+/// nothing that exists is an error, as in ko.
+fn ko_build_for(ko: &koyaml::KoYaml, path: &Path, work_dir: &Path, package_dir: &Path) -> Result<Option<usize>> {
+    let package = package_dir.canonicalize().unwrap_or_else(|_| package_dir.to_path_buf());
+    let mut found = None;
+    for (i, build) in ko.builds.iter().enumerate() {
+        let main = work_dir.join(build.dir.as_deref().unwrap_or(".")).join(build.main.as_deref().unwrap_or("."));
+        let dir = if main.is_file() { main.parent().map(Path::to_path_buf).unwrap_or_default() } else { main };
+        let key = if build.main.is_some() { "main" } else { "dir" };
+        let dir = dir.canonicalize().map_err(|e| {
+            ko_yaml_err(&(path.to_path_buf(), Some(i), key.to_string()), format!("{}: {e}", dir.display()))
+        })?;
+        if dir == package {
+            found = Some(i);
+        }
+    }
+    Ok(found)
+}
+
 fn ko_yaml_err((path, build, key): &(PathBuf, Option<usize>, String), message: String) -> KodevError {
     let field = match build {
         Some(b) => format!("builds[{b}].{key}"),
