@@ -293,11 +293,16 @@ fn ko_yaml_builds_apply_to_the_package_their_dir_and_main_name() {
     assert!(args(&p, "alpha").contains("-ldflags=-X main.v=alpha"), "{}", args(&p, "alpha"));
     assert!(!args(&p, "beta").contains("top-beta"), "cmd/beta is not ./beta: {}", args(&p, "beta"));
 
-    // Via `dir`, and a build naming nothing that exists is refused, as ko refuses it.
-    std::fs::write(dir.path().join(".ko.yaml"), "builds:\n- id: beta\n  dir: ./cmd/beta\n  ldflags: -X main.v=b\n")
-        .unwrap();
+    // Via `dir`; and a build's empty list is none, so the default applies (ko's `len == 0`).
+    std::fs::write(
+        dir.path().join(".ko.yaml"),
+        "defaultFlags: [-v]\nbuilds:\n- id: beta\n  dir: ./cmd/beta\n  ldflags: -X main.v=b\n  flags: []\n",
+    )
+    .unwrap();
     let p = plan(&["-f", dir.path().join("skaffold.yaml").to_str().unwrap()], &[]);
     assert!(args(&p, "beta").contains("-ldflags=-X main.v=b"), "{}", args(&p, "beta"));
+    assert!(args(&p, "beta").contains("\"-v\""), "{}", args(&p, "beta"));
+    // A build naming nothing that exists is refused, as ko refuses it.
     std::fs::write(dir.path().join(".ko.yaml"), "builds:\n- id: gone\n  main: ./cmd/gone\n").unwrap();
     let out = run(kodev().arg("plan").arg("-f").arg(dir.path().join("skaffold.yaml")));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -663,9 +663,9 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         .map(BaseImageRef::Remote)
         .unwrap_or(BaseImageRef::Builtin);
 
-    // .ko.yaml build settings for this main, below skaffold's own: a build's own list, else the
-    // default from the environment, else .ko.yaml's default; each with where it came from, for
-    // errors.
+    // .ko.yaml build settings for this main, below skaffold's own: a build's own list (an empty
+    // one counts as none, as in ko), else the default from the environment, else .ko.yaml's
+    // default; each with where it came from, for errors.
     let build = match &ko_yaml {
         Some((k, path)) => ko_build_for(k, path, &work_dir, &package_dir)?,
         None => None,
@@ -698,7 +698,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         }
     };
     let ko_env = setting(
-        chosen.and_then(|b| b.env.as_ref()),
+        chosen.and_then(|b| b.env.as_ref()).filter(|own| !own.is_empty()),
         "env",
         &ko_environment.default_env,
         koyaml::ENV_VARIABLE,
@@ -706,7 +706,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         "defaultEnv",
     );
     let ko_flags = setting(
-        chosen.and_then(|b| b.flags.as_ref()),
+        chosen.and_then(|b| b.flags.as_ref()).filter(|own| !own.is_empty()),
         "flags",
         &ko_environment.default_flags,
         koyaml::FLAGS_VARIABLE,
@@ -714,7 +714,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         "defaultFlags",
     );
     let ko_ldflags = setting(
-        chosen.and_then(|b| b.ldflags.as_ref()),
+        chosen.and_then(|b| b.ldflags.as_ref()).filter(|own| !own.is_empty()),
         "ldflags",
         &ko_environment.default_ldflags,
         koyaml::LDFLAGS_VARIABLE,
