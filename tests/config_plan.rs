@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::process::Command;
+
 use common::*;
 use serde_json::Value;
 
@@ -267,6 +269,58 @@ fn ko_settings_in_the_environment_beat_the_ko_yaml_defaults() {
         assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
         assert!(stderr.contains(&format!("kodev: {name}: ")) && stderr.contains(problem), "{name}={value}: {stderr}");
     }
+}
+
+/// ko's template values: `.Date` and `.Timestamp` are the creation time (`SOURCE_DATE_EPOCH`
+/// when set, so a reproducible build stays reproducible), and `.Git` has ko's full set.
+#[test]
+fn templates_see_kos_creation_time_and_git_values() {
+    if !require_tools(&["go", "git"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("tests/fixtures/monorepo"), dir.path());
+    let ldflags = "-X main.d={{.Date}} -X main.t={{.Timestamp}} -X main.g={{.Git.TreeState}},{{.Git.IsClean}},\
+                   {{.Git.IsDirty}},{{.Git.Tag}},{{.Git.CommitDate}},{{.Git.CommitTimestamp}}";
+    std::fs::write(dir.path().join(".ko.yaml"), format!("builds:\n- main: ./cmd/alpha\n  ldflags: \"{ldflags}\"\n"))
+        .unwrap();
+    let skaffold = dir.path().join("skaffold.yaml");
+    let alpha_ldflags = |env: &[(&str, &str)]| {
+        let p = plan(&["-f", skaffold.to_str().unwrap(), "-t", "x"], env);
+        let args = artifact(&p, "alpha")["goBuild"]["args"].clone();
+        args.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str()?.strip_prefix("-ldflags=").map(str::to_string))
+            .collect::<String>()
+    };
+    // Not a git work tree: ko's empty and zero values.
+    assert_eq!(
+        alpha_ldflags(&[("SOURCE_DATE_EPOCH", "1700000000")]),
+        "-X main.d=2023-11-14T22:13:20Z -X main.t=1700000000 -X main.g=clean,true,false,,0001-01-01T00:00:00Z,-62135596800"
+    );
+    let git = |args: &[&str]| {
+        run_ok(Command::new("git").args(args).current_dir(dir.path()).envs([
+            ("GIT_AUTHOR_DATE", "2024-02-03T04:05:06Z"),
+            ("GIT_COMMITTER_DATE", "2024-02-03T04:05:06Z"),
+            ("GIT_AUTHOR_NAME", "t"),
+            ("GIT_AUTHOR_EMAIL", "t@example.com"),
+            ("GIT_COMMITTER_NAME", "t"),
+            ("GIT_COMMITTER_EMAIL", "t@example.com"),
+        ]))
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "one"]);
+    // No tag yet: ko's v0.0.0; the commit's own date.
+    assert_eq!(
+        alpha_ldflags(&[("SOURCE_DATE_EPOCH", "1700000000")]),
+        "-X main.d=2023-11-14T22:13:20Z -X main.t=1700000000 -X main.g=clean,true,false,v0.0.0,2024-02-03T04:05:06Z,1706933106"
+    );
+    git(&["tag", "v1.2.3"]);
+    std::fs::write(dir.path().join("untracked.txt"), "x").unwrap();
+    assert!(alpha_ldflags(&[("SOURCE_DATE_EPOCH", "1700000000")])
+        .ends_with("main.g=dirty,false,true,v1.2.3,2024-02-03T04:05:06Z,1706933106"));
 }
 
 /// `.ko.yaml` builds apply to the package their `dir` and `main` name, as ko matches them: a

@@ -745,7 +745,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
     let templated = env_templates.iter().chain(&flags_templates).chain(&ldflags_templates).chain(ko.labels.values());
     let uses_git = templated.into_iter().any(|t| t.contains(".Git."))
         || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
-    let mut vars = template_vars(&context, uses_git);
+    let mut vars = template_vars(&context, uses_git, ko.source_date_epoch);
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
     vars.insert("IMAGE_NAME".into(), name_part.to_string());
@@ -818,6 +818,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         context: context.clone(),
         image_vars: ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into(),
         uses_git,
+        source_date_epoch: ko.source_date_epoch,
     });
 
     Ok(Artifact {
@@ -935,6 +936,8 @@ pub struct Retemplate {
     /// `IMAGE_REPO` and `IMAGE_NAME`.
     image_vars: BTreeMap<String, String>,
     uses_git: bool,
+    /// skaffold.yaml's `sourceDateEpoch` (`SOURCE_DATE_EPOCH` wins): `.Date` when set.
+    source_date_epoch: Option<u64>,
 }
 
 impl Retemplate {
@@ -949,7 +952,7 @@ impl Retemplate {
     /// What the templates see now but the tag: the environment, the clock and, if they read
     /// it, the git state (git runs here).
     pub fn vars_now(&self) -> BTreeMap<String, String> {
-        let mut vars = template_vars(&self.context, self.uses_git);
+        let mut vars = template_vars(&self.context, self.uses_git, self.source_date_epoch);
         vars.extend(self.image_vars.clone());
         vars
     }
@@ -1074,24 +1077,70 @@ fn resolve_package(
 }
 
 /// The `.Git.*` values ko's templates offer, in the order `template_vars` works them out.
-const GIT_VARS: [&str; 5] = ["Git.FullCommit", "Git.ShortCommit", "Git.Branch", "Git.Tag", "Git.IsDirty"];
+const GIT_VARS: [&str; 9] = [
+    "Git.FullCommit",
+    "Git.ShortCommit",
+    "Git.Branch",
+    "Git.Tag",
+    "Git.IsDirty",
+    "Git.IsClean",
+    "Git.TreeState",
+    "Git.CommitDate",
+    "Git.CommitTimestamp",
+];
+
+/// RFC 3339 in UTC, as ko's templates write dates.
+fn rfc3339_utc(time: chrono::DateTime<chrono::Utc>) -> String {
+    time.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
 
 /// The environment plus the `.Git.*`, `.Date` and `.Timestamp` values ko's templates offer;
-/// git is asked only when a template uses `.Git`.
-pub fn template_vars(context: &Path, uses_git: bool) -> BTreeMap<String, String> {
+/// git is asked only when a template uses `.Git`. `.Date` and `.Timestamp` are the build's
+/// creation time, as in ko: `SOURCE_DATE_EPOCH` (else `source_date_epoch`, skaffold.yaml's
+/// `sourceDateEpoch`) when set, so that a reproducible build stays so; else now.
+pub fn template_vars(context: &Path, uses_git: bool, source_date_epoch: Option<u64>) -> BTreeMap<String, String> {
     let mut vars: BTreeMap<String, String> = std::env::vars().collect();
-    let now = chrono::Utc::now();
-    vars.insert("Date".into(), now.format("%Y-%m-%dT%H:%M:%SZ").to_string());
-    vars.insert("Timestamp".into(), now.timestamp().to_string());
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(source_date_epoch.and_then(|e| i64::try_from(e).ok()));
+    let created = epoch.and_then(|e| chrono::DateTime::from_timestamp(e, 0)).unwrap_or_else(chrono::Utc::now);
+    vars.insert("Date".into(), rfc3339_utc(created));
+    vars.insert("Timestamp".into(), created.timestamp().to_string());
     if !uses_git {
         return vars;
     }
-    let full = tag::git(context, &["rev-parse", "HEAD"]).unwrap_or_default();
-    let short = tag::git(context, &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
-    let branch = tag::git(context, &["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default();
-    let git_tag = tag::git(context, &["describe", "--tags", "--abbrev=0"]).unwrap_or_default();
-    let dirty = tag::git(context, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-    let values = [full, short, branch, git_tag, dirty.to_string()];
+    // Outside a git work tree every value is empty or zero, as ko's are; in one without tags
+    // `.Git.Tag` is ko's v0.0.0.
+    let in_work_tree = tag::git(context, &["rev-parse", "--is-inside-work-tree"]).as_deref() == Some("true");
+    let git = |args: &[&str]| if in_work_tree { tag::git(context, args).unwrap_or_default() } else { String::new() };
+    let full = git(&["rev-parse", "HEAD"]);
+    let short = git(&["rev-parse", "--short", "HEAD"]);
+    let branch = git(&["rev-parse", "--abbrev-ref", "HEAD"]);
+    let git_tag = match tag::git(context, &["describe", "--tags", "--abbrev=0"]) {
+        Some(found) if in_work_tree => found,
+        _ if in_work_tree => "v0.0.0".to_string(),
+        _ => String::new(),
+    };
+    let dirty = in_work_tree && tag::git(context, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    let committed = git(&["show", "-s", "--format=%ct", "HEAD"]).parse::<i64>().ok();
+    let (commit_date, commit_timestamp) = match committed.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+        Some(time) => (rfc3339_utc(time), time.timestamp().to_string()),
+        // Go's zero time, which ko's templates give when there is no commit.
+        None => ("0001-01-01T00:00:00Z".to_string(), "-62135596800".to_string()),
+    };
+    let tree_state = if dirty { "dirty" } else { "clean" };
+    let values = [
+        full,
+        short,
+        branch,
+        git_tag,
+        dirty.to_string(),
+        (!dirty).to_string(),
+        tree_state.into(),
+        commit_date,
+        commit_timestamp,
+    ];
     vars.extend(GIT_VARS.iter().map(|name| name.to_string()).zip(values));
     vars
 }
