@@ -317,6 +317,15 @@ fn templates_see_kos_creation_time_and_git_values() {
         alpha_ldflags(&[("SOURCE_DATE_EPOCH", "1700000000")]),
         "-X main.d=2023-11-14T22:13:20Z -X main.t=1700000000 -X main.g=clean,true,false,v0.0.0,2024-02-03T04:05:06Z,1706933106"
     );
+    // ko's .Env is the build's environment: the build's own env entries, cgo off.
+    std::fs::write(
+        dir.path().join(".ko.yaml"),
+        "builds:\n- main: ./cmd/alpha\n  env: [VERSION=1.2.3]\n  ldflags: \"-X main.v={{.Env.VERSION}} -X main.c={{.Env.CGO_ENABLED}}\"\n",
+    )
+    .unwrap();
+    assert_eq!(alpha_ldflags(&[]), "-X main.v=1.2.3 -X main.c=0");
+    std::fs::write(dir.path().join(".ko.yaml"), format!("builds:\n- main: ./cmd/alpha\n  ldflags: \"{ldflags}\"\n"))
+        .unwrap();
     git(&["tag", "v1.2.3"]);
     std::fs::write(dir.path().join("untracked.txt"), "x").unwrap();
     assert!(alpha_ldflags(&[("SOURCE_DATE_EPOCH", "1700000000")])

@@ -798,11 +798,15 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         }
     };
     vars.insert("IMAGE_TAG".into(), tag.clone());
+    let env = env_templates
+        .iter()
+        .map(|s| template::expand(s, &vars).map_err(|m| fail(&env_at, m)))
+        .collect::<Result<Vec<_>>>()?;
+    check_env(&env).map_err(|m| fail(&env_at, m))?;
+    with_build_env(&mut vars, &env);
     let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
         items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()
     };
-    let env = expand_all(&env_templates, &env_at)?;
-    check_env(&env).map_err(|m| fail(&env_at, m))?;
     let flags = expand_all(&flags_templates, &flags_at)?;
     check_flags(&flags).map_err(|m| fail(&flags_at, m))?;
     let ldflags = expand_all(&ldflags_templates, &ldflags_at)?;
@@ -966,13 +970,14 @@ impl Retemplate {
         tag: &str,
     ) -> std::result::Result<Artifact, String> {
         vars.insert("IMAGE_TAG".into(), tag.to_string());
+        let mut now = artifact.clone();
+        now.tag = tag.to_string();
+        now.env = self.env.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()?;
+        check_env(&now.env)?;
+        with_build_env(&mut vars, &now.env);
         let expand = |items: &[String]| {
             items.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()
         };
-        let mut now = artifact.clone();
-        now.tag = tag.to_string();
-        now.env = expand(&self.env)?;
-        check_env(&now.env)?;
         now.flags = expand(&self.flags)?;
         check_flags(&now.flags)?;
         now.ldflags = expand(&self.ldflags)?;
@@ -1088,6 +1093,17 @@ const GIT_VARS: [&str; 9] = [
     "Git.CommitDate",
     "Git.CommitTimestamp",
 ];
+
+/// What ko's `.Env` holds beyond the process environment, for the templates of flags, ldflags
+/// and labels: the build's own `env` entries (already expanded) over it, and cgo off unless
+/// either says otherwise. (The platform's `GOOS`/`GOARCH`, which ko adds too, differ by
+/// platform: not offered, templates being expanded once per artifact.)
+fn with_build_env(vars: &mut BTreeMap<String, String>, env: &[String]) {
+    vars.entry("CGO_ENABLED".into()).or_insert_with(|| "0".into());
+    for (key, value) in env.iter().filter_map(|entry| entry.split_once('=')) {
+        vars.insert(key.to_string(), value.to_string());
+    }
+}
 
 /// RFC 3339 in UTC, as ko's templates write dates.
 fn rfc3339_utc(time: chrono::DateTime<chrono::Utc>) -> String {
