@@ -558,12 +558,12 @@ fn templated_settings_follow_the_tree_from_build_to_build() {
         edit(
             &dir.join("skaffold.yaml"),
             "main: ./cmd/alpha\n",
-            "main: ./cmd/alpha\n        ldflags: [\"-X main.commit={{.Git.ShortCommit}}\", \"-X main.tag={{.IMAGE_TAG}}\"]\n        labels:\n          org.example.commit: \"{{.Git.ShortCommit}}\"\n",
+            "main: ./cmd/alpha\n        env: [FLAVOR=blue]\n        ldflags: [\"-X main.commit={{.Git.ShortCommit}}\", \"-X main.tag={{.IMAGE_TAG}}\", \"-X main.flavor={{.Env.FLAVOR}}\"]\n        labels:\n          org.example.commit: \"{{.Git.ShortCommit}}\"\n",
         );
         edit(
             &dir.join("cmd/alpha/main.go"),
             "func main() {\n\tfmt.Println(shared.Greeting(\"alpha\"))",
-            "var commit, tag = \"none\", \"none\"\n\nfunc main() {\n\tfmt.Println(shared.Greeting(\"alpha\"), \"commit=\"+commit, \"tag=\"+tag)",
+            "var commit, tag, flavor = \"none\", \"none\", \"none\"\n\nfunc main() {\n\tfmt.Println(shared.Greeting(\"alpha\"), \"commit=\"+commit, \"tag=\"+tag, \"flavor=\"+flavor)",
         );
     });
     let short_commit = |dev: &DevSession| git(dev.dir.path(), &["rev-parse", "--short", "HEAD"]).trim().to_string();
@@ -596,6 +596,8 @@ fn templated_settings_follow_the_tree_from_build_to_build() {
     assert_eq!(label(&rebuilt), commit, "{rebuilt}");
     let said = podman.run_image(rebuilt["tag"].as_str().unwrap(), &[]);
     assert!(said.contains(&format!("commit={commit} tag={commit}")), "{said}");
+    // ko's .Env holds the build's own env entries, at every build.
+    assert!(said.contains("flavor=blue"), "{said}");
 }
 
 /// With Skaffold's default tagger (gitCommit), each build is tagged as the tree is then: an
