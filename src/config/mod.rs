@@ -663,9 +663,9 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         .map(BaseImageRef::Remote)
         .unwrap_or(BaseImageRef::Builtin);
 
-    // .ko.yaml build settings for this main, below skaffold's own: a build's own list (an empty
-    // one counts as none, as in ko), else the default from the environment, else .ko.yaml's
-    // default; each with where it came from, for errors.
+    // .ko.yaml build settings for this main, below skaffold's own: a build's own list, else the
+    // default from the environment, else .ko.yaml's default; each with where it came from, for
+    // errors.
     let build = match &ko_yaml {
         Some((k, path)) => ko_build_for(k, path, &work_dir, &package_dir)?,
         None => None,
@@ -682,7 +682,8 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
                    variable: &'static str,
                    default: fn(&koyaml::KoYaml) -> &Vec<String>,
                    default_key: &str| {
-        match (own, from_environment, &ko_yaml) {
+        // A build's empty list is none: the default applies, as ko's `len(…) == 0`.
+        match (own.filter(|own| !own.is_empty()), from_environment, &ko_yaml) {
             (Some(values), _, Some((_, path))) => KoYamlSetting {
                 values: values.clone(),
                 at: Some(SettingAt::KoYaml((path.clone(), build, key.to_string()))),
@@ -698,7 +699,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         }
     };
     let ko_env = setting(
-        chosen.and_then(|b| b.env.as_ref()).filter(|own| !own.is_empty()),
+        chosen.and_then(|b| b.env.as_ref()),
         "env",
         &ko_environment.default_env,
         koyaml::ENV_VARIABLE,
@@ -706,7 +707,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         "defaultEnv",
     );
     let ko_flags = setting(
-        chosen.and_then(|b| b.flags.as_ref()).filter(|own| !own.is_empty()),
+        chosen.and_then(|b| b.flags.as_ref()),
         "flags",
         &ko_environment.default_flags,
         koyaml::FLAGS_VARIABLE,
@@ -714,7 +715,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         "defaultFlags",
     );
     let ko_ldflags = setting(
-        chosen.and_then(|b| b.ldflags.as_ref()).filter(|own| !own.is_empty()),
+        chosen.and_then(|b| b.ldflags.as_ref()),
         "ldflags",
         &ko_environment.default_ldflags,
         koyaml::LDFLAGS_VARIABLE,
@@ -1005,7 +1006,6 @@ enum SettingAt {
     Environment(&'static str),
 }
 
-/// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).
 /// The `.ko.yaml` build for the main package in `package_dir`, matched as ko matches them:
 /// each build's `dir` and `main` (default `.`; a source file stands for its directory), from
 /// where go runs, name one package; the last build naming this one wins. A build naming
@@ -1027,6 +1027,7 @@ fn ko_build_for(ko: &koyaml::KoYaml, path: &Path, work_dir: &Path, package_dir: 
     Ok(found)
 }
 
+/// An error in a `.ko.yaml` setting, with its line and field (`builds[1].env`, `defaultEnv`).
 fn ko_yaml_err((path, build, key): &(PathBuf, Option<usize>, String), message: String) -> KodevError {
     let field = match build {
         Some(b) => format!("builds[{b}].{key}"),
@@ -1126,21 +1127,24 @@ pub fn template_vars(context: &Path, uses_git: bool, source_date_epoch: Option<u
     if !uses_git {
         return vars;
     }
-    // Outside a git work tree every value is empty or zero, as ko's are; in one without tags
-    // `.Git.Tag` is ko's v0.0.0.
-    let in_work_tree = tag::git(context, &["rev-parse", "--is-inside-work-tree"]).as_deref() == Some("true");
-    let git = |args: &[&str]| if in_work_tree { tag::git(context, args).unwrap_or_default() } else { String::new() };
-    let full = git(&["rev-parse", "HEAD"]);
-    let short = git(&["rev-parse", "--short", "HEAD"]);
-    let branch = git(&["rev-parse", "--abbrev-ref", "HEAD"]);
-    let git_tag = match tag::git(context, &["describe", "--tags", "--abbrev=0"]) {
-        Some(found) if in_work_tree => found,
-        _ if in_work_tree => "v0.0.0".to_string(),
-        _ => String::new(),
+    // HEAD's hashes and commit time in one git process. Without a commit (outside a work tree,
+    // say) every value is empty or zero, as ko's are; with one but no tag `.Git.Tag` is ko's
+    // v0.0.0.
+    let head = tag::git(context, &["show", "-s", "--format=%H%n%h%n%ct", "HEAD"]).unwrap_or_default();
+    let mut head = head.lines().map(str::to_string);
+    let (full, short) = (head.next().unwrap_or_default(), head.next().unwrap_or_default());
+    let committed =
+        head.next().and_then(|t| t.parse::<i64>().ok()).and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+    let in_git = committed.is_some();
+    let git = |args: &[&str]| if in_git { tag::git(context, args) } else { None };
+    let branch = git(&["rev-parse", "--abbrev-ref", "HEAD"]).unwrap_or_default();
+    let git_tag = match git(&["describe", "--tags", "--abbrev=0"]) {
+        Some(found) => found,
+        None if in_git => "v0.0.0".to_string(),
+        None => String::new(),
     };
-    let dirty = in_work_tree && tag::git(context, &["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-    let committed = git(&["show", "-s", "--format=%ct", "HEAD"]).parse::<i64>().ok();
-    let (commit_date, commit_timestamp) = match committed.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+    let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+    let (commit_date, commit_timestamp) = match committed {
         Some(time) => (rfc3339_utc(time), time.timestamp().to_string()),
         // Go's zero time, which ko's templates give when there is no commit.
         None => ("0001-01-01T00:00:00Z".to_string(), "-62135596800".to_string()),
