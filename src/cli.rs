@@ -309,6 +309,21 @@ fn platform_env(artifact: &crate::config::Artifact) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// The `go build` arguments of each platform an artifact lists (its flags expanded for it).
+fn platform_args(artifact: &crate::config::Artifact, output: &std::path::Path) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let crate::platform::PlatformRequest::List(list) = &artifact.platforms {
+        for platform in list {
+            let args = match artifact.for_platform(platform) {
+                Ok(own) => json!(gobuild::build_args(&own, false, output)),
+                Err(message) => json!({ "error": message }),
+            };
+            out.insert(platform.to_string(), args);
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 fn run_plan(args: PlanArgs) -> Result<i32> {
     let options = LoadOptions { describe_only: true, ..args.config.load_options("build") };
     let plan = config::load(&options)?;
@@ -318,6 +333,16 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
             .iter()
             .map(|a| {
                 let output = PathBuf::from(format!("<out>/{}", a.binary_name()));
+                let mut go_build = json!({
+                    "env": a.env,
+                    "args": gobuild::build_args(a, false, &output),
+                    // The environment each platform's go build gets on top of the process's.
+                    "platformEnv": platform_env(a),
+                });
+                // Flags that read the platform's GOOS, GOARCH… differ by platform: each one's.
+                if a.per_platform.is_some() {
+                    go_build["platformArgs"] = platform_args(a, &output);
+                }
                 json!({
                     "image": a.image,
                     "imageName": a.image_name,
@@ -328,12 +353,7 @@ fn run_plan(args: PlanArgs) -> Result<i32> {
                     "platforms": a.platforms.describe(),
                     "baseImage": a.base.to_string(),
                     "dependencies": a.dependencies.as_ref().map(|d| json!(d)).unwrap_or_else(|| json!({"goDependencyGraph": true})),
-                    "goBuild": {
-                        "env": a.env,
-                        "args": gobuild::build_args(a, false, &output),
-                        // The environment each platform's go build gets on top of the process's.
-                        "platformEnv": platform_env(a),
-                    },
+                    "goBuild": go_build,
                 })
             })
             .collect();

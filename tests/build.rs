@@ -218,6 +218,22 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
     assert!(said.contains("(from linux/amd64)"), "{said}");
 
     // The arm64 binary, taken out of its layer, runs under qemu.
+    let work = arm64_hello(&fx, "multi");
+    std::fs::write(work.path().join("greeting.txt"), "Hello from kodev").unwrap();
+    let said = run_ok(
+        Command::new("qemu-aarch64-static")
+            .arg(work.path().join("hello"))
+            .arg("--once")
+            .env("KO_DATA_PATH", work.path()),
+    );
+    assert!(said.contains("(from linux/arm64)"), "{said}");
+}
+
+/// The arm64 binary of the two-platform image `dev/hello:TAG`, taken out of its layer (where
+/// it is `/ko-app/hello`, mode 0555) into a directory of its own.
+fn arm64_hello(fx: &Fixture, tag: &str) -> tempfile::TempDir {
+    let name = format!("{}/dev/hello", fx.registry.host);
+    let index = skopeo_inspect(&format!("docker://{name}:{tag}"), true, false);
     let arm = index["manifests"].as_array().unwrap().iter().find(|m| m["platform"]["architecture"] == "arm64").unwrap();
     let arm_manifest = skopeo_inspect(&format!("docker://{name}@{}", arm["digest"].as_str().unwrap()), true, false);
     let binary_layer =
@@ -239,14 +255,62 @@ fn two_platform_index_runs_on_amd64_and_arm64() {
         }
     }
     assert!(found, "binary layer holds /ko-app/hello");
-    std::fs::write(work.path().join("greeting.txt"), "Hello from kodev").unwrap();
-    let said = run_ok(
-        Command::new("qemu-aarch64-static")
-            .arg(work.path().join("hello"))
-            .arg("--once")
-            .env("KO_DATA_PATH", work.path()),
-    );
-    assert!(said.contains("(from linux/arm64)"), "{said}");
+    work
+}
+
+/// Prints the values ldflags gave (`-X main.arch=…`) when run with `--flavor`.
+const PRINT_LINKED_VALUES: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+)
+
+var arch, extra, goVersion string
+
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "--flavor" {
+		fmt.Printf("arch=%s runtime=%s extra=%q go=%s\n", arch, runtime.GOARCH, extra, goVersion)
+		os.Exit(0)
+	}
+}
+"#;
+
+/// ko's templates in `.ko.yaml` as real projects write them: kyverno's ldflag that is empty
+/// unless `LD_FLAGS` is set (`if index .Env …`), and values that differ by platform (ko's
+/// `.Env.GOARCH`, `.GoEnv`), each platform's binary linked with its own.
+#[test]
+fn ko_templates_with_conditions_and_per_platform_values_reach_each_binary() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let fx = fixture();
+    let app = tempfile::tempdir().unwrap();
+    let skaffold = two_platform_hello(&fx, app.path(), "[linux/arm64, linux/amd64]");
+    std::fs::write(app.path().join("flavor.go"), PRINT_LINKED_VALUES).unwrap();
+    std::fs::write(
+        app.path().join(".ko.yaml"),
+        "builds:\n- id: hello\n  main: .\n  ldflags:\n  - '{{ if index .Env \"LD_FLAGS\" }}{{ .Env.LD_FLAGS }}{{ end }}'\n  \
+         - -X main.arch={{.Env.GOARCH}} -X main.goVersion={{.GoEnv.GOVERSION}}\n",
+    )
+    .unwrap();
+    let go_version = run_ok(Command::new(which("go").unwrap()).args(["env", "GOVERSION"])).trim().to_string();
+    let repo = format!("{}/dev", fx.registry.host);
+    let podman = Podman::new(Some(&fx.registry.host));
+    for (tag, ld_flags, extra) in [("with", Some("-X main.extra=set"), "set"), ("without", None, "")] {
+        let mut kodev = kodev();
+        kodev.env_remove("LD_FLAGS");
+        if let Some(value) = ld_flags {
+            kodev.env("LD_FLAGS", value);
+        }
+        stdout_ref(&run(kodev.arg("build").arg("-f").arg(&skaffold).args(["-d", &repo, "-t", tag])));
+        let amd64 = podman.run_image(&format!("{repo}/hello:{tag}"), &["--flavor"]);
+        assert_eq!(amd64.trim(), format!("arch=amd64 runtime=amd64 extra={extra:?} go={go_version}"), "{tag}");
+        let work = arm64_hello(&fx, tag);
+        let arm64 = run_ok(Command::new("qemu-aarch64-static").arg(work.path().join("hello")).arg("--flavor"));
+        assert_eq!(arm64.trim(), format!("arch=arm64 runtime=arm64 extra={extra:?} go={go_version}"), "{tag}");
+    }
 }
 
 fn index_digest(name: &str, tag: &str) -> String {

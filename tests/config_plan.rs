@@ -324,6 +324,22 @@ fn templates_see_kos_creation_time_and_git_values() {
     )
     .unwrap();
     assert_eq!(alpha_ldflags(&[]), "-X main.v=1.2.3 -X main.c=0");
+    // …and each platform's GOOS/GOARCH (ko expands flags for each platform it builds): the
+    // plan shows each platform's arguments, the first platform's as the artifact's.
+    std::fs::write(
+        dir.path().join(".ko.yaml"),
+        "builds:\n- main: ./cmd/alpha\n  ldflags: \"-X main.p={{.Env.GOOS}}/{{.Env.GOARCH}}{{with .Env.GOARM}}/v{{.}}{{end}}\"\n",
+    )
+    .unwrap();
+    let p = plan(&["-f", skaffold.to_str().unwrap(), "-t", "x", "--platform", "linux/arm/v6,linux/amd64"], &[]);
+    let go_build = &artifact(&p, "alpha")["goBuild"];
+    let ldflags_of = |args: &serde_json::Value| {
+        args.as_array().unwrap().iter().find_map(|a| a.as_str()?.strip_prefix("-ldflags=").map(str::to_string)).unwrap()
+    };
+    assert_eq!(ldflags_of(&go_build["args"]), "-X main.p=linux/arm/v6");
+    assert_eq!(ldflags_of(&go_build["platformArgs"]["linux/arm/v6"]), "-X main.p=linux/arm/v6");
+    assert_eq!(ldflags_of(&go_build["platformArgs"]["linux/amd64"]), "-X main.p=linux/amd64");
+    assert!(artifact(&p, "beta")["goBuild"].get("platformArgs").is_none(), "beta's flags are the same everywhere");
     std::fs::write(dir.path().join(".ko.yaml"), format!("builds:\n- main: ./cmd/alpha\n  ldflags: \"{ldflags}\"\n"))
         .unwrap();
     git(&["tag", "v1.2.3"]);

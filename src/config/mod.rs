@@ -89,9 +89,22 @@ pub struct Artifact {
     /// none of them reads what changes during a session).
     #[serde(skip)]
     pub retemplate: Option<Arc<Retemplate>>,
+    /// Flags and ldflags that read what differs by platform, expanded again for each one (see
+    /// [`Artifact::for_platform`]); None when they do not.
+    #[serde(skip)]
+    pub per_platform: Option<Arc<PlatformTemplates>>,
 }
 
 impl Artifact {
+    /// The artifact as `platform`'s go build sees it: flags and ldflags that read ko's
+    /// per-platform values (`.Env.GOOS`, `.Env.GOARCH`, `GOARM`, `GOAMD64`, `.GoEnv`) expanded
+    /// with that platform's, as ko expands them for each platform it builds.
+    pub fn for_platform(&self, platform: &Platform) -> std::result::Result<std::borrow::Cow<'_, Artifact>, String> {
+        let Some(templates) = &self.per_platform else { return Ok(std::borrow::Cow::Borrowed(self)) };
+        let (flags, ldflags) = templates.expand(platform, &self.env).map_err(|(_, message)| message)?;
+        Ok(std::borrow::Cow::Owned(Artifact { flags, ldflags, ..self.clone() }))
+    }
+
     pub fn binary_name(&self) -> &str {
         naming::binary_name(&self.import_path)
     }
@@ -744,8 +757,8 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
 
     // Templates see the environment, IMAGE_REPO / IMAGE_NAME / IMAGE_TAG, and ko's .Git.*, .Date, .Timestamp.
     let templated = env_templates.iter().chain(&flags_templates).chain(&ldflags_templates).chain(ko.labels.values());
-    let uses_git = templated.into_iter().any(|t| t.contains(".Git."))
-        || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
+    let uses_git = templated.into_iter().any(|t| template::reads_git(t))
+        || input.tag_policy.and_then(|p| p.env_template.as_ref()).is_some_and(|t| template::reads_git(&t.template));
     let mut vars = template_vars(&context, uses_git, ko.source_date_epoch);
     let (repo_part, name_part) = image_name.rsplit_once('/').unwrap_or(("", &image_name));
     vars.insert("IMAGE_REPO".into(), repo_part.to_string());
@@ -799,18 +812,22 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         }
     };
     vars.insert("IMAGE_TAG".into(), tag.clone());
+    let reads_go_env = env_templates.iter().chain(&flags_templates).chain(&ldflags_templates).chain(ko.labels.values());
+    if reads_go_env.into_iter().any(|t| t.contains("{{") && t.contains("GoEnv")) {
+        vars.extend(go_env_vars(&work_dir, &env_templates));
+    }
     let env = env_templates
         .iter()
         .map(|s| template::expand(s, &vars).map_err(|m| fail(&env_at, m)))
         .collect::<Result<Vec<_>>>()?;
     check_env(&env).map_err(|m| fail(&env_at, m))?;
     with_build_env(&mut vars, &env);
-    let expand_all = |items: &[String], at: &SettingAt| -> Result<Vec<String>> {
-        items.iter().map(|s| template::expand(s, &vars).map_err(|m| fail(at, m))).collect()
-    };
-    let flags = expand_all(&flags_templates, &flags_at)?;
-    check_flags(&flags).map_err(|m| fail(&flags_at, m))?;
-    let ldflags = expand_all(&ldflags_templates, &ldflags_at)?;
+    let go_flags =
+        PlatformTemplates { flags: flags_templates.clone(), ldflags: ldflags_templates.clone(), vars: vars.clone() };
+    let (flags, ldflags) = go_flags
+        .expand_for_plan(&platforms, &env)
+        .map_err(|(in_ldflags, m)| fail(if in_ldflags { &ldflags_at } else { &flags_at }, m))?;
+    let per_platform = go_flags.reads_platform().then(|| Arc::new(go_flags));
     let mut labels = BTreeMap::new();
     for (k, v) in &ko.labels {
         labels.insert(k.clone(), template::expand(v, &vars).map_err(|m| err(&format!(".ko.labels.{k}"), m))?);
@@ -824,6 +841,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         image_vars: ["IMAGE_REPO", "IMAGE_NAME"].map(|k| (k.to_string(), vars[k].clone())).into(),
         uses_git,
         source_date_epoch: ko.source_date_epoch,
+        go_env: vars.iter().filter(|(k, _)| k.starts_with("GoEnv.")).map(|(k, v)| (k.clone(), v.clone())).collect(),
     });
 
     Ok(Artifact {
@@ -848,6 +866,7 @@ fn resolve_artifact(input: ArtifactInput<'_>) -> Result<Artifact> {
         file_capabilities,
         retag,
         retemplate,
+        per_platform,
     })
 }
 
@@ -927,6 +946,100 @@ fn check_flags(flags: &[String]) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// The variables ko's templates see that differ by platform: its `.Env` has the platform's
+/// `GOOS`, `GOARCH` and `GOARM`/`GOAMD64` (its `.GoEnv` too).
+const PLATFORM_VARS: [&str; 4] = ["GOOS", "GOARCH", "GOARM", "GOAMD64"];
+
+/// Whether a template reads a value that differs by platform.
+fn reads_platform(template: &str) -> bool {
+    template.contains("{{") && (template.contains("GoEnv") || PLATFORM_VARS.iter().any(|v| template.contains(v)))
+}
+
+/// An artifact's flags and ldflags as written, when they read what differs by platform, with
+/// what else their templates see.
+#[derive(Debug, Clone)]
+pub struct PlatformTemplates {
+    flags: Vec<String>,
+    ldflags: Vec<String>,
+    /// The templates' variables but the platform's (the environment, the build's env entries,
+    /// `IMAGE_*`, `.Git`, `.Date`, `go env`'s as `GoEnv.*`).
+    vars: BTreeMap<String, String>,
+}
+
+impl PlatformTemplates {
+    /// The variables for `platform`'s build: its go environment, then the build's own env
+    /// entries over it (what go sees, see `gobuild::build_env`), in `.Env` and `.GoEnv` alike.
+    fn vars_for(&self, platform: &Platform, env: &[String]) -> BTreeMap<String, String> {
+        let mut vars = self.vars.clone();
+        let mut seen: Vec<(String, String)> = platform
+            .go_env()
+            .into_iter()
+            .filter(|(k, _)| k != "CGO_ENABLED" || std::env::var_os("CGO_ENABLED").is_none())
+            .collect();
+        seen.extend(env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())));
+        for (key, value) in seen {
+            let go_env_key = format!("GoEnv.{key}");
+            if vars.contains_key(&go_env_key) {
+                vars.insert(go_env_key, value.clone());
+            }
+            vars.insert(key, value);
+        }
+        vars
+    }
+
+    fn reads_platform(&self) -> bool {
+        self.flags.iter().chain(&self.ldflags).any(|t| reads_platform(t))
+    }
+
+    /// Flags and ldflags for `platform`; an error says whether the ldflags (true) or the
+    /// flags failed, and why.
+    fn expand(
+        &self,
+        platform: &Platform,
+        env: &[String],
+    ) -> std::result::Result<(Vec<String>, Vec<String>), (bool, String)> {
+        let vars = self.vars_for(platform, env);
+        let expand = |items: &[String]| {
+            items.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()
+        };
+        let flags =
+            expand(&self.flags).and_then(|flags| check_flags(&flags).map(|()| flags)).map_err(|m| (false, m))?;
+        Ok((flags, expand(&self.ldflags).map_err(|m| (true, m))?))
+    }
+
+    /// The flags and ldflags the plan shows: those of the first platform built (linux/amd64
+    /// for `all`, which the base decides later). Expanding them finds their errors.
+    fn expand_for_plan(
+        &self,
+        platforms: &PlatformRequest,
+        env: &[String],
+    ) -> std::result::Result<(Vec<String>, Vec<String>), (bool, String)> {
+        let first = match platforms {
+            PlatformRequest::List(list) => list.first().cloned(),
+            PlatformRequest::All => None,
+        };
+        self.expand(&first.unwrap_or_else(|| Platform::new("linux", "amd64", None)), env)
+    }
+}
+
+/// `go env` as ko's templates see it (`.GoEnv`), as `GoEnv.NAME` entries: go asked in the
+/// directory it builds in, with the build's env entries. Empty if go cannot say.
+fn go_env_vars(work_dir: &Path, env: &[String]) -> BTreeMap<String, String> {
+    let output = std::process::Command::new(go_binary())
+        .args(["env", "-json"])
+        .current_dir(work_dir)
+        .envs(env.iter().filter_map(|e| e.split_once('=')))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let values: BTreeMap<String, String> = output
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or_default();
+    values.into_iter().map(|(k, v)| (format!("GoEnv.{k}"), v)).collect()
+}
+
 /// An artifact's templated settings (env, flags, ldflags, labels) as written, for `kodev dev`
 /// to expand again at each build when they read what changes during a session: the git state,
 /// the clock or the tag (which follows the tree, see `tag::Retag`). Skaffold and ko expand
@@ -943,12 +1056,14 @@ pub struct Retemplate {
     uses_git: bool,
     /// skaffold.yaml's `sourceDateEpoch` (`SOURCE_DATE_EPOCH` wins): `.Date` when set.
     source_date_epoch: Option<u64>,
+    /// `go env` (`GoEnv.*`) when the templates read it, as read at load.
+    go_env: BTreeMap<String, String>,
 }
 
 impl Retemplate {
     /// None when no setting reads what changes during a session.
     fn new(settings: Retemplate) -> Option<Arc<Retemplate>> {
-        const CHANGING: [&str; 4] = [".Git.", ".Date", ".Timestamp", ".IMAGE_TAG"];
+        const CHANGING: [&str; 5] = [".Git", "\"Git\"", ".Date", ".Timestamp", "IMAGE_TAG"];
         let mut templates =
             settings.env.iter().chain(&settings.flags).chain(&settings.ldflags).chain(settings.labels.values());
         templates.any(|t| t.contains("{{") && CHANGING.iter().any(|v| t.contains(v))).then(|| Arc::new(settings))
@@ -959,6 +1074,7 @@ impl Retemplate {
     pub fn vars_now(&self) -> BTreeMap<String, String> {
         let mut vars = template_vars(&self.context, self.uses_git, self.source_date_epoch);
         vars.extend(self.image_vars.clone());
+        vars.extend(self.go_env.clone());
         vars
     }
 
@@ -976,12 +1092,10 @@ impl Retemplate {
         now.env = self.env.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()?;
         check_env(&now.env)?;
         with_build_env(&mut vars, &now.env);
-        let expand = |items: &[String]| {
-            items.iter().map(|t| template::expand(t, &vars)).collect::<std::result::Result<Vec<_>, _>>()
-        };
-        now.flags = expand(&self.flags)?;
-        check_flags(&now.flags)?;
-        now.ldflags = expand(&self.ldflags)?;
+        let go_flags =
+            PlatformTemplates { flags: self.flags.clone(), ldflags: self.ldflags.clone(), vars: vars.clone() };
+        (now.flags, now.ldflags) = go_flags.expand_for_plan(&artifact.platforms, &now.env).map_err(|(_, m)| m)?;
+        now.per_platform = go_flags.reads_platform().then(|| Arc::new(go_flags));
         for (key, value) in &self.labels {
             now.labels.insert(key.clone(), template::expand(value, &vars)?);
         }
@@ -1096,11 +1210,12 @@ const GIT_VARS: [&str; 9] = [
 ];
 
 /// What ko's `.Env` holds beyond the process environment, for the templates of flags, ldflags
-/// and labels: the build's own `env` entries (already expanded) over it, and cgo off unless
-/// either says otherwise. (The platform's `GOOS`/`GOARCH`, which ko adds too, differ by
-/// platform: not offered, templates being expanded once per artifact.)
+/// and labels: the build's own `env` entries (already expanded) over it, cgo off unless either
+/// says otherwise, and `LDFLAGS` empty unless set. (The platform's `GOOS`, `GOARCH`… come per
+/// platform, see [`PlatformTemplates`].)
 fn with_build_env(vars: &mut BTreeMap<String, String>, env: &[String]) {
     vars.entry("CGO_ENABLED".into()).or_insert_with(|| "0".into());
+    vars.entry("LDFLAGS".into()).or_default();
     for (key, value) in env.iter().filter_map(|entry| entry.split_once('=')) {
         vars.insert(key.to_string(), value.to_string());
     }

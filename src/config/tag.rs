@@ -232,8 +232,11 @@ impl Retag {
 
     /// The tag as the tagger gives it now.
     pub fn current(&self) -> Result<String, String> {
-        let uses_git =
-            self.policy.as_ref().and_then(|p| p.env_template.as_ref()).is_some_and(|t| t.template.contains(".Git."));
+        let uses_git = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.env_template.as_ref())
+            .is_some_and(|t| template::reads_git(&t.template));
         let mut vars = super::template_vars(&self.inputs.context, uses_git, None);
         vars.extend(self.image_vars.clone());
         let tag = resolve(self.policy.as_ref(), &self.inputs, &vars)?;

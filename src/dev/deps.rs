@@ -328,12 +328,13 @@ fn graph_platforms(artifact: &Artifact) -> Vec<Platform> {
 /// `go list -deps -json` of the main package as go builds it for `platform`: its system and
 /// architecture, the artifact's env and its go flags (`-tags` choose files too).
 fn list_deps(artifact: &Artifact, platform: &Platform) -> Result<Vec<u8>, String> {
+    let artifact = artifact.for_platform(platform)?;
     let output = Command::new(go_binary())
         .args(["list", "-deps", "-json=Dir,Standard,Module,GoFiles,CgoFiles,EmbedFiles,SFiles,HFiles,IgnoredGoFiles"])
         .args(&artifact.flags)
         .arg(&artifact.import_path)
         .current_dir(&artifact.work_dir)
-        .envs(build_env(artifact, platform))
+        .envs(build_env(&artifact, platform))
         .output()
         .map_err(|e| format!("cannot run go list: {e}"))?;
     if !output.status.success() {

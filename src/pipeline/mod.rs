@@ -456,101 +456,113 @@ impl Builder {
         // built before: then they have the same packages to compile. A platform with nothing
         // built yet may have the whole standard library to compile while the others are done
         // at once, and it would then be held to its share.
-        let relinking_all = platforms
+        // Each platform's go build sees the artifact as expanded for it (ko's per-platform `.Env`).
+        let per_platform = platforms
             .iter()
-            .all(|platform| gobuild::output_dir(artifact, platform, debug).join(artifact.binary_name()).is_file());
+            .map(|platform| artifact.for_platform(platform))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|message| KodevError::build(format!("{}: {message}", artifact.image)))?;
+        let relinking_all = platforms.iter().zip(&per_platform).all(|(platform, artifact)| {
+            gobuild::output_dir(artifact, platform, debug).join(artifact.binary_name()).is_file()
+        });
         let gomaxprocs = if relinking_all { gobuild::gomaxprocs_share(artifact, platforms.len()) } else { None };
-        let compile_all = futures::future::try_join_all(platforms.iter().map(|platform| {
-            let out_dir = gobuild::output_dir(artifact, platform, debug);
-            let slot = out_dir.display().to_string();
-            let slots = slots.clone();
-            let config_parts = (shared_base.clone(), kodata.clone(), edits.clone());
-            let upload_target = upload_target.as_ref();
-            async move {
-                let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
-                std::fs::create_dir_all(&out_dir)
-                    .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
-                trim::mark_used(&out_dir);
-                let (linking, link_starts) = tokio::sync::oneshot::channel();
-                let (linked, link_seen) = tokio::sync::oneshot::channel();
-                let (placed, in_place) = tokio::sync::oneshot::channel();
-                let milestones = gobuild::Milestones { linking, linked, placed };
-                let early_load = self.load_chunks_while_linking(link_starts, &slot);
-                let compile = gobuild::go_build(
-                    artifact,
-                    platform,
-                    debug,
-                    &out_dir,
-                    events,
-                    Some(milestones),
-                    gomaxprocs,
-                    self.relinker.as_ref(),
-                );
-                tokio::pin!(compile);
-                // Compressing starts when the linker is done; go still needs a while to finish.
-                let mut ahead = None;
-                let mut stamped = None;
-                let mut layer_session = None;
-                let mut exited = false;
-                let binary = tokio::select! {
-                    biased;
-                    built = &mut compile => { exited = true; built? }
-                    Ok(linker_output) = link_seen => {
-                        // Only with a core to spare: taking one from another go build (a second
-                        // platform still linking) delays that build by more than it saves here.
-                        let compress = gobuild::running_go_builds() < layer::compression_workers();
-                        stamped = linker_output.stamped;
-                        ahead = Some(self.prepare_layer_ahead(
-                            linker_output.path,
-                            &artifact.app_file(),
-                            &slot,
-                            compress,
-                            early_load,
-                        ));
-                        layer_session = self.open_layer_session(upload_target);
-                        tokio::select! {
-                            biased;
-                            built = &mut compile => { exited = true; built? }
-                            // Final once go renamed it into place: go is only cleaning up now.
-                            Ok(binary) = in_place => {
-                                tracing::debug!("binary in place, go still exiting");
-                                binary
+        let compile_all =
+            futures::future::try_join_all(platforms.iter().zip(&per_platform).map(|(platform, artifact)| {
+                let artifact: &Artifact = artifact;
+                let out_dir = gobuild::output_dir(artifact, platform, debug);
+                let slot = out_dir.display().to_string();
+                let slots = slots.clone();
+                let config_parts = (shared_base.clone(), kodata.clone(), edits.clone());
+                let upload_target = upload_target.as_ref();
+                async move {
+                    let _slot = slots.acquire_owned().await.map_err(|e| KodevError::build(e.to_string()))?;
+                    std::fs::create_dir_all(&out_dir)
+                        .map_err(|e| KodevError::build(format!("cannot create {}: {e}", out_dir.display())))?;
+                    trim::mark_used(&out_dir);
+                    let (linking, link_starts) = tokio::sync::oneshot::channel();
+                    let (linked, link_seen) = tokio::sync::oneshot::channel();
+                    let (placed, in_place) = tokio::sync::oneshot::channel();
+                    let milestones = gobuild::Milestones { linking, linked, placed };
+                    let early_load = self.load_chunks_while_linking(link_starts, &slot);
+                    let compile = gobuild::go_build(
+                        artifact,
+                        platform,
+                        debug,
+                        &out_dir,
+                        events,
+                        Some(milestones),
+                        gomaxprocs,
+                        self.relinker.as_ref(),
+                    );
+                    tokio::pin!(compile);
+                    // Compressing starts when the linker is done; go still needs a while to finish.
+                    let mut ahead = None;
+                    let mut stamped = None;
+                    let mut layer_session = None;
+                    let mut exited = false;
+                    let binary = tokio::select! {
+                        biased;
+                        built = &mut compile => { exited = true; built? }
+                        Ok(linker_output) = link_seen => {
+                            // Only with a core to spare: taking one from another go build (a second
+                            // platform still linking) delays that build by more than it saves here.
+                            let compress = gobuild::running_go_builds() < layer::compression_workers();
+                            stamped = linker_output.stamped;
+                            ahead = Some(self.prepare_layer_ahead(
+                                linker_output.path,
+                                &artifact.app_file(),
+                                &slot,
+                                compress,
+                                early_load,
+                            ));
+                            layer_session = self.open_layer_session(upload_target);
+                            tokio::select! {
+                                biased;
+                                built = &mut compile => { exited = true; built? }
+                                // Final once go renamed it into place: go is only cleaning up now.
+                                Ok(binary) = in_place => {
+                                    tracing::debug!("binary in place, go still exiting");
+                                    binary
+                                }
                             }
                         }
-                    }
-                };
-                // The layer is made now, from the finished binary: no new chunks ahead of it.
-                // Without the linker's close (go did not relink: the layer is likely recorded
-                // already) the saved chunks are not read at all.
-                let mut keyed_ahead = None;
-                if let Some((wanted, preparing)) = ahead {
-                    drop(wanted);
-                    if let Ok((loaded, keyed)) = preparing.await {
-                        if loaded > 0 {
-                            tracing::debug!(chunks = loaded, "chunks of this slot's last layer read from the cache");
+                    };
+                    // The layer is made now, from the finished binary: no new chunks ahead of it.
+                    // Without the linker's close (go did not relink: the layer is likely recorded
+                    // already) the saved chunks are not read at all.
+                    let mut keyed_ahead = None;
+                    if let Some((wanted, preparing)) = ahead {
+                        drop(wanted);
+                        if let Ok((loaded, keyed)) = preparing.await {
+                            if loaded > 0 {
+                                tracing::debug!(
+                                    chunks = loaded,
+                                    "chunks of this slot's last layer read from the cache"
+                                );
+                            }
+                            keyed_ahead = keyed;
                         }
-                        keyed_ahead = keyed;
                     }
+                    // What compressing ahead cut and keyed stands when kodev linked the binary and
+                    // wrote its content ID only where the layer cuts and keys again anyway.
+                    let keyed_ahead = match (keyed_ahead, stamped) {
+                        (Some(keyed), Some(stamped)) => {
+                            stamped.await.ok().and_then(|(offsets, len)| keyed.hold_after(&offsets, len))
+                        }
+                        _ => None,
+                    };
+                    let binary = FinishedBinary { path: binary, keyed_ahead };
+                    let config_early =
+                        |diff_id| self.upload_config_early(upload_target, platform, config_parts, diff_id);
+                    let app = artifact.app_file();
+                    let layer_work = self.binary_layer(binary, &app, slot, upload_target, config_early, layer_session);
+                    // Nothing is published before go has exited successfully; a failure drops the
+                    // layer's work (and its uploads) with it.
+                    let (layer, streamed, config, saving) =
+                        if exited { layer_work.await? } else { tokio::try_join!(layer_work, &mut compile)?.0 };
+                    Ok::<_, KodevError>((platform.clone(), layer, streamed, config, saving))
                 }
-                // What compressing ahead cut and keyed stands when kodev linked the binary and
-                // wrote its content ID only where the layer cuts and keys again anyway.
-                let keyed_ahead = match (keyed_ahead, stamped) {
-                    (Some(keyed), Some(stamped)) => {
-                        stamped.await.ok().and_then(|(offsets, len)| keyed.hold_after(&offsets, len))
-                    }
-                    _ => None,
-                };
-                let binary = FinishedBinary { path: binary, keyed_ahead };
-                let config_early = |diff_id| self.upload_config_early(upload_target, platform, config_parts, diff_id);
-                let app = artifact.app_file();
-                let layer_work = self.binary_layer(binary, &app, slot, upload_target, config_early, layer_session);
-                // Nothing is published before go has exited successfully; a failure drops the
-                // layer's work (and its uploads) with it.
-                let (layer, streamed, config, saving) =
-                    if exited { layer_work.await? } else { tokio::try_join!(layer_work, &mut compile)?.0 };
-                Ok::<_, KodevError>((platform.clone(), layer, streamed, config, saving))
-            }
-        }));
+            }));
         let (base, binaries) = match resolved_base {
             Some(base) => (base, compile_all.await?),
             // Fails fast: a missing base stops the compiles (dropping them kills go).
