@@ -106,3 +106,88 @@ fn random_references_platforms_and_templates_never_panic() {
         assert!(result.is_ok(), "panicked on {s:?}");
     }
 }
+
+/// Templates made of the language's own pieces (actions, keywords, functions, literals, trim
+/// markers and comments, in any order) give a text or an error, never a panic or a hang.
+#[test]
+fn random_go_templates_never_panic() {
+    const PIECES: &[&str] = &[
+        "{{",
+        "}}",
+        "{{- ",
+        " -}}",
+        ".A",
+        ".Env",
+        ".Env.A",
+        ".Git.IsDirty",
+        ".Git",
+        ".",
+        "$",
+        "$x",
+        "$x.A",
+        ":=",
+        "=",
+        "|",
+        "(",
+        ")",
+        ",",
+        "if ",
+        "else ",
+        "else if ",
+        "end",
+        "range ",
+        "with ",
+        "printf ",
+        "print ",
+        "index ",
+        "slice ",
+        "eq ",
+        "lt ",
+        "and ",
+        "or ",
+        "not ",
+        "len ",
+        "default ",
+        "trunc ",
+        "substr ",
+        "repeat ",
+        "quote ",
+        "\"%s\"",
+        "\"%05d\"",
+        "\"%.9999f\"",
+        "\"%-9999s\"",
+        "\"",
+        "`",
+        "'",
+        "'a'",
+        "1",
+        "-3",
+        "0x1F",
+        "1e3",
+        "1.5",
+        "\"\\x\"",
+        "\"\\u00e9\"",
+        "/*",
+        "*/",
+        " ",
+        "\\",
+        "true",
+        "nil",
+        "é",
+        "\n",
+        "break",
+        "define ",
+    ];
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let vars: BTreeMap<String, String> =
+        [("A", "1"), ("Git.IsDirty", "true"), ("Timestamp", "5")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+    for _ in 0..20_000 {
+        let template: String = (0..rng.below(24)).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+        let result = std::panic::catch_unwind(|| template::expand(&template, &vars));
+        match result {
+            Ok(Ok(text)) => assert!(text.len() < 100_000, "{template:?} gave {} bytes", text.len()),
+            Ok(Err(_)) => {}
+            Err(_) => panic!("panicked on {template:?}"),
+        }
+    }
+}

@@ -693,6 +693,10 @@ struct Run {
 impl Run {
     fn nodes(&mut self, nodes: &[Node], dot: &Value) -> Result<(), String> {
         for node in nodes {
+            // A setting ends up on go's command line: a loop writing megabytes is a mistake.
+            if self.out.len() > MAX_OUTPUT {
+                return Err(format!("the template's text is over {} KiB", MAX_OUTPUT / 1024));
+            }
             match node {
                 Node::Text(text) => self.out.push_str(text),
                 Node::Print(pipe) => {
@@ -734,6 +738,7 @@ impl Run {
             Value::Int(n) if pipe.variables.len() > 1 => {
                 return Err(format!("can't use {n} to iterate over more than one variable"));
             }
+            Value::Int(n) if n > MAX_OUTPUT as i64 => return Err(format!("range over {n}: too many iterations")),
             Value::Int(n) => (0..n.max(0)).map(|i| (Value::Int(i), Value::Int(i))).collect(),
             Value::Nil | Value::Missing(_) => Vec::new(),
             other => return Err(format!("range can't iterate over {}", other.text().unwrap_or_default())),
@@ -1097,7 +1102,7 @@ fn call_function(name: &str, mut values: Vec<Value>) -> Result<Value, String> {
         "repeat" => {
             arity(name, &values, 2)?;
             let n = values[0].int_arg(name)?;
-            Value::Str(values[1].string_arg()?.repeat(n.clamp(0, 10_000) as usize))
+            Value::Str(values[1].string_arg()?.repeat(n.clamp(0, MAX_WIDTH as i64) as usize))
         }
         "env" => {
             arity(name, &values, 1)?;
@@ -1175,6 +1180,9 @@ fn go_quote(s: &str) -> String {
     out
 }
 
+const MAX_WIDTH: usize = 1000;
+const MAX_OUTPUT: usize = 256 * 1024;
+
 /// Go's `fmt.Sprintf` for the verbs templates use: `%s %v %d %q %t %x %X %o %b %c %f %e %g
 /// %%`, with flags `-`, `0`, `+`, a width and a precision.
 fn printf(format: &str, args: &[Value]) -> Result<String, String> {
@@ -1205,10 +1213,11 @@ fn printf(format: &str, args: &[Value]) -> Result<String, String> {
             }
             n.parse::<usize>().ok()
         };
-        let width = number(&mut chars);
+        // Bounded: a setting is no place for megabytes of padding.
+        let width = number(&mut chars).map(|w| w.min(MAX_WIDTH));
         let precision = if chars.peek() == Some(&'.') {
             chars.next();
-            Some(number(&mut chars).unwrap_or(0))
+            Some(number(&mut chars).unwrap_or(0).min(MAX_WIDTH))
         } else {
             None
         };
@@ -1339,6 +1348,8 @@ mod tests {
         // Tests may look at a variable that is not set (ko and Go would fail on it).
         assert_eq!(run("{{if .NOPE}}x{{else}}-{{end}}{{range .Env.NOPE}}x{{else}}none{{end}}", &[]).unwrap(), "-none");
         assert!(run("{{if .V}}x", &[]).unwrap_err().contains("no {{end}}"));
+        assert!(run("{{range 200000}}{{repeat 1000 \"x\"}}{{end}}", &[]).unwrap_err().contains("over 256 KiB"));
+        assert!(run("{{range 100000000}}{{end}}", &[]).unwrap_err().contains("too many iterations"));
         assert!(run("{{end}}", &[]).is_err());
     }
 
