@@ -1094,9 +1094,15 @@ fn call_function(name: &str, mut values: Vec<Value>) -> Result<Value, String> {
         "substr" => {
             arity(name, &values, 3)?;
             let (start, end, s) = (values[0].int_arg(name)?, values[1].int_arg(name)?, values[2].string_arg()?);
+            // Sprig's: a negative start takes the text up to `end`, an end past it all the rest.
             let len = s.len() as i64;
-            let (a, b) =
-                if start < 0 { (0, len) } else { (start.min(len), if end < 0 || end > len { len } else { end }) };
+            let (a, b) = if start < 0 {
+                (0, end.clamp(0, len))
+            } else if end < 0 || end > len {
+                (start.min(len), len)
+            } else {
+                (start.min(len), end)
+            };
             Value::Str(s.get(a as usize..b.max(a) as usize).unwrap_or_default().to_string())
         }
         "repeat" => {
@@ -1141,7 +1147,8 @@ fn title(s: &str) -> String {
         } else {
             out.push(c);
         }
-        start = c.is_whitespace();
+        // Go's strings.Title: a word starts after anything but a letter, a digit or '_'.
+        start = !(c.is_alphanumeric() || c == '_');
     }
     out
 }
@@ -1371,6 +1378,14 @@ mod tests {
         assert_eq!(run("{{ print 1 2 \"x\" 3 }}", &v).unwrap(), "1 2x3");
         assert_eq!(run("{{ (printf \"%s\" .NAME) | quote }}", &v).unwrap(), "\"App\"");
         assert_eq!(run("{{ ternary \"yes\" \"no\" (hasPrefix \"v\" .VERSION) }}", &v).unwrap(), "yes");
+        assert_eq!(
+            run("{{ substr 1 3 .VERSION }} {{ substr -1 2 .VERSION }} {{ substr 2 99 .VERSION }}", &v).unwrap(),
+            "1. v1 .2.3"
+        );
+        assert_eq!(
+            run("{{ title \"hello-world foo_bar\" }} {{ trunc -3 .VERSION }}", &v).unwrap(),
+            "Hello-World Foo_bar 2.3"
+        );
         assert_eq!(run("{{ .Timestamp }}", &[("Timestamp", "1700000000")]).unwrap(), "1700000000");
         assert_eq!(run("{{ .GoEnv.GOVERSION }}", &[("GoEnv.GOVERSION", "go1.26.8")]).unwrap(), "go1.26.8");
         assert!(run("{{ nosuch .NAME }}", &v).unwrap_err().contains("function \"nosuch\" not defined"));
