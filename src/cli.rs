@@ -140,6 +140,70 @@ pub struct BuildArgs {
     /// Build nothing: print each artifact's `name:tag` (and write --file-output with them), as `skaffold build --dry-run`.
     #[arg(long = "dry-run", env = "SKAFFOLD_DRY_RUN")]
     pub dry_run: bool,
+    /// No progress on stderr (errors still): stdout gets the --output template's text, `{{json .}}` unless given.
+    #[arg(short = 'q', long, env = "SKAFFOLD_QUIET")]
+    pub quiet: bool,
+    /// Go template for stdout over {Builds: [{ImageName, Tag}]}, as skaffold build's (functions json, join…).
+    #[arg(short = 'o', long = "output", env = "SKAFFOLD_OUTPUT")]
+    pub output: Option<String>,
+}
+
+/// What `kodev build` prints on stdout: one reference a line, or a template's text.
+enum BuildReport {
+    Lines,
+    Template(config::template::Template),
+}
+
+impl BuildReport {
+    /// From `-q` and `-o`: a template that cannot be read, or that fails on a build's data, is a
+    /// usage error before anything is built.
+    fn from_args(args: &BuildArgs) -> Result<BuildReport> {
+        let text = match (&args.output, args.quiet) {
+            (Some(text), _) => text.as_str(),
+            (None, true) => "{{json .}}",
+            (None, false) => return Ok(BuildReport::Lines),
+        };
+        let usage = |message: String| KodevError::Usage(format!("-o/--output: {message}"));
+        let template = config::template::Template::parse(text).map_err(usage)?;
+        template.render(&build_output_data(&[("image", "name:tag@sha256:digest".to_string())])).map_err(usage)?;
+        Ok(BuildReport::Template(template))
+    }
+
+    fn print(&self, builds: &[(&str, String)]) -> Result<()> {
+        match self {
+            BuildReport::Lines => {
+                for (_, reference) in builds {
+                    println!("{reference}");
+                }
+            }
+            BuildReport::Template(template) => {
+                let text = template.render(&build_output_data(builds)).map_err(KodevError::Usage)?;
+                if text.ends_with('\n') || text.is_empty() {
+                    print!("{text}");
+                } else {
+                    println!("{text}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Skaffold's `BuildOutput` for templates: `Builds`, each with `ImageName` (as written in
+/// skaffold.yaml) and `Tag` (the reference), which `json` writes as `builds`, `imageName`, `tag`.
+fn build_output_data(builds: &[(&str, String)]) -> config::template::Data {
+    use config::template::Data;
+    let field = |name: &str, json: &str, value: Data| (name.to_string(), json.to_string(), value);
+    let items = builds
+        .iter()
+        .map(|(image, reference)| {
+            Data::Struct(vec![
+                field("ImageName", "imageName", Data::Text(image.to_string())),
+                field("Tag", "tag", Data::Text(reference.clone())),
+            ])
+        })
+        .collect();
+    Data::Struct(vec![field("Builds", "builds", Data::List(items))])
 }
 
 #[derive(Debug, Args)]
@@ -218,22 +282,35 @@ pub fn describe_target(plan: &Plan) -> String {
 }
 
 async fn run_build(args: BuildArgs) -> Result<i32> {
+    let report = BuildReport::from_args(&args)?;
     let plan = config::load(&args.common.load_options("build"))?;
     if args.dry_run {
         // As Skaffold's dry run: the tags worked out, nothing built, pushed or written but the file.
         let tagged: Vec<(&str, String)> =
             plan.artifacts.iter().map(|a| (a.image.as_str(), format!("{}:{}", a.image_name, a.tag))).collect();
-        for (_, reference) in &tagged {
-            println!("{reference}");
-        }
+        report.print(&tagged)?;
         if let Some(path) = &args.file_output {
             write_build_output(path, &tagged)?;
         }
         return Ok(0);
     }
     let builder = Arc::new(Builder::new(&plan));
-    let (tx, rx) = mpsc::unbounded_channel();
-    let renderer = spawn_stderr_renderer(rx, OutputFormat::Text);
+    let (tx, mut rx) = mpsc::unbounded_channel::<crate::event::Event>();
+    let renderer = if args.quiet {
+        // Quiet: what went wrong, nothing else.
+        let (errors, only_errors) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                use crate::event::EventKind::{BuildFailed, Error};
+                if matches!(event.kind, BuildFailed { .. } | Error { .. }) && errors.send(event).is_err() {
+                    break;
+                }
+            }
+        });
+        spawn_stderr_renderer(only_errors, OutputFormat::Text)
+    } else {
+        spawn_stderr_renderer(rx, OutputFormat::Text)
+    };
     let sink = EventSink::new(tx, "");
     let limit = if plan.concurrency == 0 { plan.artifacts.len().max(1) } else { plan.concurrency };
     let semaphore = Arc::new(tokio::sync::Semaphore::new(limit));
@@ -271,12 +348,10 @@ async fn run_build(args: BuildArgs) -> Result<i32> {
         }
     }
     let _ = renderer.await;
-    for (_, outcome) in &builds {
-        println!("{}", outcome.push.reference);
-    }
+    let tagged: Vec<(&str, String)> =
+        builds.iter().map(|(a, o)| (a.image.as_str(), o.push.reference.clone())).collect();
+    report.print(&tagged)?;
     if let Some(path) = &args.file_output {
-        let tagged: Vec<(&str, String)> =
-            builds.iter().map(|(a, o)| (a.image.as_str(), o.push.reference.clone())).collect();
         write_build_output(path, &tagged)?;
     }
     if failed > 0 {

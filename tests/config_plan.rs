@@ -588,6 +588,61 @@ fn a_dry_run_names_the_images_and_builds_nothing() {
     assert!(!dir.path().join(".kodev/oci").exists(), "no layout was written");
 }
 
+/// `kodev build -q` and `-o TEMPLATE`, as `skaffold build`'s: quiet prints nothing but errors
+/// on stderr and Skaffold's `{{json .}}` of the builds on stdout (what `skaffold deploy
+/// --build-artifacts -` reads); `-o` (or `SKAFFOLD_OUTPUT`) formats stdout with a Go template
+/// over `{Builds: [{ImageName, Tag}]}`; a template that cannot work is a usage error before
+/// anything is built.
+#[test]
+fn quiet_builds_print_skaffolds_build_output_and_templates_format_it() {
+    if !require_tools(&["go"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let skaffold = hello_app(dir.path(), "", "");
+    let layout = dir.path().join("layout");
+    let build = |args: &[&str], env: &[(&str, &str)]| {
+        run(kodev()
+            .arg("build")
+            .arg("-f")
+            .arg(&skaffold)
+            .arg("--oci-layout")
+            .arg(&layout)
+            .args(args)
+            .envs(env.to_vec()))
+    };
+    let out = build(&["-q", "-t", "quiet"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr, "", "quiet: no progress");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reference = printed["builds"][0]["tag"].as_str().unwrap().to_string();
+    assert!(reference.starts_with("hello:quiet@sha256:"), "{printed}");
+    assert_eq!(printed, serde_json::json!({"builds": [{"imageName": "hello", "tag": reference}]}));
+    // Not quiet: the same image (reproducible), its reference alone on stdout, progress on stderr.
+    let out = build(&["-t", "quiet"], &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), reference);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("go build"));
+
+    let template = "{{range $i, $b := .Builds}}{{if $i}},{{end}}{{$b.ImageName | upper}}={{$b.Tag}}{{end}}";
+    let out = build(&["--dry-run", "-t", "t", "-o", template], &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO=hello:t\n");
+    let out = build(&["--dry-run", "-t", "t"], &[("SKAFFOLD_OUTPUT", "{{len .Builds}} {{json (index .Builds 0)}}")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1 {\"imageName\":\"hello\",\"tag\":\"hello:t\"}\n");
+
+    for (bad, problem) in [
+        ("{{range .Builds}}", "has no {{end}}"),
+        ("{{range .Builds}}{{.Digest}}{{end}}", "no field Digest here: there are ImageName, Tag"),
+        ("{{.Builds.Tag}}", "can't evaluate field Tag"),
+    ] {
+        let out = build(&["-t", "bad", "-o", bad], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("-o/--output: ") && stderr.contains(problem), "{bad}: {stderr}");
+        assert!(!stderr.contains("go build"), "nothing was built: {stderr}");
+    }
+}
+
 /// Skaffold's customTemplate tagger: its components by name, and its own `SHA`.
 #[test]
 fn a_custom_template_tag_is_made_from_its_components() {

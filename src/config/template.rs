@@ -21,11 +21,47 @@ pub fn expand(input: &str, vars: &BTreeMap<String, String>) -> Result<String, St
     if !input.contains("{{") {
         return Ok(input.to_string());
     }
-    let nodes = Parser::new(input).parse_all().map_err(|e| format!("{e} (in {input:?})"))?;
-    let mut run = Run { scopes: vec![vec![("$".to_string(), Value::from_vars(vars))]], out: String::new() };
-    let dot = run.scopes[0][0].1.clone();
-    run.nodes(&nodes, &dot).map_err(|e| format!("{e} (used in {input:?})"))?;
-    Ok(run.out)
+    Template::parse(input)?.expand(vars)
+}
+
+/// A parsed template.
+#[derive(Debug)]
+pub struct Template {
+    text: String,
+    nodes: Vec<Node>,
+}
+
+impl Template {
+    /// Parse `text`; an error says what is wrong and quotes it.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let nodes = Parser::new(text).parse_all().map_err(|e| format!("{e} (in {text:?})"))?;
+        Ok(Template { text: text.to_string(), nodes })
+    }
+
+    /// The text over the settings' variables (see the module's documentation).
+    pub fn expand(&self, vars: &BTreeMap<String, String>) -> Result<String, String> {
+        self.run(Value::from_vars(vars))
+    }
+
+    /// The text over `data` (a command's output, as Skaffold's `--output` templates see it).
+    pub fn render(&self, data: &Data) -> Result<String, String> {
+        self.run(Value::from_data(data))
+    }
+
+    fn run(&self, data: Value) -> Result<String, String> {
+        let mut run = Run { scopes: vec![vec![("$".to_string(), data.clone())]], out: String::new() };
+        run.nodes(&self.nodes, &data).map_err(|e| format!("{e} (used in {:?})", self.text))?;
+        Ok(run.out)
+    }
+}
+
+/// Data for a template as Go values: text, lists, and structs, whose fields have a name (for
+/// `.Field`) and the name the `json` function writes them under (Go's `json:` tags).
+#[derive(Debug, Clone)]
+pub enum Data {
+    Text(String),
+    List(Vec<Data>),
+    Struct(Vec<(String, String, Data)>),
 }
 
 /// Whether `template` reads ko's `.Git` values (git then has to run to give them).
@@ -43,6 +79,7 @@ enum Value {
     Float(f64),
     Bool(bool),
     Map(Rc<Map>),
+    List(Rc<Vec<Value>>),
     Nil,
     /// A variable the data does not have, by the name the template gave it.
     Missing(String),
@@ -54,6 +91,8 @@ struct Map {
     /// What `index` gives for a key it lacks: "" for maps of strings (the environment), nil
     /// for ko's `.Git` (a map of mixed values in ko).
     zero: Value,
+    /// A struct's fields in order, with the names `json` writes: None for a map.
+    json_fields: Option<Vec<(String, String)>>,
 }
 
 impl Value {
@@ -85,11 +124,53 @@ impl Value {
                 top.insert(name.clone(), typed);
             }
         }
-        let strings = |entries| Value::Map(Rc::new(Map { entries, zero: Value::Str(String::new()) }));
+        let strings =
+            |entries| Value::Map(Rc::new(Map { entries, zero: Value::Str(String::new()), json_fields: None }));
         top.insert("Env".into(), strings(env));
         top.insert("GoEnv".into(), strings(go_env));
-        top.insert("Git".into(), Value::Map(Rc::new(Map { entries: git, zero: Value::Nil })));
+        top.insert("Git".into(), Value::Map(Rc::new(Map { entries: git, zero: Value::Nil, json_fields: None })));
         strings(top)
+    }
+
+    fn from_data(data: &Data) -> Value {
+        match data {
+            Data::Text(text) => Value::Str(text.clone()),
+            Data::List(items) => Value::List(Rc::new(items.iter().map(Value::from_data).collect())),
+            Data::Struct(fields) => Value::Map(Rc::new(Map {
+                entries: fields.iter().map(|(name, _, value)| (name.clone(), Value::from_data(value))).collect(),
+                zero: Value::Nil,
+                json_fields: Some(fields.iter().map(|(name, json, _)| (name.clone(), json.clone())).collect()),
+            })),
+        }
+    }
+
+    /// As Go's encoding/json writes it (without escaping HTML, as Skaffold's `json`).
+    fn json(&self) -> Result<serde_json::Value, String> {
+        Ok(match self {
+            Value::Str(s) => serde_json::Value::from(s.as_str()),
+            Value::Int(n) => serde_json::Value::from(*n),
+            Value::Float(f) => serde_json::Value::from(*f),
+            Value::Bool(b) => serde_json::Value::from(*b),
+            Value::Nil => serde_json::Value::Null,
+            Value::Missing(name) => return Err(not_set(name)),
+            Value::List(items) => serde_json::Value::Array(items.iter().map(Value::json).collect::<Result<_, _>>()?),
+            Value::Map(m) => {
+                let mut object = serde_json::Map::new();
+                match &m.json_fields {
+                    Some(fields) => {
+                        for (name, json) in fields {
+                            object.insert(json.clone(), m.entries[name].json()?);
+                        }
+                    }
+                    None => {
+                        for (key, value) in &m.entries {
+                            object.insert(key.clone(), value.json()?);
+                        }
+                    }
+                }
+                serde_json::Value::Object(object)
+            }
+        })
     }
 
     fn truth(&self) -> bool {
@@ -99,6 +180,7 @@ impl Value {
             Value::Float(f) => *f != 0.0,
             Value::Bool(b) => *b,
             Value::Map(m) => !m.entries.is_empty(),
+            Value::List(items) => !items.is_empty(),
             Value::Nil | Value::Missing(_) => false,
         }
     }
@@ -112,6 +194,14 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::Nil => "<no value>".to_string(),
             Value::Missing(name) => return Err(not_set(name)),
+            Value::List(items) => {
+                let texts = items.iter().map(Value::text).collect::<Result<Vec<_>, _>>()?;
+                format!("[{}]", texts.join(" "))
+            }
+            Value::Map(m) if m.json_fields.is_some() => {
+                let texts = m.entries.values().map(Value::text).collect::<Result<Vec<_>, _>>()?;
+                format!("{{{}}}", texts.join(" "))
+            }
             Value::Map(m) => {
                 let mut out = String::from("map[");
                 for (i, (k, v)) in m.entries.iter().enumerate() {
@@ -149,7 +239,9 @@ impl Value {
             Value::Int(_) => "int",
             Value::Float(_) => "float64",
             Value::Bool(_) => "bool",
+            Value::Map(m) if m.json_fields.is_some() => "struct",
             Value::Map(_) => "map",
+            Value::List(_) => "slice",
             Value::Nil | Value::Missing(_) => "nil",
         }
     }
@@ -274,6 +366,9 @@ const FUNCTIONS: &[&str] = &[
     "toString",
     "env",
     "cat",
+    // Skaffold's for its `--output` templates
+    "json",
+    "join",
 ];
 
 struct Parser<'a> {
@@ -734,7 +829,9 @@ impl Run {
 
     fn range(&mut self, pipe: &Pipeline, body: &[Node], otherwise: &[Node], dot: &Value) -> Result<(), String> {
         let items: Vec<(Value, Value)> = match self.commands_value(&pipe.commands, dot)? {
+            Value::Map(m) if m.json_fields.is_some() => return Err("range can't iterate over a struct".to_string()),
             Value::Map(m) => m.entries.iter().map(|(k, v)| (Value::Str(k.clone()), v.clone())).collect(),
+            Value::List(items) => items.iter().enumerate().map(|(i, v)| (Value::Int(i as i64), v.clone())).collect(),
             Value::Int(n) if pipe.variables.len() > 1 => {
                 return Err(format!("can't use {n} to iterate over more than one variable"));
             }
@@ -865,6 +962,10 @@ fn field(mut value: Value, path: &[String], written: &[&str]) -> Result<Value, S
         value = match value {
             Value::Map(m) => match m.entries.get(name) {
                 Some(v) => v.clone(),
+                None if m.json_fields.is_some() => {
+                    let fields: Vec<&str> = m.entries.keys().map(String::as_str).collect();
+                    return Err(format!("no field {name} here: there are {}", fields.join(", ")));
+                }
                 None => {
                     // `.Env.FOO` and `.FOO` name the same variable.
                     let shown: Vec<&str> = walked.iter().copied().skip_while(|w| *w == "Env").collect();
@@ -899,6 +1000,7 @@ fn call_function(name: &str, mut values: Vec<Value>) -> Result<Value, String> {
             match &values[0] {
                 Value::Str(s) => Value::Int(s.len() as i64),
                 Value::Map(m) => Value::Int(m.entries.len() as i64),
+                Value::List(items) => Value::Int(items.len() as i64),
                 Value::Missing(n) => return Err(not_set(n)),
                 other => return Err(format!("len of type {}", other.kind())),
             }
@@ -917,6 +1019,11 @@ fn call_function(name: &str, mut values: Vec<Value>) -> Result<Value, String> {
                             .ok_or_else(|| format!("error calling index: index out of range: {i}"))?;
                         Value::Int(i64::from(*byte))
                     }
+                    (Value::List(items), Value::Int(i)) => usize::try_from(i)
+                        .ok()
+                        .and_then(|i| items.get(i))
+                        .cloned()
+                        .ok_or_else(|| format!("error calling index: index out of range: {i}"))?,
                     (Value::Missing(n), _) => return Err(not_set(n)),
                     (Value::Nil, _) => return Err("error calling index: index of untyped nil".to_string()),
                     (other, _) => return Err(format!("can't index item of type {}", other.kind())),
@@ -1122,6 +1229,20 @@ fn call_function(name: &str, mut values: Vec<Value>) -> Result<Value, String> {
                 .collect::<Result<Vec<_>, _>>()?
                 .join(" "),
         ),
+        // Skaffold's for its `--output` templates.
+        "json" => {
+            arity(name, &values, 1)?;
+            Value::Str(values[0].json()?.to_string())
+        }
+        "join" => {
+            arity(name, &values, 2)?;
+            let items = match &values[0] {
+                Value::List(items) => items.iter().map(Value::string_arg).collect::<Result<Vec<_>, _>>()?,
+                Value::Missing(n) => return Err(not_set(n)),
+                other => return Err(format!("join: expected a list, got {}", other.kind())),
+            };
+            Value::Str(items.join(&values[1].string_arg()?))
+        }
         other => return Err(format!("function {other:?} not defined")),
     })
 }
@@ -1358,6 +1479,30 @@ mod tests {
         assert!(run("{{range 200000}}{{repeat 1000 \"x\"}}{{end}}", &[]).unwrap_err().contains("over 256 KiB"));
         assert!(run("{{range 100000000}}{{end}}", &[]).unwrap_err().contains("too many iterations"));
         assert!(run("{{end}}", &[]).is_err());
+    }
+
+    #[test]
+    fn lists_structs_and_json_as_skaffolds_output_templates_see_them() {
+        let field = |name: &str, json: &str, value: Data| (name.to_string(), json.to_string(), value);
+        let build = |image: &str, tag: &str| {
+            Data::Struct(vec![
+                field("ImageName", "imageName", Data::Text(image.into())),
+                field("Tag", "tag", Data::Text(tag.into())),
+            ])
+        };
+        let data =
+            Data::Struct(vec![field("Builds", "builds", Data::List(vec![build("a", "a:1"), build("b<&>", "b:2")]))]);
+        let render = |text: &str| Template::parse(text).and_then(|t| t.render(&data));
+        assert_eq!(
+            render("{{json .}}").unwrap(),
+            r#"{"builds":[{"imageName":"a","tag":"a:1"},{"imageName":"b<&>","tag":"b:2"}]}"#
+        );
+        assert_eq!(render("{{range .Builds}}{{.ImageName}} -> {{.Tag}}\n{{end}}").unwrap(), "a -> a:1\nb<&> -> b:2\n");
+        assert_eq!(render("{{len .Builds}} {{(index .Builds 1).Tag}} {{index .Builds 0}}").unwrap(), "2 b:2 {a a:1}");
+        assert_eq!(render("{{range $i, $b := .Builds}}{{$i}}{{end}} {{if .Builds}}some{{end}}").unwrap(), "01 some");
+        assert!(render("{{.Builds.Tag}}").unwrap_err().contains("can't evaluate field Tag in type slice"));
+        assert!(render("{{index .Builds 2}}").unwrap_err().contains("index out of range: 2"));
+        assert!(render("{{range .}}{{end}}").unwrap_err().contains("can't iterate over a struct"));
     }
 
     #[test]
