@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use super::deps::Dependencies;
 use super::watch::{self, Trigger, WatchHandle, WatchMessage};
 use crate::config::{self, Artifact, LoadOptions, Plan};
 use crate::error::{KodevError, Result};
-use crate::event::{Event, EventKind, EventSink};
+use crate::event::{BuildHandle, Event, EventKind, EventSink};
 use crate::pipeline::{base::cache_dir, Builder};
 
 #[derive(Debug)]
@@ -59,8 +58,8 @@ pub struct EngineSettings {
 struct Slot {
     generation: u64,
     running: Option<JoinHandle<()>>,
-    /// Whether the running build has sent `build_started` (see `EventSink::noting_start`).
-    announced: Arc<AtomicBool>,
+    /// The running build's stage, which cancelling it tells (see `EventSink::noting_start`).
+    build: Option<BuildHandle>,
     /// Changed while automatic rebuilds were off.
     dirty: bool,
     /// Changes seen that may alter the Go dependency graph…
@@ -77,8 +76,10 @@ impl Slot {
     fn cancel(&mut self, sink: &EventSink) {
         if let Some(running) = self.running.take() {
             running.abort();
-            if self.announced.load(Ordering::Relaxed) {
-                sink.send(EventKind::BuildCancelled);
+            // Whatever the aborted task still sends (its `Finished`, a failure) is stale.
+            self.generation += 1;
+            if let Some(build) = &self.build {
+                build.cancel(sink);
             }
         }
     }
@@ -266,8 +267,8 @@ impl Engine {
         let sink = self.events.for_artifact(&artifact.image);
         let slot = &mut self.slots[index];
         slot.cancel(&sink);
-        let (sink, announced) = sink.noting_start();
-        slot.announced = announced;
+        let (sink, build) = sink.noting_start();
+        slot.build = Some(build);
         slot.generation += 1;
         slot.dirty = false;
         slot.restart_at = None;

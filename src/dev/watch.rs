@@ -92,6 +92,7 @@ fn spawn_debouncer(
     tx: UnboundedSender<WatchMessage>,
 ) {
     tokio::spawn(async move {
+        let mut reported = Reported::default();
         while let Some(first) = raw.recv().await {
             let mut batch = vec![first];
             // A file closed after writing (or renamed into place) is a finished save: go now
@@ -121,6 +122,7 @@ fn spawn_debouncer(
             }
             paths.sort();
             paths.dedup();
+            reported.keep_news(&mut paths);
             if !errors.is_empty() && tx.send(WatchMessage::Failed(errors.join("; "))).is_err() {
                 break;
             }
@@ -133,6 +135,28 @@ fn spawn_debouncer(
 
 /// Start watching `root` (from within the runtime). An exhausted inotify limit or too many
 /// open files falls back to polling.
+/// The stamp each path had when a change of it was last reported. One save can reach the
+/// debouncer in two batches (a rename's `To` event ends one, and notify's paired `Both` event
+/// for the same rename can arrive after it when the machine is busy): reported twice, it
+/// stopped the build the first report started, for nothing.
+#[derive(Default)]
+struct Reported(std::collections::HashMap<PathBuf, Option<crate::stamp::FileStamp>>);
+
+impl Reported {
+    /// Keep the paths whose file (or its absence) is not as it was when last reported: a
+    /// path whose stamp is the same has not changed since, and whoever read the last report
+    /// read the file after it.
+    fn keep_news(&mut self, paths: &mut Vec<PathBuf>) {
+        if self.0.len() > 100_000 {
+            self.0.clear();
+        }
+        paths.retain(|path| {
+            let now = crate::stamp::FileStamp::read(path);
+            self.0.insert(path.clone(), now) != Some(now)
+        });
+    }
+}
+
 pub fn start(
     roots: &[PathBuf],
     trigger: Trigger,
@@ -193,6 +217,51 @@ fn poll(roots: &[PathBuf], interval: Duration, forward: impl notify::EventHandle
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `sed -i` under load: the temporary file's close ends a batch, the rename's `To` ends the
+    /// next, and notify's `Both` for the same rename comes after it. The file is reported
+    /// once; a later write to it is reported again.
+    #[tokio::test]
+    async fn one_save_split_over_batches_is_reported_once() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+        let dir = tempfile::tempdir().unwrap();
+        let (main_go, temp) = (dir.path().join("main.go"), dir.path().join("sedAbC123"));
+        std::fs::write(&main_go, "package main // 1\n").unwrap();
+        let (raw_tx, raw_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        spawn_debouncer(raw_rx, Vec::new(), tx);
+        let event = |kind, paths: &[&PathBuf]| {
+            Ok(notify::Event {
+                kind,
+                paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+                attrs: Default::default(),
+            })
+        };
+        let next = |rx: &mut UnboundedReceiver<WatchMessage>| {
+            let message = rx.try_recv().ok();
+            match message {
+                Some(WatchMessage::Changed(paths)) => Some(paths),
+                Some(WatchMessage::Failed(e)) => panic!("{e}"),
+                None => None,
+            }
+        };
+        let settle = || tokio::time::sleep(DEBOUNCE * 3);
+        raw_tx.send(event(EventKind::Create(CreateKind::File), &[&temp])).unwrap();
+        raw_tx.send(event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[&temp])).unwrap();
+        settle().await;
+        assert_eq!(next(&mut rx), Some(vec![temp.clone()]));
+        raw_tx.send(event(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &[&temp])).unwrap();
+        raw_tx.send(event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &[&main_go])).unwrap();
+        settle().await;
+        assert_eq!(next(&mut rx), Some(vec![main_go.clone()]), "the temporary file is gone, as reported");
+        raw_tx.send(event(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &[&temp, &main_go])).unwrap();
+        settle().await;
+        assert_eq!(next(&mut rx), None, "the rename's second event tells nothing new");
+        std::fs::write(&main_go, "package main // 2\n").unwrap();
+        raw_tx.send(event(EventKind::Access(AccessKind::Close(AccessMode::Write)), &[&main_go])).unwrap();
+        settle().await;
+        assert_eq!(next(&mut rx), Some(vec![main_go.clone()]), "a new write is news");
+    }
 
     #[test]
     fn ignores_vcs_output_and_swap_files() {
