@@ -31,6 +31,13 @@ impl Platform {
     }
 
     /// The Go environment for cross-compiling to this platform (REFERENCE §4).
+    /// What kodev sets for this platform's go builds on top of the process's environment:
+    /// [`Platform::go_env`], but cgo as the process says when it says.
+    pub fn go_env_over_process(&self) -> Vec<(String, String)> {
+        let cgo_set = std::env::var_os("CGO_ENABLED").is_some();
+        self.go_env().into_iter().filter(|(k, _)| k != "CGO_ENABLED" || !cgo_set).collect()
+    }
+
     pub fn go_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("CGO_ENABLED".to_string(), "0".to_string()),

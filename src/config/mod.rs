@@ -971,11 +971,7 @@ impl PlatformTemplates {
     /// entries over it (what go sees, see `gobuild::build_env`), in `.Env` and `.GoEnv` alike.
     fn vars_for(&self, platform: &Platform, env: &[String]) -> BTreeMap<String, String> {
         let mut vars = self.vars.clone();
-        let mut seen: Vec<(String, String)> = platform
-            .go_env()
-            .into_iter()
-            .filter(|(k, _)| k != "CGO_ENABLED" || std::env::var_os("CGO_ENABLED").is_none())
-            .collect();
+        let mut seen = platform.go_env_over_process();
         seen.extend(env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())));
         for (key, value) in seen {
             let go_env_key = format!("GoEnv.{key}");

@@ -97,11 +97,7 @@ pub fn build_args(artifact: &Artifact, debug: bool, output: &Path) -> Vec<String
 
 /// The environment on top of the process's: platform defaults unless the user set them, then the artifact's env.
 pub fn build_env(artifact: &Artifact, platform: &Platform) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = platform
-        .go_env()
-        .into_iter()
-        .filter(|(k, _)| k != "CGO_ENABLED" || std::env::var_os("CGO_ENABLED").is_none())
-        .collect();
+    let mut env = platform.go_env_over_process();
     for entry in &artifact.env {
         if let Some((k, v)) = entry.split_once('=') {
             env.retain(|(existing, _)| existing != k);

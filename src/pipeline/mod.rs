@@ -452,16 +452,16 @@ impl Builder {
         let upload_target = registry::parse_reference(&artifact.image_name).ok();
         let parallel = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
-        // Cores are divided between the platforms only when each of them relinks a binary it
-        // built before: then they have the same packages to compile. A platform with nothing
-        // built yet may have the whole standard library to compile while the others are done
-        // at once, and it would then be held to its share.
         // Each platform's go build sees the artifact as expanded for it (ko's per-platform `.Env`).
         let per_platform = platforms
             .iter()
             .map(|platform| artifact.for_platform(platform))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|message| KodevError::build(format!("{}: {message}", artifact.image)))?;
+        // Cores are divided between the platforms only when each of them relinks a binary it
+        // built before: then they have the same packages to compile. A platform with nothing
+        // built yet may have the whole standard library to compile while the others are done
+        // at once, and it would then be held to its share.
         let relinking_all = platforms.iter().zip(&per_platform).all(|(platform, artifact)| {
             gobuild::output_dir(artifact, platform, debug).join(artifact.binary_name()).is_file()
         });
