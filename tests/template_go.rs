@@ -95,6 +95,10 @@ fn templates_give_what_gos_text_template_gives() {
         "{{ html .NAME }} {{ js .NAME }} {{ urlquery .NAME }} {{ .NAME | html }} {{ html 1 2 }}",
         r#"{{ .VERSION | printf "%s!" | printf "[%s]" }} {{ (index .Git "ShortCommit") }} {{ (.Git).Branch }}"#,
         r#"{{ index .Git "Nope" }} {{ index .Env "Nope" }}|"#,
+        r#"{{ "a" | printf "%s-%s" "b" }} {{ with $x := .VERSION }}{{ $x }}{{ end }} {{ if $y := .EMPTY }}y{{ else }}n{{ end }}"#,
+        "{{ .Git.IsDirty | not }} {{ printf \"%v\" .Git }} {{ .GoEnv }}",
+        "x {{- /* c */ -}} y {{ `raw \\n` }} {{ \"tab\\there\" }} {{ \"\\u00e9\" }}",
+        "{{ if not .EMPTY }}{{ .MODE }}{{ end }}{{ if and .MODE (eq .MODE \"debug\") (not .EMPTY) }}!{{ end }}",
         // What Go refuses, kodev refuses too.
         "{{ nosuchfunction .VERSION }}",
         "{{ .VERSION",
