@@ -198,8 +198,10 @@ impl Value {
                 let texts = items.iter().map(Value::text).collect::<Result<Vec<_>, _>>()?;
                 format!("[{}]", texts.join(" "))
             }
+            // A struct prints its fields in the order they were declared, as Go's `%v`.
             Value::Map(m) if m.json_fields.is_some() => {
-                let texts = m.entries.values().map(Value::text).collect::<Result<Vec<_>, _>>()?;
+                let fields = m.json_fields.iter().flatten();
+                let texts = fields.map(|(name, _)| m.entries[name].text()).collect::<Result<Vec<_>, _>>()?;
                 format!("{{{}}}", texts.join(" "))
             }
             Value::Map(m) => {
@@ -1500,6 +1502,10 @@ mod tests {
         assert_eq!(render("{{range .Builds}}{{.ImageName}} -> {{.Tag}}\n{{end}}").unwrap(), "a -> a:1\nb<&> -> b:2\n");
         assert_eq!(render("{{len .Builds}} {{(index .Builds 1).Tag}} {{index .Builds 0}}").unwrap(), "2 b:2 {a a:1}");
         assert_eq!(render("{{range $i, $b := .Builds}}{{$i}}{{end}} {{if .Builds}}some{{end}}").unwrap(), "01 some");
+        let declared =
+            Data::Struct(vec![field("Z", "z", Data::Text("last".into())), field("A", "a", Data::Text("first".into()))]);
+        let in_order = Template::parse("{{.}} {{json .}}").and_then(|t| t.render(&declared)).unwrap();
+        assert_eq!(in_order, r#"{last first} {"z":"last","a":"first"}"#, "fields in declaration order");
         assert!(render("{{.Builds.Tag}}").unwrap_err().contains("can't evaluate field Tag in type slice"));
         assert!(render("{{index .Builds 2}}").unwrap_err().contains("index out of range: 2"));
         assert!(render("{{range .}}{{end}}").unwrap_err().contains("can't iterate over a struct"));
